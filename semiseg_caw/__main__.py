@@ -1,0 +1,4 @@
+from semiseg_caw.cli import main
+
+if __name__ == "__main__":
+    main()

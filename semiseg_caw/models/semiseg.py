@@ -1,0 +1,158 @@
+"""The SemiSeg-CAW core model: a backbone and classifier guided by an auxiliary map."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from semiseg_caw.models.class_elevate import ClassElevateNet
+from semiseg_caw.models.heads import AuxGuidedClassifier
+from semiseg_caw.models.layercam import LAYERCAM_LAYERS, layercam
+from semiseg_caw.models.malunet import MALUNet
+from semiseg_caw.models.outputs import ClassElevateOutput, SemiSegOutput
+from semiseg_caw.models.unext import UNeXt
+
+AUX_SOURCES = ("classelevate", "layercam", "none")
+BACKBONES: dict[str, type[nn.Module]] = {"malunet": MALUNet, "unext": UNeXt}
+
+
+class SemiSegCAWNet(nn.Module):
+    """Segmentation backbone fed with image + auxiliary map, plus an aux-guided classifier.
+
+    Args:
+        backbone: segmentation network returning a ``SegOutput``; it takes the image
+            channels plus one for the auxiliary map (image channels only for ``"none"``).
+        classifier: head on the backbone's deepest features, or None for no class output.
+        aux_model: the ClassElevateSeg network (required unless ``aux_source == "none"``).
+        aux_source: ``"classelevate"`` (sigmoid of the aux model's mask), ``"layercam"``
+            (LayerCAM of the aux model's classifier for its predicted class) or ``"none"``.
+        aux_frozen: with ``"classelevate"``, keep the aux model fixed (no gradient, always in
+            eval mode) instead of fine-tuning it jointly. With ``"layercam"`` the aux model
+            is always fixed.
+        layercam_layer: encoder stage(s) of the LayerCAM maps, see :func:`layercam`.
+
+    A fixed aux model has ``requires_grad`` switched off and stays in eval mode through
+    ``.train()``; ``aux_trainable`` tells which case applies (e.g. for optimiser groups).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classifier: AuxGuidedClassifier | None,
+        aux_model: ClassElevateNet | None,
+        aux_source: str = "classelevate",
+        aux_frozen: bool = False,
+        layercam_layer: str = "deepest",
+    ) -> None:
+        super().__init__()
+        if aux_source not in AUX_SOURCES:
+            raise ValueError(f"aux_source must be one of {AUX_SOURCES}, got {aux_source!r}")
+        if aux_source == "none" and aux_model is not None:
+            raise ValueError("aux_source='none' takes no aux_model; pass aux_model=None")
+        if aux_source != "none" and aux_model is None:
+            raise ValueError(f"aux_source={aux_source!r} needs an aux_model")
+        if layercam_layer not in LAYERCAM_LAYERS:
+            raise ValueError(
+                f"layercam_layer must be one of {LAYERCAM_LAYERS}, got {layercam_layer!r}"
+            )
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_model = aux_model
+        self.aux_source = aux_source
+        self.aux_frozen = aux_frozen
+        self.layercam_layer = layercam_layer
+        if aux_model is not None and not self.aux_trainable:
+            aux_model.requires_grad_(False)
+            aux_model.eval()
+
+    @property
+    def aux_trainable(self) -> bool:
+        """Whether the aux model is fine-tuned through this network."""
+        return self.aux_source == "classelevate" and not self.aux_frozen
+
+    def train(self, mode: bool = True) -> SemiSegCAWNet:
+        """Set train / eval mode; a fixed aux model always stays in eval mode."""
+        super().train(mode)
+        if self.aux_model is not None and not self.aux_trainable:
+            self.aux_model.eval()
+        return self
+
+    def forward(self, image: Tensor, aux_map: Tensor | None = None) -> SemiSegOutput:
+        """Run on ``image`` (B, C, H, W); a given ``aux_map`` (B, 1, H, W) in [0, 1] (e.g.
+        cached from a frozen aux model) is used instead of running the aux model."""
+        aux_output = None
+        if self.aux_source == "none":
+            if aux_map is not None:
+                raise ValueError("aux_source='none' takes no aux_map")
+            x = image
+        else:
+            if aux_map is None:
+                aux_map, aux_output = self.auxiliary(image)
+            elif aux_map.shape != (image.shape[0], 1, *image.shape[-2:]):
+                raise ValueError(
+                    f"aux_map must have shape (B, 1, H, W) = {(image.shape[0], 1, *image.shape[-2:])}, "
+                    f"got {tuple(aux_map.shape)}"
+                )
+            x = torch.cat([image, aux_map.to(image.dtype)], dim=1)  # (B, C + 1, H, W)
+        out = self.backbone(x)
+        class_logits = None
+        if self.classifier is not None:
+            class_logits = self.classifier(out.features, aux_map)
+        return SemiSegOutput(
+            mask_logits=out.mask_logits,
+            class_logits=class_logits,
+            aux_map=aux_map,
+            aux_output=aux_output,
+        )
+
+    def auxiliary(self, image: Tensor) -> tuple[Tensor, ClassElevateOutput | None]:
+        """The auxiliary map (B, 1, H, W) in [0, 1] and the raw aux output (None for LayerCAM).
+
+        Also the way to precompute maps for caching when the aux model is fixed.
+        """
+        if self.aux_model is None:
+            raise RuntimeError("this network has no auxiliary model (aux_source='none')")
+        if self.aux_source == "layercam":
+            return layercam(self.aux_model, image, layer=self.layercam_layer), None
+        if self.aux_trainable:
+            aux_output = self.aux_model(image)
+        else:
+            with torch.no_grad():
+                aux_output = self.aux_model(image)
+        return torch.sigmoid(aux_output.mask_logits), aux_output
+
+
+def build_semiseg_net(
+    backbone: str = "malunet",
+    in_channels: int = 1,
+    num_classes: int = 2,
+    aux_source: str = "classelevate",
+    aux_encoder: str = "resnet18",
+    aux_frozen: bool = False,
+    use_classifier: bool = True,
+    classifier_hidden: int = 64,
+    pretrained_aux: bool = False,
+    layercam_layer: str = "deepest",
+) -> SemiSegCAWNet:
+    """Assemble the SemiSeg-CAW model from names (the paper's shape with the defaults).
+
+    The backbone gets ``in_channels`` + 1 inputs (the auxiliary map) and one mask output;
+    the aux model is a ``ClassElevateNet`` on ``aux_encoder`` with ``in_channels`` inputs.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    if aux_source not in AUX_SOURCES:
+        raise ValueError(f"aux_source must be one of {AUX_SOURCES}, got {aux_source!r}")
+    extra = 0 if aux_source == "none" else 1
+    net = BACKBONES[backbone](in_channels=in_channels + extra, num_classes=1)
+    aux_model = None
+    if aux_source != "none":
+        aux_model = ClassElevateNet(
+            aux_encoder, in_channels=in_channels, num_classes=num_classes, pretrained=pretrained_aux
+        )
+    classifier = None
+    if use_classifier:
+        classifier = AuxGuidedClassifier(
+            net.feature_channels, num_classes, hidden=classifier_hidden
+        )
+    return SemiSegCAWNet(net, classifier, aux_model, aux_source, aux_frozen, layercam_layer)
