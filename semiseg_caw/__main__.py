@@ -1,4 +1,4 @@
-from semiseg_caw.cli import main
+from semiseg_caw.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,0 +1,158 @@
+"""Data loading time of SemiSegDataModule on real BUSI: first epoch vs second epoch.
+
+The first epoch pays for ``setup`` (decoding, validating and resizing every image once,
+into memory); later epochs only augment and collate cached arrays. Writes a Markdown table
+with the commit, the hardware and the settings beside the times.
+
+    python benchmarks/data_loading.py --root ../shared/data/busi
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "none (no commit yet)"
+    dirty = bool(git("status", "--porcelain", "--", "semiseg_caw/data", "benchmarks"))
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def _hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f"; load average {os.getloadavg()[0]:.1f} at the end (the CPU may be shared)"
+    return f"{cpu}, {cores} usable cores{memory}, {gpu}{load}"
+
+
+def _epoch(loader) -> tuple[float, int]:
+    start, n = time.perf_counter(), 0
+    for batch in loader:
+        n += len(batch["id"])
+    return time.perf_counter() - start, n
+
+
+def run(root: str, split_file: str, image_size: int, batch_size: int, workers: int) -> dict:
+    """Time setup and two training epochs (plus one validation pass) for one setting."""
+    from semiseg_caw.data import SemiSegDataModule
+
+    dm = SemiSegDataModule(
+        "busi",
+        root,
+        split_file=split_file,
+        image_size=image_size,
+        batch_size=batch_size,
+        class_only=100,
+        class_only_per_batch=0.25,
+        num_workers=workers,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup("fit")
+    setup = time.perf_counter() - start
+    loader = dm.train_dataloader()
+    first, n = _epoch(loader)
+    second, _ = _epoch(loader)
+    val, n_val = _epoch(dm.val_dataloader())
+    return {
+        "workers": workers,
+        "setup": setup,
+        "first": setup + first,
+        "first_iter": first,
+        "second": second,
+        "val": val,
+        "n": n,
+        "n_val": n_val,
+        "cached": len(dm.data.cache),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "busi"))
+    parser.add_argument("--split-file", default=str(REPO / "configs" / "splits" / "busi.json"))
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data-loading.md"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+
+    import albumentations
+    import torch
+
+    results = [
+        run(args.root, args.split_file, args.image_size, args.batch_size, w) for w in args.workers
+    ]
+    lines = [
+        "# Data loading: first vs second epoch (real BUSI)",
+        "",
+        "Written by `benchmarks/data_loading.py`; do not edit by hand.",
+        "",
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- commit: {_commit()}",
+        f"- hardware: {_hardware()}",
+        f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
+        f"albumentations {albumentations.__version__}",
+        f"- settings: BUSI benign + malignant, split `{Path(args.split_file).name}`, "
+        f"image_size {args.image_size}, batch_size {args.batch_size}, class_only 100, "
+        "class_only_per_batch 0.25, augmentation on; data set decoded whole "
+        f"({results[0]['cached']} images kept in the cache)",
+        "",
+        "First epoch = `setup` (decode, validate, resize and cache every image once) + one "
+        "pass over the training loader; second epoch = one pass only (cached arrays: "
+        "augmentation and collation, no decoding).",
+        "",
+        "| workers | setup (s) | first epoch (s) | second epoch (s) | train samples/s (2nd) "
+        "| val pass (s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['workers']} | {r['setup']:.2f} | {r['first']:.2f} "
+            f"(iteration {r['first_iter']:.2f}) | {r['second']:.2f} | "
+            f"{r['n'] / r['second']:.0f} | {r['val']:.2f} ({r['n_val']} images) |"
+        )
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

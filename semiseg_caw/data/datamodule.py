@@ -1,0 +1,303 @@
+"""The LightningDataModule: one data set, its split, its label budget and the loaders."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from semiseg_caw.data.datasets import (
+    ImageFolderDataset,
+    MixedBatchSampler,
+    SegmentationDataset,
+    collate,
+    seed_worker,
+)
+from semiseg_caw.data.readers import LoadedDataset, load_dataset, load_image_folder
+from semiseg_caw.data.samples import Sample, class_names_for
+from semiseg_caw.data.splits import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    apply_budget,
+    check_split_ids,
+    read_split_file,
+    stratified_group_split,
+)
+from semiseg_caw.data.transforms import build_train_transform
+
+log = logging.getLogger(__name__)
+
+
+class SemiSegDataModule(L.LightningDataModule):
+    """Images with masks and/or class labels, split, budgeted and served in mixed batches.
+
+    Every image is decoded once in ``setup`` (in the main process), validated, resized to
+    ``image_size`` and kept in memory; no loader decodes again. Train, val and test batches
+    are dicts: ``image`` float (B, C, H, W) normalised, ``mask`` float (B, 1, H, W) in
+    {0, 1} (zeros where absent), ``label`` long (B,) (-1 where absent), ``has_mask`` and
+    ``has_label`` bool (B,), ``id`` list[str]. Predict batches: ``image``, ``id`` (file
+    name), ``path``, ``orig_size`` long (B, 2) (height, width).
+
+    Args:
+        dataset: Data set: generated ``synthetic`` images, ``busi``, ``ddti``, or a CSV ``manifest``.
+        root: Data set folder (busi: the folder holding or being Dataset_BUSI_with_GT; ddti: the folder with image/, mask/, labels.csv); manifest: the CSV file or a folder with manifest.csv.
+        split_file: JSON split file (e.g. configs/splits/busi.json); None computes the same split in memory (stratified, grouped, 70/10/20, seeded by ``seed``).
+        image_size: Side of the square images and masks the model sees (and metrics use).
+        in_channels: Image channels: 1, or 3 (the grayscale channel replicated).
+        batch_size: Training batch size.
+        class_only: Train images whose masks are withheld: a count, or a fraction in (0, 1) of those with mask and label; chosen seeded and class-stratified.
+        budget_mode: semi: withheld images stay as class-only samples; reduced: they are dropped; full: every mask is used.
+        class_only_per_batch: Share (0, 1] of class-only samples in every training batch (a sampler cycles the smaller pool); None: natural proportion, shuffled.
+        include_normal: BUSI / synthetic: include lesion-free normal images as class 2 (empty masks).
+        ddti_unlabelled: DDTI images without a class label: drop them, or use them as mask-only training samples (they never enter val or test).
+        synthetic_samples: Number of synthetic images.
+        num_workers: DataLoader worker processes (they share the in-memory cache).
+        seed: Data seed: the in-memory split and the class-only selection (keep it fixed across runs; shuffling and augmentation follow the global seed).
+        predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``.
+        skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising.
+        augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle noise).
+        eval_batch_size: Batch size of val, test and predict loaders; None: batch_size.
+        classes: Class names of a manifest data set (labels there may be indices or these names).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["synthetic", "busi", "ddti", "manifest"] = "synthetic",
+        root: str | None = None,
+        split_file: str | None = None,
+        image_size: int = 256,
+        in_channels: int = 1,
+        batch_size: int = 8,
+        class_only: int | float = 0,
+        budget_mode: Literal["semi", "reduced", "full"] = "semi",
+        class_only_per_batch: float | None = None,
+        include_normal: bool = False,
+        ddti_unlabelled: Literal["drop", "mask_only"] = "drop",
+        synthetic_samples: int = 200,
+        num_workers: int = 0,
+        seed: int = 42,
+        predict_dir: str | None = None,
+        skip_bad_files: bool = False,
+        augment: bool = True,
+        eval_batch_size: int | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.root = root
+        self.split_file = split_file
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.batch_size = batch_size
+        self.class_only = class_only
+        self.budget_mode = budget_mode
+        self.class_only_per_batch = class_only_per_batch
+        self.include_normal = include_normal
+        self.ddti_unlabelled = ddti_unlabelled
+        self.synthetic_samples = synthetic_samples
+        self.num_workers = num_workers
+        self.seed = seed
+        self.predict_dir = predict_dir
+        self.skip_bad_files = skip_bad_files
+        self.augment = augment
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.classes = list(classes) if classes else None
+        self._check_options()
+        self.splits: dict[str, list[Sample]] | None = None
+        self.data: LoadedDataset | None = None
+        self._datasets: dict[str, SegmentationDataset] = {}
+        self._predict: ImageFolderDataset | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the class indices, known from the options alone."""
+        if self.dataset == "manifest":
+            return list(self.classes or [])
+        return class_names_for(self.dataset, self.include_normal)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the classifier's outputs)."""
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, validate and cache the data once; build the split and the budget."""
+        if stage == "predict":
+            self._setup_predict()
+            return
+        if self.splits is None:
+            self._setup_splits()
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches mixing fully labelled and class-only samples."""
+        dataset = self._dataset("train")
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows seed_everything
+        dataset.reseed(seed)
+        is_class_only = [s.has_label and not s.has_mask for s in dataset.samples]
+        if self.class_only_per_batch is not None and any(is_class_only):
+            sampler = MixedBatchSampler(
+                is_class_only, self.batch_size, self.class_only_per_batch, seed=seed
+            )
+            return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
+        if self.class_only_per_batch:
+            warnings.warn(
+                "class_only_per_batch is set but the training split has no class-only "
+                "samples; using plain shuffling",
+                UserWarning,
+                stacklevel=2,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > self.batch_size,  # no batch of one for BatchNorm
+            generator=torch.Generator().manual_seed(seed),
+            **self._loader_options(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches: no augmentation."""
+        return self._eval_loader(self._dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches: no augmentation."""
+        return self._eval_loader(self._dataset("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of the images in ``predict_dir``."""
+        if self._predict is None:
+            self._setup_predict()
+        return self._eval_loader(self._predict)
+
+    # ------------------------------------------------------------------------- internals
+
+    def _setup_splits(self) -> None:
+        data = load_dataset(
+            self.dataset,
+            self.root,
+            image_size=self.image_size,
+            classes=self.classes,
+            skip_bad_files=self.skip_bad_files,
+            synthetic_samples=self.synthetic_samples,
+            include_normal=self.include_normal,
+            seed=self.seed,
+        )
+        by_id = {s.id: s for s in data.samples}
+        if self.split_file:
+            split = read_split_file(self.split_file)
+            if self.skip_bad_files:
+                split = _drop_unknown(split, by_id, self.split_file)
+            check_split_ids(split, list(by_id), self.split_file)
+        else:
+            split = stratified_group_split(data.samples, DEFAULT_FRACTIONS, self.seed)
+        unlisted = len(by_id) - sum(len(ids) for ids in split.values())
+        if unlisted:
+            log.info("%d sample(s) are in no split and are not used", unlisted)
+        splits = {name: [by_id[i] for i in split[name] if self._keep(by_id[i])] for name in SPLITS}
+        splits["train"] = apply_budget(
+            splits["train"], self.class_only, self.budget_mode, self.seed
+        )
+        if not splits["train"]:
+            raise ValueError(f"the training split of {self.dataset!r} is empty")
+        for name in ("val", "test"):
+            if not splits[name]:
+                warnings.warn(f"the {name} split is empty", UserWarning, stacklevel=2)
+        used = [s.id for name in SPLITS for s in splits[name]]
+        if len(used) < len(data.cache):
+            data.cache = data.cache.subset(used)  # free what no split uses
+        self.data, self.splits = data, splits
+        train_transform = build_train_transform() if self.augment else None
+        self._datasets = {
+            name: SegmentationDataset(
+                splits[name],
+                data.cache,
+                train_transform if name == "train" else None,
+                self.in_channels,
+            )
+            for name in SPLITS
+        }
+
+    def _check_options(self) -> None:
+        """Clear ValueErrors for option values that cannot work, before any data is read."""
+        if self.dataset not in ("synthetic", "busi", "ddti", "manifest"):
+            raise ValueError(
+                f"dataset must be synthetic, busi, ddti or manifest, got {self.dataset!r}"
+            )
+        if self.dataset != "synthetic" and not self.root:
+            raise ValueError(
+                f"dataset={self.dataset!r} needs root (the data set folder or manifest)"
+            )
+        if self.dataset == "manifest" and not self.classes:
+            raise ValueError("dataset='manifest' needs classes (the class names, in index order)")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        co = self.class_only
+        if co < 0 or (co >= 1 and float(co) != int(co)):
+            raise ValueError(f"class_only must be a count or a fraction in (0, 1), got {co}")
+        if self.budget_mode not in ("semi", "reduced", "full"):
+            raise ValueError(f"budget_mode must be semi, reduced or full, got {self.budget_mode!r}")
+        cpb = self.class_only_per_batch
+        if cpb is not None and not 0 < cpb <= 1:
+            raise ValueError(f"class_only_per_batch must be in (0, 1] or None, got {cpb}")
+        if self.ddti_unlabelled not in ("drop", "mask_only"):
+            raise ValueError(
+                f"ddti_unlabelled must be drop or mask_only, got {self.ddti_unlabelled!r}"
+            )
+        if self.synthetic_samples < 1 or self.num_workers < 0:
+            raise ValueError("synthetic_samples must be >= 1 and num_workers >= 0")
+
+    def _keep(self, sample: Sample) -> bool:
+        if sample.label is not None and sample.label >= self.num_classes:
+            return False  # BUSI normal images without include_normal
+        if self.dataset == "ddti" and sample.label is None:
+            return self.ddti_unlabelled == "mask_only"
+        return True
+
+    def _setup_predict(self) -> None:
+        if self.predict_dir is None:
+            raise ValueError("predicting needs predict_dir (a folder of images)")
+        paths, cache = load_image_folder(
+            self.predict_dir, self.image_size, skip_bad_files=self.skip_bad_files
+        )
+        self._predict = ImageFolderDataset(paths, cache, self.in_channels)
+
+    def _dataset(self, name: str) -> SegmentationDataset:
+        if self.splits is None:
+            self.setup("fit")
+        return self._datasets[name]
+
+    def _loader_options(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "collate_fn": collate,
+            "worker_init_fn": seed_worker,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_options()
+        )
+
+
+def _drop_unknown(split: dict[str, list[str]], by_id: dict, source: str) -> dict[str, list[str]]:
+    """With skip_bad_files: ids of skipped files leave the split with a warning."""
+    unknown = [i for name in SPLITS for i in split[name] if i not in by_id]
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} id(s) of split file {source} are not in the data (skipped): "
+            + ", ".join(unknown[:10]),
+            UserWarning,
+            stacklevel=3,
+        )
+    return {name: [i for i in split[name] if i in by_id] for name in SPLITS}

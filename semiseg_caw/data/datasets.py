@@ -1,0 +1,180 @@
+"""Torch datasets over the in-memory cache, and the sampler that mixes sample kinds.
+
+No decoding happens here: every image was decoded and resized once into an
+:class:`~semiseg_caw.data.io.ImageCache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+from semiseg_caw.data.io import ImageCache
+from semiseg_caw.data.samples import Sample
+from semiseg_caw.data.transforms import normalize
+
+
+class SegmentationDataset(Dataset):
+    """Samples as dicts: ``image`` (C, H, W) float, ``mask`` (1, H, W) float {0, 1} (zeros
+    where absent), ``label`` long (-1 where absent), ``has_mask``, ``has_label`` (bool), ``id``.
+
+    Args:
+        samples: The samples of one split.
+        cache: Their decoded, resized images and masks.
+        transform: An albumentations pipeline applied to ``image`` (H, W, 1) and ``mask``, or None.
+        in_channels: Channels of the returned image (1, or 3 by replication).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        cache: ImageCache,
+        transform: Callable | None = None,
+        in_channels: int = 1,
+    ) -> None:
+        missing = [s.id for s in samples if s.id not in cache]
+        if missing:
+            raise KeyError(f"{len(missing)} sample(s) not in the cache, e.g. {missing[0]!r}")
+        self.samples = list(samples)
+        self.cache = cache
+        self.transform = transform
+        self.in_channels = in_channels
+        self._rows = np.array([cache.index[s.id] for s in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        row = self._rows[index]
+        image = self.cache.images[row][..., None]  # (H, W, 1) uint8
+        mask = self.cache.masks[row]  # (H, W) uint8 {0, 1}
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        if sample.has_mask:
+            mask = np.asarray(mask, dtype=np.float32)[None]  # (1, H, W)
+        else:
+            mask = np.zeros((1, *mask.shape[:2]), dtype=np.float32)
+        return {
+            "image": normalize(image, self.in_channels),
+            "mask": torch.from_numpy(mask),
+            "label": torch.tensor(-1 if sample.label is None else sample.label, dtype=torch.long),
+            "has_mask": torch.tensor(bool(sample.has_mask)),
+            "has_label": torch.tensor(sample.has_label),
+            "id": sample.id,
+        }
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the augmentation pipeline (each DataLoader worker gets its own seed)."""
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+
+
+class ImageFolderDataset(Dataset):
+    """Images to predict: dicts with ``image`` (C, H, W), ``id`` (file name), ``path``, and
+    ``orig_size`` (LongTensor (2,): original height, width)."""
+
+    def __init__(self, paths: Sequence[str], cache: ImageCache, in_channels: int = 1) -> None:
+        self.paths = list(paths)
+        self.cache = cache
+        self.in_channels = in_channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        return {
+            "image": normalize(self.cache.images[index], self.in_channels),
+            "id": self.cache.ids[index],
+            "path": self.paths[index],
+            "orig_size": torch.from_numpy(self.cache.orig_sizes[index].copy()),
+        }
+
+
+def collate(items: Sequence[dict]) -> dict:
+    """Batch a list of sample dicts: tensors stacked along a new first axis, the rest listed.
+
+    Stacks in numpy, like :func:`~semiseg_caw.data.transforms.normalize`, to keep torch's
+    intra-op threads out of data loading.
+    """
+    batch = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(first, torch.Tensor):
+            batch[key] = torch.from_numpy(np.stack([v.numpy() for v in values]))
+        else:
+            batch[key] = values
+    return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's augmentation its own random stream.
+
+    Albumentations keeps its own generator, which forked workers would otherwise all copy,
+    repeating the same augmentations across workers and epochs. PyTorch's per-worker seed
+    differs by worker and by epoch and follows the loader's generator.
+    """
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(info.seed % 2**32)
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches with a fixed share of class-only samples, the rest from the other samples.
+
+    Each pool is shuffled and cycled (reshuffled when used up), so the smaller pool repeats
+    within an epoch. An epoch has ``len(dataset) // batch_size`` batches (at least one).
+
+    Args:
+        is_class_only: One flag per dataset index.
+        batch_size: Samples per batch.
+        fraction: Share of class-only samples in a batch; rounded, and at least one when
+            the fraction is positive and such samples exist.
+        seed: Seed of the shuffling; the epoch number is mixed in.
+    """
+
+    def __init__(
+        self, is_class_only: Sequence[bool], batch_size: int, fraction: float, seed: int = 0
+    ) -> None:
+        flags = np.asarray(is_class_only, dtype=bool)
+        self.class_only = np.nonzero(flags)[0]
+        self.others = np.nonzero(~flags)[0]
+        self.batch_size = batch_size
+        n_co = round(fraction * batch_size)
+        if fraction > 0 and len(self.class_only):
+            n_co = max(1, n_co)
+        if not len(self.class_only):
+            n_co = 0
+        if not len(self.others):
+            n_co = batch_size
+        self.per_batch = min(n_co, batch_size)
+        self.seed = seed
+        self.epoch = 0
+        self._len = max(1, len(flags) // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffling of epoch ``epoch`` (Lightning calls this every epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        pools = [_cycle(self.class_only, rng), _cycle(self.others, rng)]
+        for _ in range(self._len):
+            batch = [next(pools[0]) for _ in range(self.per_batch)]
+            batch += [next(pools[1]) for _ in range(self.batch_size - self.per_batch)]
+            yield [int(i) for i in rng.permutation(batch)]
+
+
+def _cycle(indices: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
+    if not len(indices):
+        return
+    while True:
+        yield from rng.permutation(indices)

@@ -1,0 +1,481 @@
+"""Readers: a data set on disk (or generated) to a list of :class:`Sample` records.
+
+``scan_*`` functions only list files and read CSV files; :func:`load_dataset` also decodes
+every image once (validating it and filling the :class:`ImageCache`), removes exact
+duplicates and, for BUSI, groups near-duplicate frames.
+
+Layouts:
+
+- **BUSI**: ``<root>/Dataset_BUSI_with_GT/<class>/<name>.png`` with masks
+  ``<name>_mask.png``, ``<name>_mask_1.png``, ... (their union is the mask); ``root`` may
+  also be the ``Dataset_BUSI_with_GT`` folder itself. Classes: benign 0, malignant 1,
+  normal 2 (folder names matched case-insensitively). Ids: ``<class>/<file name>``.
+- **DDTI**: ``<root>/image/<n>.PNG``, ``<root>/mask/<n>.PNG`` and ``<root>/labels.csv`` with
+  columns ``image, case, tirads, label``. Label 0 (low risk) / 1 (suspicious) / empty
+  (unknown: a mask-only sample). Groups: ``case``; an empty case is its own group. Images
+  missing from ``labels.csv`` are unlabelled and their own group. Ids: ``image/<file name>``.
+- **Manifest**: a CSV file (``root`` is the file, or a folder holding ``manifest.csv``) with
+  columns ``image`` (required), ``mask``, ``label``, ``group`` (optional, may be empty).
+  Paths are relative to the manifest's folder (absolute paths are allowed); ``mask`` may
+  list several files separated by ``;`` (their union is the mask). ``label`` is a class
+  index (``0``, ``1``, ...) or a class name from ``classes`` (case-insensitive). A row
+  needs a mask or a label. Ids: the image path as written, with ``/`` separators.
+- **Synthetic**: generated in memory, see :mod:`semiseg_caw.data.synthetic`.
+
+Exact duplicates (same decoded pixels, whatever the file format) are removed with a
+warning naming the files: when their labels conflict (BUSI ``benign (433).png`` and
+``malignant (145).png``) every copy is removed; otherwise one copy is kept (preferring a
+labelled one, then the first id).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semiseg_caw.data.io import (
+    BadFile,
+    DataValidationError,
+    ImageCache,
+    decode_samples,
+    is_image_file,
+    list_image_files,
+    report_problems,
+)
+from semiseg_caw.data.samples import BUSI_CLASSES, DDTI_CLASSES, Sample, class_names_for
+
+BUSI_FOLDER = "Dataset_BUSI_with_GT"
+BUSI_NEAR_DUPLICATE_DISTANCE = 64
+"""Largest Hamming distance (of 256 bits) between difference hashes of BUSI frames grouped
+as near duplicates. Measured on BUSI: pairs of the same scan lie below ~70, unrelated
+images above ~75; 594 groups result from 779 images, the largest of 7 frames."""
+
+DATASETS = ("synthetic", "busi", "ddti", "manifest")
+
+_MASK_STEM = re.compile(r"^(?P<stem>.+?)_mask(?:_(?P<n>\d+))?$")
+
+
+@dataclass
+class LoadedDataset:
+    """A decoded data set: usable samples (final groups, no duplicates) and their pixels.
+
+    Attributes:
+        name: Data set name (``busi``, ``ddti``, ``manifest`` or ``synthetic``).
+        samples: Usable samples, sorted by id.
+        cache: Resized images and masks of every sample.
+        class_names: Names of the class indices used by ``Sample.label``.
+        excluded: Ids left out as exact duplicates.
+    """
+
+    name: str
+    samples: list[Sample]
+    cache: ImageCache
+    class_names: list[str]
+    excluded: list[str]
+
+
+# ----------------------------------------------------------------------------- BUSI
+
+
+def find_busi_folder(root: str | Path) -> Path:
+    """The folder holding BUSI's class folders: ``root/Dataset_BUSI_with_GT`` or ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"BUSI root folder not found: {root}")
+    nested = root / BUSI_FOLDER
+    return nested if nested.is_dir() else root
+
+
+def _mask_order(path: Path) -> tuple[int, str]:
+    match = _MASK_STEM.match(path.stem)
+    return (int(match["n"]) if match and match["n"] else 0, path.name)
+
+
+def _scan_busi(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
+    base = find_busi_folder(root)
+    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataValidationError(
+            [BadFile(str(base), f"no class folders ({', '.join(BUSI_CLASSES)}) found")]
+        )
+    samples: list[Sample] = []
+    problems: list[BadFile] = []
+    for folder in folders:
+        name = folder.name.lower()
+        if name not in BUSI_CLASSES:
+            problems.append(
+                BadFile(
+                    str(folder),
+                    f"unknown class folder {folder.name!r} (expected {', '.join(BUSI_CLASSES)})",
+                )
+            )
+            continue
+        images: dict[str, Path] = {}
+        masks: dict[str, list[Path]] = defaultdict(list)
+        for path in sorted(folder.iterdir()):
+            if not (path.is_file() and is_image_file(path)):
+                continue
+            match = _MASK_STEM.match(path.stem)
+            if match:
+                masks[match["stem"]].append(path)
+            else:
+                images[path.stem] = path
+        for stem, paths in sorted(masks.items()):
+            if stem not in images:
+                problems += [BadFile(str(p), f"mask without an image ({stem}.*)") for p in paths]
+        for stem, path in sorted(images.items()):
+            if stem not in masks:
+                problems.append(BadFile(str(path), f"image without a mask ({stem}_mask.*)"))
+                continue
+            samples.append(
+                Sample(
+                    id=path.relative_to(base).as_posix(),
+                    image=path,
+                    masks=tuple(sorted(masks[stem], key=_mask_order)),
+                    label=BUSI_CLASSES.index(name),
+                )
+            )
+    return _checked(samples, problems, base)
+
+
+def scan_busi(root: str | Path, *, skip_bad_files: bool = False) -> list[Sample]:
+    """BUSI samples of every class (normal included), each its own group, without decoding."""
+    samples, problems = _scan_busi(root)
+    report_problems(problems, skip_bad_files)
+    return samples
+
+
+# ----------------------------------------------------------------------------- DDTI
+
+
+def _parse_ddti_label(value: str) -> int | None:
+    value = value.strip()
+    if value == "":
+        return None
+    if value in ("0", "1"):
+        return int(value)
+    raise ValueError(f"label {value!r} is not 0, 1 or empty")
+
+
+def _scan_ddti(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DDTI root folder not found: {root}")
+    image_dir, mask_dir, labels_csv = root / "image", root / "mask", root / "labels.csv"
+    for needed in (image_dir, mask_dir, labels_csv):
+        if not needed.exists():
+            raise DataValidationError(
+                [BadFile(str(needed), "not found (DDTI layout: image/, mask/, labels.csv)")]
+            )
+    problems: list[BadFile] = []
+    rows: dict[str, tuple[int | None, str]] = {}
+    with open(labels_csv, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "case", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataValidationError(
+                [BadFile(str(labels_csv), f"missing column(s) {', '.join(sorted(missing))}")]
+            )
+        for line, row in enumerate(reader, start=2):
+            where = f"{labels_csv}:{line}"
+            name = (row["image"] or "").strip()
+            try:
+                label = _parse_ddti_label(row["label"] or "")
+            except ValueError as err:
+                problems.append(BadFile(where, str(err)))
+                continue
+            if name in rows:
+                problems.append(BadFile(where, f"image {name!r} listed twice"))
+                continue
+            rows[name] = (label, (row["case"] or "").strip())
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and is_image_file(p)}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and is_image_file(p)}
+    for stem, path in masks.items():
+        if stem not in images:
+            problems.append(BadFile(str(path), "mask without an image in image/"))
+    names = {p.name for p in images.values()}
+    for name in rows:
+        if name not in names:
+            problems.append(BadFile(str(labels_csv), f"row for {name!r}: no such file in image/"))
+    samples = []
+    for stem, path in images.items():
+        if stem not in masks:
+            problems.append(BadFile(str(path), "image without a mask in mask/"))
+            continue
+        label, case = rows.get(path.name, (None, ""))
+        sample_id = f"image/{path.name}"
+        samples.append(
+            Sample(
+                id=sample_id,
+                image=path,
+                masks=(masks[stem],),
+                label=label,
+                group=f"case/{case}" if case else sample_id,
+            )
+        )
+    return _checked(samples, problems, root)
+
+
+def scan_ddti(root: str | Path, *, skip_bad_files: bool = False) -> list[Sample]:
+    """DDTI samples (labelled and unlabelled), grouped by case, without decoding."""
+    samples, problems = _scan_ddti(root)
+    report_problems(problems, skip_bad_files)
+    return samples
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def find_manifest(root: str | Path) -> Path:
+    """The manifest CSV: ``root`` itself, or ``root/manifest.csv`` when ``root`` is a folder."""
+    path = Path(root)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest file not found: {path}")
+    return path
+
+
+def _parse_manifest_label(value: str, classes: Sequence[str]) -> int | None:
+    value = value.strip()
+    if value == "":
+        return None
+    if re.fullmatch(r"[+-]?\d+", value):
+        index = int(value)
+        if not 0 <= index < len(classes):
+            raise ValueError(f"label {index} out of range for {len(classes)} classes")
+        return index
+    lowered = [c.lower() for c in classes]
+    if value.lower() not in lowered:
+        raise ValueError(f"unknown class name {value!r} (classes: {', '.join(classes)})")
+    return lowered.index(value.lower())
+
+
+def _scan_manifest(root: str | Path, classes: Sequence[str]) -> tuple[list[Sample], list[BadFile]]:
+    manifest = find_manifest(root)
+    base = manifest.parent
+    problems: list[BadFile] = []
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if "image" not in (reader.fieldnames or ()):
+            raise DataValidationError([BadFile(str(manifest), "no 'image' column")])
+        for line, row in enumerate(reader, start=2):
+            where = f"{manifest}:{line}"
+            written = (row.get("image") or "").strip()
+            if not written:
+                problems.append(BadFile(where, "empty image path"))
+                continue
+            image = base / written
+            mask_fields = [m.strip() for m in (row.get("mask") or "").split(";") if m.strip()]
+            masks = tuple(base / m for m in mask_fields)
+            missing = [str(p) for p in (image, *masks) if not p.is_file()]
+            if missing:
+                problems.append(BadFile(where, f"file(s) not found: {', '.join(missing)}"))
+                continue
+            try:
+                label = _parse_manifest_label(row.get("label") or "", classes)
+            except ValueError as err:
+                problems.append(BadFile(where, str(err)))
+                continue
+            if label is None and not masks:
+                problems.append(BadFile(where, "row has neither a mask nor a label"))
+                continue
+            sample_id = Path(written).as_posix()
+            if sample_id in seen:
+                problems.append(BadFile(where, f"image {written!r} listed twice"))
+                continue
+            seen.add(sample_id)
+            group = (row.get("group") or "").strip()
+            samples.append(
+                Sample(
+                    id=sample_id,
+                    image=image,
+                    masks=masks,
+                    label=label,
+                    group=f"group/{group}" if group else sample_id,
+                )
+            )
+    return _checked(samples, problems, manifest)
+
+
+def scan_manifest(
+    root: str | Path, classes: Sequence[str], *, skip_bad_files: bool = False
+) -> list[Sample]:
+    """Samples listed in a CSV manifest (see the module docstring), without decoding."""
+    samples, problems = _scan_manifest(root, classes)
+    report_problems(problems, skip_bad_files)
+    return samples
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _checked(
+    samples: list[Sample], problems: list[BadFile], where: Path
+) -> tuple[list[Sample], list[BadFile]]:
+    if not samples and not problems:
+        raise DataValidationError([BadFile(str(where), "no images found")])
+    return sorted(samples, key=lambda s: s.id), problems
+
+
+def remove_exact_duplicates(
+    samples: Sequence[Sample], cache: ImageCache
+) -> tuple[list[Sample], list[str]]:
+    """Drop samples whose decoded pixels equal another's; warn naming every file.
+
+    Copies with conflicting labels are all dropped; otherwise the first labelled copy
+    (then the first by id) is kept. Returns the kept samples and the dropped ids.
+    """
+    by_hash: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_hash[cache.content_hashes[cache.index[sample.id]]].append(sample)
+    dropped: list[str] = []
+    notes: list[str] = []
+    for copies in by_hash.values():
+        if len(copies) < 2:
+            continue
+        copies = sorted(copies, key=lambda s: (not s.has_label, not s.has_mask, s.id))
+        labels = {s.label for s in copies if s.label is not None}
+        names = ", ".join(s.id for s in copies)
+        if len(labels) > 1:
+            dropped += [s.id for s in copies]
+            notes.append(f"  {names}: conflicting labels, all excluded")
+        else:
+            dropped += [s.id for s in copies[1:]]
+            notes.append(f"  {names}: kept {copies[0].id}")
+    if notes:
+        warnings.warn(
+            f"{len(dropped)} exact duplicate image(s) excluded:\n" + "\n".join(notes),
+            UserWarning,
+            stacklevel=2,
+        )
+    gone = set(dropped)
+    return [s for s in samples if s.id not in gone], sorted(dropped)
+
+
+def group_near_duplicates(
+    samples: Sequence[Sample], cache: ImageCache, max_distance: int
+) -> list[Sample]:
+    """Merge the groups of samples whose difference hashes differ in <= ``max_distance`` bits.
+
+    Single linkage (union-find); the merged group is named by its smallest member group.
+    """
+    n = len(samples)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    first_of_group: dict[str, int] = {}
+    for i, sample in enumerate(samples):
+        union(i, first_of_group.setdefault(sample.group, i))
+    bits = cache.dhashes[[cache.index[s.id] for s in samples]].astype(np.float32)  # (N, 256)
+    distance = bits @ (1.0 - bits).T + (1.0 - bits) @ bits.T  # (N, N) Hamming distances
+    for i, j in zip(*np.nonzero(np.triu(distance <= max_distance, k=1)), strict=True):
+        union(int(i), int(j))
+    names: dict[int, str] = {}
+    for i, sample in enumerate(samples):
+        root = find(i)
+        names[root] = min(names.get(root, sample.group), sample.group)
+    return [s.with_group(names[find(i)]) for i, s in enumerate(samples)]
+
+
+def load_dataset(
+    dataset: str,
+    root: str | Path | None = None,
+    *,
+    image_size: int = 256,
+    classes: Sequence[str] | None = None,
+    skip_bad_files: bool = False,
+    synthetic_samples: int = 200,
+    include_normal: bool = False,
+    seed: int = 42,
+) -> LoadedDataset:
+    """Read, validate and decode a data set once.
+
+    Every file-based data set is loaded whole (BUSI with its normal images, DDTI with its
+    unlabelled images) so that splits do not depend on options; filter afterwards.
+
+    Args:
+        dataset: One of ``synthetic``, ``busi``, ``ddti``, ``manifest``.
+        root: Data set folder (BUSI, DDTI) or manifest file/folder.
+        image_size: Side of the cached images and masks.
+        classes: Class names of a manifest (required there).
+        skip_bad_files: Skip unusable files with one warning instead of raising.
+        synthetic_samples: Number of synthetic images.
+        include_normal: Synthetic only: also generate lesion-free images (class 2).
+        seed: Synthetic only: generator seed.
+    """
+    if dataset == "synthetic":
+        from semiseg_caw.data.synthetic import make_synthetic
+
+        samples, cache = make_synthetic(
+            synthetic_samples, image_size, seed=seed, include_normal=include_normal
+        )
+        names = class_names_for("synthetic", include_normal)
+        return LoadedDataset("synthetic", samples, cache, names, [])
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if root is None:
+        raise ValueError(f"data set {dataset!r} needs a root path")
+    if dataset == "busi":
+        samples, problems = _scan_busi(root)
+        names = list(BUSI_CLASSES)
+    elif dataset == "ddti":
+        samples, problems = _scan_ddti(root)
+        names = list(DDTI_CLASSES)
+    else:
+        if not classes:
+            raise ValueError("a manifest data set needs its class names (classes=[...])")
+        samples, problems = _scan_manifest(root, classes)
+        names = list(classes)
+    cache, decode_problems = decode_samples(samples, image_size)
+    report_problems(problems + decode_problems, skip_bad_files)
+    samples = [s for s in samples if s.id in cache]
+    if not samples:
+        raise DataValidationError([BadFile(str(root), "no usable images left")])
+    samples, excluded = remove_exact_duplicates(samples, cache)
+    if dataset == "busi":
+        samples = group_near_duplicates(samples, cache, BUSI_NEAR_DUPLICATE_DISTANCE)
+    if excluded:
+        cache = cache.subset(s.id for s in samples)
+    return LoadedDataset(dataset, samples, cache, names, excluded)
+
+
+def load_image_folder(
+    folder: str | Path, image_size: int, *, skip_bad_files: bool = False
+) -> tuple[list[str], ImageCache]:
+    """Decode every image directly inside ``folder`` (png, jpg, bmp, tif, ...) for prediction.
+
+    Returns the image paths and a cache whose ids are the file names, in name order.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"prediction folder not found: {folder}")
+    paths = list_image_files(folder)
+    if not paths:
+        raise DataValidationError([BadFile(str(folder), "no images found")])
+    samples = [Sample(id=p.name, image=p) for p in paths]
+    cache, problems = decode_samples(samples, image_size)
+    report_problems(problems, skip_bad_files)
+    if not len(cache):
+        raise DataValidationError([BadFile(str(folder), "no usable images left")])
+    by_name = {p.name: p for p in paths}
+    return [str(by_name[i]) for i in cache.ids], cache

@@ -1,0 +1,79 @@
+"""Export of the inference model (auxiliary model + core model) to ONNX.
+
+    python -m semiseg_caw.export CHECKPOINT OUTPUT.onnx [--image-size 256]
+
+The ONNX graph takes ``image`` (B, C, H, W), normalised as by the data module,
+and returns ``mask_prob`` (B, 1, H, W) and, when the model classifies,
+``class_prob`` (B, K). Needs the ``export`` extra: ``pip install -e '.[export]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class InferenceModel(nn.Module):
+    """Probabilities from a LightningModule's networks: what a deployment needs."""
+
+    def __init__(self, task: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        mask_logits, class_logits = self.task.evaluate_batch(image)
+        if class_logits is None:
+            return (torch.sigmoid(mask_logits),)
+        return torch.sigmoid(mask_logits), torch.softmax(class_logits, dim=1)
+
+
+def export_onnx(task: nn.Module, path: str | Path, image_size: int = 256) -> Path:
+    """Write ``task``'s inference model to ``path`` as ONNX with a dynamic batch size."""
+    try:
+        import onnxscript  # noqa: F401  (needed by torch's ONNX exporter)
+    except ImportError as err:
+        raise ImportError(
+            "ONNX export needs the export extra: pip install 'semiseg-caw[export]'"
+        ) from err
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = InferenceModel(task).eval()
+    example = torch.zeros(2, task.in_channels, image_size, image_size)
+    with torch.no_grad():
+        outputs = model(example)
+    names = ["mask_prob", "class_prob"][: len(outputs)]
+    tmp = path.with_name(path.name + ".part")
+    torch.onnx.export(
+        model,
+        (example,),
+        str(tmp),
+        dynamo=True,
+        input_names=["image"],
+        output_names=names,
+        dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+        external_data=False,
+    )
+    tmp.replace(path)  # never leave a half-written model under the final name
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a ClassElevateSeg or SemiSegCAW checkpoint")
+    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument("--image-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    from semiseg_caw.checkpoints import read_checkpoint
+    from semiseg_caw.lit import ClassElevateSeg, SemiSegCAW
+
+    hparams = read_checkpoint(args.checkpoint).get("hyper_parameters", {})
+    cls = SemiSegCAW if "backbone" in hparams else ClassElevateSeg
+    task = cls.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
+    print(export_onnx(task, args.output, args.image_size))
+
+
+if __name__ == "__main__":
+    main()

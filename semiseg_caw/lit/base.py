@@ -1,0 +1,148 @@
+"""The shared Lightning base: evaluation, metrics, optimiser and logging written once."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from semiseg_caw.losses import bce_loss, dice_loss
+from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
+
+STAGES = ("val", "test")
+
+
+class SegmentationTask(L.LightningModule):
+    """Base for the package's LightningModules.
+
+    Subclasses build their networks in ``configure_models``, return
+    ``(mask_logits, class_logits)`` from ``evaluate_batch`` and compute the
+    training objective in ``training_step``. Validation, test and prediction,
+    metrics, the optimiser, the cosine schedule and the non-finite-loss guard
+    live here.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        min_lr: float = 1e-5,
+        max_bad_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if lr <= 0 or min_lr < 0 or min_lr > lr:
+            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={lr}, min_lr={min_lr}")
+        # Records the init arguments of the subclass too: they are the config schema.
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.bad_steps = 0
+        self.configure_models()
+        self.configure_metrics()
+
+    # -- to be provided by subclasses -------------------------------------------------
+    def configure_models(self) -> None:
+        raise NotImplementedError
+
+    def evaluate_batch(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Segmentation logits (B, 1, H, W) and class logits (B, K) or None."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; by default one group of every parameter."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # -- metrics ------------------------------------------------------------------------
+    def configure_metrics(self) -> None:
+        self.seg_metrics = torch.nn.ModuleDict({s: SegmentationMetrics() for s in STAGES})
+        self.cls_metrics = torch.nn.ModuleDict(
+            {s: build_classification_metrics(self.num_classes) for s in STAGES}
+        )
+
+    def _shared_eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        mask_logits, class_logits = self.evaluate_batch(batch["image"])
+        mask, has_mask = batch["mask"], batch["has_mask"]
+        self.seg_metrics[stage].update(mask_logits, mask, has_mask)
+        if class_logits is not None:
+            self.cls_metrics[stage].update(class_logits, batch["label"])
+        if has_mask.any():
+            loss = bce_loss(mask_logits, mask, has_mask) + dice_loss(mask_logits, mask, has_mask)
+            self.log(f"{stage}/loss", loss, batch_size=int(has_mask.sum()), sync_dist=True)
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = dict(self.seg_metrics[stage].compute())
+        values.update(self.cls_metrics[stage].compute())
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+        self.seg_metrics[stage].reset()
+        self.cls_metrics[stage].reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        mask_logits, class_logits = self.evaluate_batch(batch["image"])
+        out = {"mask_prob": torch.sigmoid(mask_logits), "id": batch.get("id")}
+        if class_logits is not None:
+            out["class_prob"] = torch.softmax(class_logits, dim=1)
+        for key in ("path", "orig_size"):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    # -- training helpers ----------------------------------------------------------------
+    def guard_loss(self, loss: Tensor) -> Tensor | None:
+        """Return None (skip the step) when the loss is not finite; give up after too many."""
+        if torch.isfinite(loss).all():
+            return loss
+        self.bad_steps += 1
+        self.log("train/skipped_steps", float(self.bad_steps))
+        msg = (
+            f"non-finite training loss at global step {self.global_step}; step skipped "
+            f"({self.bad_steps}/{self.hparams.max_bad_steps} allowed)"
+        )
+        if self.bad_steps > self.hparams.max_bad_steps:
+            raise FloatingPointError(
+                f"{msg}. Stopping: lower the learning rate, check the data, or raise max_bad_steps."
+            )
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.parameter_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        t_max = self.trainer.max_epochs if self.trainer and self.trainer.max_epochs else 1
+        t_max = max(1, t_max if t_max > 0 else 1)
+        # Cosine annealing from lr to min_lr over the run, once per epoch. A LambdaLR (not
+        # CosineAnnealingLR) so that every group, e.g. the auxiliary model's smaller lr,
+        # anneals in proportion.
+        lr_min_ratio = self.hparams.min_lr / self.hparams.lr
+
+        def cosine(epoch: int) -> float:
+            progress = min(epoch, t_max) / t_max
+            return lr_min_ratio + (1 - lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -1,0 +1,110 @@
+"""Callbacks: a W&B panel of validation images, and writing predictions to disk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """First channel of a normalised (C, H, W) image, stretched to 0..255 for display."""
+    x = image[0].float()
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-6)
+    return (x * 255).round().byte().cpu().numpy()
+
+
+def _dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    inter = (pred * target).sum().item()
+    total = pred.sum().item() + target.sum().item()
+    return 1.0 if total == 0 else 2 * inter / total
+
+
+class ValidationImageLogger(Callback):
+    """Log a fixed set of validation images to W&B every ``every_n_epochs`` epochs.
+
+    Each image carries ground truth, prediction and (for SemiSegCAW) the
+    thresholded auxiliary map as mask overlays; a table lists per-image Dice.
+    Does nothing unless the trainer logs to W&B.
+
+    Args:
+        num_images: how many validation images (the first ones, in loader order).
+        every_n_epochs: log every this many epochs (and after the last one).
+    """
+
+    def __init__(self, num_images: int = 8, every_n_epochs: int = 10) -> None:
+        super().__init__()
+        if num_images < 1 or every_n_epochs < 1:
+            raise ValueError("num_images and every_n_epochs must be at least 1")
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.samples: list[dict[str, Any]] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking or not isinstance(trainer.logger, WandbLogger):
+            return False
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples = []
+
+    @torch.no_grad()
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active(trainer) or len(self.samples) >= self.num_images:
+            return
+        out = pl_module(batch["image"])
+        pred = (torch.sigmoid(out.mask_logits) >= 0.5).float()
+        aux = getattr(out, "aux_map", None)
+        for i in range(batch["image"].shape[0]):
+            if len(self.samples) >= self.num_images:
+                break
+            sample = {
+                "id": batch["id"][i],
+                "image": _to_uint8(batch["image"][i]),
+                "truth": batch["mask"][i, 0].byte().cpu().numpy(),
+                "pred": pred[i, 0].byte().cpu().numpy(),
+                "dice": _dice(pred[i], batch["mask"][i]),
+            }
+            if aux is not None:
+                sample["aux"] = (aux[i, 0] >= 0.5).byte().cpu().numpy()
+            self.samples.append(sample)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active(trainer) or not self.samples:
+            return
+        import wandb
+
+        labels = {1: "lesion"}
+        table = wandb.Table(columns=["id", "overlay", "dice"])
+        images = []
+        for s in self.samples:
+            masks = {
+                "ground_truth": {"mask_data": s["truth"], "class_labels": labels},
+                "prediction": {"mask_data": s["pred"], "class_labels": labels},
+            }
+            if "aux" in s:
+                masks["auxiliary_map"] = {"mask_data": s["aux"], "class_labels": labels}
+            image = wandb.Image(s["image"], masks=masks, caption=f"{s['id']} dice={s['dice']:.3f}")
+            images.append(image)
+            table.add_data(s["id"], image, s["dice"])
+        trainer.logger.experiment.log(
+            {
+                "val/examples": images,
+                "val/per_image_dice": table,
+                "trainer/global_step": trainer.global_step,
+            }
+        )

@@ -1,0 +1,121 @@
+"""Stage 1: ClassElevateSeg, a U-Net that turns class labels into auxiliary segmentation maps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from semiseg_caw.lit.base import SegmentationTask
+from semiseg_caw.losses import (
+    bce_loss,
+    cam_consistency_loss,
+    cross_entropy_loss,
+    dice_loss,
+    lesion_presence_loss,
+)
+from semiseg_caw.models.class_elevate import ClassElevateNet
+from semiseg_caw.models.wgm import StaticWeighting
+
+STAGE1_TERMS = ("ce", "bce", "dice", "cam", "presence")
+
+
+class ClassElevateSeg(SegmentationTask):
+    """Multitask pre-training of the auxiliary model (stage 1).
+
+    Cross-entropy on every sample with a class, BCE + Dice on every sample with
+    a mask, and on class-only samples two class-to-pixel terms: a soft target
+    from the class activation map of the true class (``cam``) and a
+    lesion-present constraint on the top-k probabilities (``presence``).
+
+    Args:
+        num_classes: number of image classes (linked from the data module).
+        in_channels: image channels, 1 or 3 (linked from the data module).
+        encoder: any timm backbone name for the U-Net encoder.
+        pretrained: load ImageNet weights for the encoder (needs a download).
+        dropout: dropout before the classification layer.
+        loss_weights: fixed weight per term of ``ce, bce, dice, cam, presence``; a
+            term with weight 0 is not computed.
+        normal_class: index of a lesion-free class (e.g. BUSI normal), whose
+            images are supervised with an empty mask; None when there is none.
+        presence_topk: fraction of pixels whose mean probability must be high
+            on a lesion image.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        min_lr: final learning rate of the cosine schedule.
+        max_bad_steps: non-finite losses tolerated (each skipped) before stopping.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        encoder: str = "resnet18",
+        pretrained: bool = False,
+        dropout: float = 0.2,
+        loss_weights: dict[str, float] | None = None,
+        normal_class: int | None = None,
+        presence_topk: float = 0.02,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        min_lr: float = 1e-5,
+        max_bad_steps: int = 20,
+    ) -> None:
+        super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
+
+    def configure_models(self) -> None:
+        weights = {"ce": 1.0, "bce": 1.0, "dice": 1.0, "cam": 0.2, "presence": 0.2}
+        given = self.hparams.loss_weights or {}
+        unknown = set(given) - set(STAGE1_TERMS)
+        if unknown:
+            raise ValueError(f"unknown stage-1 loss terms {sorted(unknown)}; known: {STAGE1_TERMS}")
+        weights.update(given)
+        if any(w < 0 for w in weights.values()):
+            raise ValueError(f"loss weights must be >= 0, got {weights}")
+        self.term_weights = {k: w for k, w in weights.items() if w > 0}
+        self.net = ClassElevateNet(
+            encoder=self.hparams.encoder,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            pretrained=self.hparams.pretrained,
+            dropout=self.hparams.dropout,
+        )
+        self.weighting = StaticWeighting(list(self.term_weights), self.term_weights)
+
+    def forward(self, image: Tensor):
+        return self.net(image)
+
+    def evaluate_batch(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.net(image)
+        return out.mask_logits, out.class_logits
+
+    def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Every active stage-1 term, each averaged over the samples that have its target."""
+        out = self.net(batch["image"])
+        mask, has_mask, label = batch["mask"], batch["has_mask"], batch["label"]
+        class_only = batch["has_label"] & ~has_mask
+        terms: dict[str, Tensor] = {}
+        if "ce" in self.term_weights:
+            terms["ce"] = cross_entropy_loss(out.class_logits, label)
+        if "bce" in self.term_weights:
+            terms["bce"] = bce_loss(out.mask_logits, mask, has_mask)
+        if "dice" in self.term_weights:
+            terms["dice"] = dice_loss(out.mask_logits, mask, has_mask)
+        if "cam" in self.term_weights:
+            cam = self.net.cam(out.features, label.clamp(min=0), tuple(mask.shape[-2:]))
+            terms["cam"] = cam_consistency_loss(out.mask_logits, cam.detach(), class_only)
+        if "presence" in self.term_weights:
+            normal = self.hparams.normal_class
+            present = label != normal if normal is not None else label >= 0
+            terms["presence"] = lesion_presence_loss(
+                out.mask_logits, present, class_only, topk_fraction=self.hparams.presence_topk
+            )
+        return terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        terms = self.loss_terms(batch)
+        loss = self.weighting(terms)
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        return self.guard_loss(loss)

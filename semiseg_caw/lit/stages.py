@@ -1,0 +1,90 @@
+"""Running stage 1 (ClassElevateSeg) ahead of stage 2 with the same data and trainer settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from semiseg_caw.lit.class_elevate import ClassElevateSeg
+from semiseg_caw.lit.semiseg import SemiSegCAW
+
+# Trainer settings that stage 1 inherits from the stage-2 configuration.
+INHERITED = (
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "precision",
+    "deterministic",
+    "benchmark",
+    "limit_train_batches",
+    "limit_val_batches",
+    "num_sanity_val_steps",
+    "log_every_n_steps",
+    "gradient_clip_val",
+    "accumulate_grad_batches",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "check_val_every_n_epoch",
+)
+
+
+def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassElevateSeg:
+    """The ClassElevateSeg that fits ``model``'s auxiliary network."""
+    hp = model.hparams
+    return ClassElevateSeg(
+        num_classes=hp.num_classes,
+        in_channels=hp.in_channels,
+        encoder=hp.aux_encoder,
+        normal_class=normal_class,
+        lr=hp.lr,
+        weight_decay=hp.weight_decay,
+        min_lr=hp.min_lr,
+        max_bad_steps=hp.max_bad_steps,
+    )
+
+
+def fit_stage1(
+    model: SemiSegCAW,
+    datamodule: L.LightningDataModule,
+    root_dir: str | Path,
+    max_epochs: int,
+    trainer_kwargs: dict[str, Any] | None = None,
+    wandb: bool = False,
+) -> Path:
+    """Train ClassElevateSeg, load its best-on-validation weights into ``model``, return the file."""
+    root = Path(root_dir) / "stage1"
+    checkpoint = ModelCheckpoint(
+        dirpath=root / "checkpoints",
+        filename="best-{epoch:03d}",
+        monitor="val/dice",
+        mode="max",
+        save_last=True,
+    )
+    logger = (
+        WandbLogger(project="semiseg-caw", name="stage1", save_dir=str(root), job_type="stage1")
+        if wandb
+        else CSVLogger(root, name="logs")
+    )
+    kwargs = {k: v for k, v in (trainer_kwargs or {}).items() if k in INHERITED and v is not None}
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        callbacks=[checkpoint],
+        logger=logger,
+        **kwargs,
+    )
+    stage1 = stage1_module(model, getattr(datamodule, "normal_class", None))
+    trainer.fit(stage1, datamodule=datamodule)
+    if wandb:
+        import wandb as wandb_lib
+
+        wandb_lib.finish()  # stage 2 starts a run of its own
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    if not best:
+        raise RuntimeError(f"stage 1 wrote no checkpoint under {root}")
+    model.load_stage1(best)
+    return Path(best)

@@ -1,0 +1,358 @@
+"""SemiSegDataModule: options, batches, budgets, sampler, augmentation, cache, predict."""
+
+from __future__ import annotations
+
+import warnings
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from data_fixtures import noise_image, write_busi, write_ddti, write_manifest
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import semiseg_caw.data.io as data_io
+from semiseg_caw.data import (
+    DataValidationError,
+    SegmentationDataset,
+    SemiSegDataModule,
+    build_train_transform,
+    make_split_file,
+    make_synthetic,
+)
+from semiseg_caw.data.datasets import seed_worker
+from semiseg_caw.data.transforms import MEAN, STD
+
+KEYS = {"image", "mask", "label", "has_mask", "has_label", "id"}
+
+
+def synthetic_dm(**kwargs) -> SemiSegDataModule:
+    options = {"image_size": 32, "batch_size": 8, "synthetic_samples": 120}
+    options.update(kwargs)
+    dm = SemiSegDataModule(**options)
+    dm.setup("fit")
+    return dm
+
+
+def check_batch(batch: dict, batch_size: int, channels: int, size: int) -> None:
+    assert set(batch) == KEYS
+    assert batch["image"].shape == (batch_size, channels, size, size)
+    assert batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (batch_size, 1, size, size)
+    assert batch["mask"].dtype == torch.float32
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["label"].dtype == torch.long and batch["label"].shape == (batch_size,)
+    assert batch["has_mask"].dtype == torch.bool and batch["has_label"].dtype == torch.bool
+    assert isinstance(batch["id"], list) and len(batch["id"]) == batch_size
+    assert torch.equal(batch["has_label"], batch["label"] >= 0)
+    no_mask = ~batch["has_mask"]
+    assert batch["mask"][no_mask].sum() == 0
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ({}, ["benign", "malignant"]),
+        ({"include_normal": True}, ["benign", "malignant", "normal"]),
+        ({"dataset": "busi", "root": "nowhere"}, ["benign", "malignant"]),
+        (
+            {"dataset": "busi", "root": "x", "include_normal": True},
+            ["benign", "malignant", "normal"],
+        ),
+        ({"dataset": "ddti", "root": "x"}, ["low_risk", "suspicious"]),
+        (
+            {"dataset": "manifest", "root": "x", "classes": ["a", "b", "c", "d"]},
+            ["a", "b", "c", "d"],
+        ),
+    ],
+)
+def test_class_names_known_without_reading_data(options, names):
+    dm = SemiSegDataModule(in_channels=3, **options)
+    assert dm.class_names == names and dm.num_classes == len(names)
+    assert dm.in_channels == 3 and dm.splits is None
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"dataset": "busi"}, "needs root"),
+        ({"dataset": "manifest", "root": "m.csv"}, "needs classes"),
+        ({"in_channels": 2}, "in_channels"),
+        ({"class_only": -1}, "class_only"),
+        ({"class_only": 2.5}, "class_only"),
+        ({"class_only_per_batch": 1.5}, "class_only_per_batch"),
+        ({"class_only_per_batch": 0}, "class_only_per_batch"),
+        ({"budget_mode": "half"}, "budget_mode"),
+        ({"batch_size": 0}, "batch sizes"),
+        ({"image_size": 4}, "image_size"),
+    ],
+)
+def test_invalid_options_fail_in_init(options, match):
+    with pytest.raises(ValueError, match=match):
+        SemiSegDataModule(**options)
+
+
+def test_init_signature_is_a_config_schema():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SemiSegDataModule, "data")
+    cfg = parser.parse_args(["--data.dataset=busi", "--data.class_only=100", "--data.root=r"])
+    assert cfg.data.class_only == 100 and cfg.data.budget_mode == "semi"
+    help_text = parser.format_help()
+    assert "Training batch size" in help_text and "mask_only" in help_text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data.budget_mode=half"])
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_train_val_test_batches(in_channels):
+    dm = synthetic_dm(in_channels=in_channels, class_only=0.3)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        check_batch(batch, 8, in_channels, 32)
+    if in_channels == 3:
+        assert torch.equal(batch["image"][:, 0], batch["image"][:, 2])
+    train = dm.splits["train"]
+    assert sum(s.kind == "class_only" for s in train) == round(0.3 * len(train))
+    assert all(s.kind == "full" for s in dm.splits["val"] + dm.splits["test"])
+
+
+def test_class_only_per_batch_sets_the_mix():
+    dm = synthetic_dm(class_only=0.3, class_only_per_batch=0.25)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(dm.splits["train"]) // 8
+    for batch in batches:
+        class_only = batch["has_label"] & ~batch["has_mask"]
+        assert class_only.sum() == 2 and batch["has_mask"].sum() == 6
+    assert [b["id"] for b in batches] != [b["id"] for b in loader]  # reshuffled per epoch
+
+
+def test_natural_proportion_when_no_sampler_fraction():
+    dm = synthetic_dm(class_only=0.5)
+    kinds = torch.cat([b["has_mask"] for b in dm.train_dataloader()])
+    assert 0 < kinds.sum() < len(kinds)
+
+
+@pytest.mark.parametrize(
+    ("mode", "train_len", "class_only"), [("semi", 84, 40), ("reduced", 44, 0), ("full", 84, 0)]
+)
+def test_budget_modes(mode, train_len, class_only):
+    dm = synthetic_dm(class_only=40, budget_mode=mode)
+    train = dm.splits["train"]
+    assert len(train) == train_len and sum(s.kind == "class_only" for s in train) == class_only
+
+
+def test_budget_too_large_fails_at_setup_with_numbers():
+    with pytest.raises(ValueError, match="asks for 85 .* only 84"):
+        synthetic_dm(class_only=85)
+
+
+def test_eval_loaders_are_not_augmented():
+    dm = synthetic_dm()
+    first, second = next(iter(dm.val_dataloader())), next(iter(dm.val_dataloader()))
+    assert torch.equal(first["image"], second["image"])
+    image, mask = dm.data.cache.get(first["id"][0])
+    expected = (torch.from_numpy(image).float() / 255 - MEAN) / STD
+    assert torch.allclose(first["image"][0, 0], expected)
+    assert torch.equal(first["mask"][0, 0], torch.from_numpy(mask).float())
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _threshold_image(seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """An image whose mask is exactly ``image > 127``: bright blobs on a dark background."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    mask = np.zeros((size, size), bool)
+    for _ in range(3):
+        cy, cx, r = rng.integers(10, size - 10, 2).tolist() + [int(rng.integers(5, 12))]
+        mask |= (y - cy) ** 2 + ((x - cx) * 0.6) ** 2 < r**2
+    image = np.where(mask, 200, 50).astype(np.uint8)
+    return image, mask.astype(np.uint8)
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    transform = build_train_transform(affine_p=1.0, rotate_limit=45, seed=0)
+    agreement = []
+    for i in range(30):
+        image, mask = _threshold_image(i)
+        out = transform(image=image[..., None], mask=mask)
+        aug, aug_mask = out["image"][..., 0].astype(float), out["mask"]
+        assert set(np.unique(aug_mask)) <= {0, 1}  # nearest: still binary
+        threshold = (aug[aug_mask == 1].mean() + aug[aug_mask == 0].mean()) / 2
+        agreement.append(((aug > threshold) == (aug_mask == 1)).mean())
+    assert np.mean(agreement) > 0.97 and min(agreement) > 0.93
+
+
+def test_rotation_angle_is_fresh_for_every_sample():
+    pipeline = build_train_transform(affine_p=1.0, seed=0)
+    recorder = A.Compose(pipeline.transforms, save_applied_params=True, seed=0)
+    image, mask = _threshold_image(0)
+    angles = []
+    for _ in range(6):
+        applied = dict(recorder(image=image[..., None], mask=mask)["applied_transforms"])
+        angles.append(applied["Affine"]["rotate"])
+    assert len(set(angles)) == 6 and max(np.abs(angles)) <= 30
+
+
+def test_each_worker_and_epoch_draws_its_own_augmentation():
+    samples, cache = make_synthetic(1, 32, seed=0)
+    dataset = SegmentationDataset(samples * 4, cache, build_train_transform(affine_p=1.0, seed=0))
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=seed_worker)
+    epochs = [[b["image"] for b in loader] for _ in range(2)]
+    images = epochs[0] + epochs[1]
+    for i in range(len(images)):
+        for j in range(i):
+            assert not torch.equal(images[i], images[j]), (i, j)
+
+
+# ----------------------------------------------------------------------------- real layouts
+
+
+def test_busi_layout_cache_is_built_once(tmp_path, monkeypatch):
+    write_busi(tmp_path, {"benign": 14, "malignant": 10, "normal": 6})
+    calls = []
+    original = data_io._open
+    monkeypatch.setattr(data_io, "_open", lambda path: calls.append(path) or original(path))
+    dm = SemiSegDataModule("busi", str(tmp_path), image_size=32, batch_size=4)
+    dm.setup("fit")
+    assert len(calls) == len(set(calls)) == 30 + 30 + 1  # images, masks, the second mask
+    assert {s.label for name in dm.splits for s in dm.splits[name]} == {0, 1}  # no normal
+    dm.setup("test")  # a second setup reuses the cache
+    pristine = dm.data.cache.images.copy(), dm.data.cache.masks.copy()
+    for _ in range(2):
+        for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+            for batch in loader:
+                check_batch(batch, len(batch["id"]), 1, 32)
+    assert len(calls) == 61
+    assert np.array_equal(dm.data.cache.images, pristine[0])  # augmentation never writes back
+    assert np.array_equal(dm.data.cache.masks, pristine[1])
+    with_normal = SemiSegDataModule("busi", str(tmp_path), include_normal=True, image_size=32)
+    with_normal.setup("fit")
+    assert 2 in {s.label for s in with_normal.splits["train"]}
+
+
+def test_split_file_is_used_and_checked(tmp_path):
+    root = write_busi(tmp_path / "busi", {"benign": 14, "malignant": 10, "normal": 6})
+    split_path = tmp_path / "split.json"
+    make_split_file("busi", root, split_path)
+    from_file = SemiSegDataModule("busi", str(root), split_file=str(split_path), image_size=32)
+    from_file.setup("fit")
+    in_memory = SemiSegDataModule("busi", str(root), image_size=32)
+    in_memory.setup("fit")
+    assert from_file.splits == in_memory.splits
+    text = split_path.read_text().replace('"test": [', '"test": [\n    "benign/ghost.png",')
+    split_path.write_text(text)
+    with pytest.raises(ValueError, match="1 id\\(s\\) not found in the data: 'benign/ghost.png'"):
+        SemiSegDataModule("busi", str(root), split_file=str(split_path), image_size=32).setup()
+
+
+def test_ddti_unlabelled_drop_or_mask_only(tmp_path):
+    root = write_ddti(tmp_path, n=40)
+    drop = SemiSegDataModule("ddti", str(root), image_size=32, batch_size=4)
+    drop.setup("fit")
+    assert all(s.has_label for name in drop.splits for s in drop.splits[name])
+    keep = SemiSegDataModule(
+        "ddti", str(root), image_size=32, batch_size=4, ddti_unlabelled="mask_only"
+    )
+    keep.setup("fit")
+    mask_only = [s for s in keep.splits["train"] if s.kind == "mask_only"]
+    assert len(mask_only) == 3  # case 1 (two images) and the image without a case
+    assert all(s.has_label for name in ("val", "test") for s in keep.splits[name])
+    batch = next(iter(keep.train_dataloader()))
+    check_batch(batch, 4, 1, 32)
+
+
+def test_manifest_datamodule(tmp_path):
+    path = write_manifest(tmp_path)
+    dm = SemiSegDataModule(
+        "manifest", str(path), classes=["benign", "malignant"], image_size=32, batch_size=2
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3 labelled groups: the val split may be empty
+        dm.setup("fit")
+    assert dm.num_classes == 2
+    kinds = {s.id: s.kind for name in dm.splits for s in dm.splits[name]}
+    assert (
+        kinds["imgs/1.png"] == "class_only" and kinds.get("imgs/6.png", "mask_only") == "mask_only"
+    )
+
+
+def test_setup_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        SemiSegDataModule("busi", str(tmp_path / "nowhere")).setup("fit")
+    root = write_busi(tmp_path / "b", {"benign": 10, "malignant": 10})
+    (root / "Dataset_BUSI_with_GT" / "benign" / "benign (1).png").write_bytes(b"broken")
+    with pytest.raises(DataValidationError, match=r"benign \(1\).png: cannot decode"):
+        SemiSegDataModule("busi", str(root), image_size=32).setup("fit")
+    dm = SemiSegDataModule("busi", str(root), image_size=32, skip_bad_files=True)
+    with pytest.warns(RuntimeWarning, match=r"skipping 1 bad file"):
+        dm.setup("fit")
+    assert sum(len(v) for v in dm.splits.values()) == 19
+
+
+def test_predict_loader(tmp_path):
+    for i, ext in enumerate(["png", "jpg", "bmp"]):
+        Image.fromarray(noise_image(i, (50 + i, 40))).save(tmp_path / f"img{i}.{ext}")
+    dm = SemiSegDataModule(
+        predict_dir=str(tmp_path), image_size=32, eval_batch_size=3, in_channels=3
+    )
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert set(batch) == {"image", "id", "path", "orig_size"}
+    assert batch["image"].shape == (3, 3, 32, 32)
+    assert batch["id"] == ["img0.png", "img1.jpg", "img2.bmp"]
+    assert batch["orig_size"].dtype == torch.long
+    assert batch["orig_size"].tolist() == [[40, 50], [40, 51], [40, 52]]
+    assert batch["path"][2].endswith("img2.bmp")
+    with pytest.raises(ValueError, match="predict_dir"):
+        SemiSegDataModule().setup("predict")
+
+
+def test_lightning_trainer_consumes_the_loaders():
+    import lightning as L
+
+    class Probe(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Conv2d(1, 1, 1)
+            self.seen: list[list[str]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch["id"])
+            return self.layer(batch["image"]).mean()
+
+        def validation_step(self, batch, batch_idx):
+            check_batch(batch, len(batch["id"]), 1, 32)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = SemiSegDataModule(
+        image_size=32, batch_size=8, synthetic_samples=60, class_only=0.5, class_only_per_batch=0.5
+    )
+    probe = Probe()
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(probe, datamodule=dm)
+    assert len(probe.seen) == 6 and probe.seen[:3] != probe.seen[3:]

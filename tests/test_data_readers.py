@@ -1,0 +1,363 @@
+"""Readers, decoding and validation on tiny data sets written in the real layouts."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+from data_fixtures import SIZE, blob_mask, noise_image, save, write_busi, write_ddti, write_manifest
+from PIL import Image
+
+from semiseg_caw.data import (
+    DataValidationError,
+    decode_image,
+    decode_mask,
+    load_dataset,
+    load_image_folder,
+    make_synthetic,
+    scan_busi,
+    scan_ddti,
+    scan_manifest,
+)
+
+BUSI_DIR = "Dataset_BUSI_with_GT"
+
+
+def _load(*args, **kwargs):
+    """load_dataset with warnings recorded; returns (data, [warning messages])."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_dataset(*args, **kwargs)
+    return data, [str(w.message) for w in caught]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "RGB", "RGBA", "P", "LA", "I;16"])
+def test_decode_image_any_mode_gives_gray_uint8(tmp_path, mode):
+    gray = noise_image(1)
+    if mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(gray).convert(mode)
+    image.save(tmp_path / "x.png")
+    out = decode_image(tmp_path / "x.png")
+    assert out.dtype == np.uint8 and out.shape == gray.shape
+    if mode in ("L", "RGB", "RGBA", "LA", "I;16", "P"):
+        assert np.array_equal(out, gray)
+
+
+def test_decode_mask_uses_colour_not_alpha(tmp_path):
+    mask = blob_mask(3)
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[mask, :3] = 255
+    rgba[..., 3] = 255  # downloads: opaque RGBA masks
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(decode_mask(tmp_path / "opaque.png"), mask)
+    rgba[..., 3] = np.where(mask, 255, 0)  # transparent background, colour carries the mask
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "transparent.png")
+    assert np.array_equal(decode_mask(tmp_path / "transparent.png"), mask)
+    only_alpha = np.zeros_like(rgba)
+    only_alpha[..., 3] = np.where(mask, 255, 0)  # drawn only in alpha: falls back to alpha
+    Image.fromarray(only_alpha, "RGBA").save(tmp_path / "alpha.png")
+    assert np.array_equal(decode_mask(tmp_path / "alpha.png"), mask)
+
+
+def test_decode_mask_modes_and_zero_one_values(tmp_path):
+    mask = blob_mask(4)
+    for mode in ("1", "L", "RGB"):
+        save(tmp_path / f"{mode}.png", mask, mode)
+        assert np.array_equal(decode_mask(tmp_path / f"{mode}.png"), mask)
+    Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "01.png")  # values {0, 1}
+    assert np.array_equal(decode_mask(tmp_path / "01.png"), mask)
+
+
+def test_truncated_and_corrupt_files_raise_naming_the_file(tmp_path):
+    save(tmp_path / "good.png", noise_image(5))
+    data = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    for name in ("cut.png", "junk.png"):
+        with pytest.raises(ValueError, match="cannot decode"):
+            decode_image(tmp_path / name)
+
+
+# ----------------------------------------------------------------------------- BUSI
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_busi_reader_layout_labels_and_masks(tmp_path, nested):
+    root = write_busi(tmp_path, nested=nested)  # class folders in root itself when not nested
+    samples = scan_busi(root)
+    assert [s.label for s in samples].count(0) == 6
+    assert [s.label for s in samples].count(1) == 4
+    assert [s.label for s in samples].count(2) == 2
+    by_id = {s.id: s for s in samples}
+    multi = by_id["benign/benign (1).png"]
+    assert [m.name for m in multi.masks] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
+    data, _ = _load("busi", root, image_size=32)
+    assert len(data.samples) == 12 and data.class_names == ["benign", "malignant", "normal"]
+    # union of both mask files, resized with nearest: binary, covers both lesions
+    _, small = data.cache.get("benign/benign (1).png")
+    assert set(np.unique(small)) == {0, 1}
+    assert small[-2:, -2:].all() and small.sum() > 4 * 4
+    for s in data.samples:  # normal masks are empty, lesion masks are not
+        assert (data.cache.get(s.id)[1].sum() == 0) == (s.label == 2)
+    assert data.cache.images.dtype == np.uint8 and data.cache.images.shape[1:] == (32, 32)
+    assert tuple(data.cache.orig_sizes[0]) == (SIZE[1], SIZE[0])
+
+
+def test_busi_root_may_be_the_dataset_folder_itself(tmp_path):
+    write_busi(tmp_path)
+    assert [s.id for s in scan_busi(tmp_path)] == [s.id for s in scan_busi(tmp_path / BUSI_DIR)]
+
+
+def test_busi_exact_duplicates_with_conflicting_labels_are_excluded(tmp_path):
+    write_busi(tmp_path)
+    base = tmp_path / BUSI_DIR
+    # the same picture as benign (2), saved in another mode, filed as malignant
+    save(
+        base / "malignant" / "malignant (9).png",
+        np.asarray(Image.open(base / "benign" / "benign (2).png").convert("L")),
+        "RGB",
+    )
+    save(base / "malignant" / "malignant (9)_mask.png", blob_mask(9), "L")
+    data, messages = _load("busi", tmp_path, image_size=32)
+    ids = {s.id for s in data.samples}
+    assert "benign/benign (2).png" not in ids and "malignant/malignant (9).png" not in ids
+    assert data.excluded == ["benign/benign (2).png", "malignant/malignant (9).png"]
+    assert any("benign (2).png" in m and "malignant (9).png" in m for m in messages)
+
+
+def test_same_label_duplicates_keep_one_copy(tmp_path):
+    write_busi(tmp_path)
+    base = tmp_path / BUSI_DIR
+    copy = np.asarray(Image.open(base / "benign" / "benign (3).png").convert("L"))
+    save(base / "benign" / "benign (99).png", copy, "RGBA")
+    save(base / "benign" / "benign (99)_mask.png", blob_mask(99))
+    data, messages = _load("busi", tmp_path, image_size=32)
+    ids = {s.id for s in data.samples}
+    assert "benign/benign (3).png" in ids and "benign/benign (99).png" not in ids
+    assert any("kept benign/benign (3).png" in m for m in messages)
+
+
+def test_busi_near_duplicates_share_a_group(tmp_path):
+    write_busi(tmp_path)
+    base = tmp_path / BUSI_DIR
+    frame = np.asarray(Image.open(base / "benign" / "benign (4).png").convert("L")).astype(int)
+    frame = np.clip(frame + np.random.default_rng(0).integers(-6, 7, frame.shape), 0, 255)
+    save(base / "malignant" / "malignant (7).png", frame.astype(np.uint8))
+    save(base / "malignant" / "malignant (7)_mask.png", blob_mask(7))
+    data, _ = _load("busi", tmp_path, image_size=32)
+    group = {s.id: s.group for s in data.samples}
+    assert group["malignant/malignant (7).png"] == group["benign/benign (4).png"]
+    assert len(set(group.values())) == len(group) - 1  # unrelated images stay apart
+
+
+def _problem_paths(excinfo) -> str:
+    return "\n".join(f"{p.path}: {p.problem}" for p in excinfo.value.problems)
+
+
+def test_busi_bad_files_raise_one_error_naming_each(tmp_path):
+    write_busi(tmp_path)
+    base = tmp_path / BUSI_DIR
+    (base / "benign" / "benign (2).png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    save(base / "benign" / "benign (3)_mask.png", np.zeros((10, 10), bool))  # wrong size
+    save(base / "malignant" / "malignant (50)_mask.png", blob_mask(1))  # no image
+    save(base / "tumour" / "tumour (1).png", noise_image(77))  # unknown class folder
+    with pytest.raises(DataValidationError) as excinfo:
+        load_dataset("busi", tmp_path, image_size=32)
+    text = _problem_paths(excinfo)
+    assert "benign (2).png: cannot decode" in text
+    assert "benign (3)_mask.png: mask size 10x10" in text and "differs" in text
+    assert "malignant (50)_mask.png: mask without an image" in text
+    assert "tumour: unknown class folder 'tumour'" in text
+    assert len(excinfo.value.problems) == 4
+    assert "skip_bad_files=True" in str(excinfo.value)
+
+
+def test_busi_skip_bad_files_warns_once_and_skips(tmp_path):
+    write_busi(tmp_path)
+    base = tmp_path / BUSI_DIR
+    (base / "benign" / "benign (2).png").write_bytes(b"broken")
+    save(base / "benign" / "benign (3)_mask.png", np.zeros((10, 10), bool))
+    save(base / "tumour" / "tumour (1).png", noise_image(77))
+    data, messages = _load("busi", tmp_path, image_size=32, skip_bad_files=True)
+    ids = {s.id for s in data.samples}
+    assert len(ids) == 10 and "benign/benign (2).png" not in ids
+    bad = [m for m in messages if "bad file" in m]
+    assert len(bad) == 1 and "benign (2).png" in bad[0] and "tumour" in bad[0]
+
+
+def test_busi_missing_root_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        scan_busi(tmp_path / "nowhere")
+    with pytest.raises(DataValidationError, match="no class folders"):
+        scan_busi(tmp_path)
+    (tmp_path / "benign").mkdir()
+    with pytest.raises(DataValidationError, match="no images found"):
+        scan_busi(tmp_path)
+
+
+def test_busi_image_without_mask_is_reported(tmp_path):
+    write_busi(tmp_path)
+    (tmp_path / BUSI_DIR / "normal" / "normal (1)_mask.png").unlink()
+    with pytest.raises(DataValidationError, match=r"normal \(1\).png: image without a mask"):
+        scan_busi(tmp_path)
+
+
+# ----------------------------------------------------------------------------- DDTI
+
+
+def test_ddti_reader_labels_groups_and_unlabelled(tmp_path):
+    write_ddti(tmp_path, n=12)
+    samples = {s.id: s for s in scan_ddti(tmp_path)}
+    assert len(samples) == 12
+    assert samples["image/1.PNG"].label is None and samples["image/1.PNG"].has_mask
+    assert samples["image/1.PNG"].group == samples["image/2.PNG"].group == "case/1"
+    assert samples["image/3.PNG"].group == samples["image/4.PNG"].group == "case/2"
+    assert samples["image/3.PNG"].label == 0 and samples["image/5.PNG"].label == 1
+    assert samples["image/12.PNG"].group == "image/12.PNG"  # no case: own group
+    assert samples["image/12.PNG"].label is None
+
+
+def test_ddti_rows_and_masks_pointing_nowhere(tmp_path):
+    write_ddti(tmp_path, n=6)
+    with open(tmp_path / "labels.csv", "a") as handle:
+        handle.write("77.PNG,9,4a,1\n")
+    save(tmp_path / "mask" / "88.PNG", blob_mask(1))
+    (tmp_path / "mask" / "3.PNG").unlink()
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_ddti(tmp_path)
+    text = _problem_paths(excinfo)
+    assert "labels.csv: row for '77.PNG': no such file in image/" in text
+    assert "88.PNG: mask without an image" in text
+    assert "3.PNG: image without a mask" in text
+
+
+def test_ddti_bad_label_value_names_the_line(tmp_path):
+    write_ddti(tmp_path, n=4)
+    text = (tmp_path / "labels.csv").read_text().replace("3.PNG,2,3,0", "3.PNG,2,3,maybe")
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(DataValidationError, match=r"labels.csv:4: label 'maybe'"):
+        scan_ddti(tmp_path)
+
+
+def test_ddti_missing_layout(tmp_path):
+    (tmp_path / "image").mkdir()
+    with pytest.raises(DataValidationError, match="mask"):
+        scan_ddti(tmp_path)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def test_manifest_labels_by_name_or_index_groups_and_paths(tmp_path):
+    path = write_manifest(tmp_path)
+    samples = {s.id: s for s in scan_manifest(path, ["benign", "malignant"])}
+    assert [samples[f"imgs/{i}.png"].label for i in range(8)] == [0, 1, 1, 0, 0, 1, None, None]
+    assert not samples["imgs/1.png"].has_mask and samples["imgs/1.png"].kind == "class_only"
+    assert samples["imgs/6.png"].kind == "mask_only"
+    assert samples["imgs/0.png"].group == samples["imgs/1.png"].group == "group/g0"
+    assert samples["imgs/0.png"].image == tmp_path / "imgs" / "0.png"
+    assert scan_manifest(tmp_path, ["benign", "malignant"])  # folder holding manifest.csv
+
+
+def test_manifest_multiple_masks_are_united(tmp_path):
+    save(tmp_path / "a.png", noise_image(1))
+    left, right = np.zeros(SIZE[::-1], bool), np.zeros(SIZE[::-1], bool)
+    left[:, :5], right[:, -5:] = True, True
+    save(tmp_path / "l.png", left)
+    save(tmp_path / "r.png", right, "1")
+    write_manifest(tmp_path, [{"image": "a.png", "mask": "l.png;r.png", "label": "", "group": ""}])
+    data, _ = _load("manifest", tmp_path, image_size=SIZE[0], classes=["x"])
+    mask = data.cache.get("a.png")[1]
+    assert mask[:, 0].all() and mask[:, -1].all() and not mask[:, SIZE[0] // 2].any()
+
+
+def test_manifest_bad_rows_name_the_line(tmp_path):
+    save(tmp_path / "a.png", noise_image(1))
+    rows = [
+        {"image": "a.png", "mask": "", "label": "0", "group": ""},
+        {"image": "gone.png", "mask": "", "label": "0", "group": ""},
+        {"image": "a.png", "mask": "missing_mask.png", "label": "1", "group": ""},
+        {"image": "a.png", "mask": "", "label": "cyst", "group": ""},
+        {"image": "a.png", "mask": "", "label": "5", "group": ""},
+        {"image": "a.png", "mask": "", "label": "", "group": ""},
+    ]
+    path = write_manifest(tmp_path, rows)
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_manifest(path, ["benign", "malignant"])
+    text = _problem_paths(excinfo)
+    assert "manifest.csv:3: file(s) not found" in text and "gone.png" in text
+    assert "manifest.csv:4: file(s) not found" in text and "missing_mask.png" in text
+    assert "manifest.csv:5: unknown class name 'cyst'" in text
+    assert "manifest.csv:6: label 5 out of range" in text
+    assert "manifest.csv:7: row has neither a mask nor a label" in text
+
+
+def test_manifest_needs_classes_and_existing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        scan_manifest(tmp_path / "none.csv", ["a"])
+    write_manifest(tmp_path)
+    with pytest.raises(ValueError, match="class names"):
+        load_dataset("manifest", tmp_path)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_fast_deterministic_and_learnable():
+    start = time.perf_counter()
+    samples, cache = make_synthetic(120, 64, seed=3, include_normal=True)
+    assert time.perf_counter() - start < 1.0
+    _, again = make_synthetic(120, 64, seed=3, include_normal=True)
+    _, other = make_synthetic(120, 64, seed=4, include_normal=True)
+    assert np.array_equal(cache.images, again.images) and np.array_equal(cache.masks, again.masks)
+    assert not np.array_equal(cache.images, other.images)
+    assert cache.images.shape == (120, 64, 64) and cache.images.dtype == np.uint8
+    assert {s.label for s in samples} == {0, 1, 2} and all(s.has_mask for s in samples)
+    contrast = []
+    for s in samples:
+        image, mask = cache.get(s.id)
+        assert set(np.unique(mask)) <= {0, 1}
+        if s.label == 2:
+            assert mask.sum() == 0
+        else:
+            assert mask.sum() > 0
+            contrast.append(image[mask == 1].mean() / image[mask == 0].mean())
+    # lesions are dark (hypoechoic) but not trivially so
+    assert np.median(contrast) < 0.7 and max(contrast) > 0.3
+    # shape follows the class: malignant lesions are less compact (perimeter^2 / area)
+    compact = {0: [], 1: []}
+    for s in samples:
+        if s.label in compact:
+            m = cache.get(s.id)[1].astype(bool)
+            edge = (m ^ np.roll(m, 1, 0)).sum() + (m ^ np.roll(m, 1, 1)).sum()
+            compact[s.label].append(edge**2 / m.sum())
+    assert np.median(compact[1]) > np.median(compact[0])
+
+
+def test_synthetic_sample_does_not_depend_on_count():
+    _, few = make_synthetic(4, 32, seed=1)
+    _, many = make_synthetic(10, 32, seed=1)
+    assert np.array_equal(few.images, many.images[:4])
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_image_folder_any_format_keeps_original_size(tmp_path):
+    for i, ext in enumerate(["png", "jpg", "bmp", "tif"]):
+        Image.fromarray(noise_image(i, (30 + i, 20))).convert("RGB").save(tmp_path / f"{i}.{ext}")
+    (tmp_path / "notes.txt").write_text("ignored")
+    paths, cache = load_image_folder(tmp_path, 16)
+    assert cache.ids == ["0.png", "1.jpg", "2.bmp", "3.tif"]
+    assert paths[1].endswith("1.jpg")
+    assert [tuple(s) for s in cache.orig_sizes] == [(20, 30), (20, 31), (20, 32), (20, 33)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="no images"):
+        load_image_folder(tmp_path / "empty", 16)

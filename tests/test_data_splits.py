@@ -1,0 +1,162 @@
+"""Splits (disjoint, grouped, stratified, deterministic), split files and label budgets."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from semiseg_caw.data import (
+    Sample,
+    apply_budget,
+    read_split_file,
+    select_class_only,
+    stratified_group_split,
+    write_split_file,
+)
+from semiseg_caw.data.splits import check_split_ids, split_to_json
+
+
+def make_samples(n: int = 300, seed: int = 0, unlabelled: int = 0) -> list[Sample]:
+    """Labelled samples (classes 2:1:0.5) in groups of 1-4, plus unlabelled groups."""
+    rng = np.random.default_rng(seed)
+    samples, i, g = [], 0, 0
+    while i < n:
+        label = int(rng.choice(3, p=[0.57, 0.29, 0.14]))
+        for _ in range(int(rng.integers(1, 5))):
+            samples.append(
+                Sample(id=f"s{i:04d}", image=None, label=label, group=f"g{g}", has_mask=True)
+            )
+            i += 1
+        g += 1
+    for j in range(unlabelled):
+        samples.append(
+            Sample(id=f"u{j:04d}", image=None, label=None, group=f"ug{j // 2}", has_mask=True)
+        )
+    return samples
+
+
+def test_split_is_disjoint_complete_grouped_and_stratified():
+    samples = make_samples()
+    split = stratified_group_split(samples, (0.7, 0.1, 0.2), seed=42)
+    ids = [i for name in ("train", "val", "test") for i in split[name]]
+    assert len(ids) == len(set(ids)) == len(samples)
+    where = {i: name for name in split for i in split[name]}
+    groups: dict[str, set[str]] = {}
+    for s in samples:
+        groups.setdefault(s.group, set()).add(where[s.id])
+    assert all(len(names) == 1 for names in groups.values())
+    label = {s.id: s.label for s in samples}
+    total = Counter(s.label for s in samples)
+    for name, fraction in zip(("train", "val", "test"), (0.7, 0.1, 0.2), strict=True):
+        assert split[name] == sorted(split[name])
+        counts = Counter(label[i] for i in split[name])
+        for c, n in total.items():
+            assert abs(counts[c] - fraction * n) <= 4, (name, c, counts[c], fraction * n)
+
+
+def test_split_is_deterministic_and_seeded():
+    samples = make_samples()
+    first = stratified_group_split(samples, seed=42)
+    assert first == stratified_group_split(list(reversed(samples)), seed=42)
+    assert first != stratified_group_split(samples, seed=7)
+
+
+def test_unlabelled_samples_only_go_to_train():
+    samples = make_samples(120, unlabelled=20)
+    # an unlabelled member inside labelled groups
+    samples += [Sample(id=f"x{g}", image=None, group=f"g{g}", has_mask=True) for g in range(30)]
+    split = stratified_group_split(samples, seed=1)
+    unlabelled = {s.id for s in samples if s.label is None}
+    assert not unlabelled & set(split["val"] + split["test"])
+    assert {f"u{j:04d}" for j in range(20)} <= set(split["train"])
+    groups_in_eval = {s.group for s in samples if s.id in set(split["val"] + split["test"])}
+    left_out = {s.id for s in samples if s.group in groups_in_eval and s.label is None}
+    listed = set(split["train"] + split["val"] + split["test"])
+    assert left_out and not left_out & listed  # their group is in val/test: not used at all
+
+
+def test_split_without_any_label_still_splits():
+    samples = [Sample(id=f"m{i}", image=None, has_mask=True) for i in range(50)]
+    split = stratified_group_split(samples, seed=0)
+    assert [len(split[n]) for n in ("train", "val", "test")] == [35, 5, 10]
+
+
+def test_split_file_round_trip_and_format(tmp_path):
+    samples = make_samples(60)
+    split = stratified_group_split(samples)
+    path = tmp_path / "s.json"
+    write_split_file(path, split, "toy")
+    record = json.loads(path.read_text())
+    assert list(record) == ["dataset", "seed", "fractions", "train", "val", "test"]
+    assert record["dataset"] == "toy" and record["seed"] == 42
+    assert record["fractions"] == [0.7, 0.1, 0.2]
+    assert read_split_file(path) == split
+    assert path.read_text() == split_to_json(split, "toy")
+
+
+def test_split_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_split_file(tmp_path / "none.json")
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"train": ["a"], "val": ["a"], "test": []}))
+    with pytest.raises(ValueError, match="'a' is in both train and val"):
+        read_split_file(path)
+    path.write_text(json.dumps({"train": ["a"]}))
+    with pytest.raises(ValueError, match="lacks"):
+        read_split_file(path)
+    with pytest.raises(ValueError, match="2 id\\(s\\) not found.*'b'"):
+        check_split_ids({"train": ["a", "b"], "val": [], "test": ["c"]}, ["a"], "x.json")
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+def _train(n: int = 100) -> list[Sample]:
+    samples = [
+        Sample(id=f"t{i:03d}", image=None, label=int(i % 4 == 0), has_mask=True) for i in range(n)
+    ]
+    samples.append(Sample(id="m0", image=None, label=None, has_mask=True))  # mask-only
+    samples.append(Sample(id="c0", image=None, label=0, has_mask=False))  # already class-only
+    return samples
+
+
+def test_class_only_selection_count_fraction_stratified_deterministic():
+    train = _train()
+    chosen = select_class_only(train, 20, seed=42)
+    assert len(chosen) == 20 and chosen == sorted(chosen)
+    assert chosen == select_class_only(train, 20, seed=42)
+    assert chosen != select_class_only(train, 20, seed=1)
+    label = {s.id: s.label for s in train}
+    assert Counter(label[i] for i in chosen) == {0: 15, 1: 5}
+    assert "m0" not in chosen and "c0" not in chosen
+    assert len(select_class_only(train, 0.25, seed=42)) == 25
+    assert set(chosen) <= set(select_class_only(train, 40, seed=42))  # nested budgets
+    assert select_class_only(train, 0, seed=42) == []
+
+
+def test_budget_too_large_or_invalid():
+    with pytest.raises(ValueError, match="asks for 101 .* only 100"):
+        select_class_only(_train(), 101, seed=0)
+    with pytest.raises(ValueError, match="count or a fraction"):
+        select_class_only(_train(), 2.5, seed=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        select_class_only(_train(), -1, seed=0)
+
+
+def test_budget_modes():
+    train = _train()
+    semi = apply_budget(train, 30, "semi", seed=0)
+    assert len(semi) == len(train)
+    assert sum(s.kind == "class_only" for s in semi) == 31  # 30 withheld + the one already
+    reduced = apply_budget(train, 30, "reduced", seed=0)
+    assert len(reduced) == len(train) - 30
+    withheld = {s.id for s in semi if s.kind == "class_only"} - {"c0"}
+    assert not withheld & {s.id for s in reduced}
+    full = apply_budget(train, 30, "full", seed=0)
+    assert full == train
+    assert apply_budget(train, 10**6, "full", seed=0) == train  # budget ignored
+    with pytest.raises(ValueError, match="budget_mode"):
+        apply_budget(train, 1, "half", seed=0)
