@@ -46,10 +46,15 @@ class SemiSegCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
+        root = config.trainer.default_root_dir or "."
         # A fixed checkpoint folder, so that `--ckpt_path last` finds the last run's files.
         if config.get("checkpoint") and config.checkpoint.dirpath is None:
-            root = config.trainer.default_root_dir or "."
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        # W&B files (and the saved config) go under the run's folder, not the working directory.
+        logger = config.trainer.get("logger")
+        if logger and "WandbLogger" in str(logger.get("class_path", "")):
+            if logger.init_args.get("save_dir") in (None, "."):
+                logger.init_args.save_dir = str(root)
 
     def before_predict(self) -> None:
         # Outputs go to disk through the writer; holding them all would grow without bound.
