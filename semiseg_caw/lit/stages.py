@@ -77,7 +77,8 @@ def fit_stage1(
         logger=logger,
         **kwargs,
     )
-    stage1 = stage1_module(model, getattr(datamodule, "normal_class", None))
+    names = list(getattr(datamodule, "class_names", []))
+    stage1 = stage1_module(model, names.index("normal") if "normal" in names else None)
     trainer.fit(stage1, datamodule=datamodule)
     if wandb:
         import wandb as wandb_lib

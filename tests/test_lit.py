@@ -1,0 +1,133 @@
+"""The LightningModules: reproducibility, checkpoints, stage-1 hand-over and parameter groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
+from semiseg_caw.checkpoints import CheckpointError
+
+
+def datamodule() -> SemiSegDataModule:
+    return SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, class_only=6)
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    options = dict(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        deterministic=True,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def fit_semiseg(tmp_path: Path, seed: int = 0, **model_kwargs) -> SemiSegCAW:
+    L.seed_everything(seed)
+    model = SemiSegCAW(**model_kwargs)
+    trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=datamodule())
+    return model
+
+
+def test_two_runs_with_one_seed_match(tmp_path: Path) -> None:
+    a = fit_semiseg(tmp_path / "a")
+    b = fit_semiseg(tmp_path / "b")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_checkpoint_reloads_to_same_outputs(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = SemiSegCAW(backbone="unext", aux_source="layercam")
+    t = trainer(tmp_path)
+    t.fit(model, datamodule=datamodule())
+    path = tmp_path / "model.ckpt"
+    t.save_checkpoint(path)
+    again = SemiSegCAW.load_from_checkpoint(path, weights_only=True)
+    image = torch.randn(2, 1, 32, 32)
+    model.eval()
+    again.eval()
+    with torch.no_grad():
+        out, out_again = model(image), again(image)
+    assert torch.equal(out.mask_logits, out_again.mask_logits)
+    assert torch.equal(out.class_logits, out_again.class_logits)
+
+
+def test_stage1_weights_become_the_auxiliary_model(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    stage1 = ClassElevateSeg()
+    t = trainer(tmp_path)
+    t.fit(stage1, datamodule=datamodule())
+    path = tmp_path / "stage1.ckpt"
+    t.save_checkpoint(path)
+
+    model = SemiSegCAW(stage1_checkpoint=str(path))
+    model.setup("fit")
+    image = torch.randn(2, 1, 32, 32)
+    stage1.eval()
+    model.eval()
+    with torch.no_grad():
+        expected = torch.sigmoid(stage1(image).mask_logits)
+        assert torch.allclose(model(image).aux_map, expected)
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        SemiSegCAW(stage1_checkpoint=str(tmp_path / "missing.ckpt")).setup("fit")
+    with pytest.raises(CheckpointError, match="other shapes"):
+        SemiSegCAW(stage1_checkpoint=str(path), in_channels=3).setup("fit")
+
+
+def test_frozen_auxiliary_model_does_not_change(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = SemiSegCAW(aux_mode="frozen")
+    before = {k: v.clone() for k, v in model.net.aux_model.state_dict().items()}
+    trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=datamodule())
+    for key, value in model.net.aux_model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_finetuned_auxiliary_model_has_its_own_smaller_learning_rate() -> None:
+    model = SemiSegCAW(lr=1e-3, aux_lr_scale=0.1)
+    groups = model.parameter_groups()
+    aux_ids = {id(p) for p in model.net.aux_model.parameters()}
+    aux_groups = [g for g in groups if {id(p) for p in g["params"]} == aux_ids]
+    assert len(aux_groups) == 1 and aux_groups[0]["lr"] == pytest.approx(1e-4)
+    wgm = [g for g in groups if g.get("weight_decay") == 0.0]
+    assert len(wgm) == 1 and len(wgm[0]["params"]) == 1  # the WGM's log-scales, undecayed
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert len(seen) == len(set(seen)) == sum(1 for _ in model.parameters())
+
+
+def test_wgm_weights_are_logged_and_move(tmp_path: Path) -> None:
+    model = fit_semiseg(tmp_path, lr=1e-2)
+    logged = {
+        k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("wgm/")
+    }
+    assert set(logged) == {f"wgm/{t}" for t in ("bce", "dice", "ftv", "ce", "aux")}
+    assert all(w > 0 for w in logged.values())
+    assert any(abs(w - 1.0) > 1e-4 for w in logged.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(loss_terms=["bce", "nope"]), "loss_terms"),
+        (dict(classifier=False, loss_terms=["bce", "ce"]), "needs classifier"),
+        (dict(aux_source="none", loss_terms=["bce", "pseudo"]), "auxiliary model"),
+        (dict(weighting="wgm", loss_weights={"bce": 2.0}), "static only"),
+        (dict(pseudo_threshold=0.3), "pseudo_threshold"),
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SemiSegCAW(**kwargs)
