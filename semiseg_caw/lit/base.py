@@ -80,7 +80,9 @@ class SegmentationTask(L.LightningModule):
             self.log(f"{stage}/loss", loss, batch_size=int(has_mask.sum()), sync_dist=True)
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        values = dict(self.seg_metrics[stage].compute())
+        seg = self.seg_metrics[stage]
+        # No masked sample seen: pooled Dice would read 1.0 (0/0), which must not pass as a score.
+        values = dict(seg.compute()) if seg["per_image"].count > 0 else {}
         values.update(self.cls_metrics[stage].compute())
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
         self.seg_metrics[stage].reset()
