@@ -18,6 +18,11 @@ _PUBLIC = {
     "SemiSegCAW": "semiseg_caw.lit",
     "fit_stage1": "semiseg_caw.lit",
     "SemiSegDataModule": "semiseg_caw.data",
+    # callbacks and export
+    "ValidationImageLogger": "semiseg_caw.lit.callbacks",
+    "LoggerSaveConfigCallback": "semiseg_caw.lit.callbacks",
+    "PredictionWriter": "semiseg_caw.lit.writer",
+    "export_onnx": "semiseg_caw.export",
     # networks and loss weighting
     "MALUNet": "semiseg_caw.models",
     "UNeXt": "semiseg_caw.models",
@@ -32,6 +37,9 @@ _PUBLIC = {
     "IMTLWeighting": "semiseg_caw.models",
     "DWAWeighting": "semiseg_caw.models",
     "layercam": "semiseg_caw.models",
+    "SegOutput": "semiseg_caw.models",
+    "ClassElevateOutput": "semiseg_caw.models",
+    "SemiSegOutput": "semiseg_caw.models",
     # losses and metrics
     "BCELoss": "semiseg_caw.losses",
     "DiceLoss": "semiseg_caw.losses",

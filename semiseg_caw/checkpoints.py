@@ -1,11 +1,23 @@
-"""Loading stage-1 weights safely, with errors that name the file and the problem."""
+"""Checkpoints: loading stage-1 weights safely, and resuming a killed run exactly.
+
+Loading names the file and the problem when it fails (:class:`CheckpointError`).
+:class:`EpochSeeding` makes a run resumed from an epoch-end checkpoint (``--ckpt_path
+last``) draw the same shuffles, augmentations and dropout masks as the uninterrupted
+run would have, which Lightning's checkpoints alone do not (they hold no random state).
+"""
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.utils.data import RandomSampler
 
 
 class CheckpointError(RuntimeError):
@@ -67,3 +79,61 @@ def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> dict:
         )
     module.load_state_dict(state)
     return dict(ckpt.get("hyper_parameters", {}))
+
+
+def epoch_seed(base_seed: int, epoch: int) -> int:
+    """A 32-bit seed for one epoch of a run seeded with ``base_seed``."""
+    return int(np.random.SeedSequence([base_seed, epoch]).generate_state(1)[0])
+
+
+class EpochSeeding(Callback):
+    """Reseeds every random stream of training from (seed, epoch) as each epoch starts.
+
+    With a seed set (``seed_everything``), epoch ``e`` draws its shuffling, its
+    augmentations and its dropout masks from ``epoch_seed(seed, e)`` alone, so a run
+    killed and resumed from an epoch-end checkpoint trains exactly as the run that was
+    never stopped (given ``deterministic`` kernels). Without a seed it does nothing.
+
+    Exact with ``num_workers=0``: workers seed their augmentations from the loader's own
+    stream. A resume from a mid-epoch checkpoint (``every_n_train_steps``) continues
+    with other random draws for the rest of that epoch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @staticmethod
+    def _seed(trainer: L.Trainer) -> int | None:
+        base = os.environ.get("PL_GLOBAL_SEED")
+        return None if base is None else epoch_seed(int(base), trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Called before the epoch's first batch is drawn; the loader's iterator may already
+        # exist (a resumed run creates it earlier), but samplers draw lazily.
+        seed = self._seed(trainer)
+        if seed is None:
+            return
+        loader = trainer.train_dataloader
+        for dl in loader if isinstance(loader, (list, tuple)) else [loader]:
+            sampler = getattr(dl, "sampler", None)
+            if isinstance(sampler, RandomSampler):
+                sampler.generator = torch.Generator().manual_seed(seed)
+            batch_sampler = getattr(dl, "batch_sampler", None)
+            if hasattr(batch_sampler, "seed"):
+                batch_sampler.seed = seed  # e.g. MixedBatchSampler: seeded per run otherwise
+            dataset = getattr(dl, "dataset", None)
+            if hasattr(dataset, "reseed"):
+                dataset.reseed(seed)  # the augmentation pipeline's own generator
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        # The global streams (dropout, ...) once the loader has made its own draws, which
+        # happen at different moments in a fresh and in a resumed run.
+        if batch_idx != 0:
+            return
+        seed = self._seed(trainer)
+        if seed is not None:
+            random.seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 (the legacy stream, as seed_everything)
+            torch.manual_seed(seed)

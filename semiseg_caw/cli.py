@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from semiseg_caw.checkpoints import EpochSeeding
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.lit.base import SegmentationTask
-from semiseg_caw.lit.callbacks import ValidationImageLogger
+from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1
-from semiseg_caw.lit.writer import PredictionWriter
+from semiseg_caw.lit.writer import PredictionWriter, check_writable
+
+DESCRIPTION = (
+    "SemiSeg-CAW: semi-supervised ultrasound lesion segmentation. `fit` trains stage 1 "
+    "(ClassElevateSeg) and then stage 2 (SemiSegCAW); `semiseg-caw fit --model.help "
+    "SemiSegCAW` lists the model's options. Logs to W&B offline unless WANDB_MODE=online."
+)
 
 WANDB_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -35,6 +44,8 @@ class SemiSegCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ValidationImageLogger, "image_logger")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        # A run resumed with `--ckpt_path last` then repeats the uninterrupted run's draws.
+        parser.add_lightning_class_args(EpochSeeding, "epoch_seeding")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/dice",
@@ -43,6 +54,17 @@ class SemiSegCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:03d}",
             }
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # A rich progress bar, unless the config turns bars off or chooses its own.
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs.setdefault("callbacks", [*callbacks, RichProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
@@ -62,11 +84,24 @@ class SemiSegCLI(LightningCLI):
             self.config_init.predict.return_predictions = False
 
     def before_fit(self) -> None:
+        # Fail now when the run could not save its checkpoints, not after hours of training.
+        config = self.config.fit
+        root = config.trainer.default_root_dir or "."
+        check_writable(root, "run folder (trainer.default_root_dir)")
+        if config.get("checkpoint") and config.checkpoint.dirpath:
+            check_writable(config.checkpoint.dirpath, "checkpoint folder")
         model = self.model
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
-        if model.hparams.stage1_checkpoint or self.config.fit.get("ckpt_path"):
-            return  # stage 1 given, or a stage-2 run being resumed
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and (ckpt_path != "last" or self._last_checkpoints()):
+            return  # a stage-2 run being resumed: its checkpoint holds the auxiliary model
+        # `--ckpt_path last` before stage 2 saved anything (a new run, or one killed in
+        # stage 1): Lightning starts stage 2 afresh, so stage 1 must run (again) first.
+        if model.hparams.stage1_checkpoint:
+            # Load it now: a bad file stops the run before any data is read (CheckpointError).
+            model.load_stage1(model.hparams.stage1_checkpoint)
+            return
         trainer_cfg = self.config.fit.trainer
         fit_stage1(
             model,
@@ -77,20 +112,32 @@ class SemiSegCLI(LightningCLI):
             wandb=isinstance(self.trainer.logger, WandbLogger),
         )
 
+    def _last_checkpoints(self) -> list[Path]:
+        """The files ``--ckpt_path last`` would resume from (Lightning looks for ``last*``)."""
+        dirpath = self.config.fit.get("checkpoint") and self.config.fit.checkpoint.dirpath
+        return sorted(Path(dirpath).glob("last*.ckpt")) if dirpath else []
+
 
 def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     """Build (and by default run) the CLI; returns it so that callers can inspect the run."""
     # Offline unless the user asks otherwise: no account needed, `wandb sync` uploads later.
     os.environ.setdefault("WANDB_MODE", "offline")
-    return SemiSegCLI(
+    cli = SemiSegCLI(
         SegmentationTask,
         SemiSegDataModule,
         subclass_mode_model=True,
         trainer_defaults={"logger": WANDB_LOGGER},
+        save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
         args=args,
         run=run,
     )
+    if run and isinstance(cli.trainer.logger, WandbLogger):
+        import wandb
+
+        wandb.finish()  # one W&B run per command, also when main() runs again in this process
+    return cli
 
 
 def run() -> None:

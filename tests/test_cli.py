@@ -36,10 +36,13 @@ def tiny(tmp_path: Path, epochs: int = 1) -> list[str]:
 
 
 def stage1_epochs(config: Path) -> list[str]:
+    """Stage-1 overrides: one epoch, and timm's tiny test ResNet as encoder to save time."""
     text = config.read_text()
-    if "ClassElevateSeg" in text or "aux_source: none" in text:
+    if "class_path: semiseg_caw.ClassElevateSeg" in text:
+        return ["--model.init_args.encoder=test_resnet"]
+    if "aux_source: none" in text:
         return []
-    return ["--model.init_args.stage1_epochs=1"]
+    return ["--model.init_args.stage1_epochs=1", "--model.init_args.aux_encoder=test_resnet"]
 
 
 @pytest.mark.parametrize("config", DATASET_CONFIGS, ids=lambda p: p.name)
@@ -52,20 +55,20 @@ def test_dataset_config_fits(config: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("delta", DELTA_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_delta_config_fits(delta: Path, tmp_path: Path) -> None:
     demo = CONFIGS / "demo.yaml"
-    extra = [] if "ClassElevateSeg" in delta.read_text() else stage1_epochs(delta)
-    main(["fit", f"--config={demo}", f"--config={delta}", *tiny(tmp_path), *extra])
+    main(["fit", f"--config={demo}", f"--config={delta}", *tiny(tmp_path), *stage1_epochs(delta)])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     demo = str(CONFIGS / "demo.yaml")
-    main(["fit", f"--config={demo}", *tiny(tmp_path), "--model.init_args.stage1_epochs=1"])
+    small = [*tiny(tmp_path), *stage1_epochs(CONFIGS / "demo.yaml")]
+    main(["fit", f"--config={demo}", *small])
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    cli = main(["test", f"--config={demo}", *tiny(tmp_path), f"--ckpt_path={ckpt}"])
+    cli = main(["test", f"--config={demo}", *small, f"--ckpt_path={ckpt}"])
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     for key in ("test/dice", "test/iou", "test/dice_per_image"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["test/dice"] == pytest.approx(
         2 * metrics["test/iou"] / (1 + metrics["test/iou"]), abs=1e-5
     )
-    main(["validate", f"--config={demo}", *tiny(tmp_path), f"--ckpt_path={ckpt}"])
+    main(["validate", f"--config={demo}", *small, f"--ckpt_path={ckpt}"])

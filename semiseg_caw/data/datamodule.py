@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from semiseg_caw.data.datasets import (
-    ImageFolderDataset,
     MixedBatchSampler,
     SegmentationDataset,
     collate,
     seed_worker,
 )
-from semiseg_caw.data.readers import LoadedDataset, load_dataset, load_image_folder
+from semiseg_caw.data.io import (
+    IMAGE_EXTENSIONS,
+    BadFile,
+    DataValidationError,
+    describe_error,
+    list_image_files,
+    read_for_prediction,
+)
+from semiseg_caw.data.readers import LoadedDataset, load_dataset
 from semiseg_caw.data.samples import Sample, class_names_for
 from semiseg_caw.data.splits import (
     DEFAULT_FRACTIONS,
@@ -27,7 +38,7 @@ from semiseg_caw.data.splits import (
     read_split_file,
     stratified_group_split,
 )
-from semiseg_caw.data.transforms import build_train_transform
+from semiseg_caw.data.transforms import build_train_transform, normalize
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +51,10 @@ class SemiSegDataModule(L.LightningDataModule):
     are dicts: ``image`` float (B, C, H, W) normalised, ``mask`` float (B, 1, H, W) in
     {0, 1} (zeros where absent), ``label`` long (B,) (-1 where absent), ``has_mask`` and
     ``has_label`` bool (B,), ``id`` list[str]. Predict batches: ``image``, ``id`` (file
-    name), ``path``, ``orig_size`` long (B, 2) (height, width).
+    name), ``path``, ``orig_size`` long (B, 2) (height, width); predict images are decoded
+    one by one as the loader asks for them, so memory does not grow with the folder, and a
+    file that cannot be read gives a blank image, ``orig_size`` (0, 0) and a reason in
+    ``error`` (a key present only in batches holding such a file).
 
     Args:
         dataset: Data set: generated ``synthetic`` images, ``busi``, ``ddti``, or a CSV ``manifest``.
@@ -58,7 +72,7 @@ class SemiSegDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (they share the in-memory cache).
         seed: Data seed: the in-memory split and the class-only selection (keep it fixed across runs; shuffling and augmentation follow the global seed).
         predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``.
-        skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising.
+        skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising (training data; prediction always goes on and reports each bad file).
         augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle noise).
         eval_batch_size: Batch size of val, test and predict loaders; None: batch_size.
         classes: Class names of a manifest data set (labels there may be indices or these names).
@@ -111,7 +125,7 @@ class SemiSegDataModule(L.LightningDataModule):
         self.splits: dict[str, list[Sample]] | None = None
         self.data: LoadedDataset | None = None
         self._datasets: dict[str, SegmentationDataset] = {}
-        self._predict: ImageFolderDataset | None = None
+        self._predict: PredictFolderDataset | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -135,7 +149,7 @@ class SemiSegDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches mixing fully labelled and class-only samples."""
-        dataset = self._dataset("train")
+        dataset = self._checked_split("train")
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # follows seed_everything
         dataset.reseed(seed)
         is_class_only = [s.has_label and not s.has_mask for s in dataset.samples]
@@ -162,17 +176,32 @@ class SemiSegDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches: no augmentation."""
-        return self._eval_loader(self._dataset("val"))
+        return self._eval_loader(self._checked_split("val"))
 
     def test_dataloader(self) -> DataLoader:
         """Test batches: no augmentation."""
-        return self._eval_loader(self._dataset("test"))
+        return self._eval_loader(self._checked_split("test"))
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of the images in ``predict_dir``."""
         if self._predict is None:
             self._setup_predict()
-        return self._eval_loader(self._predict)
+        options = {**self._loader_options(), "collate_fn": collate_predictions}
+        return DataLoader(self._predict, batch_size=self.eval_batch_size, shuffle=False, **options)
+
+    def set_aux_maps(self, maps) -> None:
+        """Serve precomputed auxiliary maps as the ``aux_map`` key of train, val and test
+        samples; training maps get the images' flips and warps (see ``build_train_transform``).
+
+        Args:
+            maps: float32 array (N, S, S) in [0, 1], one map per image of ``self.data.cache``
+                in its order; None stops serving them. ``SemiSegCAW(cache_aux_maps=True)``
+                computes and sets them at the start of ``fit``.
+        """
+        if self.splits is None:
+            self.setup("fit")
+        for dataset in self._datasets.values():
+            dataset.set_aux_maps(maps)
 
     # ------------------------------------------------------------------------- internals
 
@@ -203,7 +232,10 @@ class SemiSegDataModule(L.LightningDataModule):
             splits["train"], self.class_only, self.budget_mode, self.seed
         )
         if not splits["train"]:
-            raise ValueError(f"the training split of {self.dataset!r} is empty")
+            raise ValueError(
+                f"the training split of {self.dataset!r} is empty "
+                f"({split_summary(splits, self.class_names)})"
+            )
         for name in ("val", "test"):
             if not splits[name]:
                 warnings.warn(f"the {name} split is empty", UserWarning, stacklevel=2)
@@ -265,10 +297,38 @@ class SemiSegDataModule(L.LightningDataModule):
     def _setup_predict(self) -> None:
         if self.predict_dir is None:
             raise ValueError("predicting needs predict_dir (a folder of images)")
-        paths, cache = load_image_folder(
-            self.predict_dir, self.image_size, skip_bad_files=self.skip_bad_files
-        )
-        self._predict = ImageFolderDataset(paths, cache, self.in_channels)
+        folder = Path(self.predict_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"prediction folder not found: {folder}")
+        paths = list_image_files(folder)  # names only: decoding waits for the loader
+        if not paths:
+            raise DataValidationError([BadFile(str(folder), "no images found")])
+        listed = set(paths)
+        ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p not in listed)
+        if ignored:
+            warnings.warn(
+                f"{len(ignored)} file(s) in {folder} are not predicted, being hidden or not "
+                f"named as images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(ignored[:20])}"
+                + (", ..." if len(ignored) > 20 else ""),
+                UserWarning,
+                stacklevel=2,
+            )
+        self._predict = PredictFolderDataset(paths, self.image_size, self.in_channels)
+
+    def _checked_split(self, name: str) -> SegmentationDataset:
+        """A split's dataset; a ValueError with the numbers when it is empty or lacks a class."""
+        dataset = self._dataset(name)
+        assert self.splits is not None
+        counts = Counter(s.label for s in self.splits[name])
+        missing = [c for k, c in enumerate(self.class_names) if counts[k] == 0]
+        if not dataset or missing:
+            problem = "is empty" if not dataset else f"has no image of class {', '.join(missing)}"
+            raise ValueError(
+                f"the {name} split {problem} ({split_summary(self.splits, self.class_names)}); "
+                "every class must be trained and scored: change the split (file), the label "
+                "budget (class_only, budget_mode) or the data"
+            )
+        return dataset
 
     def _dataset(self, name: str) -> SegmentationDataset:
         if self.splits is None:
@@ -288,6 +348,61 @@ class SemiSegDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_options()
         )
+
+
+def split_summary(splits: dict[str, list[Sample]], class_names: Sequence[str] = ()) -> str:
+    """Images per split and class, e.g. ``train: 28 (benign 14, malignant 14); val: 0; ...``."""
+    parts = []
+    for name in SPLITS:
+        samples = splits.get(name, [])
+        counts = Counter(s.label for s in samples)
+        detail = [f"{label} {counts[k]}" for k, label in enumerate(class_names)]
+        if counts[None]:
+            detail.append(f"unlabelled {counts[None]}")
+        shown = f" ({', '.join(detail)})" if samples and detail else ""
+        parts.append(f"{name}: {len(samples)}{shown}")
+    return "; ".join(parts)
+
+
+class PredictFolderDataset(Dataset):
+    """The image files of a folder to predict, each decoded when the loader asks for it.
+
+    Items: ``image`` (C, S, S) normalised, ``id`` (file name), ``path``, ``orig_size`` long
+    (2,) (height, width). A file that cannot be read gives a blank image, ``orig_size``
+    (0, 0) and ``error`` (the reason), so that the rest of the folder is still predicted
+    and the writer reports the file.
+    """
+
+    def __init__(self, paths: Sequence[Path], image_size: int, in_channels: int = 1) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.image_size = image_size
+        self.in_channels = in_channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        item = {"id": path.name, "path": str(path)}
+        try:
+            image, orig_size = read_for_prediction(path, self.image_size)
+        except (OSError, ValueError) as err:
+            blank = np.zeros((self.image_size, self.image_size), np.uint8)
+            item.update(image=normalize(blank, self.in_channels), error=describe_error(err))
+            item["orig_size"] = torch.from_numpy(np.zeros(2, np.int64))
+            return item
+        item.update(image=normalize(image, self.in_channels))
+        item["orig_size"] = torch.from_numpy(np.asarray(orig_size, np.int64))
+        return item
+
+
+def collate_predictions(items: Sequence[dict]) -> dict:
+    """:func:`collate` for predict items; ``error`` ("" for good files) only when one failed."""
+    errors = [item.get("error", "") for item in items]
+    batch = collate([{k: v for k, v in item.items() if k != "error"} for item in items])
+    if any(errors):
+        batch["error"] = errors
+    return batch
 
 
 def _drop_unknown(split: dict[str, list[str]], by_id: dict, source: str) -> dict[str, list[str]]:

@@ -19,12 +19,14 @@ from semiseg_caw.data.transforms import normalize
 
 class SegmentationDataset(Dataset):
     """Samples as dicts: ``image`` (C, H, W) float, ``mask`` (1, H, W) float {0, 1} (zeros
-    where absent), ``label`` long (-1 where absent), ``has_mask``, ``has_label`` (bool), ``id``.
+    where absent), ``label`` long (-1 where absent), ``has_mask``, ``has_label`` (bool), ``id``;
+    plus ``aux_map`` (1, H, W) float in [0, 1] once :meth:`set_aux_maps` gave cached maps.
 
     Args:
         samples: The samples of one split.
         cache: Their decoded, resized images and masks.
-        transform: An albumentations pipeline applied to ``image`` (H, W, 1) and ``mask``, or None.
+        transform: An albumentations pipeline applied to ``image`` (H, W, 1) and ``mask`` (and
+            ``aux_map`` (H, W) when maps are set, see ``build_train_transform``), or None.
         in_channels: Channels of the returned image (1, or 3 by replication).
     """
 
@@ -43,6 +45,23 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.in_channels = in_channels
         self._rows = np.array([cache.index[s.id] for s in self.samples], dtype=np.int64)
+        self.aux_maps: np.ndarray | None = None
+
+    def set_aux_maps(self, maps: np.ndarray | None) -> None:
+        """Serve a precomputed auxiliary map with every sample, or stop (None).
+
+        Args:
+            maps: float32 (N, H, W) in [0, 1], one map per image of the cache, in the
+                cache's order (``cache.images[i]`` has map ``maps[i]``).
+        """
+        if maps is not None:
+            expected = (len(self.cache), *self.cache.images.shape[1:])
+            if maps.shape != expected or maps.dtype != np.float32:
+                raise ValueError(
+                    f"aux maps must be float32 of shape {expected} (one per cached image), "
+                    f"got {maps.dtype} {maps.shape}"
+                )
+        self.aux_maps = maps
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -52,14 +71,19 @@ class SegmentationDataset(Dataset):
         row = self._rows[index]
         image = self.cache.images[row][..., None]  # (H, W, 1) uint8
         mask = self.cache.masks[row]  # (H, W) uint8 {0, 1}
+        aux = None if self.aux_maps is None else self.aux_maps[row]  # (H, W) float32
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
+            if aux is None:
+                out = self.transform(image=image, mask=mask)
+            else:
+                out = self.transform(image=image, mask=mask, aux_map=aux)
+                aux = out["aux_map"]
             image, mask = out["image"], out["mask"]
         if sample.has_mask:
             mask = np.asarray(mask, dtype=np.float32)[None]  # (1, H, W)
         else:
             mask = np.zeros((1, *mask.shape[:2]), dtype=np.float32)
-        return {
+        item = {
             "image": normalize(image, self.in_channels),
             "mask": torch.from_numpy(mask),
             "label": torch.tensor(-1 if sample.label is None else sample.label, dtype=torch.long),
@@ -67,6 +91,9 @@ class SegmentationDataset(Dataset):
             "has_label": torch.tensor(sample.has_label),
             "id": sample.id,
         }
+        if aux is not None:
+            item["aux_map"] = torch.from_numpy(np.ascontiguousarray(aux, dtype=np.float32)[None])
+        return item
 
     def reseed(self, seed: int) -> None:
         """Reseed the augmentation pipeline (each DataLoader worker gets its own seed)."""

@@ -263,13 +263,13 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
     try:
         gray = decode_image(sample.image)
     except (OSError, ValueError) as err:
-        return BadFile(str(sample.image), _reason(err))
+        return BadFile(str(sample.image), describe_error(err))
     union = np.zeros(gray.shape, dtype=bool)
     for mask_path in sample.masks:
         try:
             mask = decode_mask(mask_path)
         except (OSError, ValueError) as err:
-            return BadFile(str(mask_path), _reason(err))
+            return BadFile(str(mask_path), describe_error(err))
         if mask.shape != gray.shape:
             return BadFile(
                 str(mask_path),
@@ -286,7 +286,8 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
     )
 
 
-def _reason(err: Exception) -> str:
+def describe_error(err: Exception) -> str:
+    """The reason a file could not be used, for a BadFile record or an ``error`` column."""
     if isinstance(err, FileNotFoundError):
         return "file not found"
     return str(err) or type(err).__name__
@@ -327,6 +328,21 @@ def decode_samples(
         [r.dhash for _, r in good],
     )
     return cache, problems
+
+
+def read_for_prediction(path: str | Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image to predict, decoded on demand: (size, size) uint8 and its (height, width).
+
+    Raises ValueError (naming the reason) for a file that cannot be decoded, an empty
+    file or an image without pixels, and FileNotFoundError for a vanished one.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    gray = decode_image(path)
+    if gray.ndim != 2 or 0 in gray.shape:
+        raise ValueError(f"image has no pixels (shape {gray.shape})")
+    return resize_image(gray, image_size), (int(gray.shape[0]), int(gray.shape[1]))
 
 
 def list_image_files(folder: str | Path) -> list[Path]:

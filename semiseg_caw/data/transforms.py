@@ -4,6 +4,12 @@ Images arrive from the cache already resized to ``image_size`` as uint8 (H, W). 
 draws fresh parameters for every sample (rotation angle included); masks are warped with
 nearest interpolation so they stay binary. Evaluation only normalises.
 
+A cached auxiliary map (a soft float32 map in [0, 1] from a frozen auxiliary model, see
+``SemiSegCAW(cache_aux_maps=True)``) can ride along as the ``aux_map`` target: it gets the
+same flips and affine warp as the image, with the image's (linear) interpolation, but none
+of the intensity changes. The map was computed from the un-augmented image, so it ignores
+the brightness, contrast and noise the image receives: an accepted approximation.
+
 Normalisation uses fixed constants, the same for every data set:
 ``x = (pixel / 255 - MEAN) / STD`` with ``MEAN = 0.5`` and ``STD = 0.25``, which maps
 [0, 255] to [-2, 2].
@@ -18,6 +24,9 @@ import torch
 
 MEAN = 0.5
 STD = 0.25
+
+AUX_MAP_KEY = "aux_map"
+"""Name of the optional auxiliary-map target of the training transform."""
 
 
 def build_train_transform(
@@ -34,6 +43,9 @@ def build_train_transform(
 ) -> A.Compose:
     """Training augmentation for a uint8 image (H, W, 1) and its {0, 1} mask (H, W).
 
+    Call it as ``transform(image=..., mask=...)``, optionally with ``aux_map=`` a float32
+    (H, W) map in [0, 1] that follows the geometric transforms only (linear interpolation).
+
     Args:
         rotate_limit: Rotation drawn per sample from [-rotate_limit, rotate_limit] degrees.
         scale: Range of the zoom factor.
@@ -46,30 +58,35 @@ def build_train_transform(
         noise: Speckle-like multiplicative noise: per-pixel factors in [1 - noise, 1 + noise].
         seed: Seed of the pipeline's own random generator (None: fresh entropy).
     """
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=hflip_p),
-            A.VerticalFlip(p=vflip_p),
-            A.Affine(
-                rotate=(-rotate_limit, rotate_limit),
-                scale=scale,
-                translate_percent=(-shift, shift),
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=0,
-                p=affine_p,
-            ),
-            A.RandomBrightnessContrast(
-                brightness_limit=brightness_contrast, contrast_limit=brightness_contrast, p=0.5
-            ),
-            A.MultiplicativeNoise(
-                multiplier=(1.0 - noise, 1.0 + noise), per_channel=False, elementwise=True, p=0.3
-            ),
-        ],
-        seed=seed,
-    )
+    geometric = [
+        A.HorizontalFlip(p=hflip_p),
+        A.VerticalFlip(p=vflip_p),
+        A.Affine(
+            rotate=(-rotate_limit, rotate_limit),
+            scale=scale,
+            translate_percent=(-shift, shift),
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_NEAREST,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=0,
+            p=affine_p,
+        ),
+    ]
+    # The aux map is an image-like target of the geometric transforms only; the intensity
+    # transforms below do not know the key and pass it through untouched. Without an
+    # aux_map the pipeline and its random draws are exactly those of an image + mask.
+    for t in geometric:
+        t.add_targets({AUX_MAP_KEY: "image"})
+    intensity = [
+        A.RandomBrightnessContrast(
+            brightness_limit=brightness_contrast, contrast_limit=brightness_contrast, p=0.5
+        ),
+        A.MultiplicativeNoise(
+            multiplier=(1.0 - noise, 1.0 + noise), per_channel=False, elementwise=True, p=0.3
+        ),
+    ]
+    return A.Compose(geometric + intensity, seed=seed)
 
 
 def normalize(image: np.ndarray, in_channels: int = 1) -> torch.Tensor:

@@ -112,10 +112,18 @@ class SegmentationTask(L.LightningModule):
 
     # -- training helpers ----------------------------------------------------------------
     def guard_loss(self, loss: Tensor) -> Tensor | None:
-        """Return None (skip the step) when the loss is not finite; give up after too many."""
+        """Return None (skip the step) when the loss is not finite; give up after too many.
+
+        A skipped step changes nothing: no gradient reaches the weights, and the buffers
+        its forward pass updated (BatchNorm statistics, DWA sums) are put back as they
+        were after the last good step. ``bad_steps`` counts skips over the whole run
+        and is saved in checkpoints, so a resumed run keeps counting.
+        """
         if torch.isfinite(loss).all():
+            self._keep_buffers()
             return loss
         self.bad_steps += 1
+        self._restore_buffers()
         self.log("train/skipped_steps", float(self.bad_steps))
         msg = (
             f"non-finite training loss at global step {self.global_step}; step skipped "
@@ -128,10 +136,50 @@ class SegmentationTask(L.LightningModule):
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return None
 
+    def _keep_buffers(self) -> None:
+        """Copy the buffers as they are after a good step (a few thousand numbers)."""
+        kept = getattr(self, "_kept_buffers", None)
+        buffers = list(self.buffers())
+        if kept is None or len(kept) != len(buffers):
+            self._kept_buffers = [b.detach().clone() for b in buffers]
+            return
+        with torch.no_grad():
+            for copy, buffer in zip(kept, buffers, strict=True):
+                copy.copy_(buffer)
+
+    def _restore_buffers(self) -> None:
+        kept = getattr(self, "_kept_buffers", None)
+        buffers = list(self.buffers())
+        if kept is not None and len(kept) == len(buffers):
+            with torch.no_grad():
+                for copy, buffer in zip(kept, buffers, strict=True):
+                    buffer.copy_(copy)
+        elif not all(torch.isfinite(b).all() for b in buffers if b.is_floating_point()):
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step}, before any "
+                "good step, left non-finite BatchNorm statistics: check the input data"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["bad_steps"] = self.bad_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.bad_steps = int(checkpoint.get("bad_steps", 0))
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.parameter_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        options = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay}
+        # Fused AdamW updates every parameter in one kernel (CPU and CUDA, torch >= 2.4): on
+        # the small MALUNet the default per-tensor loop costs more than the step itself. It
+        # unscales fp16 gradients inside step(), which Lightning refuses together with
+        # gradient clipping; then, and where fused is unsupported, use the foreach kernels.
+        optimizer = None
+        if not (self._trainer is not None and self._trainer.gradient_clip_val):
+            try:
+                optimizer = torch.optim.AdamW(self.parameter_groups(), fused=True, **options)
+            except RuntimeError:  # a device or dtype without a fused kernel
+                optimizer = None
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(self.parameter_groups(), foreach=True, **options)
         t_max = self.trainer.max_epochs if self.trainer and self.trainer.max_epochs else 1
         t_max = max(1, t_max if t_max > 0 else 1)
         # Cosine annealing from lr to min_lr over the run, once per epoch. A LambdaLR (not

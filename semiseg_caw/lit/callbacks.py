@@ -1,13 +1,16 @@
-"""Callbacks: a W&B panel of validation images, and writing predictions to disk."""
+"""Callbacks: a W&B panel of validation images, and the resolved CLI config in the logger."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 
@@ -24,12 +27,16 @@ def _dice(pred: torch.Tensor, target: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2 * inter / total
 
 
+def _wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
 class ValidationImageLogger(Callback):
     """Log a fixed set of validation images to W&B every ``every_n_epochs`` epochs.
 
     Each image carries ground truth, prediction and (for SemiSegCAW) the
     thresholded auxiliary map as mask overlays; a table lists per-image Dice.
-    Does nothing unless the trainer logs to W&B.
+    Does nothing unless the trainer logs to W&B; runs on the first process only.
 
     Args:
         num_images: how many validation images (the first ones, in loader order).
@@ -45,10 +52,11 @@ class ValidationImageLogger(Callback):
         self.samples: list[dict[str, Any]] = []
 
     def _active(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking or not isinstance(trainer.logger, WandbLogger):
+        if trainer.sanity_checking or not trainer.is_global_zero or _wandb_logger(trainer) is None:
             return False
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        max_epochs = trainer.max_epochs
+        last = max_epochs is not None and max_epochs > 0 and epoch >= max_epochs
         return epoch % self.every_n_epochs == 0 or last
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -66,8 +74,10 @@ class ValidationImageLogger(Callback):
     ) -> None:
         if not self._active(trainer) or len(self.samples) >= self.num_images:
             return
-        out = pl_module(batch["image"])
-        pred = (torch.sigmoid(out.mask_logits) >= 0.5).float()
+        precision = trainer.precision_plugin
+        with precision.forward_context():  # the same autocast / dtype as validation_step
+            out = pl_module(precision.convert_input(batch["image"]))
+        pred = (torch.sigmoid(out.mask_logits.float()) >= 0.5).float()  # (B, 1, H, W)
         aux = getattr(out, "aux_map", None)
         for i in range(batch["image"].shape[0]):
             if len(self.samples) >= self.num_images:
@@ -80,7 +90,7 @@ class ValidationImageLogger(Callback):
                 "dice": _dice(pred[i], batch["mask"][i]),
             }
             if aux is not None:
-                sample["aux"] = (aux[i, 0] >= 0.5).byte().cpu().numpy()
+                sample["aux"] = (aux[i, 0].float() >= 0.5).byte().cpu().numpy()
             self.samples.append(sample)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -101,10 +111,33 @@ class ValidationImageLogger(Callback):
             image = wandb.Image(s["image"], masks=masks, caption=f"{s['id']} dice={s['dice']:.3f}")
             images.append(image)
             table.add_data(s["id"], image, s["dice"])
-        trainer.logger.experiment.log(
+        _wandb_logger(trainer).experiment.log(
             {
                 "val/examples": images,
                 "val/per_image_dice": table,
                 "trainer/global_step": trainer.global_step,
             }
         )
+        self.samples = []
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save the resolved CLI config to the log folder and into every logger's hyper-parameters.
+
+    The whole config (trainer, seed, callbacks, model, data) goes under the
+    ``config`` hyper-parameter; a W&B run also gets the YAML file itself
+    (``files/cli_config.yaml``), so that ``wandb sync`` uploads it with the run.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+        config = yaml.safe_load(text)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+        wandb_logger = _wandb_logger(trainer)
+        run = wandb_logger.experiment if wandb_logger is not None else None
+        if run is not None and not getattr(run, "disabled", True):
+            # Not files/config.yaml: W&B keeps its own run config under that name.
+            path = Path(run.dir) / "cli_config.yaml"
+            path.write_text(text)
+            run.save(str(path), base_path=run.dir, policy="now")

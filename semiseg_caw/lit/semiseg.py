@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+from contextlib import nullcontext
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from semiseg_caw.checkpoints import load_submodule
+from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
 from semiseg_caw.lit.base import SegmentationTask
 from semiseg_caw.losses import (
     bce_loss,
@@ -38,6 +42,17 @@ class SemiSegCAW(SegmentationTask):
             segmentation output, LayerCAM of its classifier, or none.
         aux_mode: ``finetune`` the auxiliary model jointly (own parameter group,
             ``aux_lr_scale`` times the learning rate) or keep it ``frozen``.
+        cache_aux_maps: with a fixed auxiliary model (``aux_mode: frozen``, or
+            ``layercam``), compute every image's auxiliary map once at the start of
+            ``fit`` and have the data module serve it (training maps get the images'
+            flips and warps, not their intensity changes), instead of running the
+            auxiliary model in every step. Needs a ``SemiSegDataModule``.
+        cuda_graphs: on CUDA, capture the training forward and backward of the
+            backbone (and of a fine-tuned auxiliary model) as CUDA graphs at the first
+            training step, which removes most kernel-launch overhead of small networks
+            like MALUNet. Static shapes: other batch shapes and evaluation run eager; the
+            graphed networks run in float32 whatever the trainer's precision. Falls back
+            to eager with a warning when capture fails; does nothing on a CPU.
         aux_encoder: timm encoder of the auxiliary U-Net.
         stage1_checkpoint: ClassElevateSeg checkpoint to start from.
         stage1_epochs: epochs of the stage-1 run that ``fit`` starts when no
@@ -69,6 +84,8 @@ class SemiSegCAW(SegmentationTask):
         backbone: Literal["malunet", "unext"] = "malunet",
         aux_source: Literal["classelevate", "layercam", "none"] = "classelevate",
         aux_mode: Literal["finetune", "frozen"] = "finetune",
+        cache_aux_maps: bool = False,
+        cuda_graphs: bool = False,
         aux_encoder: str = "resnet18",
         stage1_checkpoint: str | None = None,
         stage1_epochs: int | None = None,
@@ -89,6 +106,10 @@ class SemiSegCAW(SegmentationTask):
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False
+        self.aux_maps_cached = False  # set once cached maps are being served
+        self._eval_aux_map: Tensor | None = None
+        self._graphs_tried = False
+        self.cuda_graphed: list[str] = []  # networks running from CUDA graphs
 
     # -- construction -------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -107,6 +128,13 @@ class SemiSegCAW(SegmentationTask):
             raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp.pseudo_threshold}")
         if hp.aux_lr_scale <= 0:
             raise ValueError(f"aux_lr_scale must be > 0, got {hp.aux_lr_scale}")
+        if hp.cache_aux_maps and (
+            hp.aux_source == "none" or (hp.aux_source == "classelevate" and hp.aux_mode != "frozen")
+        ):
+            raise ValueError(
+                "cache_aux_maps needs a fixed auxiliary model: aux_mode 'frozen' or "
+                "aux_source 'layercam' (a fine-tuned model's maps change every step)"
+            )
         self.terms = terms
         self.net = build_semiseg_net(
             backbone=hp.backbone,
@@ -149,18 +177,113 @@ class SemiSegCAW(SegmentationTask):
         if path and not restoring and not self.stage1_loaded:
             self.load_stage1(path)
 
+    # -- cached auxiliary maps -------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.hparams.cache_aux_maps:
+            self.cache_aux_maps()
+
+    def cache_aux_maps(self, datamodule: Any = None, batch_size: int = 32) -> None:
+        """Compute the fixed auxiliary model's map of every image of the data module's
+        cache once (train, val and test) and have the data module serve them.
+
+        Called at the start of ``fit`` when ``cache_aux_maps`` is set; steps then use a
+        batch's ``aux_map`` instead of running the auxiliary model.
+        """
+        dm = datamodule if datamodule is not None else self.trainer.datamodule
+        if not hasattr(dm, "set_aux_maps"):
+            raise TypeError(
+                "cache_aux_maps needs the data in a SemiSegDataModule (trainer.fit(model, "
+                f"datamodule=...)), got {type(dm).__name__}"
+            )
+        if dm.data is None:
+            dm.setup("fit")
+        dm.set_aux_maps(self.compute_aux_maps(dm.data.cache.images, batch_size))
+        self.aux_maps_cached = True
+
+    @torch.no_grad()
+    def compute_aux_maps(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Auxiliary maps, float32 (N, H, W) in [0, 1], of uint8 images (N, H, W).
+
+        Runs on the module's device under the trainer's precision (as a validation step
+        would), so cached and live maps agree.
+        """
+        if self.net.aux_model is None:
+            raise RuntimeError("aux_source is 'none': there is no auxiliary model")
+        trainer = self._trainer
+        context = trainer.precision_plugin.forward_context if trainer is not None else nullcontext
+        maps = np.empty(images.shape, dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            x = torch.stack([normalize(im, self.in_channels) for im in chunk]).to(self.device)
+            with context():
+                aux_map, _ = self.net.auxiliary(x)
+            maps[start : start + len(chunk)] = aux_map[:, 0].float().cpu().numpy()
+        return maps
+
+    # -- CUDA graphs ------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.hparams.cuda_graphs and not self._graphs_tried:
+            self._graphs_tried = True
+            self.cuda_graphed = self.capture_cuda_graphs(batch["image"])
+
+    def capture_cuda_graphs(self, image: Tensor) -> list[str]:
+        """Graph the backbone (and a fine-tuned aux model) for training batches shaped like
+        ``image``; returns the names of the networks graphed."""
+        if image.device.type != "cuda":
+            warnings.warn(
+                f"cuda_graphs applies on CUDA only; training on {image.device.type} runs eager",
+                UserWarning,
+                stacklevel=2,
+            )
+            return []
+        net = self.net
+        b, c, h, w = image.shape
+        extra = 0 if net.aux_source == "none" else 1
+        # (name, network, example input); a fine-tuned aux map carries a gradient into the
+        # backbone's input, a fixed or cached one does not.
+        targets = [("backbone", net.backbone, (b, c + extra, h, w), net.aux_trainable)]
+        if net.aux_trainable:
+            targets.append(("aux model", net.aux_model, (b, c, h, w), False))
+        done: list[str] = []
+        for name, module, shape, grad in targets:
+            try:
+                capture_cuda_graph(module, shape, grad, image.device)
+            except Exception as err:  # capture fails in many ways; eager still works
+                warnings.warn(
+                    f"cuda_graphs: capturing the {name} failed, it runs eager "
+                    f"({type(err).__name__}: {err})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            done.append(name)
+        return done
+
+    def _batch_aux_map(self, batch: dict[str, Any]) -> Tensor | None:
+        if not self.aux_maps_cached:
+            return None
+        return batch.get(AUX_MAP_KEY)
+
     # -- steps ----------------------------------------------------------------------------
-    def forward(self, image: Tensor):
-        return self.net(image)
+    def forward(self, image: Tensor, aux_map: Tensor | None = None):
+        return self.net(image, aux_map=aux_map)
 
     def evaluate_batch(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.net(image)
+        out = self.net(image, aux_map=self._eval_aux_map)
         return out.mask_logits, out.class_logits
+
+    def _shared_eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        # The base class passes only the image to evaluate_batch; hand a cached map over.
+        self._eval_aux_map = self._batch_aux_map(batch)
+        try:
+            super()._shared_eval_step(batch, stage)
+        finally:
+            self._eval_aux_map = None
 
     def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Every active term, each averaged over the samples that have its target."""
         hp = self.hparams
-        out = self.net(batch["image"])
+        out = self.net(batch["image"], aux_map=self._batch_aux_map(batch))
         mask, has_mask, label = batch["mask"], batch["has_mask"], batch["label"]
         logits = out.mask_logits
         terms: dict[str, Tensor] = {}
@@ -227,6 +350,41 @@ class SemiSegCAW(SegmentationTask):
                 }
             )
         return groups
+
+
+def capture_cuda_graph(
+    module: nn.Module, shape: tuple[int, ...], requires_grad: bool, device: torch.device
+) -> None:
+    """Replay ``module``'s training forward and backward from a CUDA graph for inputs of
+    ``shape`` (``torch.cuda.make_graphed_callables``).
+
+    The graphed path is taken only in train mode with grad enabled, for one tensor input of
+    that shape whose ``requires_grad`` is ``requires_grad``; anything else runs the eager
+    forward. Buffers (BatchNorm statistics) are put back after the warm-up and capture
+    passes, which run on random inputs.
+    """
+    eager = module.forward
+    buffers = [b.detach().clone() for b in module.buffers()]
+    example = torch.randn(shape, device=device, requires_grad=requires_grad)
+    torch.cuda.make_graphed_callables(module, (example,), num_warmup_iters=3)
+    with torch.no_grad():
+        for saved, buffer in zip(buffers, module.buffers(), strict=True):
+            buffer.copy_(saved)
+    graphed = module.forward
+
+    def forward(x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if (
+            args
+            or kwargs
+            or not module.training
+            or not torch.is_grad_enabled()
+            or tuple(x.shape) != tuple(shape)
+            or x.requires_grad != requires_grad
+        ):
+            return eager(x, *args, **kwargs)
+        return graphed(x)
+
+    module.forward = forward
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -12,11 +12,15 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from semiseg_caw.lit.class_elevate import ClassElevateSeg
 from semiseg_caw.lit.semiseg import SemiSegCAW
 
-# Trainer settings that stage 1 inherits from the stage-2 configuration.
+# Trainer settings that stage 1 inherits from the stage-2 configuration. Both stages run
+# under one strategy: a DDP run's processes are started once, by stage 1, and reused.
 INHERITED = (
     "accelerator",
+    "strategy",
     "devices",
     "num_nodes",
+    "sync_batchnorm",
+    "use_distributed_sampler",
     "precision",
     "deterministic",
     "benchmark",
@@ -47,6 +51,17 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
     )
 
 
+def _fresh(value: Any) -> Any:
+    """A setting given as ``class_path`` + ``init_args`` (e.g. a strategy): a new instance."""
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict) and "class_path" in value:
+        from lightning.pytorch.cli import instantiate_class
+
+        return instantiate_class((), value)
+    return value
+
+
 def fit_stage1(
     model: SemiSegCAW,
     datamodule: L.LightningDataModule,
@@ -69,7 +84,9 @@ def fit_stage1(
         if wandb
         else CSVLogger(root, name="logs")
     )
-    kwargs = {k: v for k, v in (trainer_kwargs or {}).items() if k in INHERITED and v is not None}
+    kwargs = {
+        k: _fresh(v) for k, v in (trainer_kwargs or {}).items() if k in INHERITED and v is not None
+    }
     trainer = L.Trainer(
         max_epochs=max_epochs,
         default_root_dir=root,

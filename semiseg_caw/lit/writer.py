@@ -1,4 +1,10 @@
-"""Writing predictions: a mask and an overlay PNG per image, and one CSV for the folder."""
+"""Writing predictions: a mask and an overlay PNG per image, and one CSV for the folder.
+
+Every file appears whole or not at all (written to a hidden ``.part`` file, then
+renamed); the CSV grows on disk as batches arrive, so memory does not grow with the
+folder. An image that cannot be read gets a row with its reason in the ``error`` column
+and no PNGs, and the run goes on; one warning at the end lists every such file.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ import io
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import numpy as np
@@ -16,10 +23,21 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from semiseg_caw.data.io import decode_image
+from semiseg_caw.data.io import decode_image, describe_error
 
 CSV_NAME = "predictions.csv"
+OUTPUT_PATTERNS = (CSV_NAME, "*_mask.png", "*_overlay.png")
+"""Files that mark a folder as holding an earlier run's predictions."""
+MAX_STEM = 120
+"""Longest stem of an output file (file names stay well below the usual 255 bytes)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _file_mode() -> int:
+    """The mode ``open`` gives new files (0o666 less the umask); mkstemp's is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -27,11 +45,28 @@ def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode())
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` if needed and prove that a file can be written there.
+
+    Raises a PermissionError naming ``what`` and the folder otherwise, so that a run fails
+    at its start rather than when it first saves.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what} {folder} is not writable: {err}") from err
+    return folder
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -42,21 +77,22 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def overlay(gray: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The grayscale image in RGB with the mask tinted red: (H, W, 3) uint8."""
-    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=2)  # uint8: no float copy of a large image
     red = np.array([255.0, 40.0, 40.0], dtype=np.float32)
-    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * red
-    return rgb.round().astype(np.uint8)
+    rgb[mask] = ((1 - alpha) * rgb[mask].astype(np.float32) + alpha * red).round()
+    return rgb
 
 
 def safe_stem(name: str) -> str:
     """A file-name stem that cannot leave the output folder (no separators, no leading dot)."""
     stem = _UNSAFE.sub("_", Path(str(name).replace("\\", "/")).stem).lstrip(".")
-    return stem or "image"
+    return stem[:MAX_STEM] or "image"
 
 
 class PredictionWriter(BasePredictionWriter):
     """Writes ``<name>_mask.png`` (binary, the image's original size), ``<name>_overlay.png``
-    and one ``predictions.csv`` (class probabilities, lesion area) into ``output_dir``.
+    and one ``predictions.csv`` (class probabilities, lesion area, ``error``) into
+    ``output_dir``; refuses a folder holding an earlier run's outputs unless ``overwrite``.
 
     Args:
         output_dir: folder for the outputs (None: ``<default_root_dir>/predictions``).
@@ -79,27 +115,29 @@ class PredictionWriter(BasePredictionWriter):
         self.overwrite = overwrite
         self.threshold = threshold
         self.overlays = overlays
-        self.rows: list[dict[str, Any]] = []
         self.used: set[str] = set()
+        self.failed: list[tuple[str, str]] = []
+        self._csv: IO[str] | None = None
+        self._csv_part: Path | None = None
+        self._rows: csv.DictWriter | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
         out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
-        self.out = out
         # Fail now, not after an hour of predicting.
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
-            probe.close()
-        except OSError as err:
-            raise PermissionError(f"prediction folder {out} is not writable: {err}") from err
-        if (out / CSV_NAME).exists() and not self.overwrite:
+        self.out = check_writable(out, "prediction folder")
+        earlier = [p.name for pattern in OUTPUT_PATTERNS for p in sorted(out.glob(pattern))]
+        if earlier and not self.overwrite:
             raise FileExistsError(
-                f"{out} already holds predictions ({CSV_NAME}); choose another "
+                f"{out} already holds predictions ({', '.join(earlier[:3])}"
+                f"{', ...' if len(earlier) > 3 else ''}); choose another "
                 "--prediction.output_dir or pass --prediction.overwrite true"
             )
-        self.rows, self.used = [], set()
+        for stale in out.glob(".*.part"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        self.used, self.failed = set(), []
+        self._close_csv()
 
     def _unique(self, stem: str) -> str:
         name, n = stem, 1
@@ -108,6 +146,28 @@ class PredictionWriter(BasePredictionWriter):
             name = f"{stem}_{n}"
         self.used.add(name)
         return name
+
+    def _open_csv(self, num_classes: int, names: list[str]) -> None:
+        fields = ["image", "mask_file", "width", "height", "lesion_area_px", "lesion_fraction"]
+        if num_classes:
+            labels = [names[k] if k < len(names) else str(k) for k in range(num_classes)]
+            fields += [f"p_{label}" for label in labels] + ["predicted_class"]
+        fd, part = tempfile.mkstemp(dir=self.out, prefix=f".{CSV_NAME}.", suffix=".part")
+        self._csv_part = Path(part)
+        self._csv = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        os.fchmod(fd, _file_mode())
+        self._rows = csv.DictWriter(self._csv, fieldnames=[*fields, "error"], restval="")
+        self._rows.writeheader()
+
+    def _close_csv(self, keep: bool = False) -> None:
+        if self._csv is not None:
+            self._csv.close()
+        if self._csv_part is not None:
+            if keep:
+                os.replace(self._csv_part, self.out / CSV_NAME)
+            else:
+                self._csv_part.unlink(missing_ok=True)
+        self._csv = self._csv_part = self._rows = None
 
     def write_on_batch_end(
         self,
@@ -120,38 +180,60 @@ class PredictionWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         probs = prediction["mask_prob"].float()  # (B, 1, h, w)
-        class_prob = prediction.get("class_prob")
+        class_prob = prediction.get("class_prob")  # (B, K) or None
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
+        if self._rows is None:
+            self._open_csv(0 if class_prob is None else class_prob.shape[1], names)
+        errors = batch.get("error") or [""] * len(prediction["id"])
         for i, image_id in enumerate(prediction["id"]):
-            height, width = (int(v) for v in prediction["orig_size"][i])
-            full = F.interpolate(probs[i : i + 1], size=(height, width), mode="bilinear")
-            mask = (full[0, 0] >= self.threshold).cpu().numpy()
-            stem = self._unique(safe_stem(image_id))
-            atomic_write(self.out / f"{stem}_mask.png", png_bytes(mask.astype(np.uint8) * 255))
-            if self.overlays:
-                gray = decode_image(prediction["path"][i])
-                atomic_write(self.out / f"{stem}_overlay.png", png_bytes(overlay(gray, mask)))
-            row: dict[str, Any] = {
-                "image": str(image_id),
-                "mask_file": f"{stem}_mask.png",
-                "width": width,
-                "height": height,
-                "lesion_area_px": int(mask.sum()),
-                "lesion_fraction": round(float(mask.mean()), 6),
-            }
-            if class_prob is not None:
+            row: dict[str, Any] = {"image": str(image_id)}
+            problem = errors[i]
+            if not problem:
+                try:
+                    row.update(self._write_image(prediction, probs, i))
+                except (FileNotFoundError, ValueError) as err:  # changed since it was read
+                    problem = describe_error(err)
+            if problem:
+                row["error"] = problem
+                self.failed.append((str(prediction["path"][i]), problem))
+            elif class_prob is not None:
                 p = class_prob[i].float().cpu()
                 for k in range(p.numel()):
                     label = names[k] if k < len(names) else str(k)
                     row[f"p_{label}"] = round(float(p[k]), 6)
                 row["predicted_class"] = names[int(p.argmax())] if names else int(p.argmax())
-            self.rows.append(row)
+            self._rows.writerow(row)
+
+    def _write_image(self, prediction: dict[str, Any], probs, i: int) -> dict[str, Any]:
+        """Write one image's mask (and overlay) PNG; its CSV fields."""
+        height, width = (int(v) for v in prediction["orig_size"][i])
+        gray = decode_image(prediction["path"][i]) if self.overlays else None
+        full = F.interpolate(probs[i : i + 1], size=(height, width), mode="bilinear")
+        mask = (full[0, 0] >= self.threshold).cpu().numpy()  # (H, W) bool
+        stem = self._unique(safe_stem(prediction["id"][i]))
+        atomic_write(self.out / f"{stem}_mask.png", png_bytes(mask.astype(np.uint8) * 255))
+        if gray is not None:
+            atomic_write(self.out / f"{stem}_overlay.png", png_bytes(overlay(gray, mask)))
+        return {
+            "mask_file": f"{stem}_mask.png",
+            "width": width,
+            "height": height,
+            "lesion_area_px": int(mask.sum()),
+            "lesion_fraction": round(float(mask.mean()), 6),
+        }
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write(self.out / CSV_NAME, buffer.getvalue().encode())
+        self._close_csv(keep=self._rows is not None)
+        if self.failed:
+            listing = "\n".join(f"  {path}: {problem}" for path, problem in self.failed)
+            warnings.warn(
+                f"{len(self.failed)} image(s) could not be predicted (listed in "
+                f"{self.out / CSV_NAME}, column 'error'):\n{listing}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._close_csv()  # no partial CSV

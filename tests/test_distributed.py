@@ -1,0 +1,164 @@
+"""Devices, strategy and precision come from the Trainer alone: 2-process DDP on the CPU, bf16.
+
+The DDP runs are real ``python -m semiseg_caw`` processes: Lightning's launcher
+starts the second process by running the same command again.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from semiseg_caw.cli import main
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed"),
+]
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# 40 synthetic images split 28 / 4 / 8. With eval batches of 2 the 8 test images fill
+# 2 batches on each of 2 processes, so DistributedSampler neither pads nor repeats any.
+DATA = [
+    f"--config={CONFIGS / 'demo.yaml'}",
+    "--data.image_size=32",
+    "--data.batch_size=4",
+    "--data.eval_batch_size=2",
+    "--data.synthetic_samples=40",
+    "--data.class_only=6",
+    "--model.init_args.aux_encoder=test_resnet",  # timm's tiny ResNet: small checkpoints
+]
+TRAINER = [
+    "--trainer.max_epochs=1",
+    "--trainer.num_sanity_val_steps=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.accelerator=cpu",
+]
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, by far so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(args: list[str], cwd: Path) -> str:
+    """Run ``python -m semiseg_caw ARGS`` in ``cwd``; returns its output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A session of its own, so that a hung run is killed together with the process it started.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semiseg_caw", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"timed out: {' '.join(args)}\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def read_csv_metrics(folder: Path) -> list[dict[str, float]]:
+    """The rows of the one metrics.csv a CSVLogger wrote under ``folder``, empty cells left out."""
+    (path,) = folder.rglob("metrics.csv")
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Stage 1 and stage 2 (one epoch each) on 2 processes in bf16 mixed precision.
+
+    Returns the run's root folder and the command's output.
+    """
+    root = tmp_path_factory.mktemp("ddp_fit")
+    args = [
+        "fit",
+        *DATA,
+        *TRAINER,
+        *DDP,
+        "--trainer.precision=bf16-mixed",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={root / 'stage2'}",
+        "--model.init_args.stage1_epochs=1",
+        f"--trainer.default_root_dir={root}",
+    ]
+    return root, run_cli(args, cwd=root)
+
+
+def test_ddp_fit_runs_both_stages_on_two_processes(ddp_fit: tuple[Path, str]) -> None:
+    root, output = ddp_fit
+    assert "distributed_backend=gloo" in output
+    assert "Starting with 2 processes" in output
+    # 28 training images, 14 per process, batches of 4 without the last partial one: 3 steps
+    # per epoch in each stage (one process would take 7). A skipped (non-finite) step would
+    # not count.
+    stage1 = torch.load(root / "stage1" / "checkpoints" / "last.ckpt", weights_only=True)
+    stage2 = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert stage1["global_step"] == 3
+    assert stage2["global_step"] == 3
+    assert "stage1" in stage2["hyper_parameters"]["stage1_checkpoint"]
+
+
+def test_bf16_mixed_precision_trains_without_nan(ddp_fit: tuple[Path, str]) -> None:
+    """The DDP fit above ran both stages under bf16 autocast: losses and weights stay finite."""
+    root, output = ddp_fit
+    assert output.count("Using bfloat16 Automatic Mixed Precision") >= 2  # stage 1 and 2
+    for folder in (root / "stage1", root / "stage2"):
+        rows = [row for row in read_csv_metrics(folder) if "train/loss" in row]
+        assert len(rows) == 3, folder  # every step logged, none skipped
+        assert all(math.isfinite(v) for row in rows for v in row.values())
+    wgm = [row for row in read_csv_metrics(root / "stage2") if "wgm/bce" in row]
+    assert {k for k in wgm[0] if k.startswith("wgm/")} == {
+        f"wgm/{t}" for t in ("bce", "dice", "ftv", "ce", "aux")
+    }
+    assert all(v > 0 for row in wgm for k, v in row.items() if k.startswith("wgm/"))
+    for ckpt in (root / "stage1" / "checkpoints", root / "checkpoints"):
+        state = torch.load(ckpt / "last.ckpt", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_test_metrics_are_the_same_on_one_and_two_processes(
+    ddp_fit: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The same checkpoint tested by 1 and by 2 processes: metric states sync across processes."""
+    ckpt = ddp_fit[0] / "checkpoints" / "last.ckpt"
+    common = ["test", *DATA, *TRAINER, f"--ckpt_path={ckpt}"]
+    single = main([*common, "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path / '1'}"])
+    expected = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
+
+    csv_logger = [
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={tmp_path / '2'}",
+    ]
+    run_cli([*common, *DDP, *csv_logger, f"--trainer.default_root_dir={tmp_path / '2'}"], tmp_path)
+    got = {k: v for row in read_csv_metrics(tmp_path / "2") for k, v in row.items()}
+    got = {k: v for k, v in got.items() if k.startswith("test/")}
+
+    for key in ("dice", "iou", "dice_per_image", "recall", "precision", "accuracy", "auroc"):
+        assert f"test/{key}" in expected, key
+    assert set(got) == {k for k in expected if k.startswith("test/")}
+    for key, value in got.items():
+        assert value == pytest.approx(expected[key], abs=1e-5), key

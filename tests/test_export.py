@@ -1,0 +1,96 @@
+"""ONNX export: onnxruntime gives PyTorch's probabilities, in Python and from the command line."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxscript", reason="needs the export extra")
+ort = pytest.importorskip("onnxruntime", reason="needs the export extra")
+
+from semiseg_caw import SemiSegCAW  # noqa: E402
+from semiseg_caw.cli import main  # noqa: E402
+from semiseg_caw.export import InferenceModel, export_onnx  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, by far so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_onnx(path: Path, image: torch.Tensor) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    return session.run(None, {"image": image.numpy()})
+
+
+def assert_matches(task: torch.nn.Module, path: Path, names: list[str]) -> None:
+    """onnxruntime's outputs equal PyTorch's within 1e-4, at a batch size other than export's."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == names
+    image = torch.randn(3, task.in_channels, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = InferenceModel(task.eval())(image)
+    got = run_onnx(path, image)
+    assert len(got) == len(expected) == len(names)
+    for name, g, e in zip(names, got, expected, strict=True):
+        assert g.shape == tuple(e.shape), name
+        np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_semiseg_caw_exports_with_auxiliary_model_and_classifier(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    # resnet10t: the same U-Net on a shallower timm encoder, to keep the export short.
+    task = SemiSegCAW(
+        backbone="malunet", aux_source="classelevate", aux_encoder="resnet10t", classifier=True
+    )
+    path = export_onnx(task, tmp_path / "model.onnx", image_size=SIZE)
+    assert path.is_file() and not path.with_name("model.onnx.part").exists()
+    assert_matches(task, path, ["mask_prob", "class_prob"])
+
+
+@pytest.mark.filterwarnings("ignore:'semiseg_caw.export' found in sys.modules:RuntimeWarning")
+def test_export_command_on_a_cli_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m semiseg_caw.export`` on a baseline (no auxiliary model, no classifier)."""
+    main(
+        [
+            "fit",
+            f"--config={CONFIGS / 'demo.yaml'}",
+            f"--config={CONFIGS / 'baselines' / 'full.yaml'}",
+            f"--data.image_size={SIZE}",
+            "--data.batch_size=4",
+            "--data.synthetic_samples=40",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    out = tmp_path / "export" / "baseline.onnx"
+    # What `python -m semiseg_caw.export CKPT OUT --image-size 32` runs, in this process.
+    monkeypatch.setattr(sys, "argv", ["export", str(ckpt), str(out), f"--image-size={SIZE}"])
+    runpy.run_module("semiseg_caw.export", run_name="__main__")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    task = SemiSegCAW.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    assert task.net.aux_model is None and task.hparams.classifier is False
+    assert_matches(task, out, ["mask_prob"])

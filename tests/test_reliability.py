@@ -1,0 +1,432 @@
+"""Reliability (issue 7): a killed run resumes exactly, bad checkpoints and configurations
+stop a run before it trains, non-finite losses never reach the weights, and a run that
+cannot write fails at its start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
+from semiseg_caw.checkpoints import CheckpointError, EpochSeeding, epoch_seed
+from semiseg_caw.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_AUX = "--model.init_args.aux_encoder=resnet10t"
+
+
+class KillAfter(Callback):
+    """Kills its own process (SIGKILL: no clean-up of any kind) after a given batch."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit_args(root: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """A stage-2 run of seconds: 2 batches of 4 images of 32 x 32 per epoch."""
+    return [
+        "fit",
+        "--seed_everything=3",
+        "--model=semiseg_caw.SemiSegCAW",
+        SMALL_AUX,
+        "--data.image_size=32",
+        "--data.batch_size=4",
+        "--data.synthetic_samples=40",
+        "--data.class_only=6",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.deterministic=true",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={root}",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: much faster on a shared 2-core machine, and reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stage1_ckpt(tmp_path_factory) -> Path:
+    """An (untrained) ClassElevateSeg checkpoint that fits ``fit_args``' model."""
+    path = tmp_path_factory.mktemp("stage1") / "stage1.ckpt"
+    torch.manual_seed(0)
+    module = ClassElevateSeg(num_classes=2, encoder="resnet10t")
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+# -- 1. resume after a kill ---------------------------------------------------------------
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "OMP_NUM_THREADS": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "semiseg_caw", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def read(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_state(ckpt: dict) -> dict:
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    return state
+
+
+def test_killed_stage2_run_resumes_to_the_uninterrupted_result(tmp_path, stage1_ckpt):
+    # Stage 2 for 2 epochs from a given stage-1 model, once whole and once killed by
+    # SIGKILL in its second epoch, after the first epoch's last.ckpt was written.
+    kill = '{"class_path": "test_reliability.KillAfter", "init_args": {"epoch": 1, "batch": 0}}'
+    stage1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
+    killed = spawn(fit_args(tmp_path / "b", stage1, f"--trainer.callbacks+={kill}"))
+    main(fit_args(tmp_path / "a", stage1))  # meanwhile, the whole run in this process
+    code, output = finish(killed)
+    assert code == -signal.SIGKILL, output[-3000:]
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert read(last)["epoch"] == 0
+
+    # Resumed without the stage-1 file: only the stage-2 checkpoint can hold the
+    # auxiliary model, and stage 1 must not be trained again.
+    cli = main(fit_args(tmp_path / "b", "--ckpt_path=last"))
+    assert cli.trainer.ckpt_path == str(last)
+    assert not (tmp_path / "b" / "stage1").exists()
+
+    resumed, uninterrupted = read(last), read(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 1
+    assert resumed["global_step"] == uninterrupted["global_step"] == 4
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    ours, theirs = checkpoint_state(resumed), checkpoint_state(uninterrupted)
+    for score in ("current_score", "best_model_score"):
+        assert float(ours[score]) == pytest.approx(float(theirs[score]), abs=1e-6)
+    # ... and it kept fine-tuning the auxiliary model and training the WGM weights.
+    initial = {k[len("net.") :]: v for k, v in read(stage1_ckpt)["state_dict"].items()}
+    prefix = "net.aux_model."
+    aux = {k[len(prefix) :]: v for k, v in resumed["state_dict"].items() if k.startswith(prefix)}
+    assert set(aux) <= set(initial)
+    assert any(not torch.equal(v, initial[k]) for k, v in aux.items() if v.is_floating_point())
+    log_scales = resumed["state_dict"]["weighting.log_scales"]
+    assert not torch.equal(log_scales, torch.zeros_like(log_scales))
+
+
+def test_epoch_seed_depends_on_seed_and_epoch_only():
+    assert epoch_seed(3, 1) == epoch_seed(3, 1)
+    assert len({epoch_seed(3, 0), epoch_seed(3, 1), epoch_seed(4, 0)}) == 3
+
+
+# -- 2. checkpoints -------------------------------------------------------------------------
+
+
+class Foreign:
+    """An object that ``torch.load(weights_only=True)`` must refuse to unpickle."""
+
+
+def bad_checkpoint(kind: str, folder: Path, good: Path) -> tuple[Path, str]:
+    """A stage-1 checkpoint that cannot be used, and the reason the error must give."""
+    path = folder / f"{kind}.ckpt"
+    if kind == "missing":
+        return path, "does not exist"
+    if kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path, "could not be read"
+    if kind == "not_torch":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+        return path, "could not be read"
+    if kind == "pickled_code":
+        torch.save({"state_dict": {}, "payload": Foreign()}, path)
+        return path, "could not be read"
+    if kind == "no_state_dict":
+        torch.save({"weights": torch.zeros(3)}, path)
+        return path, "not a Lightning checkpoint"
+    if kind == "stage2":
+        model = SemiSegCAW(aux_encoder="resnet10t")
+        torch.save({"state_dict": model.state_dict()}, path)
+        return path, "does not fit the configured model"
+    if kind == "three_channels":
+        module = ClassElevateSeg(num_classes=2, in_channels=3, encoder="resnet10t")
+        torch.save({"state_dict": module.state_dict()}, path)
+        return path, "other shapes than the configured model"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing",
+        "truncated",
+        "not_torch",
+        "pickled_code",
+        "no_state_dict",
+        "stage2",
+        "three_channels",
+    ],
+)
+def test_bad_stage1_checkpoint_stops_the_run_before_training(kind, tmp_path, stage1_ckpt):
+    path, reason = bad_checkpoint(kind, tmp_path, stage1_ckpt)
+    root = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=reason) as info:
+        main(fit_args(root, f"--model.init_args.stage1_checkpoint={path}"))
+    assert str(path) in str(info.value)
+    assert not list(root.rglob("*.ckpt")) and not (root / "stage1").exists()
+
+
+# -- 3. numerical faults --------------------------------------------------------------------
+
+
+class Snapshots(Callback):
+    """The module's whole state (parameters and buffers) before and after each batch."""
+
+    def __init__(self) -> None:
+        self.before: list[dict] = []
+        self.after: list[dict] = []
+
+    @staticmethod
+    def _copy(module) -> dict:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.before.append(self._copy(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after.append(self._copy(pl_module))
+
+
+def poison(model: SemiSegCAW, bad: dict[int, str]) -> None:
+    """Make the loss of the given calls non-finite: ``nan``/``inf`` in a loss term, or
+    ``image``: NaN pixels, which also reach the BatchNorm statistics."""
+    calls = iter(range(10**6))
+    terms = model.loss_terms
+
+    def loss_terms(batch):
+        kind = bad.get(next(calls))
+        if kind == "image":
+            batch = {**batch, "image": batch["image"].clone()}
+            batch["image"][0, :, :4, :4] = float("nan")
+        out = terms(batch)
+        if kind in ("nan", "inf"):
+            out["bce"] = out["bce"] * float(kind)
+        return out
+
+    model.loss_terms = loss_terms
+
+
+def small_model(**kwargs) -> SemiSegCAW:
+    return SemiSegCAW(aux_source="none", loss_terms=["bce", "dice", "ce"], **kwargs)
+
+
+def small_trainer(tmp_path: Path, batches: int, epochs: int = 1, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def small_data() -> SemiSegDataModule:
+    return SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, augment=False)
+
+
+def test_non_finite_steps_are_skipped_counted_and_checkpointed(tmp_path):
+    L.seed_everything(0)
+    model = small_model()
+    poison(model, {1: "nan", 2: "image", 3: "inf"})
+    snapshots = Snapshots()
+    trainer = small_trainer(tmp_path, 5, callbacks=[snapshots], enable_checkpointing=False)
+    with pytest.warns(RuntimeWarning, match="non-finite training loss") as caught:
+        trainer.fit(model, datamodule=small_data())
+    messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert len(messages) == 3 and "(3/20 allowed)" in messages[-1]
+    assert model.bad_steps == 3
+    for step, (before, after) in enumerate(zip(snapshots.before, snapshots.after, strict=True)):
+        unchanged = all(torch.equal(before[k], after[k]) for k in before if "num_batches" not in k)
+        assert unchanged == (step in (1, 2, 3)), step  # good steps do train
+        assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    # The count is part of the checkpoint, so a resumed run goes on counting.
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    assert read(tmp_path / "m.ckpt")["bad_steps"] == 3
+    restored = small_model()
+    restored.on_load_checkpoint(read(tmp_path / "m.ckpt"))
+    assert restored.bad_steps == 3
+
+
+def test_too_many_non_finite_steps_stop_training_with_a_clear_message(tmp_path):
+    L.seed_everything(0)
+    model = small_model(max_bad_steps=2)
+    poison(model, dict.fromkeys(range(10), "nan"))
+    with (
+        pytest.warns(RuntimeWarning, match="non-finite"),
+        pytest.raises(FloatingPointError, match=r"\(3/2 allowed\)\. Stopping: lower the learning"),
+    ):
+        small_trainer(tmp_path, 5, enable_checkpointing=False).fit(model, datamodule=small_data())
+
+
+# -- 5. bad configuration -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--data.batchsize=4", r"unrecognized arguments: --data\.batchsize=4"),
+        (
+            "--data.batch_size=four",
+            r'key "data\.batch_size":\s+Expected a <class .int.>\. Got value: four',
+        ),
+        ("--model.init_args.lr=fast", r'key "lr":\s+Expected a <class .float.>\. Got value: fast'),
+        (
+            "--model.init_args.backbone=resnet",
+            r'key "backbone":\s+Expected .*unext.*Got value: resnet',
+        ),
+    ],
+)
+def test_misspelt_or_mistyped_option_names_the_key(option, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(fit_args(tmp_path, option))
+    assert re.search(message, capsys.readouterr().err)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_label_budget_larger_than_the_train_split_is_refused(tmp_path, stage1_ckpt):
+    s1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
+    with pytest.raises(ValueError, match=r"asks for 500 class-only images .* only 28 images"):
+        main(fit_args(tmp_path, s1, "--data.class_only=500"))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def write_split(tmp_path: Path, move: str) -> Path:
+    """The in-memory split of the synthetic data, with some val images moved to train."""
+    dm = SemiSegDataModule(image_size=32, synthetic_samples=40)
+    dm.setup("fit")
+    split = {name: [s.id for s in dm.splits[name]] for name in dm.splits}
+    labels = {s.id: s.label for name in dm.splits for s in dm.splits[name]}
+    gone = split["val"] if move == "all" else [i for i in split["val"] if labels[i] == 1]
+    split["train"] += gone
+    split["val"] = [i for i in split["val"] if i not in gone]
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(split))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("move", "message"),
+    [
+        ("all", r"the val split is empty \(train: 32 \(benign 16, malignant 16\); val: 0; test: 8"),
+        ("malignant", r"the val split has no image of class malignant \(.*val: 2 \(benign 2, "),
+    ],
+)
+def test_empty_split_or_missing_class_is_refused_with_the_numbers(move, message, tmp_path):
+    split = write_split(tmp_path, move)
+    dm = SemiSegDataModule(image_size=32, synthetic_samples=40, split_file=str(split))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setup warns of an empty split
+        dm.setup("fit")
+    dm.train_dataloader()
+    with pytest.raises(ValueError, match=message):
+        dm.val_dataloader()
+
+
+# -- 6. output safety -----------------------------------------------------------------------
+
+
+def test_unwritable_run_folder_fails_before_any_training(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(PermissionError, match=r"run folder .*afile/out is not writable"):
+        main(fit_args(blocker / "out", "--model.init_args.stage1_epochs=1"))
+    assert blocker.read_text() == "a file, not a folder"
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_unwritable_checkpoint_folder_fails_before_any_training(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match=r"checkpoint folder .*afile/ckpts"):
+        main(fit_args(tmp_path / "run", f"--checkpoint.dirpath={blocker / 'ckpts'}"))
+    assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_every_random_stream_is_reseeded_per_epoch(tmp_path):
+    # The mechanism behind the exact resume, in-process: two epochs' draws depend on
+    # (seed, epoch) and not on what happened before.
+    class Draws(Callback):
+        def __init__(self) -> None:
+            self.draws: list[tuple] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                legacy = np.random.rand()  # noqa: NPY002 (the stream seed_everything seeds)
+                self.draws.append((torch.rand(1).item(), legacy, tuple(batch["id"])))
+
+    def run(epochs: int) -> list[tuple]:
+        L.seed_everything(5)
+        draws = Draws()
+        trainer = small_trainer(tmp_path, 2, epochs, callbacks=[EpochSeeding(), draws])
+        dm = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40)
+        trainer.fit(small_model(), datamodule=dm)
+        return draws.draws
+
+    two, three = run(2), run(3)
+    assert three[:2] == two
+    assert three[1] != three[2]
+
+
+def test_resume_last_before_stage2_saved_anything_trains_stage1_first(tmp_path):
+    # What a job script that always passes `--ckpt_path last` meets on its first start,
+    # or after a kill during stage 1: no stage-2 checkpoint, so stage 1 must run first.
+    stage1 = "--model.init_args.stage1_epochs=1"
+    cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    assert cli.trainer.ckpt_path is None  # stage 2 started afresh
+    assert cli.model.stage1_loaded
+    assert cli.model.hparams.stage1_checkpoint.startswith(str(tmp_path / "stage1"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

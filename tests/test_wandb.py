@@ -1,0 +1,163 @@
+"""The CLI's W&B run, offline: config, metrics, WGM weights and the validation image panel."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import semiseg_caw.cli as cli_module
+from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+NUM_IMAGES = 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, by far so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(root: Path) -> list[str]:
+    return [
+        f"--config={CONFIGS / 'demo.yaml'}",
+        "--data.image_size=32",
+        "--data.batch_size=4",
+        "--data.synthetic_samples=40",
+        "--data.class_only=6",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={root}",
+        "--model.init_args.stage1_epochs=1",
+        "--model.init_args.aux_encoder=test_resnet",  # timm's tiny ResNet: small checkpoints
+    ]
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The protobuf records of an offline ``run-*.wandb`` file (a LevelDB-style log)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    block, pos, pending = 32768, 7, b""  # after the 7-byte file header
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:  # zero padding up to the end of the block
+            pos += (block - pos % block) % block
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk  # full/first, middle/last
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run config and the history rows of an offline run folder."""
+    (log,) = run_dir.glob("run-*.wandb")
+    config: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    for record in wandb_records(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "config":
+            for item in record.config.update:
+                key = item.key or "/".join(item.nested_key)
+                config[key] = json.loads(item.value_json)
+        elif kind == "history":
+            history.append(
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
+    return config, history
+
+
+def test_offline_run_records_config_metrics_wgm_and_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # A (disabled) run left open by an earlier in-process command would be reused; and W&B
+    # reads WANDB_MODE once per process: close it and make W&B read the mode again.
+    wandb.finish()
+    wandb.teardown()
+
+    class CLI(cli_module.SemiSegCLI):
+        """The CLI with the resolved config attached to the run (see the proposed cli.py change)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "SemiSegCLI", CLI)
+    try:
+        cli_module.main(
+            [
+                "fit",
+                *tiny(tmp_path),
+                "--image_logger.every_n_epochs=1",
+                f"--image_logger.num_images={NUM_IMAGES}",
+            ]
+        )
+    finally:
+        wandb.finish()  # flush and close the stage-2 run
+        wandb.teardown()  # and let later tests' runs read WANDB_MODE=disabled again
+
+    # Stage 1 has a run of its own; the stage-2 run lies under the run's root folder.
+    assert len(list((tmp_path / "stage1" / "wandb").glob("offline-run-*"))) == 1
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    config, history = read_run(run_dir)
+
+    # Hyper-parameters of model and data, and the whole resolved CLI config.
+    assert config["backbone"] == "malunet" and config["weighting"] == "wgm"
+    assert config["lr"] == pytest.approx(3e-3) and config["image_size"] == 32
+    assert config["config"]["seed_everything"] == 42
+    assert config["config"]["trainer"]["max_epochs"] == 1
+    assert "seed_everything: 42" in (run_dir / "files" / "cli_config.yaml").read_text()
+    assert "seed_everything: 42" in (tmp_path / "config.yaml").read_text()
+
+    # Metrics, and the WGM weight of every loss term at every training step.
+    logged = set().union(*history)
+    for key in ("train/loss", "train/bce", "val/loss", "val/dice", "val/iou", "val/auroc"):
+        assert key in logged, key
+    wgm_rows = [row for row in history if "wgm/bce" in row]
+    assert len(wgm_rows) == 2  # one per training step
+    for term in ("bce", "dice", "ftv", "ce", "aux"):
+        assert all(row[f"wgm/{term}"] > 0 for row in wgm_rows)
+
+    # The image panel: images with three mask overlays each, and the per-image Dice table.
+    (panel,) = [row for row in history if "val/examples/_type" in row]
+    assert panel["val/examples/count"] == NUM_IMAGES
+    assert all(
+        set(masks) == {"ground_truth", "prediction", "auxiliary_map"}
+        for masks in panel["val/examples/all_masks"]
+    )
+    media = run_dir / "files" / "media"
+    assert len(list((media / "images" / "val").glob("*.png"))) == NUM_IMAGES
+    assert len(list((media / "images" / "mask" / "val").glob("*.png"))) == 3 * NUM_IMAGES
+    (table_file,) = (media / "table" / "val").glob("per_image_dice_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["id", "overlay", "dice"]
+    assert len(table["data"]) == NUM_IMAGES
+    assert all(0.0 <= row[2] <= 1.0 for row in table["data"])
