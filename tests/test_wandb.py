@@ -139,7 +139,7 @@ def test_offline_run_records_config_metrics_wgm_and_images(
 
     # Metrics, and the WGM weight of every loss term at every training step.
     logged = set().union(*history)
-    for key in ("train/loss", "train/bce", "val/loss", "val/dice", "val/iou", "val/auroc"):
+    for key in ("train/loss", "train/bce", "val/loss", "val/dice", "val/iou", "val/cls_auroc"):
         assert key in logged, key
     wgm_rows = [row for row in history if "wgm/bce" in row]
     assert len(wgm_rows) == 2  # one per training step

@@ -231,12 +231,9 @@ class SemiSegDataModule(L.LightningDataModule):
         splits["train"] = apply_budget(
             splits["train"], self.class_only, self.budget_mode, self.seed
         )
-        if not splits["train"]:
-            raise ValueError(
-                f"the training split of {self.dataset!r} is empty "
-                f"({split_summary(splits, self.class_names)})"
-            )
-        for name in ("val", "test"):
+        # An empty split is refused by its loader (with the numbers), so that e.g. `test` on
+        # an external data set whose split file lists only test images still works.
+        for name in SPLITS:
             if not splits[name]:
                 warnings.warn(f"the {name} split is empty", UserWarning, stacklevel=2)
         used = [s.id for name in SPLITS for s in splits[name]]

@@ -83,7 +83,8 @@ class SegmentationTask(L.LightningModule):
         seg = self.seg_metrics[stage]
         # No masked sample seen: pooled Dice would read 1.0 (0/0), which must not pass as a score.
         values = dict(seg.compute()) if seg["per_image"].count > 0 else {}
-        values.update(self.cls_metrics[stage].compute())
+        # Prefixed: the pooled segmentation metrics have an `accuracy` (of pixels) too.
+        values.update({f"cls_{k}": v for k, v in self.cls_metrics[stage].compute().items()})
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
         self.seg_metrics[stage].reset()
         self.cls_metrics[stage].reset()

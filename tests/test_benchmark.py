@@ -1,0 +1,294 @@
+"""The benchmark harness (benchmarks/run.py): rows, tables, the smoke budget on real files,
+and the external check (a trained checkpoint tested on another data set given as a manifest)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semiseg_caw.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_KEYS = (
+    "test/dice",
+    "test/iou",
+    "test/recall",
+    "test/precision",
+    "test/specificity",
+    "test/dice_per_image",
+    "test/iou_per_image",
+)
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("benchmarks.run", REPO / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("benchmarks.run", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+# ----------------------------------------------------------------------------- no data
+
+
+def test_rows_cover_the_protocol() -> None:
+    for dataset, budgets in bench.CLASS_ONLY.items():
+        names = [r["name"] for r in bench.all_rows(dataset)]
+        assert len(names) == len(set(names))
+        for bb in ("malunet", "unext"):
+            assert f"{bb}-full" in names
+            for ab in bench.ABLATIONS:
+                assert f"{bb}-{ab}" in names
+            semi = [n for n in names if n.startswith(f"{bb}-semiseg-caw")]
+            assert len(semi) == len(budgets)
+        for row in bench.all_rows(dataset):
+            for config in row["configs"]:
+                assert (REPO / config).is_file(), config
+    smoke = bench.select_rows("ddti", bench.BUDGETS["smoke"]["rows"], True)
+    assert [r["name"] for r in smoke] == [
+        "malunet-full",
+        "malunet-reduced-48",
+        "malunet-semiseg-caw-48",
+    ]
+    assert len(bench.select_rows("busi", ["unext-*"], False)) == 8
+    with pytest.raises(SystemExit):
+        bench.select_rows("busi", ["nothing"], False)
+
+
+def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
+    iou = dice / (2 - dice)
+    metrics = {f"seg/{k}": 0.5 for k in bench.SEG_KEYS}
+    metrics.update({"seg/dice": dice, "seg/iou": iou, "cls/auroc": 0.8})
+    return {
+        "row": row,
+        "method": method,
+        "backbone": "malunet",
+        "class_only": 100,
+        "seed": seed,
+        "metrics": metrics,
+        "params": 1000,
+        "params_core": 1000,
+        "train_s_per_epoch": 1.0,
+        "epoch_s": 1.2,
+        "stage1_epoch_s": None,
+        "infer_ms_per_image": 2.0,
+        "fit_wall_s": 60.0,
+        "best_epoch": 3,
+    }
+
+
+def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [_fake_record("malunet-full", "full", s, 0.60 + 0.01 * s) for s in range(3)]
+    records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65)]
+    rows = bench.summarise(records, ["malunet-full", "malunet-reduced", "malunet-semiseg-caw"])
+    assert [r["row"] for r in rows] == ["malunet-full", "malunet-semiseg-caw"]
+    assert rows[0]["dice"]["mean"] == pytest.approx(0.61)
+    assert rows[0]["dice"]["std"] == pytest.approx(0.01)
+    assert rows[0]["dice"]["n"] == 3
+    report = {
+        "kind": "semiseg-caw-benchmark",
+        "dataset": "busi",
+        "budget": "cpu",
+        "note": "n",
+        "image_size": 96,
+        "epochs": 2,
+        "stage1_epochs": 2,
+        "seeds": [0, 1, 2],
+        "commit": "abc",
+        "hardware": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t"},
+        "finished": "now",
+        "wall_s": 60.0,
+        "rows": rows,
+        "failed": [],
+        "runs": records,
+    }
+    text = bench.markdown(report)
+    assert "0.610 ± 0.010" in text and "0.672" in text  # ours with std, and the paper's
+    assert "level with or above malunet-full" in text
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nkeep me\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "busi-cpu.json").write_text(json.dumps(report))
+    monkeypatch.setattr(bench, "README", readme)
+    monkeypatch.setattr(bench, "RESULTS", results)
+    bench.update_readme()
+    bench.update_readme()  # idempotent: one section, other text untouched
+    text = readme.read_text()
+    assert text.startswith("# title\n\nkeep me\n")
+    assert text.count(bench.START) == 1 and text.count(bench.END) == 1
+    assert "| malunet-semiseg-caw | 100 | 1 | 0.650 |" in text
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def smoke(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The smoke budget on real BUSI (3 MALUNet rows, 1 seed), written to a temp folder."""
+    tmp = tmp_path_factory.mktemp("bench")
+    report = bench.main(
+        [
+            "--dataset",
+            "busi",
+            "--budget",
+            "smoke",
+            "--parallel",
+            "3",
+            "--threads",
+            "1",
+            "--data-root",
+            str(shared_data / "busi"),
+            "--work",
+            str(tmp / "runs"),
+            "--out",
+            str(tmp / "out"),
+            "--no-readme",
+        ]
+    )
+    report["out"] = tmp / "out"
+    return report
+
+
+def test_smoke_budget_on_real_busi(smoke: dict) -> None:
+    assert not smoke["failed"]
+    assert [r["row"] for r in smoke["rows"]] == [
+        "malunet-full",
+        "malunet-reduced",
+        "malunet-semiseg-caw",
+    ]
+    for run in smoke["runs"]:
+        m = run["metrics"]
+        for key in bench.SEG_KEYS:
+            assert 0.0 <= m[f"seg/{key}"] <= 1.0
+        assert m["seg/dice"] == pytest.approx(2 * m["seg/iou"] / (1 + m["seg/iou"]), abs=1e-5)
+        assert run["test_images"] == 129  # BUSI test split without normal images (default)
+        assert run["params"] > 0 and run["infer_ms_per_image"] > 0
+        assert "checkpoints/best-epoch=" in run["best_checkpoint"]
+    semi = next(r for r in smoke["runs"] if r["method"] == "semiseg-caw")
+    assert 0.0 <= semi["metrics"]["cls/auroc"] <= 1.0
+    assert semi["params"] > semi["params_core"]  # ClassElevateSeg counted apart
+    out = smoke["out"]
+    assert (out / "busi-smoke.json").is_file() and (out / "busi-smoke.png").is_file()
+    assert "| malunet-semiseg-caw |" in (out / "busi-smoke.md").read_text()
+
+
+# ----------------------------------------------------------------------------- external check
+
+
+def _write_split(path: Path, ids: list[str]) -> Path:
+    # The data module refuses an empty training split even for `test` (setup builds every
+    # split), so one image stands in as "train"; every other image is a test image.
+    path.write_text(json.dumps({"train": ids[:1], "val": [], "test": ids[1:]}))
+    return path
+
+
+def _test_on_manifest(
+    ckpt: Path, configs: list[str], manifest: Path, split: Path, size: int, tmp: Path
+) -> dict[str, float]:
+    cli = cli_main(
+        [
+            "test",
+            *[f"--config={REPO / c}" for c in configs],
+            "--data.dataset=manifest",
+            f"--data.root={manifest}",
+            f"--data.split_file={split}",
+            "--data.classes=[benign, malignant]",
+            f"--data.image_size={size}",
+            "--data.class_only=0",
+            "--trainer.accelerator=cpu",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp}",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    for key in TEST_KEYS:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["test/dice"] == pytest.approx(
+        2 * metrics["test/iou"] / (1 + metrics["test/iou"]), abs=1e-5
+    )
+    return metrics
+
+
+def test_busi_checkpoint_on_ddti_manifest(smoke: dict, shared_data: Path, tmp_path: Path) -> None:
+    """A BUSI-trained checkpoint (the smoke run's) tested on DDTI images through a manifest
+    with absolute paths: the same metrics come out."""
+    ddti = shared_data / "ddti"
+    with open(ddti / "labels.csv", newline="") as handle:
+        labelled = [r for r in csv.DictReader(handle) if r["label"].strip()]
+    picked = [r for r in labelled if r["label"] == "0"][:4] + [
+        r for r in labelled if r["label"] == "1"
+    ][:3]
+    manifest = tmp_path / "external.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "mask", "label"])
+        for r in picked:
+            writer.writerow([ddti / "image" / r["image"], ddti / "mask" / r["image"], r["label"]])
+    ids = [str(ddti / "image" / r["image"]) for r in picked]
+    split = _write_split(tmp_path / "split.json", ids)
+    run = next(r for r in smoke["runs"] if r["row"] == "malunet-full")
+    ckpt = Path(run["best_checkpoint"])
+    ckpt = ckpt if ckpt.is_absolute() else REPO / ckpt
+    metrics = _test_on_manifest(
+        ckpt, ["configs/busi.yaml", "configs/baselines/full.yaml"], manifest, split, 64, tmp_path
+    )
+    assert "test/cls_auroc" not in metrics  # the plain baseline has no classifier
+
+
+def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
+    """Runs without the real data: tiny synthetic fit, then test on PNGs named in a manifest."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(7):
+        image = rng.integers(0, 255, (40, 48), dtype=np.uint8)
+        mask = np.zeros((40, 48), dtype=np.uint8)
+        mask[10 + i : 25, 12 : 30 + i] = 255
+        image[mask > 0] //= 3
+        Image.fromarray(image).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / "img" / f"{i}_mask.png")
+        rows.append([f"img/{i}.png", f"img/{i}_mask.png", ["benign", "malignant"][i % 2]])
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["image", "mask", "label"], *rows])
+    split = _write_split(tmp_path / "split.json", [r[0] for r in rows])
+    configs = ["configs/demo.yaml"]
+    cli_main(
+        [
+            "fit",
+            *[f"--config={REPO / c}" for c in configs],
+            "--data.dataset=synthetic",
+            "--data.root=null",
+            "--data.split_file=null",
+            "--data.image_size=32",
+            "--data.batch_size=4",
+            "--data.synthetic_samples=40",
+            "--data.class_only=6",
+            "--model.init_args.stage1_epochs=1",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator=cpu",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / 'fit'}",
+        ]
+    )
+    ckpt = next((tmp_path / "fit" / "checkpoints").glob("best-epoch=*.ckpt"))
+    metrics = _test_on_manifest(ckpt, configs, manifest, split, 32, tmp_path / "test")
+    assert 0.0 <= metrics["test/cls_auroc"] <= 1.0  # SemiSeg-CAW: classification metrics too
