@@ -157,7 +157,7 @@ def test_test_metrics_are_the_same_on_one_and_two_processes(
     got = {k: v for row in read_csv_metrics(tmp_path / "2") for k, v in row.items()}
     got = {k: v for k, v in got.items() if k.startswith("test/")}
 
-    for key in ("dice", "iou", "dice_per_image", "recall", "precision", "accuracy", "auroc"):
+    for key in ("dice", "iou", "dice_per_image", "recall", "precision", "accuracy", "cls_auroc"):
         assert f"test/{key}" in expected, key
     assert set(got) == {k for k in expected if k.startswith("test/")}
     for key, value in got.items():

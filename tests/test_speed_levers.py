@@ -1,0 +1,216 @@
+"""Speed levers: cached auxiliary maps of a frozen auxiliary model, and the optimiser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from semiseg_caw import SemiSegCAW, SemiSegDataModule
+from semiseg_caw.data.datasets import SegmentationDataset
+from semiseg_caw.data.synthetic import make_synthetic
+from semiseg_caw.data.transforms import build_train_transform
+
+
+def datamodule(**kwargs) -> SemiSegDataModule:
+    options = dict(image_size=32, batch_size=4, synthetic_samples=40, class_only=6)
+    options.update(kwargs)
+    return SemiSegDataModule(**options)
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    options = dict(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def count_aux_calls(model: SemiSegCAW) -> dict[str, int]:
+    """Count calls of the auxiliary network from here on."""
+    calls = {"n": 0}
+    original = model.net.aux_model.forward
+
+    def forward(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    model.net.aux_model.forward = forward
+    return calls
+
+
+def test_cached_maps_train_without_running_the_aux_model(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    dm = datamodule()
+    model = SemiSegCAW(
+        aux_mode="frozen", cache_aux_maps=True, loss_terms=["bce", "dice", "ce", "pseudo"]
+    )
+    calls = count_aux_calls(model)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append((calls["n"], batch["aux_map"].shape))
+
+    trainer(tmp_path, callbacks=[Spy()]).fit(model, datamodule=dm)
+    assert model.aux_maps_cached
+    maps = dm.data.cache  # one map per cached image, computed in batches of 32 once
+    assert calls["n"] == -(-len(maps) // 32)
+    assert len(seen) == 3 and all(n == calls["n"] for n, _ in seen)  # no call while training
+    assert all(shape == (4, 1, 32, 32) for _, shape in seen)
+    assert all(torch.isfinite(v).all() for v in model.trainer.callback_metrics.values())
+
+
+def test_cached_and_live_maps_give_the_same_validation_metrics(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    dm = datamodule()
+    model = SemiSegCAW(aux_mode="frozen", cache_aux_maps=True)
+    t = trainer(tmp_path, limit_val_batches=None)
+    t.fit(model, datamodule=dm)
+    calls = count_aux_calls(model)
+    cached = {k: float(v) for k, v in t.validate(model, datamodule=dm, verbose=False)[0].items()}
+    assert calls["n"] == 0  # the maps came with the batches
+    dm.set_aux_maps(None)
+    live = {k: float(v) for k, v in t.validate(model, datamodule=dm, verbose=False)[0].items()}
+    assert calls["n"] > 0
+    assert set(cached) == set(live) and "val/dice" in cached
+    for key, value in live.items():
+        assert cached[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_cached_maps_follow_the_geometric_augmentation() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    aux = rng.random((32, 32), dtype=np.float32)
+    mask = (aux > 0.5).astype(np.uint8)
+
+    flip = build_train_transform(hflip_p=1.0, affine_p=0.0, seed=0)
+    out = flip(image=image[..., None], mask=mask, aux_map=aux)
+    np.testing.assert_array_equal(out["aux_map"], aux[:, ::-1])
+    np.testing.assert_array_equal(out["mask"], mask[:, ::-1])
+
+    # Rotation, scale and shift: the map is warped like the image (linear interpolation) and
+    # like the mask (which is the map thresholded, nearest), never changed in intensity.
+    warp = build_train_transform(affine_p=1.0, rotate_limit=45, brightness_contrast=0.5, seed=1)
+    plain = build_train_transform(
+        affine_p=1.0, rotate_limit=45, brightness_contrast=0.0, noise=0.0, seed=1
+    )
+    smooth = np.repeat(np.linspace(0, 1, 32, dtype=np.float32)[None], 32, axis=0)
+    as_image = np.rint(smooth * 255).astype(np.uint8)
+    for _ in range(10):
+        got = warp(image=as_image[..., None], mask=mask, aux_map=smooth)
+        ref = plain(image=as_image[..., None], mask=mask)  # same draws: same geometry
+        np.testing.assert_array_equal(got["mask"], ref["mask"])
+        assert got["aux_map"].dtype == np.float32
+        assert np.abs(got["aux_map"] - ref["image"][..., 0] / 255.0).max() < 1.5 / 255
+    # Without an aux map the pipeline draws exactly as before.
+    a = build_train_transform(seed=3)(image=image[..., None], mask=mask)
+    b = build_train_transform(seed=3)(image=image[..., None], mask=mask, aux_map=aux)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["mask"], b["mask"])
+
+
+def test_dataset_serves_the_map_of_each_sample_flipped_with_its_image() -> None:
+    samples, cache = make_synthetic(6, 32, seed=0)
+    maps = (cache.images / 255.0).astype(np.float32)  # a map equal to the image
+    flip = build_train_transform(hflip_p=1.0, affine_p=0.0, brightness_contrast=0.0, noise=0.0)
+    dataset = SegmentationDataset(samples, cache, flip)
+    assert "aux_map" not in dataset[0]
+    dataset.set_aux_maps(maps)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        image = item["image"][0] * 0.25 + 0.5  # back to [0, 1]
+        row = cache.index[samples[i].id]
+        torch.testing.assert_close(item["aux_map"][0], torch.from_numpy(maps[row][:, ::-1].copy()))
+        torch.testing.assert_close(image, item["aux_map"][0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one per cached image"):
+        dataset.set_aux_maps(maps[:-1])
+    dataset.set_aux_maps(None)
+    assert "aux_map" not in dataset[0]
+
+
+def test_cache_needs_a_fixed_auxiliary_model() -> None:
+    with pytest.raises(ValueError, match="fixed auxiliary model"):
+        SemiSegCAW(aux_mode="finetune", cache_aux_maps=True)
+    with pytest.raises(ValueError, match="fixed auxiliary model"):
+        SemiSegCAW(aux_source="none", classifier=False, cache_aux_maps=True)
+    SemiSegCAW(aux_source="layercam", cache_aux_maps=True)  # LayerCAM maps are fixed too
+
+
+def test_cached_maps_equal_live_maps() -> None:
+    model = SemiSegCAW(aux_mode="frozen").eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    maps = model.compute_aux_maps(images, batch_size=2)
+    x = (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        live, _ = model.net.auxiliary(x)
+    torch.testing.assert_close(torch.from_numpy(maps), live[:, 0], atol=1e-6, rtol=0)
+
+
+def test_adamw_is_fused_unless_gradients_are_clipped(tmp_path: Path) -> None:
+    model = SemiSegCAW(aux_source="none", classifier=False)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(model, datamodule=datamodule())
+    assert all(g["fused"] for g in t.optimizers[0].param_groups)
+    model = SemiSegCAW(aux_source="none", classifier=False)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0, gradient_clip_val=1.0)
+    t.fit(model, datamodule=datamodule())
+    groups = t.optimizers[0].param_groups
+    assert all(g["foreach"] and not g["fused"] for g in groups)
+
+
+def test_cuda_graphs_do_nothing_on_cpu(tmp_path: Path) -> None:
+    model = SemiSegCAW(aux_source="none", classifier=False, cuda_graphs=True)
+    with pytest.warns(UserWarning, match="CUDA only"):
+        trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, datamodule=datamodule())
+    assert model.cuda_graphed == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kwargs", [dict(aux_source="none", classifier=False), {}])
+def test_cuda_graphs_train_like_eager(kwargs: dict) -> None:
+    """A few optimiser steps with graphed networks give the losses of eager ones."""
+    batches = []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        mask = (torch.rand(4, 1, 64, 64, generator=gen) > 0.7).float()
+        batches.append(
+            {
+                "image": torch.randn(4, 1, 64, 64, generator=gen).cuda(),
+                "mask": mask.cuda(),
+                "label": torch.tensor([0, 1, 0, 1]).cuda(),
+                "has_mask": torch.tensor([True, True, False, True]).cuda(),
+                "has_label": torch.ones(4, dtype=torch.bool).cuda(),
+            }
+        )
+    losses = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = SemiSegCAW(**kwargs).cuda().train()
+        for module in model.modules():  # graphs draw their own random numbers
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        if graphs:
+            assert model.capture_cuda_graphs(batches[0]["image"])
+        run = []
+        for batch in batches:
+            loss = model.weighting(model.loss_terms(batch))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
