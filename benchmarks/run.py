@@ -69,6 +69,12 @@ PAPER = {
 }
 CLASS_ONLY = {"busi": [100], "ddti": [48, 96, 144]}
 ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wgm", "layercam"]
+# Controls beyond the paper: what the class-only images add (SemiSeg-CAW without them).
+CONTROLS = ["no-class-only"]
+# Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
+# they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
+# stage 2 only (LayerCAM reads the same ClassElevateSeg's classifier).
+SHARES_STAGE1 = {"semiseg-caw", "static-weights", "imtl", "layercam"}
 
 # Budgets: trainer/data settings, default rows and seeds.
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -156,7 +162,7 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
                     "method": "semiseg-caw",
                 }
             )
-        for ab in ABLATIONS:
+        for ab in ABLATIONS + CONTROLS:
             rows.append(
                 {
                     "name": f"{backbone}-{ab}",
@@ -167,6 +173,20 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
             )
     for row in rows:
         row["backbone"] = row["name"].split("-")[0]
+    # Not trained on its own: the stage-1 ClassElevateSeg of each malunet-semiseg-caw run,
+    # tested alone (the auxiliary U-Net's own masks, without the core model).
+    for k in budgets:
+        suffix = "" if len(budgets) == 1 else f"-{k}"
+        rows.append(
+            {
+                "name": f"classelevate-alone{suffix}",
+                "configs": ["configs/stage1.yaml"],
+                "class_only": k,
+                "method": "classelevate-alone",
+                "backbone": "classelevate",
+                "derived": True,
+            }
+        )
     return rows
 
 
@@ -175,6 +195,7 @@ def select_rows(dataset: str, patterns: list[str], first_budget_only: bool) -> l
     if first_budget_only:  # default row lists of small budgets: the first label budget only
         first = CLASS_ONLY[dataset][0]
         rows = [r for r in rows if r["class_only"] == first]
+    rows = [r for r in rows if not r.get("derived")]  # written by the runs they come from
     chosen = [r for r in rows if any(fnmatch.fnmatch(r["name"], p) for p in patterns)]
     if not chosen:
         names = ", ".join(r["name"] for r in all_rows(dataset))
@@ -253,13 +274,45 @@ def _with_callbacks(extra: list[L.Callback], args: list[str]):
         SemiSegCLI._instantiate_trainer = original
 
 
-def _worker(spec_file: Path) -> None:
-    """One run, in its own process: ``semiseg-caw fit`` (unless a best checkpoint exists),
-    then ``semiseg-caw test --ckpt_path <best-on-val>``; writes test.json."""
+def _test(args: list[str], ckpt: Path) -> dict[str, Any]:
+    """``semiseg-caw test`` of one checkpoint: metrics, inference time and parameters."""
     import torch
 
+    recorder = TestRecorder()
+    cli = _with_callbacks([recorder], ["test", *args, f"--ckpt_path={ckpt}"])
+    model = cli.model
+    total = sum(p.numel() for p in model.parameters())
+    aux = getattr(getattr(model, "net", None), "aux_model", None)
+    aux_n = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
+    return {
+        "best_checkpoint": str(ckpt),
+        "metrics": recorder.metrics,
+        "logged": {k: float(v) for k, v in cli.trainer.callback_metrics.items()},
+        "test_images": recorder.images,
+        "infer_ms_per_image": 1000 * recorder.seconds / max(recorder.images, 1),
+        "params": total,
+        "params_core": total - aux_n,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _best(ckpts: Path) -> Path:
+    best = sorted(ckpts.glob("best-epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not best:
+        raise RuntimeError(f"no best checkpoint in {ckpts}")
+    return best[-1]
+
+
+def _worker(spec_file: Path) -> None:
+    """One run, in its own process: ``semiseg-caw fit`` (unless a best checkpoint exists),
+    then ``semiseg-caw test --ckpt_path <best-on-val>``; writes test.json. With
+    ``"mode": "stage1"`` only tests the run's best stage-1 checkpoint (stage1_test.json)."""
     spec = json.loads(spec_file.read_text())
     rundir = Path(spec["dir"])
+    if spec.get("mode") == "stage1":
+        result = _test(spec["test"], _best(rundir / "stage1" / "checkpoints"))
+        (rundir / "stage1_test.json").write_text(json.dumps(result, indent=1))
+        return
     ckpts = rundir / "checkpoints"
     fit_s = None
     if not list(ckpts.glob("best-epoch=*.ckpt")):
@@ -274,26 +327,8 @@ def _worker(spec_file: Path) -> None:
             record["stage1_epochs"] = spec["stage1_epochs"]
             record["stage1_epoch_s"] = record["stage1_s"] / spec["stage1_epochs"]
             timing.write_text(json.dumps(record))
-    best = sorted(ckpts.glob("best-epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not best:
-        raise RuntimeError(f"no best checkpoint in {ckpts}")
-    recorder = TestRecorder()
-    cli = _with_callbacks([recorder], ["test", *spec["test"], f"--ckpt_path={best[-1]}"])
-    model = cli.model
-    total = sum(p.numel() for p in model.parameters())
-    aux = getattr(getattr(model, "net", None), "aux_model", None)
-    aux_n = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
-    result = {
-        "best_checkpoint": str(best[-1]),
-        "fit_wall_s": fit_s,
-        "metrics": recorder.metrics,
-        "logged": {k: float(v) for k, v in cli.trainer.callback_metrics.items()},
-        "test_images": recorder.images,
-        "infer_ms_per_image": 1000 * recorder.seconds / max(recorder.images, 1),
-        "params": total,
-        "params_core": total - aux_n,
-        "threads": torch.get_num_threads(),
-    }
+    result = _test(spec["test"], _best(ckpts))
+    result["fit_wall_s"] = fit_s
     (rundir / "test.json").write_text(json.dumps(result, indent=1))
 
 
@@ -324,12 +359,65 @@ def run_args(dataset: str, row: dict, budget: dict, data_root: str | None) -> li
     return args
 
 
+def _suffix(dataset: str, class_only: int) -> str:
+    return "" if len(CLASS_ONLY[dataset]) == 1 else f"-{class_only}"
+
+
+def shared_stage1(job: dict) -> Path | None:
+    """The finished malunet-semiseg-caw run's best stage-1 checkpoint this job may reuse."""
+    row = job["row"]
+    source = f"malunet-semiseg-caw{_suffix(job['dataset'], row['class_only'])}"
+    if row["method"] not in SHARES_STAGE1 or row["name"] == source:
+        return None
+    rundir = job["dir"].parents[1] / source / f"seed{job['seed']}"
+    if not (rundir / "result.json").is_file():
+        return None
+    best = sorted((rundir / "stage1" / "checkpoints").glob("best-epoch=*.ckpt"))
+    return best[-1] if best else None
+
+
+def _run_worker(rundir: Path, spec: dict, threads: int, name: str) -> None:
+    spec_file = rundir / name
+    spec_file.write_text(json.dumps(spec, indent=1))
+    cmd = [sys.executable, "-m", "benchmarks.run", "--_worker", str(spec_file)]
+    with open(rundir / "log.txt", "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        done = subprocess.run(
+            cmd, cwd=REPO, env=_env(threads), stdout=log, stderr=subprocess.STDOUT
+        )
+    if done.returncode:
+        raise RuntimeError(f"run failed ({done.returncode}); see {rundir / 'log.txt'}")
+
+
+def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -> dict:
+    best = Path(tested["best_checkpoint"])
+    record = {
+        "row": row["name"],
+        "method": row["method"],
+        "backbone": row["backbone"],
+        "class_only": row["class_only"] if row["method"] != "full" else 0,
+        "seed": job["seed"],
+        "commit": started_at,
+        "best_epoch": int(re.search(r"epoch=(\d+)", best.name).group(1)),
+        "train_s_per_epoch": statistics.mean(timing["train_s"]) if timing.get("train_s") else None,
+        "epoch_s": statistics.mean(timing["epoch_s"]) if timing.get("epoch_s") else None,
+        "stage1_epoch_s": timing.get("stage1_epoch_s"),
+        **tested,
+    }
+    if best.is_relative_to(REPO):
+        record["best_checkpoint"] = str(best.relative_to(REPO))
+    return record
+
+
 def run_one(job: dict, threads: int, force: bool) -> dict:
     """Fit (unless done) and test one row and seed in a subprocess; returns its record."""
     rundir: Path = job["dir"]
     result_file = rundir / "result.json"
     if result_file.is_file() and not force:
-        return json.loads(result_file.read_text())
+        record = json.loads(result_file.read_text())
+        test_stage1(job, threads)
+        return record
     if force and rundir.exists():
         import shutil
 
@@ -347,51 +435,72 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
         f"--trainer.logger.init_args.save_dir={rundir}",
         *budget["trainer"],
     ]
-    if row["method"] not in ("full", "reduced") and budget["stage1_epochs"]:
+    stage1 = shared_stage1(job)
+    if stage1 is not None:
+        fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
+    elif row["method"] not in ("full", "reduced") and budget["stage1_epochs"]:
         fit.append(f"--model.init_args.stage1_epochs={budget['stage1_epochs']}")
     test = [*common, f"--trainer.default_root_dir={rundir / 'test'}", "--trainer.logger=false"]
-    spec = rundir / "spec.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "dir": str(rundir),
-                "fit": fit,
-                "test": test,
-                "stage1_epochs": budget["stage1_epochs"] or budget["epochs"],
-            },
-            indent=1,
-        )
-    )
-    cmd = [sys.executable, "-m", "benchmarks.run", "--_worker", str(spec)]
-    with open(rundir / "log.txt", "a") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        done = subprocess.run(
-            cmd, cwd=REPO, env=_env(threads), stdout=log, stderr=subprocess.STDOUT
-        )
-    if done.returncode:
-        raise RuntimeError(f"run failed ({done.returncode}); see {rundir / 'log.txt'}")
-    tested = json.loads((rundir / "test.json").read_text())
-    best = Path(tested["best_checkpoint"])
+    spec = {
+        "dir": str(rundir),
+        "fit": fit,
+        "test": test,
+        "stage1_epochs": budget["stage1_epochs"] or budget["epochs"],
+    }
+    _run_worker(rundir, spec, threads, "spec.json")
     timing_file = rundir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-    record = {
-        "row": row["name"],
-        "method": row["method"],
-        "backbone": row["backbone"],
-        "class_only": row["class_only"] if row["method"] != "full" else 0,
-        "seed": job["seed"],
-        "commit": started_at,
-        "best_epoch": int(re.search(r"epoch=(\d+)", best.name).group(1)),
-        "train_s_per_epoch": statistics.mean(timing["train_s"]) if timing.get("train_s") else None,
-        "epoch_s": statistics.mean(timing["epoch_s"]) if timing.get("epoch_s") else None,
-        "stage1_epoch_s": timing.get("stage1_epoch_s"),
-        **tested,
-    }
-    if best.is_relative_to(REPO):
-        record["best_checkpoint"] = str(best.relative_to(REPO))
+    tested = json.loads((rundir / "test.json").read_text())
+    record = _record(job, row, tested, started_at, timing)
+    if stage1 is not None:
+        record["stage1_from"] = str(
+            stage1.relative_to(REPO) if stage1.is_relative_to(REPO) else stage1
+        )
     result_file.write_text(json.dumps(record, indent=1))
+    test_stage1(job, threads)
     return record
+
+
+def test_stage1(job: dict, threads: int) -> None:
+    """For a run that trained its own stage 1 (malunet-semiseg-caw): test that
+    ClassElevateSeg alone and file it as the ``classelevate-alone`` row of the same seed."""
+    row, rundir = job["row"], job["dir"]
+    if row["name"] != f"malunet-semiseg-caw{_suffix(job['dataset'], row['class_only'])}":
+        return
+    if not list((rundir / "stage1" / "checkpoints").glob("best-epoch=*.ckpt")):
+        return
+    derived = next(
+        r
+        for r in all_rows(job["dataset"])
+        if r.get("derived") and r["class_only"] == row["class_only"]
+    )
+    out = rundir.parents[1] / derived["name"] / f"seed{job['seed']}" / "result.json"
+    if out.is_file():
+        return
+    if not (rundir / "stage1_test.json").is_file():
+        common = run_args(job["dataset"], derived, job["budget"], job["data_root"])
+        test = [
+            *common,
+            f"--trainer.default_root_dir={rundir / 'stage1' / 'test'}",
+            "--trainer.logger=false",
+        ]
+        _run_worker(
+            rundir,
+            {"dir": str(rundir), "mode": "stage1", "test": test},
+            threads,
+            "spec_stage1.json",
+        )
+    tested = json.loads((rundir / "stage1_test.json").read_text())
+    timing_file = rundir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    parent = json.loads((rundir / "result.json").read_text())
+    record = _record(job, derived, tested, parent["commit"], {})
+    record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
+    record["derived_from"] = str(
+        rundir.relative_to(REPO) if rundir.is_relative_to(REPO) else rundir
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -609,8 +718,9 @@ def comparison(report: dict) -> list[str]:
             f"{r['params_core']['mean'] / 1e6:.2f} M) against the baselines' "
             "MALUNet/UNeXt alone; under a short budget part of its lead may come from that "
             "capacity (faster convergence) rather than from the class-only images. The "
-            "ablation rows (e.g. no-classelevate) separate the two."
+            "control rows below separate the two."
         )
+    out += controls(report, by)
     paper = PAPER[ds]
     if ds == "busi":
         out.append(
@@ -632,6 +742,44 @@ def comparison(report: dict) -> list[str]:
     return out
 
 
+def controls(report: dict, by: dict[str, dict]) -> list[str]:
+    """What the control rows say: the class-only images' share of SemiSeg-CAW's lead, and
+    the stage-1 U-Net on its own. Also which rows reused a stage-1 checkpoint."""
+    out = []
+    for k in CLASS_ONLY[report["dataset"]]:
+        suffix = _suffix(report["dataset"], k)
+        semi = by.get(f"malunet-semiseg-caw{suffix}")
+        if not semi or semi["dice"]["mean"] is None:
+            continue
+        s = semi["dice"]["mean"]
+        ctrl = by.get("malunet-no-class-only") if k == CLASS_ONLY[report["dataset"]][0] else None
+        if ctrl and ctrl["dice"]["mean"] is not None:
+            c = ctrl["dice"]["mean"]
+            red = by.get(f"malunet-reduced{suffix}")
+            gain = f"; over malunet-reduced{suffix} {c - red['dice']['mean']:+.3f}" if red else ""
+            out.append(
+                f"- Control malunet-no-class-only (SemiSeg-CAW trained without the class-only "
+                f"images): {_fmt(ctrl['dice'])} Dice. What the class-only images add to "
+                f"SemiSeg-CAW: {s - c:+.3f} Dice; what the auxiliary model adds without them"
+                f"{gain or ': (no reduced row)'}."
+            )
+        alone = by.get(f"classelevate-alone{suffix}")
+        if alone and alone["dice"]["mean"] is not None:
+            out.append(
+                f"- classelevate-alone{suffix}: the stage-1 ClassElevateSeg of the "
+                f"malunet-semiseg-caw{suffix} runs tested on its own, {_fmt(alone['dice'])} Dice "
+                f"({s - alone['dice']['mean']:+.3f} for the full SemiSeg-CAW over it)."
+            )
+    shared = sorted({r["row"] for r in report["runs"] if r.get("stage1_from")})
+    if shared:
+        out.append(
+            f"- {', '.join(shared)} reused the stage-1 checkpoint of malunet-semiseg-caw (same "
+            "seed and data): they differ from it in stage 2 only, and their fit time "
+            "excludes stage 1."
+        )
+    return out
+
+
 def plot(report: dict, path: Path) -> str | None:
     try:
         import matplotlib
@@ -645,7 +793,14 @@ def plot(report: dict, path: Path) -> str | None:
     means = [r["dice"]["mean"] or 0 for r in rows]
     stds = [r["dice"]["std"] or 0 for r in rows]
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(rows) + 2), 3.6))
-    colors = ["tab:gray" if r["method"] in ("full", "reduced") else "tab:blue" for r in rows]
+    colors = [
+        "tab:gray"
+        if r["method"] in ("full", "reduced")
+        else "tab:orange"
+        if r["method"] in ("classelevate-alone", *CONTROLS)
+        else "tab:blue"
+        for r in rows
+    ]
     ax.bar(range(len(rows)), means, yerr=stds, color=colors, capsize=3)
     for i, m in enumerate(means):
         ax.text(i, m + 0.02, f"{m:.3f}", ha="center", fontsize=8)

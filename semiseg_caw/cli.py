@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from semiseg_caw.checkpoints import EpochSeeding
+from semiseg_caw.checkpoints import CheckpointError, EpochSeeding, read_checkpoint
 from semiseg_caw.data import SemiSegDataModule
-from semiseg_caw.lit.base import SegmentationTask
+from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1
@@ -77,6 +78,34 @@ class SemiSegCLI(LightningCLI):
         if logger and "WandbLogger" in str(logger.get("class_path", "")):
             if logger.init_args.get("save_dir") in (None, "."):
                 logger.init_args.save_dir = str(root)
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the model's settings from ``--ckpt_path``, as LightningCLI does, but also for
+        checkpoints whose hyper-parameters name no class (stage 1 trained inside ``fit``):
+        Lightning would parse those against the abstract base task and fail."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if not path or not Path(path).is_file():
+            return super()._parse_ckpt_path()
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as err:
+            self.parser.error(str(err))
+        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        class_path = (
+            hparams.pop("_class_path", None)
+            or ckpt.get(TASK_CLASS_KEY)
+            or self.config[sub].model.get("class_path")
+        )
+        model = {"class_path": class_path, "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"The hyper-parameters in checkpoint {path} do not fit {class_path}\n")
+            raise
 
     def before_predict(self) -> None:
         # Outputs go to disk through the writer; holding them all would grow without bound.

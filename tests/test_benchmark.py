@@ -60,9 +60,32 @@ def test_rows_cover_the_protocol() -> None:
         "malunet-reduced-48",
         "malunet-semiseg-caw-48",
     ]
-    assert len(bench.select_rows("busi", ["unext-*"], False)) == 8
+    assert len(bench.select_rows("busi", ["unext-*"], False)) == 9  # ablations + control
+    # The stage-1-alone row comes from the SemiSeg-CAW runs: listed, never scheduled.
+    assert "classelevate-alone-48" in [r["name"] for r in bench.all_rows("ddti")]
+    assert not bench.select_rows("busi", ["*"], False)[-1].get("derived")
+    assert all(not r.get("derived") for r in bench.select_rows("busi", ["*"], False))
     with pytest.raises(SystemExit):
         bench.select_rows("busi", ["nothing"], False)
+
+
+def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
+    rows = {r["name"]: r for r in bench.all_rows("ddti")}
+
+    def job(name: str) -> dict:
+        return {"dataset": "ddti", "row": rows[name], "seed": 1, "dir": tmp_path / name / "seed1"}
+
+    source = tmp_path / "malunet-semiseg-caw-48" / "seed1"
+    ckpt = source / "stage1" / "checkpoints" / "best-epoch=004.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert bench.shared_stage1(job("malunet-imtl")) is None  # source run not finished yet
+    (source / "result.json").write_text("{}")
+    assert bench.shared_stage1(job("malunet-imtl")) == ckpt
+    assert bench.shared_stage1(job("unext-semiseg-caw-48")) == ckpt  # stage 1 has no backbone
+    assert bench.shared_stage1(job("malunet-semiseg-caw-48")) is None  # the source itself
+    assert bench.shared_stage1(job("malunet-no-class-only")) is None  # other stage-1 data
+    assert bench.shared_stage1(job("malunet-no-classelevate")) is None  # no stage 1
 
 
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
@@ -90,8 +113,17 @@ def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
 def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = [_fake_record("malunet-full", "full", s, 0.60 + 0.01 * s) for s in range(3)]
     records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65)]
-    rows = bench.summarise(records, ["malunet-full", "malunet-reduced", "malunet-semiseg-caw"])
-    assert [r["row"] for r in rows] == ["malunet-full", "malunet-semiseg-caw"]
+    records += [_fake_record("malunet-no-class-only", "no-class-only", 0, 0.62)]
+    records += [_fake_record("classelevate-alone", "classelevate-alone", 0, 0.64)]
+    records[-3]["stage1_from"] = "x"
+    order = [r["name"] for r in bench.all_rows("busi")]
+    rows = bench.summarise(records, order)
+    assert [r["row"] for r in rows] == [
+        "malunet-full",
+        "malunet-semiseg-caw",
+        "malunet-no-class-only",
+        "classelevate-alone",
+    ]
     assert rows[0]["dice"]["mean"] == pytest.approx(0.61)
     assert rows[0]["dice"]["std"] == pytest.approx(0.01)
     assert rows[0]["dice"]["n"] == 3
@@ -115,6 +147,9 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     text = bench.markdown(report)
     assert "0.610 ± 0.010" in text and "0.672" in text  # ours with std, and the paper's
     assert "level with or above malunet-full" in text
+    assert "What the class-only images add to SemiSeg-CAW: +0.030 Dice" in text
+    assert "0.640 Dice (+0.010 for the full SemiSeg-CAW over it)" in text
+    assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
 
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nkeep me\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from semiseg_caw.cli import main
 
@@ -72,3 +73,26 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         2 * metrics["test/iou"] / (1 + metrics["test/iou"]), abs=1e-5
     )
     main(["validate", f"--config={demo}", *small, f"--ckpt_path={ckpt}"])
+    # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
+    # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
+    stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
+    stage1_cfg = str(CONFIGS / "stage1.yaml")
+    cli = main(
+        [
+            "test",
+            f"--config={demo}",
+            f"--config={stage1_cfg}",
+            *tiny(tmp_path),
+            f"--ckpt_path={stage1}",
+        ]
+    )
+    assert type(cli.model).__name__ == "ClassElevateSeg"
+    assert cli.model.hparams.encoder == "test_resnet"  # from the checkpoint, not the default
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/dice"]) <= 1.0
+    # Older checkpoints without that record: the configured class is taken.
+    raw = torch.load(stage1, weights_only=True)
+    del raw["semiseg_caw_task"]
+    torch.save(raw, tmp_path / "old.ckpt")
+    args = [f"--config={demo}", f"--config={stage1_cfg}", *tiny(tmp_path)]
+    cli = main(["test", *args, f"--ckpt_path={tmp_path / 'old.ckpt'}"])
+    assert type(cli.model).__name__ == "ClassElevateSeg"

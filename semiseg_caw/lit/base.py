@@ -16,6 +16,9 @@ from semiseg_caw.metrics import SegmentationMetrics, build_classification_metric
 STAGES = ("val", "test")
 
 
+TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task
+
+
 class SegmentationTask(L.LightningModule):
     """Base for the package's LightningModules.
 
@@ -163,6 +166,9 @@ class SegmentationTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["bad_steps"] = self.bad_steps
+        # Which task wrote it, for checkpoints made outside the CLI (stage 1 inside `fit`,
+        # a plain Trainer): their hyper-parameters don't name a class, and the CLI needs one.
+        checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.bad_steps = int(checkpoint.get("bad_steps", 0))
