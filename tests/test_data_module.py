@@ -10,7 +10,7 @@ import pytest
 import torch
 from data_fixtures import noise_image, write_busi, write_ddti, write_manifest
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 import semiseg_caw.data.io as data_io
 from semiseg_caw.data import (
@@ -21,7 +21,7 @@ from semiseg_caw.data import (
     make_split_file,
     make_synthetic,
 )
-from semiseg_caw.data.datasets import seed_worker
+from semiseg_caw.data.datasets import MixedBatchSampler, seed_worker
 from semiseg_caw.data.transforms import MEAN, STD
 
 KEYS = {"image", "mask", "label", "has_mask", "has_label", "id"}
@@ -134,6 +134,23 @@ def test_class_only_per_batch_sets_the_mix():
         class_only = batch["has_label"] & ~batch["has_mask"]
         assert class_only.sum() == 2 and batch["has_mask"].sum() == 6
     assert [b["id"] for b in batches] != [b["id"] for b in loader]  # reshuffled per epoch
+
+
+def test_mixed_batches_keep_to_each_process_share():
+    """Under DDP each process's DistributedSampler stands in for the sampler: the two
+    processes' batches come from disjoint shares, each batch with its class-only quota."""
+    flags = [i % 4 == 0 for i in range(40)]  # 10 class-only among 40
+    seen = []
+    for rank in (0, 1):
+        shard = DistributedSampler(range(40), num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler = MixedBatchSampler(shard, flags, batch_size=4, fraction=0.25, seed=7)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 5  # 20 indices per process
+        assert all(sum(flags[i] for i in b) == 1 for b in batches)
+        used = {i for b in batches for i in b}
+        assert used <= set(shard)
+        seen.append(used)
+    assert not seen[0] & seen[1]
 
 
 def test_natural_proportion_when_no_sampler_fraction():

@@ -103,6 +103,8 @@ def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
         f"--trainer.logger.init_args.save_dir={root / 'stage2'}",
         "--model.init_args.stage1_epochs=1",
+        # Mixed batches: Lightning must give the batch sampler each process's shard.
+        "--data.class_only_per_batch=0.25",
         f"--trainer.default_root_dir={root}",
     ]
     return root, run_cli(args, cwd=root)
@@ -113,8 +115,8 @@ def test_ddp_fit_runs_both_stages_on_two_processes(ddp_fit: tuple[Path, str]) ->
     assert "distributed_backend=gloo" in output
     assert "Starting with 2 processes" in output
     # 28 training images, 14 per process, batches of 4 without the last partial one: 3 steps
-    # per epoch in each stage (one process would take 7). A skipped (non-finite) step would
-    # not count.
+    # per epoch in each stage (one process would take 7, as would a mixed batch sampler that
+    # ignored the process's shard). A skipped (non-finite) step would not count.
     stage1 = torch.load(root / "stage1" / "checkpoints" / "last.ckpt", weights_only=True)
     stage2 = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     assert stage1["global_step"] == 3

@@ -36,7 +36,6 @@ _EXPORTS = {
     "build_train_transform": "transforms",
     "normalize": "transforms",
     "SegmentationDataset": "datasets",
-    "ImageFolderDataset": "datasets",
     "MixedBatchSampler": "datasets",
     "SemiSegDataModule": "datamodule",
 }
@@ -47,7 +46,6 @@ __all__ = [
     "DDTI_CLASSES",
     "DataValidationError",
     "ImageCache",
-    "ImageFolderDataset",
     "LoadedDataset",
     "MixedBatchSampler",
     "SYNTHETIC_CLASSES",
@@ -90,7 +88,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from semiseg_caw.data.datamodule import SemiSegDataModule
     from semiseg_caw.data.datasets import (
-        ImageFolderDataset,
         MixedBatchSampler,
         SegmentationDataset,
     )

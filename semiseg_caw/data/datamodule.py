@@ -12,7 +12,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from semiseg_caw.data.datasets import (
     MixedBatchSampler,
@@ -154,8 +154,11 @@ class SemiSegDataModule(L.LightningDataModule):
         dataset.reseed(seed)
         is_class_only = [s.has_label and not s.has_mask for s in dataset.samples]
         if self.class_only_per_batch is not None and any(is_class_only):
+            # A random sampler inside: Lightning then gives each DDP process a shuffled
+            # DistributedSampler in its place (see MixedBatchSampler).
+            order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
             sampler = MixedBatchSampler(
-                is_class_only, self.batch_size, self.class_only_per_batch, seed=seed
+                order, is_class_only, self.batch_size, self.class_only_per_batch, seed=seed
             )
             return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
         if self.class_only_per_batch:

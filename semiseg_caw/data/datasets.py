@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import BatchSampler, Dataset, Sampler, get_worker_info
 
 from semiseg_caw.data.io import ImageCache
 from semiseg_caw.data.samples import Sample
@@ -101,27 +101,6 @@ class SegmentationDataset(Dataset):
             self.transform.set_random_seed(seed)
 
 
-class ImageFolderDataset(Dataset):
-    """Images to predict: dicts with ``image`` (C, H, W), ``id`` (file name), ``path``, and
-    ``orig_size`` (LongTensor (2,): original height, width)."""
-
-    def __init__(self, paths: Sequence[str], cache: ImageCache, in_channels: int = 1) -> None:
-        self.paths = list(paths)
-        self.cache = cache
-        self.in_channels = in_channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        return {
-            "image": normalize(self.cache.images[index], self.in_channels),
-            "id": self.cache.ids[index],
-            "path": self.paths[index],
-            "orig_size": torch.from_numpy(self.cache.orig_sizes[index].copy()),
-        }
-
-
 def collate(items: Sequence[dict]) -> dict:
     """Batch a list of sample dicts: tensors stacked along a new first axis, the rest listed.
 
@@ -150,13 +129,20 @@ def seed_worker(worker_id: int) -> None:
         info.dataset.reseed(info.seed % 2**32)
 
 
-class MixedBatchSampler(Sampler[list[int]]):
+class MixedBatchSampler(BatchSampler):
     """Batches with a fixed share of class-only samples, the rest from the other samples.
 
-    Each pool is shuffled and cycled (reshuffled when used up), so the smaller pool repeats
-    within an epoch. An epoch has ``len(dataset) // batch_size`` batches (at least one).
+    Each epoch, the indices that ``sampler`` yields form two pools, class-only and other;
+    each pool is shuffled and cycled (reshuffled when used up), so the smaller pool repeats
+    within an epoch. An epoch has ``len(sampler) // batch_size`` batches (at least one).
+
+    On one device ``sampler`` yields every index. Under DDP, Lightning re-creates this
+    batch sampler with its ``DistributedSampler`` in place of ``sampler`` (it records the
+    arguments of every ``BatchSampler`` made in a ``*_dataloader`` hook), so each process
+    draws its batches from its own share of the data, a new share every epoch.
 
     Args:
+        sampler: The dataset indices to draw from (e.g. a ``RandomSampler`` over it).
         is_class_only: One flag per dataset index.
         batch_size: Samples per batch.
         fraction: Share of class-only samples in a batch; rounded, and at least one when
@@ -165,38 +151,47 @@ class MixedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, is_class_only: Sequence[bool], batch_size: int, fraction: float, seed: int = 0
+        self,
+        sampler: Sampler[int],
+        is_class_only: Sequence[bool],
+        batch_size: int,
+        fraction: float,
+        seed: int = 0,
     ) -> None:
-        flags = np.asarray(is_class_only, dtype=bool)
-        self.class_only = np.nonzero(flags)[0]
-        self.others = np.nonzero(~flags)[0]
-        self.batch_size = batch_size
-        n_co = round(fraction * batch_size)
-        if fraction > 0 and len(self.class_only):
-            n_co = max(1, n_co)
-        if not len(self.class_only):
-            n_co = 0
-        if not len(self.others):
-            n_co = batch_size
-        self.per_batch = min(n_co, batch_size)
+        super().__init__(sampler, batch_size, drop_last=True)
+        self.flags = np.asarray(is_class_only, dtype=bool)
+        self.fraction = fraction
         self.seed = seed
         self.epoch = 0
-        self._len = max(1, len(flags) // batch_size)
+
+    def class_only_count(self, n_class_only: int, n_others: int) -> int:
+        """Class-only samples per batch, given the sizes of the two pools."""
+        if not n_class_only:
+            return 0
+        if not n_others:
+            return self.batch_size
+        n = round(self.fraction * self.batch_size)
+        return min(max(1, n) if self.fraction > 0 else n, self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the shuffling of epoch ``epoch`` (Lightning calls this every epoch)."""
+        """Use the shuffling of epoch ``epoch``."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self._len
+        return max(1, len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        pools = [_cycle(self.class_only, rng), _cycle(self.others, rng)]
-        for _ in range(self._len):
-            batch = [next(pools[0]) for _ in range(self.per_batch)]
-            batch += [next(pools[1]) for _ in range(self.batch_size - self.per_batch)]
+        # Sorted: the batches depend on which indices this process got, not their order.
+        indices = np.sort(np.fromiter(iter(self.sampler), dtype=np.int64))
+        class_only = self.flags[indices]
+        pools = [indices[class_only], indices[~class_only]]
+        per_batch = self.class_only_count(len(pools[0]), len(pools[1]))
+        cycles = [_cycle(pool, rng) for pool in pools]
+        for _ in range(len(self)):
+            batch = [next(cycles[0]) for _ in range(per_batch)]
+            batch += [next(cycles[1]) for _ in range(self.batch_size - per_batch)]
             yield [int(i) for i in rng.permutation(batch)]
 
 
