@@ -126,7 +126,8 @@ class SemiSegCLI(LightningCLI):
         if ckpt_path and (ckpt_path != "last" or self._last_checkpoints()):
             return  # a stage-2 run being resumed: its checkpoint holds the auxiliary model
         # `--ckpt_path last` before stage 2 saved anything (a new run, or one killed in
-        # stage 1): Lightning starts stage 2 afresh, so stage 1 must run (again) first.
+        # stage 1): Lightning starts stage 2 afresh, so stage 1 runs first, continuing from
+        # its own last checkpoint when it has one.
         if model.hparams.stage1_checkpoint:
             # Load it now: a bad file stops the run before any data is read (CheckpointError).
             model.load_stage1(model.hparams.stage1_checkpoint)
@@ -139,6 +140,7 @@ class SemiSegCLI(LightningCLI):
             max_epochs=model.hparams.stage1_epochs or self.trainer.max_epochs,
             trainer_kwargs=dict(trainer_cfg),
             wandb=isinstance(self.trainer.logger, WandbLogger),
+            resume=ckpt_path == "last",  # a run killed in stage 1 continues stage 1
         )
 
     def _last_checkpoints(self) -> list[Path]:

@@ -24,7 +24,7 @@ class InferenceModel(nn.Module):
         self.task = task
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        mask_logits, class_logits = self.task.evaluate_batch(image)
+        mask_logits, class_logits = self.task.evaluate_batch({"image": image})
         if class_logits is None:
             return (torch.sigmoid(mask_logits),)
         return torch.sigmoid(mask_logits), torch.softmax(class_logits, dim=1)

@@ -96,3 +96,10 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     args = [f"--config={demo}", f"--config={stage1_cfg}", *tiny(tmp_path)]
     cli = main(["test", *args, f"--ckpt_path={tmp_path / 'old.ckpt'}"])
     assert type(cli.model).__name__ == "ClassElevateSeg"
+
+
+def test_help_lists_only_concrete_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "known subclasses: semiseg_caw.ClassElevateSeg, semiseg_caw.SemiSegCAW)" in text

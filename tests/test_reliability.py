@@ -430,3 +430,29 @@ def test_resume_last_before_stage2_saved_anything_trains_stage1_first(tmp_path):
     assert cli.model.stage1_loaded
     assert cli.model.hparams.stage1_checkpoint.startswith(str(tmp_path / "stage1"))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_run_killed_in_stage1_continues_stage1(tmp_path, monkeypatch):
+    """`--ckpt_path last` after a kill in stage 1: stage 1 goes on from its own last
+    checkpoint instead of starting over, and a stage 1 that had finished is not rerun."""
+    epochs_run = []
+    original = ClassElevateSeg.on_train_epoch_start
+    monkeypatch.setattr(
+        ClassElevateSeg,
+        "on_train_epoch_start",
+        lambda self: (epochs_run.append(self.current_epoch), original(self)),
+    )
+    # The "killed" run: stage 1 got through its first epoch only (of two).
+    main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=0))
+    assert epochs_run == [0] and not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    epochs_run.clear()
+    stage1 = "--model.init_args.stage1_epochs=2"
+    cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    assert epochs_run == [1]  # the second epoch only
+    assert cli.model.stage1_loaded and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # Killed after stage 1 finished but before stage 2 saved: stage 1 is not trained again.
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    epochs_run.clear()
+    cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    assert epochs_run == []
+    assert cli.model.stage1_loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 from typing import Any
@@ -19,7 +20,7 @@ STAGES = ("val", "test")
 TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(L.LightningModule, abc.ABC):
     """Base for the package's LightningModules.
 
     Subclasses build their networks in ``configure_models``, return
@@ -53,13 +54,15 @@ class SegmentationTask(L.LightningModule):
         self.configure_models()
         self.configure_metrics()
 
-    # -- to be provided by subclasses -------------------------------------------------
+    # -- to be provided by subclasses (abstract: the CLI lists only concrete tasks) -------
+    @abc.abstractmethod
     def configure_models(self) -> None:
-        raise NotImplementedError
+        """Build the networks (and the loss weighting) from ``self.hparams``."""
 
-    def evaluate_batch(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Segmentation logits (B, 1, H, W) and class logits (B, K) or None."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def evaluate_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """Segmentation logits (B, 1, H, W) and class logits (B, K) or None of a batch
+        (``image``, and whatever else the task uses, e.g. a cached ``aux_map``)."""
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; by default one group of every parameter."""
@@ -73,7 +76,7 @@ class SegmentationTask(L.LightningModule):
         )
 
     def _shared_eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        mask_logits, class_logits = self.evaluate_batch(batch["image"])
+        mask_logits, class_logits = self.evaluate_batch(batch)
         mask, has_mask = batch["mask"], batch["has_mask"]
         self.seg_metrics[stage].update(mask_logits, mask, has_mask)
         if class_logits is not None:
@@ -105,7 +108,7 @@ class SegmentationTask(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        mask_logits, class_logits = self.evaluate_batch(batch["image"])
+        mask_logits, class_logits = self.evaluate_batch(batch)
         out = {"mask_prob": torch.sigmoid(mask_logits), "id": batch.get("id")}
         if class_logits is not None:
             out["class_prob"] = torch.softmax(class_logits, dim=1)
@@ -140,24 +143,28 @@ class SegmentationTask(L.LightningModule):
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return None
 
+    def _step_buffers(self) -> list[Tensor]:
+        """The buffers a training step can change: those of modules in training mode (a
+        frozen auxiliary model stays in eval mode, so its BatchNorm statistics are fixed)."""
+        return [b for m in self.modules() if m.training for b in m.buffers(recurse=False)]
+
     def _keep_buffers(self) -> None:
         """Copy the buffers as they are after a good step (a few thousand numbers)."""
         kept = getattr(self, "_kept_buffers", None)
-        buffers = list(self.buffers())
+        buffers = self._step_buffers()
         if kept is None or len(kept) != len(buffers):
             self._kept_buffers = [b.detach().clone() for b in buffers]
-            return
-        with torch.no_grad():
-            for copy, buffer in zip(kept, buffers, strict=True):
-                copy.copy_(buffer)
+        elif buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(kept, buffers)  # one kernel launch, not one per buffer
 
     def _restore_buffers(self) -> None:
         kept = getattr(self, "_kept_buffers", None)
-        buffers = list(self.buffers())
+        buffers = self._step_buffers()
         if kept is not None and len(kept) == len(buffers):
-            with torch.no_grad():
-                for copy, buffer in zip(kept, buffers, strict=True):
-                    buffer.copy_(copy)
+            if buffers:
+                with torch.no_grad():
+                    torch._foreach_copy_(buffers, kept)
         elif not all(torch.isfinite(b).all() for b in buffers if b.is_floating_point()):
             raise FloatingPointError(
                 f"non-finite training loss at global step {self.global_step}, before any "

@@ -85,8 +85,8 @@ class ClassElevateSeg(SegmentationTask):
     def forward(self, image: Tensor):
         return self.net(image)
 
-    def evaluate_batch(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.net(image)
+    def evaluate_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        out = self.net(batch["image"])
         return out.mask_logits, out.class_logits
 
     def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:

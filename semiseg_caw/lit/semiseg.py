@@ -107,7 +107,6 @@ class SemiSegCAW(SegmentationTask):
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False
         self.aux_maps_cached = False  # set once cached maps are being served
-        self._eval_aux_map: Tensor | None = None
         self._graphs_tried = False
         self.cuda_graphed: list[str] = []  # networks running from CUDA graphs
 
@@ -268,17 +267,9 @@ class SemiSegCAW(SegmentationTask):
     def forward(self, image: Tensor, aux_map: Tensor | None = None):
         return self.net(image, aux_map=aux_map)
 
-    def evaluate_batch(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.net(image, aux_map=self._eval_aux_map)
+    def evaluate_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        out = self.net(batch["image"], aux_map=self._batch_aux_map(batch))
         return out.mask_logits, out.class_logits
-
-    def _shared_eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        # The base class passes only the image to evaluate_batch; hand a cached map over.
-        self._eval_aux_map = self._batch_aux_map(batch)
-        try:
-            super()._shared_eval_step(batch, stage)
-        finally:
-            self._eval_aux_map = None
 
     def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Every active term, each averaged over the samples that have its target."""

@@ -69,9 +69,16 @@ def fit_stage1(
     max_epochs: int,
     trainer_kwargs: dict[str, Any] | None = None,
     wandb: bool = False,
+    resume: bool = False,
 ) -> Path:
-    """Train ClassElevateSeg, load its best-on-validation weights into ``model``, return the file."""
+    """Train ClassElevateSeg, load its best-on-validation weights into ``model``, return the file.
+
+    With ``resume``, a stage 1 killed earlier under the same ``root_dir`` continues from its
+    ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again).
+    """
     root = Path(root_dir) / "stage1"
+    last = root / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
     checkpoint = ModelCheckpoint(
         dirpath=root / "checkpoints",
         filename="best-{epoch:03d}",
@@ -96,7 +103,7 @@ def fit_stage1(
     )
     names = list(getattr(datamodule, "class_names", []))
     stage1 = stage1_module(model, names.index("normal") if "normal" in names else None)
-    trainer.fit(stage1, datamodule=datamodule)
+    trainer.fit(stage1, datamodule=datamodule, ckpt_path=ckpt_path)
     if wandb:
         import wandb as wandb_lib
 
