@@ -12,50 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for provenance.py, however loaded
+from provenance import commit, describe, machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "none (no commit yet)"
-    dirty = bool(git("status", "--porcelain", "--", "semiseg_caw/data", "benchmarks"))
-    return head + (" + uncommitted changes" if dirty else "")
-
-
-def _hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f"; load average {os.getloadavg()[0]:.1f} at the end (the CPU may be shared)"
-    return f"{cpu}, {cores} usable cores{memory}, {gpu}{load}"
 
 
 def _epoch(loader) -> tuple[float, int]:
@@ -124,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         "Written by `benchmarks/data_loading.py`; do not edit by hand.",
         "",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {_commit()}",
-        f"- hardware: {_hardware()}",
+        f"- commit: {commit('semiseg_caw/data', 'benchmarks')}",
+        f"- hardware: {describe(machine())} at the end (the CPU may be shared)",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
         f"albumentations {albumentations.__version__}",
         f"- settings: BUSI benign + malignant, split `{Path(args.split_file).name}`, "

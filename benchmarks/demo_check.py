@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for provenance.py, however loaded
+from provenance import commit, describe, machine  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,22 +34,6 @@ def best_score(checkpoint: Path) -> float:
         if key.startswith("ModelCheckpoint"):
             return float(value["best_model_score"])
     raise RuntimeError(f"{checkpoint} holds no ModelCheckpoint state")
-
-
-def commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-
-    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -64,14 +51,14 @@ def main() -> None:
         wall = time.perf_counter() - start
         stage1 = best_score(Path(tmp) / "stage1/checkpoints/last.ckpt")
         stage2 = best_score(Path(tmp) / "checkpoints/last.ckpt")
-    load = os.getloadavg()[0]
+    hardware = describe(machine())  # the trainer picks a GPU where there is one
     text = f"""# Demo check: `semiseg-caw fit --config configs/demo.yaml`
 
 Written by `benchmarks/demo_check.py`; do not edit by hand.
 
 - date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC
-- commit: {commit()}
-- hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU used; load average {load:.1f} at the end
+- commit: {commit(untracked=False)}
+- hardware: {hardware} at the end
 - software: Python {platform.python_version()}, torch {torch.__version__}
 - settings: configs/demo.yaml as committed (synthetic data, 64 px; stage 1 then stage 2), W&B off
 

@@ -29,6 +29,9 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for provenance.py, however loaded
+from provenance import commit, describe, machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "predict-memory.md"
 IMAGE_SIDE = 256  # pixels of each synthetic PNG
@@ -41,40 +44,8 @@ QUIET = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
 ]
-
-
-def _commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "none (no commit yet)"
-    paths = ["semiseg_caw/data", "semiseg_caw/lit/writer.py", "semiseg_caw/cli.py", "benchmarks"]
-    dirty = bool(git("status", "--porcelain", "--", *paths))
-    return head + (" + uncommitted changes" if dirty else "")
-
-
-def _hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f"; load average {os.getloadavg()[0]:.1f} at the end (the CPU is shared)"
-    return f"{cpu}, {cores} usable cores{memory}, no GPU used{load}"
+# Changes here make the commit "-dirty" in the report.
+DIRTY_PATHS = ["semiseg_caw/data", "semiseg_caw/lit/writer.py", "semiseg_caw/cli.py", "benchmarks"]
 
 
 def _peak_mib() -> float:
@@ -239,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         "Written by `benchmarks/predict_memory.py`; do not edit by hand.",
         "",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {_commit()}",
-        f"- hardware: {_hardware()}",
+        f"- commit: {commit(*DIRTY_PATHS)}",
+        f"- hardware: {describe({**machine(), 'gpu': None})} at the end (the CPU is shared)",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}",
         f"- settings: synthetic {IMAGE_SIDE}x{IMAGE_SIDE} 8-bit PNGs; SemiSegCAW (MALUNet, "
         f"aux_source none, classifier) trained 2 steps; image_size {MODEL_SIZE}, "

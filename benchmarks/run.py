@@ -28,7 +28,6 @@ import fnmatch
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,11 +40,15 @@ from typing import Any
 
 import lightning as L
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for provenance.py, however loaded
+from provenance import commit, machine, usable_cores  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+DIRTY_PATHS = ["semiseg_caw", "configs", "benchmarks/run.py"]  # changes here: commit "-dirty"
 
 # The paper's pooled test figures (their splits, 256 px, 300 epochs). UNeXt rows: the
 # paper's backbone table ("UNeXt" read as the full-data baseline; DDTI SemiSeg-CAW at 48).
@@ -423,7 +426,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
 
         shutil.rmtree(rundir)
     rundir.mkdir(parents=True, exist_ok=True)
-    started_at = commit()  # the code the run used (the tree may change while it runs)
+    started_at = commit(*DIRTY_PATHS)  # the code the run used (the tree may change while it runs)
     budget, row = job["budget"], job["row"]
     common = run_args(job["dataset"], row, budget, job["data_root"])
     fit = [
@@ -494,7 +497,7 @@ def test_stage1(job: dict, threads: int) -> None:
     timing_file = rundir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     parent = json.loads((rundir / "result.json").read_text())
-    record = _record(job, derived, tested, parent["commit"], {})
+    record = _record(job, derived, tested, parent.get("commit"), {})
     record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
     record["derived_from"] = str(
         rundir.relative_to(REPO) if rundir.is_relative_to(REPO) else rundir
@@ -506,15 +509,6 @@ def test_stage1(job: dict, threads: int) -> None:
 # ----------------------------------------------------------------------------- reporting
 
 
-def commit() -> str:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "none"
-    dirty = bool(git("status", "--porcelain", "--", "semiseg_caw", "configs", "benchmarks/run.py"))
-    return head + ("-dirty" if dirty else "")
-
-
 def run_commits(records: list[dict], previous: Path) -> str:
     """The commit(s) the runs used; for runs that did not record one, the commit in the
     previous report of the same table, else the commit now."""
@@ -522,29 +516,7 @@ def run_commits(records: list[dict], previous: Path) -> str:
     if len(found) < len(records) and previous.is_file():
         old = json.loads(previous.read_text()).get("commit") or ""
         found = sorted({*found, *(c.split(" (")[0] for c in old.split(", ") if c)})
-    return ", ".join(found) or f"{commit()} (at report time)"
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    return ", ".join(found) or f"{commit(*DIRTY_PATHS)} (at report time)"
 
 
 def _stats(values: list[float | None]) -> dict[str, float | None]:
@@ -941,8 +913,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     # Longest first (two-stage rows), so that parallel slots finish together.
     jobs.sort(key=lambda j: j["row"]["method"] in ("full", "reduced"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = a.threads or max(1, (cores or 1) // max(1, a.parallel))
+    threads = a.threads or max(1, usable_cores() // max(1, a.parallel))
     started = time.time()
     records, failed = [], []
 
@@ -991,7 +962,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seeds": seeds,
         "trainer_overrides": budget["trainer"],
         "commit": run_commits(records, a.out / f"{stem}.json"),
-        "hardware": hardware(),
+        "hardware": machine(),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.time() - started,
         "rows": summarise(records, order),

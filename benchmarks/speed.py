@@ -57,8 +57,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for provenance.py, however loaded
+from provenance import commit, describe, machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+DIRTY_PATHS = ["semiseg_caw", "benchmarks/speed.py"]  # changes here make the commit "-dirty"
 ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 EPOCH_IMAGES = 472  # the issue's reference epoch (BUSI benign + malignant train images)
 BARE = ["aux_source=none", "classifier=false", "loss_terms=[bce,dice]", "weighting=static"]
@@ -316,7 +320,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     def infer(x):
         with torch.inference_mode(), autocast:
-            return module.evaluate_batch(x)
+            return module.evaluate_batch({"image": x})
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -498,7 +502,7 @@ def check(args: argparse.Namespace) -> None:
         "Written by `benchmarks/speed.py --check`; do not edit by hand.",
         "",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {_commit()}",
+        f"- commit: {commit(*DIRTY_PATHS)}",
         f"- hardware: {hardware}",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
         f"lightning {lightning.__version__}",
@@ -533,39 +537,12 @@ def check(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- the parent
-def _commit() -> str:
-    if os.environ.get("SPEED_COMMIT"):  # e.g. on a machine that got the tree without .git
-        return os.environ["SPEED_COMMIT"]
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--", "semiseg_caw", "benchmarks/speed.py"))
-    return head + (" + uncommitted changes" if dirty else "")
-
-
 def _hardware(device: str) -> tuple[str, str]:
     """A description and a file-name slug of the machine."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    m = machine()
     if device == "cuda":
-        gpu = torch.cuda.get_device_name(0)
-        slug = gpu.lower().replace("nvidia", "").strip().replace(" ", "-")
-        return f"{gpu}; host {cpu}, {cores} usable cores", slug
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {cores} usable cores, no GPU{load}", f"cpu-{cores}core"
+        return describe(m), m["gpu"].lower().replace("nvidia", "").strip().replace(" ", "-")
+    return describe({**m, "gpu": None}), f"cpu-{m['cores']}core"
 
 
 def _prepare_data(args: argparse.Namespace, path: Path) -> dict[str, Any]:
@@ -703,7 +680,7 @@ def report(
         "Written by `benchmarks/speed.py`; do not edit by hand.",
         "",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {_commit()}",
+        f"- commit: {commit(*DIRTY_PATHS)}",
         f"- hardware: {hardware}",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
         f"lightning {lightning.__version__}, albumentations {albumentations.__version__}",

@@ -1,5 +1,7 @@
 """Shared test setup: offline, quiet, deterministic."""
 
+from __future__ import annotations
+
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -9,9 +11,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # Tests use tiny tensors: on a small shared machine extra threads cost more than they give.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from lightning import Trainer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -22,3 +29,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> Iterator[Callable[..., Trainer]]:
+    """A factory of tiny, quiet CPU trainers: one epoch of 3 training and 2 validation batches,
+    deterministic, no logger, checkpoints, progress bar or model summary, in ``tmp_path``.
+    Keyword arguments override these options.
+
+    ``deterministic=True`` makes Lightning switch on ``torch.use_deterministic_algorithms``
+    for the whole process; the setting is put back afterwards so later tests don't inherit it.
+    """
+    import lightning as L
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+
+    def make(**kwargs) -> Trainer:
+        options = dict(
+            max_epochs=1,
+            limit_train_batches=3,
+            limit_val_batches=2,
+            num_sanity_val_steps=0,
+            accelerator="cpu",
+            deterministic=True,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        options.update(kwargs)
+        return L.Trainer(**options)
+
+    yield make
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

@@ -202,6 +202,7 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
         "malunet-full",
         "malunet-reduced",
         "malunet-semiseg-caw",
+        "classelevate-alone",  # SemiSeg-CAW's stage-1 network, tested on its own
     ]
     for run in smoke["runs"]:
         m = run["metrics"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -11,46 +12,31 @@ import torch
 from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
 from semiseg_caw.checkpoints import CheckpointError
 
+MakeTrainer = Callable[..., L.Trainer]  # the ``make_trainer`` fixture of conftest.py
+
 
 def datamodule() -> SemiSegDataModule:
     return SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, class_only=6)
 
 
-def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    options = dict(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        deterministic=True,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
-
-
-def fit_semiseg(tmp_path: Path, seed: int = 0, **model_kwargs) -> SemiSegCAW:
+def fit_semiseg(make_trainer: MakeTrainer, seed: int = 0, **model_kwargs) -> SemiSegCAW:
     L.seed_everything(seed)
     model = SemiSegCAW(**model_kwargs)
-    trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=datamodule())
+    make_trainer().fit(model, datamodule=datamodule())
     return model
 
 
-def test_two_runs_with_one_seed_match(tmp_path: Path) -> None:
-    a = fit_semiseg(tmp_path / "a")
-    b = fit_semiseg(tmp_path / "b")
+def test_two_runs_with_one_seed_match(make_trainer: MakeTrainer) -> None:
+    a = fit_semiseg(make_trainer)
+    b = fit_semiseg(make_trainer)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 
 
-def test_checkpoint_reloads_to_same_outputs(tmp_path: Path) -> None:
+def test_checkpoint_reloads_to_same_outputs(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     model = SemiSegCAW(backbone="unext", aux_source="layercam")
-    t = trainer(tmp_path)
+    t = make_trainer()
     t.fit(model, datamodule=datamodule())
     path = tmp_path / "model.ckpt"
     t.save_checkpoint(path)
@@ -64,10 +50,12 @@ def test_checkpoint_reloads_to_same_outputs(tmp_path: Path) -> None:
     assert torch.equal(out.class_logits, out_again.class_logits)
 
 
-def test_stage1_weights_become_the_auxiliary_model(tmp_path: Path) -> None:
+def test_stage1_weights_become_the_auxiliary_model(
+    tmp_path: Path, make_trainer: MakeTrainer
+) -> None:
     L.seed_everything(0)
     stage1 = ClassElevateSeg()
-    t = trainer(tmp_path)
+    t = make_trainer()
     t.fit(stage1, datamodule=datamodule())
     path = tmp_path / "stage1.ckpt"
     t.save_checkpoint(path)
@@ -87,11 +75,11 @@ def test_stage1_weights_become_the_auxiliary_model(tmp_path: Path) -> None:
         SemiSegCAW(stage1_checkpoint=str(path), in_channels=3).setup("fit")
 
 
-def test_frozen_auxiliary_model_does_not_change(tmp_path: Path) -> None:
+def test_frozen_auxiliary_model_does_not_change(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     model = SemiSegCAW(aux_mode="frozen")
     before = {k: v.clone() for k, v in model.net.aux_model.state_dict().items()}
-    trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=datamodule())
+    make_trainer().fit(model, datamodule=datamodule())
     for key, value in model.net.aux_model.state_dict().items():
         assert torch.equal(value, before[key]), key
 
@@ -108,8 +96,8 @@ def test_finetuned_auxiliary_model_has_its_own_smaller_learning_rate() -> None:
     assert len(seen) == len(set(seen)) == sum(1 for _ in model.parameters())
 
 
-def test_wgm_weights_are_logged_and_move(tmp_path: Path) -> None:
-    model = fit_semiseg(tmp_path, lr=1e-2)
+def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
+    model = fit_semiseg(make_trainer, lr=1e-2)
     logged = {
         k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("wgm/")
     }

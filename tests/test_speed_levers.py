@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -14,28 +14,13 @@ from semiseg_caw.data.datasets import SegmentationDataset
 from semiseg_caw.data.synthetic import make_synthetic
 from semiseg_caw.data.transforms import build_train_transform
 
+MakeTrainer = Callable[..., L.Trainer]  # the ``make_trainer`` fixture of conftest.py
+
 
 def datamodule(**kwargs) -> SemiSegDataModule:
     options = dict(image_size=32, batch_size=4, synthetic_samples=40, class_only=6)
     options.update(kwargs)
     return SemiSegDataModule(**options)
-
-
-def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    options = dict(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
 
 
 def count_aux_calls(model: SemiSegCAW) -> dict[str, int]:
@@ -51,7 +36,7 @@ def count_aux_calls(model: SemiSegCAW) -> dict[str, int]:
     return calls
 
 
-def test_cached_maps_train_without_running_the_aux_model(tmp_path: Path) -> None:
+def test_cached_maps_train_without_running_the_aux_model(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     dm = datamodule()
     model = SemiSegCAW(
@@ -64,7 +49,7 @@ def test_cached_maps_train_without_running_the_aux_model(tmp_path: Path) -> None
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             seen.append((calls["n"], batch["aux_map"].shape))
 
-    trainer(tmp_path, callbacks=[Spy()]).fit(model, datamodule=dm)
+    make_trainer(callbacks=[Spy()]).fit(model, datamodule=dm)
     assert model.aux_maps_cached
     maps = dm.data.cache  # one map per cached image, computed in batches of 32 once
     assert calls["n"] == -(-len(maps) // 32)
@@ -73,11 +58,11 @@ def test_cached_maps_train_without_running_the_aux_model(tmp_path: Path) -> None
     assert all(torch.isfinite(v).all() for v in model.trainer.callback_metrics.values())
 
 
-def test_cached_and_live_maps_give_the_same_validation_metrics(tmp_path: Path) -> None:
+def test_cached_and_live_maps_give_the_same_validation_metrics(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     dm = datamodule()
     model = SemiSegCAW(aux_mode="frozen", cache_aux_maps=True)
-    t = trainer(tmp_path, limit_val_batches=None)
+    t = make_trainer(limit_val_batches=None)
     t.fit(model, datamodule=dm)
     calls = count_aux_calls(model)
     cached = {k: float(v) for k, v in t.validate(model, datamodule=dm, verbose=False)[0].items()}
@@ -159,22 +144,22 @@ def test_cached_maps_equal_live_maps() -> None:
     torch.testing.assert_close(torch.from_numpy(maps), live[:, 0], atol=1e-6, rtol=0)
 
 
-def test_adamw_is_fused_unless_gradients_are_clipped(tmp_path: Path) -> None:
+def test_adamw_is_fused_unless_gradients_are_clipped(make_trainer: MakeTrainer) -> None:
     model = SemiSegCAW(aux_source="none", classifier=False)
-    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t = make_trainer(max_steps=1, limit_val_batches=0)
     t.fit(model, datamodule=datamodule())
     assert all(g["fused"] for g in t.optimizers[0].param_groups)
     model = SemiSegCAW(aux_source="none", classifier=False)
-    t = trainer(tmp_path, max_steps=1, limit_val_batches=0, gradient_clip_val=1.0)
+    t = make_trainer(max_steps=1, limit_val_batches=0, gradient_clip_val=1.0)
     t.fit(model, datamodule=datamodule())
     groups = t.optimizers[0].param_groups
     assert all(g["foreach"] and not g["fused"] for g in groups)
 
 
-def test_cuda_graphs_do_nothing_on_cpu(tmp_path: Path) -> None:
+def test_cuda_graphs_do_nothing_on_cpu(make_trainer: MakeTrainer) -> None:
     model = SemiSegCAW(aux_source="none", classifier=False, cuda_graphs=True)
     with pytest.warns(UserWarning, match="CUDA only"):
-        trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, datamodule=datamodule())
+        make_trainer(max_steps=2, limit_val_batches=0).fit(model, datamodule=datamodule())
     assert model.cuda_graphed == []
 
 
