@@ -808,7 +808,10 @@ def update_readme() -> None:
     ]
     files = sorted(RESULTS.glob("*.json"))
     reports = [json.loads(f.read_text()) for f in files]
-    reports = [r for r in reports if r.get("kind") == "semiseg-caw-benchmark"]
+    # Other scripts' results (speed, ...) share the folder: keep this harness's reports.
+    reports = [
+        r for r in reports if isinstance(r, dict) and r.get("kind") == "semiseg-caw-benchmark"
+    ]
     for rep in reports:
         stem = f"{rep['dataset']}-{rep['budget']}"
         parts += [

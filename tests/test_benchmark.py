@@ -156,6 +156,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     results = tmp_path / "results"
     results.mkdir()
     (results / "busi-cpu.json").write_text(json.dumps(report))
+    (results / "speed-check.json").write_text("[]")  # another script's result: ignored
     monkeypatch.setattr(bench, "README", readme)
     monkeypatch.setattr(bench, "RESULTS", results)
     bench.update_readme()
