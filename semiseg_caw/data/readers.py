@@ -462,9 +462,11 @@ def load_dataset(
 def load_image_folder(
     folder: str | Path, image_size: int, *, skip_bad_files: bool = False
 ) -> tuple[list[str], ImageCache]:
-    """Decode every image directly inside ``folder`` (png, jpg, bmp, tif, ...) for prediction.
+    """Decode every image directly inside ``folder`` (png, jpg, bmp, tif, ...) at once.
 
     Returns the image paths and a cache whose ids are the file names, in name order.
+    Prediction does not use it (it decodes one batch at a time, see
+    ``PredictFolderDataset``); it suits small folders that are read again and again.
     """
     folder = Path(folder)
     if not folder.is_dir():
