@@ -74,10 +74,13 @@ CLASS_ONLY = {"busi": [100], "ddti": [48, 96, 144]}
 ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wgm", "layercam"]
 # Controls beyond the paper: what the class-only images add (SemiSeg-CAW without them).
 CONTROLS = ["no-class-only"]
+# Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
+# whose maps are cached (the fast stage 2, see benchmarks/speed.py).
+VARIANTS = ["pseudo-labels", "frozen-aux-cached"]
 # Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
 # they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
 # stage 2 only (LayerCAM reads the same ClassElevateSeg's classifier).
-SHARES_STAGE1 = {"semiseg-caw", "static-weights", "imtl", "layercam"}
+SHARES_STAGE1 = {"semiseg-caw", "static-weights", "imtl", "layercam", *VARIANTS}
 
 # Budgets: trainer/data settings, default rows and seeds.
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -165,7 +168,7 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
                     "method": "semiseg-caw",
                 }
             )
-        for ab in ABLATIONS + CONTROLS:
+        for ab in ABLATIONS + CONTROLS + VARIANTS:
             rows.append(
                 {
                     "name": f"{backbone}-{ab}",
@@ -735,6 +738,15 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                 f"SemiSeg-CAW: {s - c:+.3f} Dice; what the auxiliary model adds without them"
                 f"{gain or ': (no reduced row)'}."
             )
+        for name in (
+            [f"malunet-{v}" for v in VARIANTS] if k == CLASS_ONLY[report["dataset"]][0] else []
+        ):
+            var = by.get(name)
+            if var and var["dice"]["mean"] is not None:
+                out.append(
+                    f"- Variant {name}: {_fmt(var['dice'])} Dice "
+                    f"({var['dice']['mean'] - s:+.3f} against malunet-semiseg-caw{suffix})."
+                )
         alone = by.get(f"classelevate-alone{suffix}")
         if alone and alone["dice"]["mean"] is not None:
             out.append(
