@@ -60,7 +60,7 @@ def test_rows_cover_the_protocol() -> None:
         "malunet-reduced-48",
         "malunet-semiseg-caw-48",
     ]
-    assert len(bench.select_rows("busi", ["unext-*"], False)) == 11  # + control, variants
+    assert len(bench.select_rows("busi", ["unext-*"], False)) == 12  # + controls, variants
     # The stage-1-alone row comes from the SemiSeg-CAW runs: listed, never scheduled.
     assert "classelevate-alone-48" in [r["name"] for r in bench.all_rows("ddti")]
     assert not bench.select_rows("busi", ["*"], False)[-1].get("derived")
@@ -114,15 +114,17 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records = [_fake_record("malunet-full", "full", s, 0.60 + 0.01 * s) for s in range(3)]
     records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65)]
     records += [_fake_record("malunet-no-class-only", "no-class-only", 0, 0.62)]
+    records += [_fake_record("malunet-all-masks", "all-masks", 0, 0.68)]
     records += [_fake_record("malunet-pseudo-labels", "pseudo-labels", 0, 0.66)]
     records += [_fake_record("classelevate-alone", "classelevate-alone", 0, 0.64)]
-    records[-4]["stage1_from"] = "x"
+    records[-5]["stage1_from"] = "x"
     order = [r["name"] for r in bench.all_rows("busi")]
     rows = bench.summarise(records, order)
     assert [r["row"] for r in rows] == [
         "malunet-full",
         "malunet-semiseg-caw",
         "malunet-no-class-only",
+        "malunet-all-masks",
         "malunet-pseudo-labels",
         "classelevate-alone",
     ]
@@ -152,6 +154,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "What the class-only images add to SemiSeg-CAW: +0.030 Dice" in text
     assert "0.640 Dice (+0.010 for the full SemiSeg-CAW over it)" in text
     assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
+    assert "the most the class-only images could add (+0.030 above SemiSeg-CAW)" in text
     assert "Variant malunet-pseudo-labels: 0.660 Dice (+0.010 against malunet-semiseg-caw)" in text
 
     readme = tmp_path / "README.md"
