@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import runpy
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +19,6 @@ from semiseg_caw.export import InferenceModel, export_onnx  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, by far so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_onnx(path: Path, image: torch.Tensor) -> list[np.ndarray]:

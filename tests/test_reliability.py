@@ -63,15 +63,6 @@ def fit_args(root: Path, *extra: str, epochs: int = 2) -> list[str]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: much faster on a shared 2-core machine, and reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def stage1_ckpt(tmp_path_factory) -> Path:
     """An (untrained) ClassElevateSeg checkpoint that fits ``fit_args``' model."""

@@ -9,22 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import semiseg_caw.cli as cli_module
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NUM_IMAGES = 3
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, by far so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(root: Path) -> list[str]:
