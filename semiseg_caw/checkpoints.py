@@ -9,6 +9,7 @@ run would have, which Lightning's checkpoints alone do not (they hold no random 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -32,8 +33,11 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated / foreign files
+        # torch's text for an unpickling failure suggests weights_only=False: not for us.
+        detail = "" if isinstance(err, pickle.UnpicklingError) else f": {err}"
         raise CheckpointError(
-            f"checkpoint {path} could not be read (truncated, corrupt or not a torch file): {err}"
+            f"checkpoint {path} could not be read (truncated, corrupt, not a torch file, or "
+            f"holding objects other than tensors and plain values){detail}"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict')")

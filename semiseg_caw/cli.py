@@ -85,10 +85,10 @@ class SemiSegCLI(LightningCLI):
         Lightning would parse those against the abstract base task and fail."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
-        if not path or not Path(path).is_file():
-            return super()._parse_ckpt_path()
+        if path in (None, "last", "best", "hpc") or str(path).startswith("registry"):
+            return super()._parse_ckpt_path()  # Lightning's own names, resolved later
         try:
-            ckpt = read_checkpoint(path)
+            ckpt = read_checkpoint(path)  # names the file: missing, corrupt or foreign
         except CheckpointError as err:
             self.parser.error(str(err))
         hparams = dict(ckpt.get("hyper_parameters", {}))

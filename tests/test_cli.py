@@ -103,3 +103,18 @@ def test_help_lists_only_concrete_tasks(capsys: pytest.CaptureFixture[str]) -> N
         main(["fit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "known subclasses: semiseg_caw.ClassElevateSeg, semiseg_caw.SemiSegCAW)" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), (b"not a checkpoint", "could not be read")],
+)
+def test_bad_ckpt_path_is_named_before_anything_runs(
+    content: bytes | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    with pytest.raises(SystemExit):
+        main(["test", f"--config={CONFIGS / 'demo.yaml'}", *tiny(tmp_path), f"--ckpt_path={ckpt}"])
+    assert f"checkpoint {ckpt} {message}" in capsys.readouterr().err
