@@ -1,4 +1,4 @@
-"""Benchmark harness of the protocol (docs/PROTOCOL.md): train every row, test the best
+"""Benchmark harness of the protocol (../shared/docs/PROTOCOL.md): train every row, test the best
 checkpoint on the test split, write the tables.
 
 Each run is its own subprocess: ``python -m semiseg_caw fit`` (stage 1 then stage 2 for
@@ -19,14 +19,14 @@ oversubscribed CPU made epochs 5-10x slower here.
 Writes ``benchmarks/results/<dataset>-<budget>.{json,md,png}`` and regenerates the results
 section of README.md (between ``<!-- results:start -->`` and ``<!-- results:end -->``) from
 every ``benchmarks/results/*.json``. Numbers are never edited by hand.
+
+The rows, budgets and paper figures are in ``protocol.py``; the tables in ``report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
-import math
 import os
 import re
 import statistics
@@ -40,174 +40,15 @@ from typing import Any
 
 import lightning as L
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for provenance.py, however loaded
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from protocol import BUDGETS, CLASS_ONLY, PAPER, SHARES_STAGE1, all_rows, select_rows, suffix  # noqa: E402
 from provenance import commit, machine, usable_cores  # noqa: E402
+from report import RESULTS, markdown, plot, summarise, update_readme  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-README = REPO / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-DIRTY_PATHS = ["semiseg_caw", "configs", "benchmarks/run.py"]  # changes here: commit "-dirty"
-
-# The paper's pooled test figures (their splits, 256 px, 300 epochs). UNeXt rows: the
-# paper's backbone table ("UNeXt" read as the full-data baseline; DDTI SemiSeg-CAW at 48).
-PAPER = {
-    "busi": {
-        "malunet-full": (0.672, 0.506),
-        "malunet-reduced": (0.662, 0.494),
-        "malunet-semiseg-caw": (0.684, 0.520),
-        "unext-full": (0.710, 0.595),
-        "unext-semiseg-caw": (0.813, 0.704),
-    },
-    "ddti": {
-        "malunet-full": (0.628, 0.457),
-        "malunet-reduced-48": (0.614, 0.443),
-        "malunet-semiseg-caw-48": (0.656, 0.488),
-        "malunet-semiseg-caw-96": (0.640, 0.470),
-        "malunet-semiseg-caw-144": (0.633, 0.463),
-        "unext-full": (0.678, 0.519),
-        "unext-semiseg-caw-48": (0.710, 0.552),
-    },
-}
-CLASS_ONLY = {"busi": [100], "ddti": [48, 96, 144]}
-ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wgm", "layercam"]
-# Controls beyond the paper: what the class-only images add (SemiSeg-CAW without them),
-# and the most they could add (SemiSeg-CAW given their masks too).
-CONTROLS = ["no-class-only", "all-masks"]
-# Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
-# whose maps are cached (the fast stage 2, see benchmarks/speed.py).
-VARIANTS = ["pseudo-labels", "frozen-aux-cached"]
-# Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
-# they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
-# stage 2 only (LayerCAM reads the same ClassElevateSeg's classifier).
-SHARES_STAGE1 = {"semiseg-caw", "static-weights", "imtl", "layercam", *VARIANTS}
-
-# Budgets: trainer/data settings, default rows and seeds.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "image_size": 64,
-        "epochs": 1,
-        "stage1_epochs": 1,
-        "seeds": [0],
-        "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
-        "trainer": ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"],
-        "first_budget_only": True,
-        "note": "smoke test: 64 px, 1 epoch of 3 batches per stage; proves loaders and metrics "
-        "on the real files, the numbers mean nothing",
-    },
-    "cpu": {
-        "image_size": 96,
-        "epochs": 8,
-        "stage1_epochs": 6,
-        "seeds": [0],
-        "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
-        "trainer": [],
-        "first_budget_only": True,
-        "note": "CPU budget: 96 px, 8 epochs (stage 1 of SemiSeg-CAW: 6) instead of 256 px and 300. "
-        "Good for comparing rows against each other, not for headline numbers",
-    },
-    "full": {
-        "image_size": 256,
-        "epochs": 300,
-        "stage1_epochs": None,
-        "seeds": [0, 1, 2],
-        "rows": ["*"],
-        "trainer": [],
-        "first_budget_only": False,
-        "note": "the protocol as written: 256 px, 300 epochs, 3 seeds, every row (for a GPU)",
-    },
-}
-
-SEG_KEYS = [
-    "dice",
-    "iou",
-    "recall",
-    "precision",
-    "specificity",
-    "accuracy",
-    "dice_per_image",
-    "iou_per_image",
-]
-CLS_KEYS = ["accuracy", "balanced_accuracy", "auroc"]
-
-
-# ----------------------------------------------------------------------------- rows
-
-
-def all_rows(dataset: str) -> list[dict[str, Any]]:
-    """Every row of the protocol for a data set: name, config deltas, class-only count."""
-    rows = []
-    budgets = CLASS_ONLY[dataset]
-    for backbone in ("malunet", "unext"):
-        bb = [] if backbone == "malunet" else ["configs/backbones/unext.yaml"]
-        rows.append(
-            {
-                "name": f"{backbone}-full",
-                "configs": bb + ["configs/baselines/full.yaml"],
-                "class_only": budgets[0],
-                "method": "full",
-            }
-        )
-        for k in budgets:
-            suffix = "" if len(budgets) == 1 else f"-{k}"
-            rows.append(
-                {
-                    "name": f"{backbone}-reduced{suffix}",
-                    "configs": bb + ["configs/baselines/reduced.yaml"],
-                    "class_only": k,
-                    "method": "reduced",
-                }
-            )
-        for k in budgets:
-            suffix = "" if len(budgets) == 1 else f"-{k}"
-            rows.append(
-                {
-                    "name": f"{backbone}-semiseg-caw{suffix}",
-                    "configs": bb,
-                    "class_only": k,
-                    "method": "semiseg-caw",
-                }
-            )
-        for ab in ABLATIONS + CONTROLS + VARIANTS:
-            rows.append(
-                {
-                    "name": f"{backbone}-{ab}",
-                    "configs": bb + [f"configs/ablations/{ab}.yaml"],
-                    "class_only": budgets[0],
-                    "method": ab,
-                }
-            )
-    for row in rows:
-        row["backbone"] = row["name"].split("-")[0]
-    # Not trained on its own: the stage-1 ClassElevateSeg of each malunet-semiseg-caw run,
-    # tested alone (the auxiliary U-Net's own masks, without the core model).
-    for k in budgets:
-        suffix = "" if len(budgets) == 1 else f"-{k}"
-        rows.append(
-            {
-                "name": f"classelevate-alone{suffix}",
-                "configs": ["configs/stage1.yaml"],
-                "class_only": k,
-                "method": "classelevate-alone",
-                "backbone": "classelevate",
-                "derived": True,
-            }
-        )
-    return rows
-
-
-def select_rows(dataset: str, patterns: list[str], first_budget_only: bool) -> list[dict]:
-    rows = all_rows(dataset)
-    if first_budget_only:  # default row lists of small budgets: the first label budget only
-        first = CLASS_ONLY[dataset][0]
-        rows = [r for r in rows if r["class_only"] == first]
-    rows = [r for r in rows if not r.get("derived")]  # written by the runs they come from
-    chosen = [r for r in rows if any(fnmatch.fnmatch(r["name"], p) for p in patterns)]
-    if not chosen:
-        names = ", ".join(r["name"] for r in all_rows(dataset))
-        raise SystemExit(f"no row matches {patterns}; rows: {names}")
-    return chosen
+# Changes here make the commit "-dirty" (report.py only tabulates: it changes no run).
+DIRTY_PATHS = ["semiseg_caw", "configs", "benchmarks/run.py", "benchmarks/protocol.py"]
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -366,14 +207,10 @@ def run_args(dataset: str, row: dict, budget: dict, data_root: str | None) -> li
     return args
 
 
-def _suffix(dataset: str, class_only: int) -> str:
-    return "" if len(CLASS_ONLY[dataset]) == 1 else f"-{class_only}"
-
-
 def shared_stage1(job: dict) -> Path | None:
     """The finished malunet-semiseg-caw run's best stage-1 checkpoint this job may reuse."""
     row = job["row"]
-    source = f"malunet-semiseg-caw{_suffix(job['dataset'], row['class_only'])}"
+    source = f"malunet-semiseg-caw{suffix(job['dataset'], row['class_only'])}"
     if row["method"] not in SHARES_STAGE1 or row["name"] == source:
         return None
     rundir = job["dir"].parents[1] / source / f"seed{job['seed']}"
@@ -472,7 +309,7 @@ def test_stage1(job: dict, threads: int) -> None:
     """For a run that trained its own stage 1 (malunet-semiseg-caw): test that
     ClassElevateSeg alone and file it as the ``classelevate-alone`` row of the same seed."""
     row, rundir = job["row"], job["dir"]
-    if row["name"] != f"malunet-semiseg-caw{_suffix(job['dataset'], row['class_only'])}":
+    if row["name"] != f"malunet-semiseg-caw{suffix(job['dataset'], row['class_only'])}":
         return
     if not list((rundir / "stage1" / "checkpoints").glob("best-epoch=*.ckpt")):
         return
@@ -510,7 +347,7 @@ def test_stage1(job: dict, threads: int) -> None:
     out.write_text(json.dumps(record, indent=1))
 
 
-# ----------------------------------------------------------------------------- reporting
+# ----------------------------------------------------------------------------- provenance
 
 
 def run_commits(records: list[dict], previous: Path) -> str:
@@ -521,357 +358,6 @@ def run_commits(records: list[dict], previous: Path) -> str:
         old = json.loads(previous.read_text()).get("commit") or ""
         found = sorted({*found, *(c.split(" (")[0] for c in old.split(", ") if c)})
     return ", ".join(found) or f"{commit(*DIRTY_PATHS)} (at report time)"
-
-
-def _stats(values: list[float | None]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": statistics.mean(vals), "std": std, "n": len(vals)}
-
-
-METRICS = [(f"seg/{k}", k) for k in SEG_KEYS] + [(f"cls/{k}", f"cls_{k}") for k in CLS_KEYS]
-COSTS = [
-    "params",
-    "params_core",
-    "train_s_per_epoch",
-    "epoch_s",
-    "stage1_epoch_s",
-    "infer_ms_per_image",
-    "fit_wall_s",
-    "best_epoch",
-]
-
-
-def summarise(records: list[dict], order: list[str]) -> list[dict]:
-    rows = []
-    for name in order:
-        runs = [r for r in records if r["row"] == name]
-        if not runs:
-            continue
-        entry = {k: runs[0][k] for k in ("row", "method", "backbone", "class_only")}
-        entry["seeds"] = sorted(r["seed"] for r in runs)
-        for key, short in METRICS:
-            entry[short] = _stats([r["metrics"].get(key) for r in runs])
-        for key in COSTS:
-            entry[key] = _stats([r.get(key) for r in runs])
-        rows.append(entry)
-    return rows
-
-
-def _fmt(stat: dict, digits: int = 3) -> str:
-    if stat["mean"] is None:
-        return "–"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
-
-
-def markdown(report: dict) -> str:
-    ds, bud = report["dataset"], report["budget"]
-    hw = report["hardware"]
-    lines = [
-        f"# Benchmark: {ds.upper()}, budget `{bud}`",
-        "",
-        f"Generated by `benchmarks/run.py` on {report['finished']} — do not edit by hand.",
-        "",
-        f"- Setting: {report['note']}.",
-        f"- Resolution {report['image_size']} px; epochs per stage {report['epochs']}"
-        f" (stage 1: {report['stage1_epochs'] or report['epochs']}); seeds {report['seeds']};"
-        " data split and class-only selection fixed (seed 42, "
-        f"`configs/splits/{ds}.json`).",
-        "- Checkpoint: best on validation Dice (`val/dice`); every number below is on the"
-        " **test** split. Pooled metrics: one confusion matrix over all test pixels at the"
-        " run's resolution; per image: mean over test images. Mean ± std over seeds.",
-        f"- Commit `{report['commit']}`; hardware: {hw['cpu']}, {hw['cores']} cores, "
-        f"{hw['gpu'] or 'no GPU'} (torch {hw['torch']}; the CPU was shared with other jobs, "
-        "so times are upper bounds); fit wall time summed over the runs "
-        f"{sum(r.get('fit_wall_s') or 0 for r in report['runs']) / 60:.1f} min; this "
-        f"invocation {report['wall_s'] / 60:.1f} min"
-        f"{' (tables rebuilt from finished runs)' if report.get('report_only') else ''}.",
-        "",
-        "| row | class-only | seeds | Dice | IoU | recall | precision | specificity | pixel acc. "
-        "| Dice/img | IoU/img | cls acc. | cls bal. acc. | AUROC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        cells = [r["row"], str(r["class_only"] or "–"), ", ".join(map(str, r["seeds"]))]
-        cells += [_fmt(r[k]) for k in SEG_KEYS]
-        cells += [_fmt(r[f"cls_{k}"]) for k in CLS_KEYS]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| row | params (total) | params (core, without ClassElevateSeg) | s / epoch (stage 2,"
-        " train) | s / epoch (stage 2, with val) | s / epoch (stage 1, with val, data setup"
-        " spread over the epochs) | inference ms / image"
-        " (test loop) | best epoch | fit wall (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        p, pc = r["params"]["mean"], r["params_core"]["mean"]
-        cells = [
-            r["row"],
-            f"{p:,.0f}" if p else "–",
-            f"{pc:,.0f}" if pc else "–",
-            _fmt(r["train_s_per_epoch"], 1),
-            _fmt(r["epoch_s"], 1),
-            _fmt(r["stage1_epoch_s"], 1),
-            _fmt(r["infer_ms_per_image"], 1),
-            _fmt(r["best_epoch"], 0),
-        ]
-        wall = r["fit_wall_s"]["mean"]
-        cells.append(f"{wall / 60:.1f}" if wall else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *comparison(report), ""]
-    if report.get("plot"):
-        lines += [f"![test Dice per row]({Path(report['plot']).name})", ""]
-    if report.get("failed"):
-        lines += ["Failed runs: " + ", ".join(report["failed"]), ""]
-    lines.append(
-        "The `full` budget (256 px, 300 epochs, 3 seeds, every row) needs a GPU; "
-        "results/…-full.* appear only once it has been run there."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def comparison(report: dict) -> list[str]:
-    """The bar (SemiSeg-CAW vs reduced vs full) and the paper's figures beside ours."""
-    ds = report["dataset"]
-    by = {r["row"]: r for r in report["rows"]}
-    out = [
-        "## Against the bar and the paper",
-        "",
-        "The paper's numbers come from **different splits** (not public), 256 px and 300 "
-        "epochs; ours from the budget above. Compare the gaps, not the absolute values.",
-        "",
-        "| row | ours: Dice | ours: IoU | paper: Dice | paper: IoU |",
-        "|---|---|---|---|---|",
-    ]
-    for name, (dice, iou) in PAPER[ds].items():
-        r = by.get(name)
-        out.append(
-            f"| {name} | {_fmt(r['dice']) if r else 'not run'} | "
-            f"{_fmt(r['iou']) if r else 'not run'} | {dice:.3f} | {iou:.3f} |"
-        )
-    out.append("")
-    for bb in ("malunet", "unext"):
-        full = by.get(f"{bb}-full")
-        for k in CLASS_ONLY[ds]:
-            suffix = "" if len(CLASS_ONLY[ds]) == 1 else f"-{k}"
-            semi, red = by.get(f"{bb}-semiseg-caw{suffix}"), by.get(f"{bb}-reduced{suffix}")
-            if not semi or semi["dice"]["mean"] is None:
-                continue
-            s = semi["dice"]["mean"]
-            parts = []
-            if red and red["dice"]["mean"] is not None:
-                d = s - red["dice"]["mean"]
-                parts.append(
-                    f"{'above' if d > 0 else 'NOT above'} {bb}-reduced{suffix} ({d:+.3f} Dice)"
-                )
-            if full and full["dice"]["mean"] is not None:
-                d = s - full["dice"]["mean"]
-                level = "level with or above" if d >= -0.01 else "below"
-                parts.append(f"{level} {bb}-full ({d:+.3f} Dice; 'level' = within 0.01)")
-            if parts:
-                out.append(f"- {bb}-semiseg-caw{suffix}: " + "; ".join(parts) + ".")
-    stalled = [
-        r["row"]
-        for r in report["rows"]
-        if r["best_epoch"]["mean"] is not None and r["best_epoch"]["mean"] >= report["epochs"] - 1
-    ]
-    if stalled and report["epochs"] < 100:
-        out.append(
-            f"- Caution: the best validation epoch of {', '.join(stalled)} is the last "
-            f"one ({report['epochs']} epochs): still improving when stopped."
-        )
-    semi = [r for r in report["rows"] if r["method"] == "semiseg-caw"]
-    if semi and report["epochs"] < 100 and semi[0]["params"]["mean"]:
-        r = semi[0]
-        out.append(
-            f"- Caution: SemiSeg-CAW runs a {r['params']['mean'] / 1e6:.1f} M-parameter model at "
-            f"test time (ClassElevateSeg included; the core alone "
-            f"{r['params_core']['mean'] / 1e6:.2f} M) against the baselines' "
-            "MALUNet/UNeXt alone; under a short budget part of its lead may come from that "
-            "capacity (faster convergence) rather than from the class-only images. The "
-            "control rows below separate the two."
-        )
-    out += controls(report, by)
-    paper = PAPER[ds]
-    if ds == "busi":
-        out.append(
-            f"- Paper (BUSI): SemiSeg-CAW {paper['malunet-semiseg-caw'][0] - paper['malunet-reduced'][0]:+.3f} "
-            f"over reduced, {paper['malunet-semiseg-caw'][0] - paper['malunet-full'][0]:+.3f} over full."
-        )
-    else:
-        out.append(
-            f"- Paper (DDTI): SemiSeg-CAW@48 "
-            f"{paper['malunet-semiseg-caw-48'][0] - paper['malunet-reduced-48'][0]:+.3f} "
-            f"over reduced, "
-            f"{paper['malunet-semiseg-caw-48'][0] - paper['malunet-full'][0]:+.3f} over full."
-        )
-    out.append(
-        "- The paper's ablation table (SemiSeg-CAW 0.610 Dice; without ClassElevateSeg "
-        "0.571, static weights 0.572, IMTL 0.537, neither 0.601, LayerCAM 0.583) does not "
-        "name its data set in the outline we have, so it is not matched to rows here."
-    )
-    return out
-
-
-def controls(report: dict, by: dict[str, dict]) -> list[str]:
-    """What the control rows say: the class-only images' share of SemiSeg-CAW's lead, and
-    the stage-1 U-Net on its own. Also which rows reused a stage-1 checkpoint."""
-    out = []
-    for k in CLASS_ONLY[report["dataset"]]:
-        suffix = _suffix(report["dataset"], k)
-        semi = by.get(f"malunet-semiseg-caw{suffix}")
-        if not semi or semi["dice"]["mean"] is None:
-            continue
-        s = semi["dice"]["mean"]
-        ctrl = by.get("malunet-no-class-only") if k == CLASS_ONLY[report["dataset"]][0] else None
-        if ctrl and ctrl["dice"]["mean"] is not None:
-            c = ctrl["dice"]["mean"]
-            red = by.get(f"malunet-reduced{suffix}")
-            gain = f"; over malunet-reduced{suffix} {c - red['dice']['mean']:+.3f}" if red else ""
-            out.append(
-                f"- Control malunet-no-class-only (SemiSeg-CAW trained without the class-only "
-                f"images): {_fmt(ctrl['dice'])} Dice. What the class-only images add to "
-                f"SemiSeg-CAW: {s - c:+.3f} Dice; what the auxiliary model adds without them"
-                f"{gain or ': (no reduced row)'}."
-            )
-        for name in (
-            [f"malunet-{v}" for v in VARIANTS] if k == CLASS_ONLY[report["dataset"]][0] else []
-        ):
-            var = by.get(name)
-            if var and var["dice"]["mean"] is not None:
-                out.append(
-                    f"- Variant {name}: {_fmt(var['dice'])} Dice "
-                    f"({var['dice']['mean'] - s:+.3f} against malunet-semiseg-caw{suffix})."
-                )
-        ceiling = by.get("malunet-all-masks") if k == CLASS_ONLY[report["dataset"]][0] else None
-        if ceiling and ceiling["dice"]["mean"] is not None:
-            out.append(
-                f"- Control malunet-all-masks (SemiSeg-CAW given the class-only images' masks "
-                f"too): {_fmt(ceiling['dice'])} Dice, the most the class-only images could add "
-                f"({ceiling['dice']['mean'] - s:+.3f} above SemiSeg-CAW)."
-            )
-        alone = by.get(f"classelevate-alone{suffix}")
-        if alone and alone["dice"]["mean"] is not None:
-            out.append(
-                f"- classelevate-alone{suffix}: the stage-1 ClassElevateSeg of the "
-                f"malunet-semiseg-caw{suffix} runs tested on its own, {_fmt(alone['dice'])} Dice "
-                f"({s - alone['dice']['mean']:+.3f} for the full SemiSeg-CAW over it)."
-            )
-    shared = sorted({r["row"] for r in report["runs"] if r.get("stage1_from")})
-    if shared:
-        out.append(
-            f"- {', '.join(shared)} reused the stage-1 checkpoint of malunet-semiseg-caw (same "
-            "seed and data): they differ from it in stage 2 only, and their fit time "
-            "excludes stage 1."
-        )
-    return out
-
-
-def plot(report: dict, path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = report["rows"]
-    names = [r["row"] for r in rows]
-    means = [r["dice"]["mean"] or 0 for r in rows]
-    stds = [r["dice"]["std"] or 0 for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(rows) + 2), 3.6))
-    colors = [
-        "tab:gray"
-        if r["method"] in ("full", "reduced")
-        else "tab:orange"
-        if r["method"] in ("classelevate-alone", *CONTROLS)
-        else "tab:blue"
-        for r in rows
-    ]
-    ax.bar(range(len(rows)), means, yerr=stds, color=colors, capsize=3)
-    for i, m in enumerate(means):
-        ax.text(i, m + 0.02, f"{m:.3f}", ha="center", fontsize=8)
-    for name, (dice, _) in PAPER[report["dataset"]].items():
-        if name in names:
-            i = names.index(name)
-            ax.plot([i - 0.4, i + 0.4], [dice, dice], "r--", lw=1)
-    ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("test Dice (pooled)")
-    ax.set_title(
-        f"{report['dataset'].upper()} — budget {report['budget']} "
-        f"({report['image_size']} px, {report['epochs']} ep.); red: paper",
-        fontsize=9,
-    )
-    ax.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def update_readme() -> None:
-    """Regenerate the README results section from every results JSON."""
-    parts = [
-        START,
-        "",
-        "## Benchmark results",
-        "",
-        "Generated by `benchmarks/run.py` from `benchmarks/results/*.json`; do not edit.",
-        "Pooled test Dice / IoU of each row (best-on-validation checkpoint, test split).",
-        "The paper's splits are not public: compare gaps, not absolute values.",
-        "",
-    ]
-    files = sorted(RESULTS.glob("*.json"))
-    reports = [json.loads(f.read_text()) for f in files]
-    # Other scripts' results (speed, ...) share the folder: keep this harness's reports.
-    reports = [
-        r for r in reports if isinstance(r, dict) and r.get("kind") == "semiseg-caw-benchmark"
-    ]
-    for rep in reports:
-        stem = f"{rep['dataset']}-{rep['budget']}"
-        parts += [
-            f"### {rep['dataset'].upper()}, budget `{rep['budget']}` "
-            f"([table](benchmarks/results/{stem}.md))",
-            "",
-            f"{rep['note']}; commit `{rep['commit']}`; {rep['hardware']['cpu']}, "
-            f"{rep['hardware']['cores']} cores, {rep['hardware']['gpu'] or 'no GPU'}.",
-            "",
-            "| row | class-only | seeds | Dice | IoU | Dice/img | cls AUROC | paper Dice |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rep["rows"]:
-            paper = PAPER[rep["dataset"]].get(r["row"])
-            parts.append(
-                f"| {r['row']} | {r['class_only'] or '–'} | {len(r['seeds'])} | "
-                f"{_fmt(r['dice'])} | "
-                f"{_fmt(r['iou'])} | {_fmt(r['dice_per_image'])} | "
-                f"{_fmt(r['cls_auroc'])} | {f'{paper[0]:.3f}' if paper else '–'} |"
-            )
-        parts.append("")
-        if rep.get("plot"):
-            parts += [f"![{stem}]({rep['plot']})", ""]
-    if not any(r["budget"] == "full" for r in reports):
-        parts += [
-            "The `full` budget (the protocol: 256 px, 300 epochs, 3 seeds, every row) has "
-            "not been run yet: it needs a GPU (`python benchmarks/run.py --dataset busi "
-            "--budget full --parallel 3`).",
-            "",
-        ]
-    parts.append(END)
-    section = "\n".join(parts)
-    text = README.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    README.write_text(text)
 
 
 # ----------------------------------------------------------------------------- main

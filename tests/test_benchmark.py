@@ -1,5 +1,6 @@
-"""The benchmark harness (benchmarks/run.py): rows, tables, the smoke budget on real files,
-and the external check (a trained checkpoint tested on another data set given as a manifest)."""
+"""The benchmark harness (benchmarks/run.py, protocol.py, report.py): rows, tables, the
+smoke budget on real files, and the external check (a trained checkpoint tested on another
+data set given as a manifest)."""
 
 from __future__ import annotations
 
@@ -36,41 +37,42 @@ def _load_bench():
 
 
 bench = _load_bench()
-
+import protocol  # noqa: E402  (benchmarks/ is on sys.path once run.py is loaded)
+import report as tables  # noqa: E402
 
 # ----------------------------------------------------------------------------- no data
 
 
 def test_rows_cover_the_protocol() -> None:
-    for dataset, budgets in bench.CLASS_ONLY.items():
-        names = [r["name"] for r in bench.all_rows(dataset)]
+    for dataset, budgets in protocol.CLASS_ONLY.items():
+        names = [r["name"] for r in protocol.all_rows(dataset)]
         assert len(names) == len(set(names))
         for bb in ("malunet", "unext"):
             assert f"{bb}-full" in names
-            for ab in bench.ABLATIONS:
+            for ab in protocol.ABLATIONS:
                 assert f"{bb}-{ab}" in names
             semi = [n for n in names if n.startswith(f"{bb}-semiseg-caw")]
             assert len(semi) == len(budgets)
-        for row in bench.all_rows(dataset):
+        for row in protocol.all_rows(dataset):
             for config in row["configs"]:
                 assert (REPO / config).is_file(), config
-    smoke = bench.select_rows("ddti", bench.BUDGETS["smoke"]["rows"], True)
+    smoke = protocol.select_rows("ddti", protocol.BUDGETS["smoke"]["rows"], True)
     assert [r["name"] for r in smoke] == [
         "malunet-full",
         "malunet-reduced-48",
         "malunet-semiseg-caw-48",
     ]
-    assert len(bench.select_rows("busi", ["unext-*"], False)) == 12  # + controls, variants
+    assert len(protocol.select_rows("busi", ["unext-*"], False)) == 12  # + controls, variants
     # The stage-1-alone row comes from the SemiSeg-CAW runs: listed, never scheduled.
-    assert "classelevate-alone-48" in [r["name"] for r in bench.all_rows("ddti")]
-    assert not bench.select_rows("busi", ["*"], False)[-1].get("derived")
-    assert all(not r.get("derived") for r in bench.select_rows("busi", ["*"], False))
+    assert "classelevate-alone-48" in [r["name"] for r in protocol.all_rows("ddti")]
+    assert not protocol.select_rows("busi", ["*"], False)[-1].get("derived")
+    assert all(not r.get("derived") for r in protocol.select_rows("busi", ["*"], False))
     with pytest.raises(SystemExit):
-        bench.select_rows("busi", ["nothing"], False)
+        protocol.select_rows("busi", ["nothing"], False)
 
 
 def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
-    rows = {r["name"]: r for r in bench.all_rows("ddti")}
+    rows = {r["name"]: r for r in protocol.all_rows("ddti")}
 
     def job(name: str) -> dict:
         return {"dataset": "ddti", "row": rows[name], "seed": 1, "dir": tmp_path / name / "seed1"}
@@ -90,7 +92,7 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
 
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
     iou = dice / (2 - dice)
-    metrics = {f"seg/{k}": 0.5 for k in bench.SEG_KEYS}
+    metrics = {f"seg/{k}": 0.5 for k in protocol.SEG_KEYS}
     metrics.update({"seg/dice": dice, "seg/iou": iou, "cls/auroc": 0.8})
     return {
         "row": row,
@@ -118,8 +120,8 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records += [_fake_record("malunet-pseudo-labels", "pseudo-labels", 0, 0.66)]
     records += [_fake_record("classelevate-alone", "classelevate-alone", 0, 0.64)]
     records[-5]["stage1_from"] = "x"
-    order = [r["name"] for r in bench.all_rows("busi")]
-    rows = bench.summarise(records, order)
+    order = [r["name"] for r in protocol.all_rows("busi")]
+    rows = tables.summarise(records, order)
     assert [r["row"] for r in rows] == [
         "malunet-full",
         "malunet-semiseg-caw",
@@ -148,7 +150,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "failed": [],
         "runs": records,
     }
-    text = bench.markdown(report)
+    text = tables.markdown(report)
     assert "0.610 ± 0.010" in text and "0.672" in text  # ours with std, and the paper's
     assert "level with or above malunet-full" in text
     assert "What the class-only images add to SemiSeg-CAW: +0.030 Dice" in text
@@ -163,13 +165,13 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     results.mkdir()
     (results / "busi-cpu.json").write_text(json.dumps(report))
     (results / "speed-check.json").write_text("[]")  # another script's result: ignored
-    monkeypatch.setattr(bench, "README", readme)
-    monkeypatch.setattr(bench, "RESULTS", results)
-    bench.update_readme()
-    bench.update_readme()  # idempotent: one section, other text untouched
+    monkeypatch.setattr(tables, "README", readme)
+    monkeypatch.setattr(tables, "RESULTS", results)
+    tables.update_readme()
+    tables.update_readme()  # idempotent: one section, other text untouched
     text = readme.read_text()
     assert text.startswith("# title\n\nkeep me\n")
-    assert text.count(bench.START) == 1 and text.count(bench.END) == 1
+    assert text.count(tables.START) == 1 and text.count(tables.END) == 1
     assert "| malunet-semiseg-caw | 100 | 1 | 0.650 |" in text
 
 
@@ -213,7 +215,7 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
     ]
     for run in smoke["runs"]:
         m = run["metrics"]
-        for key in bench.SEG_KEYS:
+        for key in protocol.SEG_KEYS:
             assert 0.0 <= m[f"seg/{key}"] <= 1.0
         assert m["seg/dice"] == pytest.approx(2 * m["seg/iou"] / (1 + m["seg/iou"]), abs=1e-5)
         assert run["test_images"] == 129  # BUSI test split without normal images (default)

@@ -1,0 +1,173 @@
+"""What the benchmark protocol is (../shared/docs/PROTOCOL.md): the paper's figures, the rows (the
+baselines, SemiSeg-CAW, its ablations, our controls and variants) for each data set and
+label budget, and the training budgets. ``run.py`` runs them; ``report.py`` tabulates them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+# The paper's pooled test figures (their splits, 256 px, 300 epochs). UNeXt rows: the
+# paper's backbone table ("UNeXt" read as the full-data baseline; DDTI SemiSeg-CAW at 48).
+PAPER = {
+    "busi": {
+        "malunet-full": (0.672, 0.506),
+        "malunet-reduced": (0.662, 0.494),
+        "malunet-semiseg-caw": (0.684, 0.520),
+        "unext-full": (0.710, 0.595),
+        "unext-semiseg-caw": (0.813, 0.704),
+    },
+    "ddti": {
+        "malunet-full": (0.628, 0.457),
+        "malunet-reduced-48": (0.614, 0.443),
+        "malunet-semiseg-caw-48": (0.656, 0.488),
+        "malunet-semiseg-caw-96": (0.640, 0.470),
+        "malunet-semiseg-caw-144": (0.633, 0.463),
+        "unext-full": (0.678, 0.519),
+        "unext-semiseg-caw-48": (0.710, 0.552),
+    },
+}
+CLASS_ONLY = {"busi": [100], "ddti": [48, 96, 144]}
+ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wgm", "layercam"]
+# Controls beyond the paper: what the class-only images add (SemiSeg-CAW without them),
+# and the most they could add (SemiSeg-CAW given their masks too).
+CONTROLS = ["no-class-only", "all-masks"]
+# Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
+# whose maps are cached (the fast stage 2, see benchmarks/speed.py).
+VARIANTS = ["pseudo-labels", "frozen-aux-cached"]
+# Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
+# they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
+# stage 2 only (LayerCAM reads the same ClassElevateSeg's classifier).
+SHARES_STAGE1 = {"semiseg-caw", "static-weights", "imtl", "layercam", *VARIANTS}
+
+# Budgets: trainer/data settings, default rows and seeds.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "image_size": 64,
+        "epochs": 1,
+        "stage1_epochs": 1,
+        "seeds": [0],
+        "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
+        "trainer": ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"],
+        "first_budget_only": True,
+        "note": "smoke test: 64 px, 1 epoch of 3 batches per stage; proves loaders and metrics "
+        "on the real files, the numbers mean nothing",
+    },
+    "cpu": {
+        "image_size": 96,
+        "epochs": 8,
+        "stage1_epochs": 6,
+        "seeds": [0],
+        "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
+        "trainer": [],
+        "first_budget_only": True,
+        "note": "CPU budget: 96 px, 8 epochs (stage 1 of SemiSeg-CAW: 6) instead of 256 px and 300. "
+        "Good for comparing rows against each other, not for headline numbers",
+    },
+    "full": {
+        "image_size": 256,
+        "epochs": 300,
+        "stage1_epochs": None,
+        "seeds": [0, 1, 2],
+        "rows": ["*"],
+        "trainer": [],
+        "first_budget_only": False,
+        "note": "the protocol as written: 256 px, 300 epochs, 3 seeds, every row (for a GPU)",
+    },
+}
+
+SEG_KEYS = [
+    "dice",
+    "iou",
+    "recall",
+    "precision",
+    "specificity",
+    "accuracy",
+    "dice_per_image",
+    "iou_per_image",
+]
+CLS_KEYS = ["accuracy", "balanced_accuracy", "auroc"]
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def suffix(dataset: str, class_only: int) -> str:
+    """The row-name suffix of a label budget: "" where the data set has one, else "-48"."""
+    return "" if len(CLASS_ONLY[dataset]) == 1 else f"-{class_only}"
+
+
+def all_rows(dataset: str) -> list[dict[str, Any]]:
+    """Every row of the protocol for a data set: name, config deltas, class-only count."""
+    rows = []
+    budgets = CLASS_ONLY[dataset]
+    for backbone in ("malunet", "unext"):
+        bb = [] if backbone == "malunet" else ["configs/backbones/unext.yaml"]
+        rows.append(
+            {
+                "name": f"{backbone}-full",
+                "configs": bb + ["configs/baselines/full.yaml"],
+                "class_only": budgets[0],
+                "method": "full",
+            }
+        )
+        for k in budgets:
+            sfx = suffix(dataset, k)
+            rows.append(
+                {
+                    "name": f"{backbone}-reduced{sfx}",
+                    "configs": bb + ["configs/baselines/reduced.yaml"],
+                    "class_only": k,
+                    "method": "reduced",
+                }
+            )
+        for k in budgets:
+            sfx = suffix(dataset, k)
+            rows.append(
+                {
+                    "name": f"{backbone}-semiseg-caw{sfx}",
+                    "configs": bb,
+                    "class_only": k,
+                    "method": "semiseg-caw",
+                }
+            )
+        for ab in ABLATIONS + CONTROLS + VARIANTS:
+            rows.append(
+                {
+                    "name": f"{backbone}-{ab}",
+                    "configs": bb + [f"configs/ablations/{ab}.yaml"],
+                    "class_only": budgets[0],
+                    "method": ab,
+                }
+            )
+    for row in rows:
+        row["backbone"] = row["name"].split("-")[0]
+    # Not trained on its own: the stage-1 ClassElevateSeg of each malunet-semiseg-caw run,
+    # tested alone (the auxiliary U-Net's own masks, without the core model).
+    for k in budgets:
+        sfx = suffix(dataset, k)
+        rows.append(
+            {
+                "name": f"classelevate-alone{sfx}",
+                "configs": ["configs/stage1.yaml"],
+                "class_only": k,
+                "method": "classelevate-alone",
+                "backbone": "classelevate",
+                "derived": True,
+            }
+        )
+    return rows
+
+
+def select_rows(dataset: str, patterns: list[str], first_budget_only: bool) -> list[dict]:
+    rows = all_rows(dataset)
+    if first_budget_only:  # default row lists of small budgets: the first label budget only
+        first = CLASS_ONLY[dataset][0]
+        rows = [r for r in rows if r["class_only"] == first]
+    rows = [r for r in rows if not r.get("derived")]  # written by the runs they come from
+    chosen = [r for r in rows if any(fnmatch.fnmatch(r["name"], p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(r["name"] for r in all_rows(dataset))
+        raise SystemExit(f"no row matches {patterns}; rows: {names}")
+    return chosen
