@@ -124,6 +124,8 @@ def markdown(report: dict) -> str:
     lines += ["", *comparison(report), ""]
     if report.get("plot"):
         lines += [f"![test Dice per row]({Path(report['plot']).name})", ""]
+    if report.get("plot_labels"):
+        lines += [f"![test Dice per pixel-labelled images]({Path(report['plot_labels']).name})", ""]
     if report.get("failed"):
         lines += ["Failed runs: " + ", ".join(report["failed"]), ""]
     lines.append(
@@ -271,12 +273,9 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
 
 
 def plot(report: dict, path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """Test Dice of every row as bars, the paper's figure as a red line where it has one."""
+    plt = _pyplot()
+    if plt is None:
         return None
     rows = report["rows"]
     names = [r["row"] for r in rows]
@@ -310,6 +309,82 @@ def plot(report: dict, path: Path) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+# Dice against pixel-labelled training images: per method, the rows that differ only in how
+# many masks they get (the class-only images' masks withheld, or given).
+CURVES = {
+    "masks only (MALUNet)": ("malunet", ["reduced", "full"]),
+    "SemiSeg-CAW": ("malunet", ["semiseg-caw", "all-masks"]),
+    "SemiSeg-CAW, class-only images left out": ("malunet", ["no-class-only"]),
+    "masks only (UNeXt)": ("unext", ["reduced", "full"]),
+    "SemiSeg-CAW (UNeXt)": ("unext", ["semiseg-caw", "all-masks"]),
+}
+ALL_MASKS = ("full", "all-masks")  # rows trained with every training mask
+
+
+def pixel_labelled(report: dict) -> dict[str, int]:
+    """Pixel-labelled training images of each row, from the counts the runs recorded (all
+    rows share one training split; rows that withhold masks lose their class-only count)."""
+    totals = {
+        r["train_masks"] + (0 if r["method"] in ALL_MASKS else r["class_only"])
+        for r in report["runs"]
+        if r.get("train_masks") is not None
+    }
+    if len(totals) != 1:  # none recorded yet (older runs), or inconsistent splits
+        return {}
+    total = totals.pop()
+    return {
+        r["row"]: total if r["method"] in ALL_MASKS else total - r["class_only"]
+        for r in report["rows"]
+    }
+
+
+def plot_labels(report: dict, path: Path) -> str | None:
+    """Test Dice against the number of pixel-labelled training images, one line per method."""
+    x_of = pixel_labelled(report)
+    plt = _pyplot()
+    if not x_of or plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    drawn = 0
+    for label, (backbone, methods) in CURVES.items():
+        points = sorted(
+            (x_of[r["row"]], r["dice"]["mean"], r["dice"]["std"] or 0)
+            for r in report["rows"]
+            if r["backbone"] == backbone and r["method"] in methods and r["dice"]["mean"]
+        )
+        if not points:
+            continue
+        xs, ys, es = zip(*points, strict=True)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("pixel-labelled training images")
+    ax.set_ylabel("test Dice (pooled)")
+    ax.set_title(
+        f"{report['dataset'].upper()} — budget {report['budget']} "
+        f"({report['image_size']} px, {report['epochs']} ep.)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def update_readme() -> None:
@@ -351,8 +426,10 @@ def update_readme() -> None:
                 f"{_fmt(r['cls_auroc'])} | {f'{paper[0]:.3f}' if paper else '–'} |"
             )
         parts.append("")
-        if rep.get("plot"):
-            parts += [f"![{stem}]({rep['plot']})", ""]
+        # The plot of Dice against pixel-labelled images where the runs allow, else the bars.
+        figure = rep.get("plot_labels") or rep.get("plot")
+        if figure:
+            parts += [f"![{stem}]({figure})", ""]
     if not any(r["budget"] == "full" for r in reports):
         parts += [
             "The `full` budget (the protocol: 256 px, 300 epochs, 3 seeds, every row) has "

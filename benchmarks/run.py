@@ -43,7 +43,7 @@ import lightning as L
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
 from protocol import BUDGETS, CLASS_ONLY, PAPER, SHARES_STAGE1, all_rows, select_rows, suffix  # noqa: E402
 from provenance import commit, machine, usable_cores  # noqa: E402
-from report import RESULTS, markdown, plot, summarise, update_readme  # noqa: E402
+from report import RESULTS, markdown, plot, plot_labels, summarise, update_readme  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -132,8 +132,11 @@ def _test(args: list[str], ckpt: Path) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     aux = getattr(getattr(model, "net", None), "aux_model", None)
     aux_n = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
+    train = cli.datamodule.splits["train"]  # as the run's budget left it
     return {
         "best_checkpoint": str(ckpt),
+        "train_masks": sum(sample.has_mask for sample in train),
+        "train_class_only": sum(sample.kind == "class_only" for sample in train),
         "metrics": recorder.metrics,
         "logged": {k: float(v) for k, v in cli.trainer.callback_metrics.items()},
         "test_images": recorder.images,
@@ -483,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if report["rows"]:
         report["plot"] = plot(report, a.out / f"{stem}.png")
+        report["plot_labels"] = plot_labels(report, a.out / f"{stem}-labels.png")
         (a.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
         (a.out / f"{stem}.md").write_text(markdown(report))
         if a.out == RESULTS and not a.no_readme:

@@ -159,6 +159,18 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "the most the class-only images could add (+0.030 above SemiSeg-CAW)" in text
     assert "Variant malunet-pseudo-labels: 0.660 Dice (+0.010 against malunet-semiseg-caw)" in text
 
+    # Dice against pixel-labelled images: unknown until the runs record their counts.
+    assert tables.plot_labels(report, tmp_path / "labels.png") is None
+    for r in records:  # 450 masks in all; rows that withhold masks lose their 100
+        r["train_masks"] = 450 if r["method"] in ("full", "all-masks") else 350
+    x = tables.pixel_labelled(report)
+    assert x["malunet-full"] == x["malunet-all-masks"] == 450
+    assert x["malunet-semiseg-caw"] == x["malunet-no-class-only"] == 350
+    assert tables.plot_labels(report, tmp_path / "labels.png") is not None
+    assert (tmp_path / "labels.png").stat().st_size > 0
+    records[0]["train_masks"] = 449  # another split: no plot rather than a wrong one
+    assert tables.pixel_labelled(report) == {}
+
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nkeep me\n")
     results = tmp_path / "results"
@@ -220,8 +232,13 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
         assert m["seg/dice"] == pytest.approx(2 * m["seg/iou"] / (1 + m["seg/iou"]), abs=1e-5)
         assert run["test_images"] == 129  # BUSI test split without normal images (default)
         assert run["params"] > 0 and run["infer_ms_per_image"] > 0
+        # The budget as the run saw it: 100 masks withheld, as class-only images or dropped.
+        semi = run["method"] in ("semiseg-caw", "classelevate-alone")
+        assert run["train_class_only"] == (100 if semi else 0)
         assert "checkpoints/best-epoch=" in run["best_checkpoint"]
     semi = next(r for r in smoke["runs"] if r["method"] == "semiseg-caw")
+    masks = {r["method"]: r["train_masks"] for r in smoke["runs"]}
+    assert masks["full"] == masks["reduced"] + 100 == masks["semiseg-caw"] + 100
     assert 0.0 <= semi["metrics"]["cls/auroc"] <= 1.0
     assert semi["params"] > semi["params_core"]  # ClassElevateSeg counted apart
     out = smoke["out"]
