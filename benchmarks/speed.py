@@ -357,18 +357,23 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- the result check
-# (label, variant, seed, plain AdamW = the optimiser before the fused-AdamW lever)
-CHECK_RUNS: list[tuple[str, str, int, bool]] = [
-    ("bare MALUNet, plain AdamW", "malunet", 42, True),
-    ("bare MALUNet, fused AdamW", "malunet", 42, False),
-    ("bare MALUNet, fused AdamW", "malunet", 43, False),
-    ("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, True),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 42, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 43, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 42, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 43, False),
+# (label, variant, seed, plain AdamW = the optimiser before the fused-AdamW lever,
+#  augmentation on the device)
+CHECK_RUNS: list[tuple[str, str, int, bool, bool]] = [
+    ("bare MALUNet, plain AdamW", "malunet", 42, True, False),
+    ("bare MALUNet, fused AdamW", "malunet", 42, False, False),
+    ("bare MALUNet, fused AdamW", "malunet", 43, False, False),
+    ("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, True, False),
+    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42, False, False),
+    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43, False, False),
+    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 42, False, False),
+    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 43, False, False),
+    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 42, False, False),
+    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 43, False, False),
+    ("bare MALUNet, augmentation on the device", "malunet", 42, False, True),
+    ("bare MALUNet, augmentation on the device", "malunet", 43, False, True),
+    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, False, True),
+    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, False, True),
 ]
 
 
@@ -399,7 +404,13 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
     from semiseg_caw.lit.stages import fit_stage1
 
     cfg = _demo_config(args)
-    dm = semiseg_caw.SemiSegDataModule(**cfg["data"])
+    # The job: "stage1", or "variant:seed:plain:on_device" (plain AdamW, augmentation on
+    # the device: 0 or 1).
+    stage1_job = args.check_worker == "stage1"
+    variant, seed, plain, on_device = (
+        ("", "0", "0", "0") if stage1_job else args.check_worker.split(":")
+    )
+    dm = semiseg_caw.SemiSegDataModule(**cfg["data"], augment_on_device=on_device == "1")
     trainer_kwargs = dict(
         accelerator=args.device,
         devices=1,
@@ -408,7 +419,7 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    if args.check_worker == "stage1":
+    if stage1_job:
         L.seed_everything(42, verbose=False)
         model = semiseg_caw.SemiSegCAW(num_classes=dm.num_classes, **cfg["model"])
         with warnings.catch_warnings():
@@ -418,7 +429,6 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
             )
         return {"checkpoint": str(path), "wall_s": time.perf_counter() - start}
 
-    variant, seed, plain = args.check_worker.split(":")
     if plain == "1":  # the optimiser as it was before the lever: AdamW's default loop
         adamw = torch.optim.AdamW
 
@@ -491,8 +501,9 @@ def check(args: argparse.Namespace) -> None:
         stage1 = _run_check_worker(args, "stage1", Path(tmp))
         args.check_stage1 = stage1["checkpoint"]
         print(f"stage 1: {stage1['wall_s']:.0f} s", flush=True)
-        for label, variant, seed, plain in CHECK_RUNS:
-            job = f"{variant}:{seed}:{int(plain)}"
+        runs = [r for r in CHECK_RUNS if any(k in r[0] for k in args.check_runs)]
+        for label, variant, seed, plain, on_device in runs:
+            job = f"{variant}:{seed}:{int(plain)}:{int(on_device)}"
             r = _run_check_worker(args, job, Path(tmp))
             results.append({"label": label, "variant": variant, "seed": seed, **r})
             print(f"{label}, seed {seed}: final {r['final']:.4f} best {r['best']:.4f}", flush=True)
@@ -511,6 +522,9 @@ def check(args: argparse.Namespace) -> None:
         f"every stage-2 run; stage 2 {cfg['epochs']} epochs, seed as listed",
         "- plain AdamW: `torch.optim.AdamW` with its default per-tensor loop (the optimiser "
         "before the lever); fused AdamW: `fused=True` (what `configure_optimizers` now picks)",
+        "- augmentation on the device: `data.augment_on_device` (the same augmentation as "
+        "batched torch ops after the transfer to the device) instead of albumentations in "
+        "the loader",
         f"- wall time: {(time.perf_counter() - start) / 60:.1f} min",
         "",
         "| run | seed | val Dice, last epoch | best val Dice | stage-2 wall (s) |",
@@ -549,7 +563,12 @@ def _prepare_data(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     from semiseg_caw.data import SemiSegDataModule
 
     busi = Path(args.busi_root)
-    common = dict(image_size=args.image_size, batch_size=args.batch_size, seed=42)
+    common = dict(
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=42,
+        augment_on_device=args.augment_on_device,
+    )
     if args.data == "busi" or (args.data == "auto" and busi.is_dir()):
         dm = SemiSegDataModule(
             "busi",
@@ -691,7 +710,12 @@ def report(
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'} memory format, "
         f"compile {args.compile}, CUDA graphs {'on' if args.cuda_graph else 'off'}, "
         f"{args.workers} loader workers, "
-        f"{f'{args.threads} torch thread(s)' if args.threads else 'default torch threads'}, "
+        + (
+            "augmentation on the device, "
+            if args.augment_on_device
+            else "augmentation in the loader, "
+        )
+        + f"{f'{args.threads} torch thread(s)' if args.threads else 'default torch threads'}, "
         "fused AdamW, "
         "no validation in the timed loop",
     ]
@@ -805,6 +829,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument(
+        "--augment-on-device",
+        action="store_true",
+        help="augment training batches on the device (data.augment_on_device), not in the loader",
+    )
+    parser.add_argument(
         "--compile",
         default="off",
         choices=["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
@@ -827,6 +856,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="demo-config result check")
     parser.add_argument("--check-epochs", type=int, default=0, help="stage-2 epochs (0: demo's)")
     parser.add_argument("--check-stage1-epochs", type=int, default=0, help="(0: demo's)")
+    parser.add_argument(
+        "--check-runs",
+        nargs="+",
+        default=[""],
+        help="only the check runs whose label contains one of these (default: all)",
+    )
     parser.add_argument("--check-worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--check-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--check-stage1", default="", help=argparse.SUPPRESS)

@@ -7,7 +7,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -20,6 +20,7 @@ from semiseg_caw.data.datasets import (
     collate,
     seed_worker,
 )
+from semiseg_caw.data.device_augment import augment_batch
 from semiseg_caw.data.io import (
     IMAGE_EXTENSIONS,
     BadFile,
@@ -74,6 +75,7 @@ class SemiSegDataModule(L.LightningDataModule):
         predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``.
         skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising (training data; prediction always goes on and reports each bad file).
         augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle noise).
+        augment_on_device: Augment each training batch on the device it trains on (batched torch ops, e.g. on the GPU) instead of per image in the loader (albumentations, CPU): for a fast GPU the loader then only indexes memory.
         eval_batch_size: Batch size of val, test and predict loaders; None: batch_size.
         classes: Class names of a manifest data set (labels there may be indices or these names).
     """
@@ -97,6 +99,7 @@ class SemiSegDataModule(L.LightningDataModule):
         predict_dir: str | None = None,
         skip_bad_files: bool = False,
         augment: bool = True,
+        augment_on_device: bool = False,
         eval_batch_size: int | None = None,
         classes: list[str] | None = None,
     ) -> None:
@@ -119,6 +122,7 @@ class SemiSegDataModule(L.LightningDataModule):
         self.predict_dir = predict_dir
         self.skip_bad_files = skip_bad_files
         self.augment = augment
+        self.augment_on_device = augment_on_device
         self.eval_batch_size = eval_batch_size or batch_size
         self.classes = list(classes) if classes else None
         self._check_options()
@@ -146,6 +150,13 @@ class SemiSegDataModule(L.LightningDataModule):
             return
         if self.splits is None:
             self._setup_splits()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on_device``: augment training batches where they now are."""
+        trainer = self.trainer
+        if self.augment and self.augment_on_device and trainer is not None and trainer.training:
+            return augment_batch(batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches mixing fully labelled and class-only samples."""
@@ -243,7 +254,9 @@ class SemiSegDataModule(L.LightningDataModule):
         if len(used) < len(data.cache):
             data.cache = data.cache.subset(used)  # free what no split uses
         self.data, self.splits = data, splits
-        train_transform = build_train_transform() if self.augment else None
+        # On-device augmentation happens after the transfer (on_after_batch_transfer).
+        on_cpu = self.augment and not self.augment_on_device
+        train_transform = build_train_transform() if on_cpu else None
         self._datasets = {
             name: SegmentationDataset(
                 splits[name],
