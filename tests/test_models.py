@@ -219,6 +219,16 @@ class TestLayerCAM:
         assert all(p.grad is None for p in model.parameters())
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
+    def test_same_maps_under_inference_mode(self) -> None:
+        # What Lightning's test and predict loops run under: no graph may be built there.
+        model = ClassElevateNet(in_channels=1)
+        image = torch.randn(2, 1, SIZE, SIZE)
+        with torch.no_grad():
+            expected = layercam(model, image)
+        with torch.inference_mode():
+            got = layercam(model, image.clone())
+        torch.testing.assert_close(got, expected)
+
     def test_explicit_target_and_bad_layer(self) -> None:
         model = ClassElevateNet(in_channels=1)
         cam = layercam(model, torch.randn(2, 1, SIZE, SIZE), target=torch.tensor([1, 0]))

@@ -36,15 +36,18 @@ def layercam(
 
     The model runs in eval mode (so BatchNorm statistics are untouched) and is put back in
     its previous mode; gradients are taken only with respect to the activations, so no
-    parameter's ``.grad`` changes. Works inside ``torch.no_grad()``; the result is detached.
+    parameter's ``.grad`` changes. Works inside ``torch.no_grad()`` and
+    ``torch.inference_mode()``; the result is detached.
     """
     if layer not in _STAGES:
         raise ValueError(f"layer must be one of {LAYERCAM_LAYERS}, got {layer!r}")
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            x = image.detach().requires_grad_(True)  # activations need a graph even if frozen
+        # Lightning tests and predicts under inference mode, where no graph can be built:
+        # leave it for this block, with a normal copy of the (inference) input tensor.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = image.clone().requires_grad_(True)  # activations need a graph even if frozen
             stages = model.encode(x)
             logits = model.classify(stages[-1])  # (B, num_classes)
             if target is None:
