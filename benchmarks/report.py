@@ -426,6 +426,10 @@ def update_readme() -> None:
                 f"{_fmt(r['cls_auroc'])} | {f'{paper[0]:.3f}' if paper else '–'} |"
             )
         parts.append("")
+        # What the controls say about where SemiSeg-CAW's lead comes from.
+        notes = controls(rep, {r["row"]: r for r in rep["rows"]})
+        if notes:
+            parts += [*notes, ""]
         # The plot of Dice against pixel-labelled images where the runs allow, else the bars.
         figure = rep.get("plot_labels") or rep.get("plot")
         if figure:
