@@ -13,7 +13,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for protocol.py, however loaded
-from protocol import CLASS_ONLY, CLS_KEYS, CONTROLS, PAPER, SEG_KEYS, VARIANTS, suffix  # noqa: E402
+from protocol import (  # noqa: E402
+    ABLATIONS,
+    CLASS_ONLY,
+    CLS_KEYS,
+    CONTROLS,
+    PAPER,
+    SEG_KEYS,
+    VARIANTS,
+    suffix,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -167,12 +176,16 @@ def comparison(report: dict) -> list[str]:
             if red and red["dice"]["mean"] is not None:
                 d = s - red["dice"]["mean"]
                 parts.append(
-                    f"{'above' if d > 0 else 'NOT above'} {bb}-reduced{sfx} ({d:+.3f} Dice)"
+                    f"{'above' if d > 0 else 'NOT above'} {bb}-reduced{sfx} ({d:+.3f} Dice; "
+                    f"paired {gap(report, semi['row'], red['row'])})"
                 )
             if full and full["dice"]["mean"] is not None:
                 d = s - full["dice"]["mean"]
                 level = "level with or above" if d >= -0.01 else "below"
-                parts.append(f"{level} {bb}-full ({d:+.3f} Dice; 'level' = within 0.01)")
+                parts.append(
+                    f"{level} {bb}-full ({d:+.3f} Dice; paired "
+                    f"{gap(report, semi['row'], full['row'])}; 'level' = within 0.01)"
+                )
             if parts:
                 out.append(f"- {bb}-semiseg-caw{sfx}: " + "; ".join(parts) + ".")
     stalled = [
@@ -218,50 +231,51 @@ def comparison(report: dict) -> list[str]:
     return out
 
 
+def gap(report: dict, row: str, other: str) -> str | None:
+    """Test Dice of ``row`` minus ``other``, paired by seed: the mean of the per-seed
+    differences over the seeds both rows ran (rows of different seeds are not compared)."""
+    dice = {}
+    for r in report["runs"]:
+        value = r["metrics"].get("seg/dice")
+        if r["row"] in (row, other) and value is not None:
+            dice[r["row"], r["seed"]] = value
+    seeds = sorted(
+        {s for name, s in dice if name == row} & {s for name, s in dice if name == other}
+    )
+    if not seeds:
+        return None
+    mean = statistics.mean(dice[row, s] - dice[other, s] for s in seeds)
+    return f"{mean:+.3f} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+
+
 def controls(report: dict, by: dict[str, dict]) -> list[str]:
-    """What the control rows say: the class-only images' share of SemiSeg-CAW's lead, and
-    the stage-1 U-Net on its own. Also which rows reused a stage-1 checkpoint."""
+    """What the controls, variants and ablations say, each as a seed-paired gap to
+    SemiSeg-CAW: the class-only images' share of its lead, the stage-1 U-Net on its own,
+    the paper's ablations. Also which rows reused a stage-1 checkpoint."""
+    ds = report["dataset"]
     out = []
-    for k in CLASS_ONLY[report["dataset"]]:
-        sfx = suffix(report["dataset"], k)
-        semi = by.get(f"malunet-semiseg-caw{sfx}")
-        if not semi or semi["dice"]["mean"] is None:
+    for k in CLASS_ONLY[ds]:
+        sfx = suffix(ds, k)
+        semi = f"malunet-semiseg-caw{sfx}"
+        if semi not in by:
             continue
-        s = semi["dice"]["mean"]
-        ctrl = by.get("malunet-no-class-only") if k == CLASS_ONLY[report["dataset"]][0] else None
-        if ctrl and ctrl["dice"]["mean"] is not None:
-            c = ctrl["dice"]["mean"]
-            red = by.get(f"malunet-reduced{sfx}")
-            gain = f"; over malunet-reduced{sfx} {c - red['dice']['mean']:+.3f}" if red else ""
-            out.append(
-                f"- Control malunet-no-class-only (SemiSeg-CAW trained without the class-only "
-                f"images): {_fmt(ctrl['dice'])} Dice. What the class-only images add to "
-                f"SemiSeg-CAW: {s - c:+.3f} Dice; what the auxiliary model adds without them"
-                f"{gain or ': (no reduced row)'}."
+        named = {
+            f"malunet-reduced{sfx}": "the plain MALUNet on the same masks",
+            f"classelevate-alone{sfx}": "the stage-1 ClassElevateSeg of these runs, alone",
+        }
+        if k == CLASS_ONLY[ds][0]:  # control, variant and ablation rows use this budget
+            named["malunet-no-class-only"] = "trained without the class-only images"
+            named["malunet-all-masks"] = (
+                "given the class-only images' masks too: the most those images could add"
             )
-        for name in (
-            [f"malunet-{v}" for v in VARIANTS] if k == CLASS_ONLY[report["dataset"]][0] else []
-        ):
-            var = by.get(name)
-            if var and var["dice"]["mean"] is not None:
-                out.append(
-                    f"- Variant {name}: {_fmt(var['dice'])} Dice "
-                    f"({var['dice']['mean'] - s:+.3f} against malunet-semiseg-caw{sfx})."
-                )
-        ceiling = by.get("malunet-all-masks") if k == CLASS_ONLY[report["dataset"]][0] else None
-        if ceiling and ceiling["dice"]["mean"] is not None:
-            out.append(
-                f"- Control malunet-all-masks (SemiSeg-CAW given the class-only images' masks "
-                f"too): {_fmt(ceiling['dice'])} Dice, the most the class-only images could add "
-                f"({ceiling['dice']['mean'] - s:+.3f} above SemiSeg-CAW)."
-            )
-        alone = by.get(f"classelevate-alone{sfx}")
-        if alone and alone["dice"]["mean"] is not None:
-            out.append(
-                f"- classelevate-alone{sfx}: the stage-1 ClassElevateSeg of the "
-                f"malunet-semiseg-caw{sfx} runs tested on its own, {_fmt(alone['dice'])} Dice "
-                f"({s - alone['dice']['mean']:+.3f} for the full SemiSeg-CAW over it)."
-            )
+            named |= {f"malunet-{v}": f"variant {v}" for v in VARIANTS}
+            named |= {f"malunet-{a}": f"ablation {a}" for a in ABLATIONS}
+        gaps = []
+        for name, text in named.items():
+            if name in by and (g := gap(report, name, semi)):
+                gaps.append(f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}")
+        if gaps:
+            out += [f"- Against {semi}, test Dice and the seed-paired gap to it:", *gaps]
     shared = sorted({r["row"] for r in report["runs"] if r.get("stage1_from")})
     if shared:
         out.append(

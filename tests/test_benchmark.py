@@ -153,11 +153,19 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     text = tables.markdown(report)
     assert "0.610 ± 0.010" in text and "0.672" in text  # ours with std, and the paper's
     assert "level with or above malunet-full" in text
-    assert "What the class-only images add to SemiSeg-CAW: +0.030 Dice" in text
-    assert "0.640 Dice (+0.010 for the full SemiSeg-CAW over it)" in text
+    # Controls, variants and ablations as seed-paired gaps to SemiSeg-CAW (seed 0 only here).
+    assert (
+        "malunet-no-class-only (trained without the class-only images): 0.620, -0.030 (seed 0)"
+        in text
+    )
+    assert (
+        "classelevate-alone (the stage-1 ClassElevateSeg of these runs, alone): 0.640, -0.010"
+        in text
+    )
     assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
-    assert "the most the class-only images could add (+0.030 above SemiSeg-CAW)" in text
-    assert "Variant malunet-pseudo-labels: 0.660 Dice (+0.010 against malunet-semiseg-caw)" in text
+    assert "the most those images could add): 0.680, +0.030 (seed 0)" in text
+    assert "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0)" in text
+    assert "paired +0.050 (seed 0)" in text  # against malunet-full at seed 0, not its mean
 
     # Dice against pixel-labelled images: unknown until the runs record their counts.
     assert tables.plot_labels(report, tmp_path / "labels.png") is None
@@ -185,7 +193,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert text.startswith("# title\n\nkeep me\n")
     assert text.count(tables.START) == 1 and text.count(tables.END) == 1
     assert "| malunet-semiseg-caw | 100 | 1 | 0.650 |" in text
-    assert "What the class-only images add to SemiSeg-CAW: +0.030 Dice" in text  # the controls
+    assert "trained without the class-only images): 0.620, -0.030 (seed 0)" in text  # controls
 
 
 # ----------------------------------------------------------------------------- real data
