@@ -360,9 +360,10 @@ def plot_labels(report: dict, path: Path) -> str | None:
     plt = _pyplot()
     if not x_of or plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig, ax = plt.subplots(figsize=(7.6, 3.6))
     drawn = 0
-    for label, (backbone, methods) in CURVES.items():
+    markers = "osD^v"
+    for i, (label, (backbone, methods)) in enumerate(CURVES.items()):
         points = sorted(
             (x_of[r["row"]], r["dice"]["mean"], r["dice"]["std"] or 0)
             for r in report["rows"]
@@ -371,7 +372,9 @@ def plot_labels(report: dict, path: Path) -> str | None:
         if not points:
             continue
         xs, ys, es = zip(*points, strict=True)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        # A small sideways offset per method, so that points at the same count stay visible.
+        xs = [x + (i - 2) * 1.5 for x in xs]
+        ax.errorbar(xs, ys, yerr=es, marker=markers[i], capsize=3, label=label)
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -383,7 +386,7 @@ def plot_labels(report: dict, path: Path) -> str | None:
         f"({report['image_size']} px, {report['epochs']} ep.)",
         fontsize=9,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
