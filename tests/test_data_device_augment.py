@@ -135,3 +135,11 @@ def test_runs_on_the_gpu_without_leaving_it() -> None:
     batch = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in lesion_batch().items()}
     out = augment_batch(batch)
     assert all(out[k].is_cuda for k in ("image", "mask", "aux_map"))
+
+
+def test_settings_are_the_loader_pipelines() -> None:
+    from semiseg_caw.data.device_augment import DEFAULTS
+
+    assert DEFAULTS["rotate_limit"] == 30.0 and DEFAULTS["affine_p"] == 0.7
+    with pytest.raises(TypeError, match="rotate_limt"):
+        augment_batch(lesion_batch(), rotate_limt=10)

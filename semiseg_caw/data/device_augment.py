@@ -16,6 +16,7 @@ waits for the device (no ``.item()``, no data-dependent branch).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -23,24 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from semiseg_caw.data.transforms import AUX_MAP_KEY, MEAN, STD
+from semiseg_caw.data.transforms import AUX_MAP_KEY, MEAN, STD, build_train_transform
+
+# The ranges and probabilities of the loader's pipeline: one source for both.
+DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(build_train_transform).parameters.items()
+    if name != "seed"
+}
 
 
-def augment_batch(
-    batch: dict[str, Any],
-    *,
-    rotate_limit: float = 30.0,
-    scale: tuple[float, float] = (0.9, 1.1),
-    shift: float = 0.0625,
-    hflip_p: float = 0.5,
-    vflip_p: float = 0.0,
-    affine_p: float = 0.7,
-    brightness_contrast: float = 0.2,
-    noise: float = 0.15,
-) -> dict[str, Any]:
+def augment_batch(batch: dict[str, Any], **settings: Any) -> dict[str, Any]:
     """A copy of ``batch`` with ``image`` (B, C, H, W, normalised), ``mask`` (B, 1, H, W)
-    and, when present, ``aux_map`` augmented; the arguments mean what they mean in
-    ``build_train_transform``."""
+    and, when present, ``aux_map`` augmented. ``settings`` override the defaults of
+    ``build_train_transform`` (``rotate_limit``, ``scale``, ``shift``, ``hflip_p``,
+    ``vflip_p``, ``affine_p``, ``brightness_contrast``, ``noise``), which they mean here too."""
+    unknown = set(settings) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(
+            f"unknown augmentation settings {sorted(unknown)}; known: {sorted(DEFAULTS)}"
+        )
+    opt = {**DEFAULTS, **settings}
+    rotate_limit, scale, shift = opt["rotate_limit"], opt["scale"], opt["shift"]
+    brightness_contrast, noise = opt["brightness_contrast"], opt["noise"]
     image = batch["image"]
     n, device = image.shape[0], image.device
 
@@ -53,13 +59,13 @@ def augment_batch(
     # One sampling grid per sample. affine_grid wants, for every output pixel, where to read
     # in the input: the inverse of "flip, then rotate / scale / shift" (as albumentations
     # orders them), in coordinates that run from -1 to 1 across the image.
-    warp = coin(affine_p)
+    warp = coin(opt["affine_p"])
     angle = torch.where(warp, uniform(-rotate_limit, rotate_limit) * (math.pi / 180), 0.0)
     zoom = torch.where(warp, uniform(*scale), 1.0)
     tx = torch.where(warp, uniform(-shift, shift) * 2, 0.0)
     ty = torch.where(warp, uniform(-shift, shift) * 2, 0.0)
-    fx = torch.where(coin(hflip_p), -1.0, 1.0)
-    fy = torch.where(coin(vflip_p), -1.0, 1.0)
+    fx = torch.where(coin(opt["hflip_p"]), -1.0, 1.0)
+    fy = torch.where(coin(opt["vflip_p"]), -1.0, 1.0)
     cos, sin = angle.cos() / zoom, angle.sin() / zoom
     theta = torch.stack(
         [
