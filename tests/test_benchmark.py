@@ -62,7 +62,7 @@ def test_rows_cover_the_protocol() -> None:
         "malunet-reduced-48",
         "malunet-semiseg-caw-48",
     ]
-    assert len(protocol.select_rows("busi", ["unext-*"], False)) == 12  # + controls, variants
+    assert len(protocol.select_rows("busi", ["unext-*"], False)) == 14  # + controls, variants
     # The stage-1-alone row comes from the SemiSeg-CAW runs: listed, never scheduled.
     assert "classelevate-alone-48" in [r["name"] for r in protocol.all_rows("ddti")]
     assert not protocol.select_rows("busi", ["*"], False)[-1].get("derived")
@@ -88,6 +88,7 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("malunet-semiseg-caw-48")) is None  # the source itself
     assert bench.shared_stage1(job("malunet-no-class-only")) is None  # other stage-1 data
     assert bench.shared_stage1(job("malunet-no-classelevate")) is None  # no stage 1
+    assert bench.shared_stage1(job("malunet-stage1-no-cam")) is None  # its own stage 1
 
 
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:

@@ -75,6 +75,15 @@ def test_stage1_weights_become_the_auxiliary_model(
         SemiSegCAW(stage1_checkpoint=str(path), in_channels=3).setup("fit")
 
 
+def test_stage1_run_takes_its_loss_weights_from_the_model() -> None:
+    from semiseg_caw.lit.stages import stage1_module
+
+    default = stage1_module(SemiSegCAW())
+    assert set(default.term_weights) == {"ce", "bce", "dice", "cam", "presence"}
+    no_cam = stage1_module(SemiSegCAW(stage1_loss_weights={"cam": 0.0, "presence": 0.5}))
+    assert "cam" not in no_cam.term_weights and no_cam.term_weights["presence"] == 0.5
+
+
 def test_frozen_auxiliary_model_does_not_change(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     model = SemiSegCAW(aux_mode="frozen")
@@ -114,6 +123,8 @@ def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
         (dict(aux_source="none", loss_terms=["bce", "pseudo"]), "auxiliary model"),
         (dict(weighting="wgm", loss_weights={"bce": 2.0}), "static only"),
         (dict(pseudo_threshold=0.3), "pseudo_threshold"),
+        (dict(stage1_loss_weights={"camm": 0.0}), "stage1_loss_weights"),
+        (dict(stage1_loss_weights={"cam": -1.0}), "stage1_loss_weights"),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:

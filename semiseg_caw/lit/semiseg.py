@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from semiseg_caw.checkpoints import load_submodule
 from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
 from semiseg_caw.lit.base import SegmentationTask
+from semiseg_caw.lit.class_elevate import STAGE1_TERMS
 from semiseg_caw.losses import (
     bce_loss,
     cross_entropy_loss,
@@ -57,6 +58,8 @@ class SemiSegCAW(SegmentationTask):
         stage1_checkpoint: ClassElevateSeg checkpoint to start from.
         stage1_epochs: epochs of the stage-1 run that ``fit`` starts when no
             checkpoint is given (None: as many as stage 2).
+        stage1_loss_weights: loss weights of that stage-1 run, by term (``ce, bce,
+            dice, cam, presence``; see ``ClassElevateSeg``); None keeps its defaults.
         aux_lr_scale: learning-rate factor of the auxiliary model when fine-tuned.
         classifier: add the auxiliary-map-guided classification head.
         classifier_hidden: width of the classification head's hidden layer.
@@ -89,6 +92,7 @@ class SemiSegCAW(SegmentationTask):
         aux_encoder: str = "resnet18",
         stage1_checkpoint: str | None = None,
         stage1_epochs: int | None = None,
+        stage1_loss_weights: dict[str, float] | None = None,
         aux_lr_scale: float = 0.1,
         classifier: bool = True,
         classifier_hidden: int = 64,
@@ -125,6 +129,11 @@ class SemiSegCAW(SegmentationTask):
             raise ValueError("loss term 'aux' supervises a fine-tuned ClassElevateSeg only")
         if not 0.5 < hp.pseudo_threshold < 1:
             raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp.pseudo_threshold}")
+        stage1_weights = hp.get("stage1_loss_weights") or {}
+        if set(stage1_weights) - set(STAGE1_TERMS) or any(w < 0 for w in stage1_weights.values()):
+            raise ValueError(
+                f"stage1_loss_weights takes weights >= 0 of {STAGE1_TERMS}, got {stage1_weights}"
+            )
         if hp.aux_lr_scale <= 0:
             raise ValueError(f"aux_lr_scale must be > 0, got {hp.aux_lr_scale}")
         if hp.cache_aux_maps and (

@@ -44,6 +44,7 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         in_channels=hp.in_channels,
         encoder=hp.aux_encoder,
         normal_class=normal_class,
+        loss_weights=hp.get("stage1_loss_weights"),
         lr=hp.lr,
         weight_decay=hp.weight_decay,
         min_lr=hp.min_lr,
