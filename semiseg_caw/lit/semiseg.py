@@ -316,7 +316,10 @@ class SemiSegCAW(SegmentationTask):
         loss = self.weighting(terms)
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
-        self.log_dict({f"wgm/{k}": w for k, w in self.weighting.weights().items()}, batch_size=bs)
+        # Weights stay tensors on the device: `weights()` would copy them to the host (a GPU
+        # sync) every step; the logger converts them only when it writes.
+        weights = self.weighting.weight_tensor()
+        self.log_dict({f"wgm/{k}": w for k, w in zip(self.weighting.names, weights)}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         return self.guard_loss(loss)
 

@@ -1,0 +1,56 @@
+"""Host syncs and operator counts of a training step (benchmarks/step_ops.py, issue 6)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from semiseg_caw import SemiSegDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_step_ops():
+    path = REPO / "benchmarks" / "step_ops.py"
+    spec = importlib.util.spec_from_file_location("benchmarks.step_ops", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("benchmarks.step_ops", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+step_ops = _load_step_ops()
+
+
+def test_counter_sees_every_kind_of_host_sync() -> None:
+    x = torch.arange(4.0)
+    with step_ops.OpCounter() as counter:
+        y = x * 2 + 1  # device work only
+    assert sum(counter.syncs.values()) == 0 and counter.ops["mul"] == 1
+    for sync in (
+        lambda: y.sum().item(),
+        lambda: bool(y.max() > 0),
+        lambda: y.tolist(),
+        lambda: y.cpu().tolist(),
+        lambda: y[y > 2],
+    ):
+        with step_ops.OpCounter() as counter:
+            sync()
+        assert sum(counter.syncs.values()) == 1, counter.syncs
+    assert torch.Tensor.tolist(torch.ones(2)) == [1.0, 1.0]  # methods restored on exit
+
+
+@pytest.mark.parametrize("variant", ["malunet", "caw-finetune"])
+def test_a_training_step_syncs_only_in_the_non_finite_guard(variant: str) -> None:
+    # One sync per step is the price of skipping non-finite steps; anything else (a logged
+    # weight copied to the host, a boolean index in a loss) would stall a GPU every step.
+    dm = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=24, class_only=4)
+    row = step_ops.count_variant(variant, dm, step=1)
+    assert row["syncs"] == 1, row["sync_sites"]
+    (site,) = row["sync_sites"]
+    assert "semiseg_caw/lit/base.py" in site
+    assert 0 < row["ops_in_graphed_networks"] < row["ops"]
