@@ -135,12 +135,13 @@ def _network_ops(module: Any, batch: dict[str, Any]) -> int:
     total = 0
     for network, channels, grad in targets:
         x = torch.randn(b, channels, h, w, requires_grad=grad)
-        seed = None
         with OpCounter() as counter:
             out = network(x)
-            seed = torch.ones_like(out.mask_logits)
-            torch.autograd.backward([out.mask_logits], [seed])
-        total += sum(counter.ops.values()) - 1  # not the ones_like of the harness
+            # Every output the step differentiates (mask, class logits, features for a head).
+            outputs = [t for t in out if torch.is_tensor(t) and t.requires_grad]
+            seeds = [torch.ones_like(t) for t in outputs]
+            torch.autograd.backward(outputs, seeds)
+        total += sum(counter.ops.values()) - len(seeds)  # not the harness's ones_like
         network.zero_grad(set_to_none=True)
     return total
 
