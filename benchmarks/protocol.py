@@ -74,6 +74,18 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "note": "CPU budget: 96 px, 8 epochs (stage 1 of SemiSeg-CAW: 6) instead of 256 px and 300. "
         "Good for comparing rows against each other, not for headline numbers",
     },
+    "gpu": {
+        "image_size": 256,
+        "epochs": 40,
+        "stage1_epochs": 40,
+        "seeds": [0, 1, 2],
+        "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
+        "trainer": [],
+        "first_budget_only": True,
+        "note": "GPU budget: 256 px as in the protocol, but 40 epochs per stage instead of 300, "
+        "sized so that the nine runs (three rows, three seeds) share one GPU within one "
+        "10-minute device call (benchmarks/device_run.sh); not the paper's schedule",
+    },
     "full": {
         "image_size": 256,
         "epochs": 300,

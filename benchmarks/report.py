@@ -139,7 +139,8 @@ def markdown(report: dict) -> str:
         lines += ["Failed runs: " + ", ".join(report["failed"]), ""]
     lines.append(
         "The `full` budget (256 px, 300 epochs, 3 seeds, every row) needs a GPU; "
-        "results/…-full.* appear only once it has been run there."
+        "results/…-full.* appear only once it has been run there (the `gpu` budget, 40 "
+        "epochs, fits one lent device call: `benchmarks/device_run.sh`)."
     )
     return "\n".join(lines) + "\n"
 
@@ -450,12 +451,16 @@ def update_readme() -> None:
         # The plot of Dice against pixel-labelled images where the runs allow, else the bars.
         figure = rep.get("plot_labels") or rep.get("plot")
         if figure:
-            parts += [f"![{stem}]({figure})", ""]
+            # By name: a report written on the device machine holds that machine's path.
+            parts += [f"![{stem}](benchmarks/results/{Path(figure).name})", ""]
     if not any(r["budget"] == "full" for r in reports):
         parts += [
             "The `full` budget (the protocol: 256 px, 300 epochs, 3 seeds, every row) has "
-            "not been run yet: it needs a GPU (`python benchmarks/run.py --dataset busi "
-            "--budget full --parallel 3`).",
+            "not been run yet: it needs a GPU for longer than one lent device call "
+            "(`python benchmarks/run.py --dataset busi --budget full --parallel 3`). The "
+            "`gpu` budget (256 px, 40 epochs per stage, the three MALUNet rows, 3 seeds) is "
+            "sized for one 10-minute call on a lent H200: `benchmarks/device_prepare.sh` "
+            "here, then `benchmarks/device_run.sh bench busi` there.",
             "",
         ]
     parts.append(END)

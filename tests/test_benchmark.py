@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -364,3 +366,17 @@ def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
     ckpt = next((tmp_path / "fit" / "checkpoints").glob("best-epoch=*.ckpt"))
     metrics = _test_on_manifest(ckpt, configs, manifest, split, 32, tmp_path / "test")
     assert 0.0 <= metrics["test/cls_auroc"] <= 1.0  # SemiSeg-CAW: classification metrics too
+
+
+def test_device_scripts_parse_and_refuse_to_run_without_out() -> None:
+    for name in ("device_run.sh", "device_prepare.sh"):
+        script = REPO / "benchmarks" / name
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, name
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "device_run.sh"), "bench", "busi"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "OUT must name" in done.stderr
