@@ -292,6 +292,17 @@ def test_non_finite_steps_are_skipped_counted_and_checkpointed(tmp_path):
     assert restored.bad_steps == 3
 
 
+def test_guarded_buffers_follow_train_and_eval_and_leave_a_frozen_aux_model_out():
+    model = SemiSegCAW(aux_mode="frozen").train()
+    aux = {id(b) for b in model.net.aux_model.buffers()}
+    guarded = model._step_buffers()
+    assert guarded and not aux & {id(b) for b in guarded}
+    assert model.eval()._step_buffers() == []  # nothing trains in eval mode
+    assert len(model.train()._step_buffers()) == len(guarded)
+    model.to(torch.float64)  # .to() replaces buffer tensors: the new ones are guarded
+    assert all(b.dtype != torch.float32 for b in model._step_buffers() if b.is_floating_point())
+
+
 def test_too_many_non_finite_steps_stop_training_with_a_clear_message(tmp_path):
     L.seed_everything(0)
     model = small_model(max_bad_steps=2)

@@ -143,10 +143,22 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return None
 
+    def train(self, mode: bool = True) -> SegmentationTask:
+        self._buffer_modules = None  # which modules train may change: found again when needed
+        return super().train(mode)
+
     def _step_buffers(self) -> list[Tensor]:
         """The buffers a training step can change: those of modules in training mode (a
-        frozen auxiliary model stays in eval mode, so its BatchNorm statistics are fixed)."""
-        return [b for m in self.modules() if m.training for b in m.buffers(recurse=False)]
+        frozen auxiliary model stays in eval mode, so its BatchNorm statistics are fixed).
+
+        The modules are found once per ``train()``/``eval()``, not in every step (a walk
+        over some 400 modules); their buffers are read each time, as ``.to()`` replaces them.
+        """
+        modules = getattr(self, "_buffer_modules", None)
+        if modules is None:
+            modules = [m for m in self.modules() if m.training and m._buffers]
+            self._buffer_modules = modules
+        return [b for m in modules for b in m._buffers.values() if b is not None]
 
     def _keep_buffers(self) -> None:
         """Copy the buffers as they are after a good step (a few thousand numbers)."""

@@ -319,7 +319,8 @@ class SemiSegCAW(SegmentationTask):
         # Weights stay tensors on the device: `weights()` would copy them to the host (a GPU
         # sync) every step; the logger converts them only when it writes.
         weights = self.weighting.weight_tensor()
-        self.log_dict({f"wgm/{k}": w for k, w in zip(self.weighting.names, weights)}, batch_size=bs)
+        named = zip(self.weighting.names, weights, strict=True)
+        self.log_dict({f"wgm/{k}": w for k, w in named}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         return self.guard_loss(loss)
 
