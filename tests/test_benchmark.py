@@ -5,16 +5,15 @@ data set given as a manifest)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scripts import load_script
 
 from semiseg_caw.cli import main as cli_main
 
@@ -30,15 +29,7 @@ TEST_KEYS = (
 )
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("benchmarks.run", REPO / "benchmarks" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("benchmarks.run", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_script("run")
 import protocol  # noqa: E402  (benchmarks/ is on sys.path once run.py is loaded)
 import report as tables  # noqa: E402
 

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from data_fixtures import write_busi, write_ddti
+from scripts import load_script
 
 from semiseg_caw.data.readers import load_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_shrink():
-    path = REPO / "benchmarks" / "shrink_data.py"
-    spec = importlib.util.spec_from_file_location("benchmarks.shrink_data", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("benchmarks.shrink_data", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-shrink_data = _load_shrink()
+shrink_data = load_script("shrink_data")
 
 
 @pytest.mark.parametrize("dataset, write", [("busi", write_busi), ("ddti", write_ddti)])

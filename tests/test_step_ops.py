@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from scripts import load_script
 
 from semiseg_caw import SemiSegDataModule
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_step_ops():
-    path = REPO / "benchmarks" / "step_ops.py"
-    spec = importlib.util.spec_from_file_location("benchmarks.step_ops", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("benchmarks.step_ops", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-step_ops = _load_step_ops()
+step_ops = load_script("step_ops")
 
 
 def test_counter_sees_every_kind_of_host_sync() -> None:
