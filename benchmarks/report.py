@@ -249,6 +249,25 @@ def gap(report: dict, row: str, other: str) -> str | None:
     return f"{mean:+.3f} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
 
 
+def stage1_alone(report: dict, row: str, reference: str) -> str:
+    """For a row that trained its own stage 1 (a ``stage1-*`` variant): that ClassElevateSeg's
+    test Dice alone, and its seed-paired gap to ``reference`` (SemiSeg-CAW's stage 1)."""
+    own = {
+        r["seed"]: r["stage1_alone"]["seg/dice"]
+        for r in report["runs"]
+        if r["row"] == row and "seg/dice" in r.get("stage1_alone", {})
+    }
+    if not own:
+        return ""
+    ref = {r["seed"]: r["metrics"].get("seg/dice") for r in report["runs"] if r["row"] == reference}
+    text = f"; its stage 1 alone {statistics.mean(own.values()):.3f}"
+    seeds = sorted(s for s in own if ref.get(s) is not None)
+    if seeds:
+        paired = statistics.mean(own[s] - ref[s] for s in seeds)
+        text += f", {paired:+.3f} against {reference} (seeds {', '.join(map(str, seeds))})"
+    return text
+
+
 def controls(report: dict, by: dict[str, dict]) -> list[str]:
     """What the controls, variants and ablations say, each as a seed-paired gap to
     SemiSeg-CAW: the class-only images' share of its lead, the stage-1 U-Net on its own,
@@ -274,7 +293,10 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
         gaps = []
         for name, text in named.items():
             if name in by and (g := gap(report, name, semi)):
-                gaps.append(f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}")
+                gaps.append(
+                    f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}"
+                    + stage1_alone(report, name, f"classelevate-alone{sfx}")
+                )
         if gaps:
             out += [f"- Against {semi}, test Dice and the seed-paired gap to it:", *gaps]
     shared = sorted({r["row"] for r in report["runs"] if r.get("stage1_from")})

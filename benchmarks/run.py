@@ -262,9 +262,8 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     rundir: Path = job["dir"]
     result_file = rundir / "result.json"
     if result_file.is_file() and not force:
-        record = json.loads(result_file.read_text())
         test_stage1(job, threads)
-        return record
+        return json.loads(result_file.read_text())  # as test_stage1 may have added to it
     if force and rundir.exists():
         import shutil
 
@@ -305,14 +304,19 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
         )
     result_file.write_text(json.dumps(record, indent=1))
     test_stage1(job, threads)
-    return record
+    return json.loads(result_file.read_text())
 
 
 def test_stage1(job: dict, threads: int) -> None:
-    """For a run that trained its own stage 1 (malunet-semiseg-caw): test that
-    ClassElevateSeg alone and file it as the ``classelevate-alone`` row of the same seed."""
+    """For a run that trained its own stage 1, test that ClassElevateSeg alone: for
+    malunet-semiseg-caw, filed as the ``classelevate-alone`` row of the same seed; for a
+    stage-1 variant (``stage1-*``), kept in the run's record as ``stage1_alone``."""
     row, rundir = job["row"], job["dir"]
-    if row["name"] != f"malunet-semiseg-caw{suffix(job['dataset'], row['class_only'])}":
+    variant = row["method"].startswith("stage1-")
+    if (
+        not variant
+        and row["name"] != f"malunet-semiseg-caw{suffix(job['dataset'], row['class_only'])}"
+    ):
         return
     if not list((rundir / "stage1" / "checkpoints").glob("best-epoch=*.ckpt")):
         return
@@ -322,7 +326,8 @@ def test_stage1(job: dict, threads: int) -> None:
         if r.get("derived") and r["class_only"] == row["class_only"]
     )
     out = rundir.parents[1] / derived["name"] / f"seed{job['seed']}" / "result.json"
-    if out.is_file():
+    parent = json.loads((rundir / "result.json").read_text())
+    if (out.is_file() and not variant) or (variant and "stage1_alone" in parent):
         return
     if not (rundir / "stage1_test.json").is_file():
         common = run_args(job["dataset"], derived, job["budget"], job["data_root"])
@@ -338,9 +343,12 @@ def test_stage1(job: dict, threads: int) -> None:
             "spec_stage1.json",
         )
     tested = json.loads((rundir / "stage1_test.json").read_text())
+    if variant:
+        parent["stage1_alone"] = tested["metrics"]
+        (rundir / "result.json").write_text(json.dumps(parent, indent=1))
+        return
     timing_file = rundir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-    parent = json.loads((rundir / "result.json").read_text())
     record = _record(job, derived, tested, parent.get("commit"), {})
     record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
     record["derived_from"] = str(

@@ -84,6 +84,21 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("malunet-stage1-no-cam")) is None  # its own stage 1
 
 
+def test_a_stage1_variant_keeps_its_own_stage1_test_in_its_record(tmp_path: Path) -> None:
+    row = next(r for r in protocol.all_rows("busi") if r["name"] == "malunet-stage1-ce-only")
+    rundir = tmp_path / row["name"] / "seed0"
+    (rundir / "stage1" / "checkpoints").mkdir(parents=True)
+    (rundir / "stage1" / "checkpoints" / "best-epoch=002.ckpt").write_bytes(b"")
+    (rundir / "result.json").write_text(json.dumps({"row": row["name"], "seed": 0}))
+    # Already tested: no worker starts, the metrics go into the run's record.
+    (rundir / "stage1_test.json").write_text(json.dumps({"metrics": {"seg/dice": 0.5}}))
+    job = {"dataset": "busi", "row": row, "seed": 0, "dir": rundir}
+    bench.test_stage1(job, threads=1)
+    record = json.loads((rundir / "result.json").read_text())
+    assert record["stage1_alone"] == {"seg/dice": 0.5}
+    assert not (tmp_path / "classelevate-alone").exists()  # not filed as the derived row
+
+
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
     iou = dice / (2 - dice)
     metrics = {f"seg/{k}": 0.5 for k in protocol.SEG_KEYS}
@@ -114,6 +129,8 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records += [_fake_record("malunet-pseudo-labels", "pseudo-labels", 0, 0.66)]
     records += [_fake_record("classelevate-alone", "classelevate-alone", 0, 0.64)]
     records[-5]["stage1_from"] = "x"
+    records += [_fake_record("malunet-stage1-no-cam", "stage1-no-cam", 0, 0.67)]
+    records[-1]["stage1_alone"] = {"seg/dice": 0.66}  # its own stage 1, tested alone
     order = [r["name"] for r in protocol.all_rows("busi")]
     rows = tables.summarise(records, order)
     assert [r["row"] for r in rows] == [
@@ -122,6 +139,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "malunet-no-class-only",
         "malunet-all-masks",
         "malunet-pseudo-labels",
+        "malunet-stage1-no-cam",
         "classelevate-alone",
     ]
     assert rows[0]["dice"]["mean"] == pytest.approx(0.61)
@@ -160,6 +178,10 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "the most those images could add): 0.680, +0.030 (seed 0)" in text
     assert "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0)" in text
     assert "paired +0.050 (seed 0)" in text  # against malunet-full at seed 0, not its mean
+    assert (
+        "malunet-stage1-no-cam (variant stage1-no-cam): 0.670, +0.020 (seed 0); its stage 1 "
+        "alone 0.660, +0.020 against classelevate-alone (seeds 0)" in text
+    )
 
     # Dice against pixel-labelled images: unknown until the runs record their counts.
     assert tables.plot_labels(report, tmp_path / "labels.png") is None
