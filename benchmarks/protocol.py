@@ -35,8 +35,15 @@ ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wg
 CONTROLS = ["no-class-only", "all-masks"]
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
-# CAM target, or without both class-to-pixel terms.
-VARIANTS = ["pseudo-labels", "frozen-aux-cached", "stage1-no-cam", "stage1-ce-only"]
+# CAM target, without both class-to-pixel terms, or with a consistency term on class-only
+# images.
+VARIANTS = [
+    "pseudo-labels",
+    "frozen-aux-cached",
+    "stage1-no-cam",
+    "stage1-ce-only",
+    "stage1-consistency",
+]
 # Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
 # they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
 # stage 2 only (LayerCAM reads the same ClassElevateSeg's classifier). The stage1-* variants

@@ -34,6 +34,7 @@ __all__ = [
     "focal_tversky_loss",
     "lesion_presence_loss",
     "pseudo_label_loss",
+    "soft_target_loss",
 ]
 
 
@@ -167,17 +168,25 @@ def cross_entropy_loss(
 
 
 # -- class-to-pixel terms for class-only samples -----------------------------------------
-def cam_consistency_loss(seg_logits: Tensor, cam: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Soft BCE pulling the segmentation towards a class activation map in [0, 1].
+def soft_target_loss(
+    seg_logits: Tensor, target: Tensor, valid: Tensor | None = None, name: str = "target"
+) -> Tensor:
+    """Soft BCE pulling the segmentation towards a fixed probability map in [0, 1].
 
-    The CAM is a fixed target (detached here) of the same shape as ``seg_logits``;
-    the loss is averaged over the pixels of the valid (class-only) samples.
+    The map is a target (detached here) of the same shape as ``seg_logits``; the loss is
+    averaged over the pixels of the valid samples.
     """
-    _check_pair(seg_logits, cam, "cam")
+    _check_pair(seg_logits, target, name)
     valid = _valid_mask(valid, seg_logits)
-    cam = _clean_target(cam.detach(), valid).nan_to_num(0.0).clamp(0.0, 1.0)
-    per_pixel = F.binary_cross_entropy_with_logits(seg_logits.float(), cam, reduction="none")
+    target = _clean_target(target.detach(), valid).nan_to_num(0.0).clamp(0.0, 1.0)
+    per_pixel = F.binary_cross_entropy_with_logits(seg_logits.float(), target, reduction="none")
     return _masked_mean(per_pixel.flatten(1).mean(1), valid)
+
+
+def cam_consistency_loss(seg_logits: Tensor, cam: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Soft BCE pulling the segmentation towards a class activation map in [0, 1], averaged
+    over the pixels of the valid (class-only) samples; see :func:`soft_target_loss`."""
+    return soft_target_loss(seg_logits, cam, valid, name="cam")
 
 
 def lesion_presence_loss(

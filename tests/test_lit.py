@@ -130,3 +130,17 @@ def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SemiSegCAW(**kwargs)
+
+
+def test_stage1_consistency_term_is_off_by_default_and_needs_class_only_images() -> None:
+    L.seed_everything(0)
+    assert "consistency" not in ClassElevateSeg(encoder="resnet10t").term_weights
+    model = ClassElevateSeg(encoder="resnet10t", loss_weights={"consistency": 1.0})
+    dm = datamodule()
+    dm.setup("fit")
+    batch = next(b for b in dm.train_dataloader() if (b["has_label"] & ~b["has_mask"]).any())
+    consistency = model.loss_terms(batch)["consistency"]
+    assert consistency > 0 and consistency.requires_grad
+    # A batch without class-only images: a graph-connected zero.
+    masked = {**batch, "has_mask": torch.ones_like(batch["has_mask"])}
+    assert model.loss_terms(masked)["consistency"] == 0

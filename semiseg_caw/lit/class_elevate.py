@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from semiseg_caw.lit.base import SegmentationTask
@@ -13,11 +14,12 @@ from semiseg_caw.losses import (
     cross_entropy_loss,
     dice_loss,
     lesion_presence_loss,
+    soft_target_loss,
 )
 from semiseg_caw.models.class_elevate import ClassElevateNet
 from semiseg_caw.models.wgm import StaticWeighting
 
-STAGE1_TERMS = ("ce", "bce", "dice", "cam", "presence")
+STAGE1_TERMS = ("ce", "bce", "dice", "cam", "presence", "consistency")
 
 
 class ClassElevateSeg(SegmentationTask):
@@ -27,6 +29,9 @@ class ClassElevateSeg(SegmentationTask):
     a mask, and on class-only samples two class-to-pixel terms: a soft target
     from the class activation map of the true class (``cam``) and a
     lesion-present constraint on the top-k probabilities (``presence``).
+    Optionally (``consistency``, off by default) a third: the mask of a flipped,
+    intensity-jittered copy of a class-only image, flipped back, is pulled
+    towards the (fixed) mask of the image itself; this costs a second forward pass.
 
     Args:
         num_classes: number of image classes (linked from the data module).
@@ -34,8 +39,9 @@ class ClassElevateSeg(SegmentationTask):
         encoder: any timm backbone name for the U-Net encoder.
         pretrained: load ImageNet weights for the encoder (needs a download).
         dropout: dropout before the classification layer.
-        loss_weights: fixed weight per term of ``ce, bce, dice, cam, presence``; a
-            term with weight 0 is not computed.
+        loss_weights: fixed weight per term of ``ce, bce, dice, cam, presence,
+            consistency``; a term with weight 0 is not computed (``consistency``: 0
+            unless given).
         normal_class: index of a lesion-free class (e.g. BUSI normal), whose
             images are supervised with an empty mask; None when there is none.
         presence_topk: fraction of pixels whose mean probability must be high
@@ -64,7 +70,7 @@ class ClassElevateSeg(SegmentationTask):
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
 
     def configure_models(self) -> None:
-        weights = {"ce": 1.0, "bce": 1.0, "dice": 1.0, "cam": 0.2, "presence": 0.2}
+        weights = dict(ce=1.0, bce=1.0, dice=1.0, cam=0.2, presence=0.2, consistency=0.0)
         given = self.hparams.loss_weights or {}
         unknown = set(given) - set(STAGE1_TERMS)
         if unknown:
@@ -110,6 +116,10 @@ class ClassElevateSeg(SegmentationTask):
             terms["presence"] = lesion_presence_loss(
                 out.mask_logits, present, class_only, topk_fraction=self.hparams.presence_topk
             )
+        if "consistency" in self.term_weights:
+            view = self.net(jitter(batch["image"]).flip(-1))
+            target = torch.sigmoid(out.mask_logits).detach()
+            terms["consistency"] = soft_target_loss(view.mask_logits.flip(-1), target, class_only)
         return terms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -119,3 +129,15 @@ class ClassElevateSeg(SegmentationTask):
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         return self.guard_loss(loss)
+
+
+def jitter(
+    image: Tensor, contrast: float = 0.2, brightness: float = 0.2, noise: float = 0.1
+) -> Tensor:
+    """A per-sample contrast / brightness change and pixel noise of a normalised image batch:
+    the second view of the consistency term."""
+    b = image.shape[0]
+    shape = (b,) + (1,) * (image.ndim - 1)
+    scale = 1 + contrast * (2 * torch.rand(shape, device=image.device) - 1)
+    shift = brightness * (2 * torch.rand(shape, device=image.device) - 1)
+    return image * scale + shift + noise * torch.randn_like(image)
