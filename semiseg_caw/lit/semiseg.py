@@ -59,7 +59,8 @@ class SemiSegCAW(SegmentationTask):
         stage1_epochs: epochs of the stage-1 run that ``fit`` starts when no
             checkpoint is given (None: as many as stage 2).
         stage1_loss_weights: loss weights of that stage-1 run, by term (``ce, bce,
-            dice, cam, presence``; see ``ClassElevateSeg``); None keeps its defaults.
+            dice, cam, presence, consistency``; see ``ClassElevateSeg``); None keeps
+            its defaults.
         aux_lr_scale: learning-rate factor of the auxiliary model when fine-tuned.
         classifier: add the auxiliary-map-guided classification head.
         classifier_hidden: width of the classification head's hidden layer.
