@@ -336,7 +336,7 @@ def test_predict_loader(tmp_path):
         SemiSegDataModule().setup("predict")
 
 
-def test_lightning_trainer_consumes_the_loaders():
+def test_lightning_trainer_consumes_the_loaders(make_trainer):
     import lightning as L
 
     class Probe(L.LightningModule):
@@ -359,16 +359,7 @@ def test_lightning_trainer_consumes_the_loaders():
         image_size=32, batch_size=8, synthetic_samples=60, class_only=0.5, class_only_per_batch=0.5
     )
     probe = Probe()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(max_epochs=2, limit_val_batches=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(probe, datamodule=dm)

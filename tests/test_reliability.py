@@ -251,30 +251,16 @@ def small_model(**kwargs) -> SemiSegCAW:
     return SemiSegCAW(aux_source="none", loss_terms=["bce", "dice", "ce"], **kwargs)
 
 
-def small_trainer(tmp_path: Path, batches: int, epochs: int = 1, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
-
-
 def small_data() -> SemiSegDataModule:
     return SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, augment=False)
 
 
-def test_non_finite_steps_are_skipped_counted_and_checkpointed(tmp_path):
+def test_non_finite_steps_are_skipped_counted_and_checkpointed(tmp_path, make_trainer):
     L.seed_everything(0)
     model = small_model()
     poison(model, {1: "nan", 2: "image", 3: "inf"})
     snapshots = Snapshots()
-    trainer = small_trainer(tmp_path, 5, callbacks=[snapshots], enable_checkpointing=False)
+    trainer = make_trainer(limit_train_batches=5, limit_val_batches=0, callbacks=[snapshots])
     with pytest.warns(RuntimeWarning, match="non-finite training loss") as caught:
         trainer.fit(model, datamodule=small_data())
     messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
@@ -303,7 +289,7 @@ def test_guarded_buffers_follow_train_and_eval_and_leave_a_frozen_aux_model_out(
     assert all(b.dtype != torch.float32 for b in model._step_buffers() if b.is_floating_point())
 
 
-def test_too_many_non_finite_steps_stop_training_with_a_clear_message(tmp_path):
+def test_too_many_non_finite_steps_stop_training_with_a_clear_message(make_trainer):
     L.seed_everything(0)
     model = small_model(max_bad_steps=2)
     poison(model, dict.fromkeys(range(10), "nan"))
@@ -311,7 +297,8 @@ def test_too_many_non_finite_steps_stop_training_with_a_clear_message(tmp_path):
         pytest.warns(RuntimeWarning, match="non-finite"),
         pytest.raises(FloatingPointError, match=r"\(3/2 allowed\)\. Stopping: lower the learning"),
     ):
-        small_trainer(tmp_path, 5, enable_checkpointing=False).fit(model, datamodule=small_data())
+        trainer = make_trainer(limit_train_batches=5, limit_val_batches=0)
+        trainer.fit(model, datamodule=small_data())
 
 
 # -- 5. bad configuration -------------------------------------------------------------------
@@ -398,7 +385,7 @@ def test_unwritable_checkpoint_folder_fails_before_any_training(tmp_path):
     assert not (tmp_path / "run" / "stage1").exists()
 
 
-def test_every_random_stream_is_reseeded_per_epoch(tmp_path):
+def test_every_random_stream_is_reseeded_per_epoch(make_trainer):
     # The mechanism behind the exact resume, in-process: two epochs' draws depend on
     # (seed, epoch) and not on what happened before.
     class Draws(Callback):
@@ -413,7 +400,12 @@ def test_every_random_stream_is_reseeded_per_epoch(tmp_path):
     def run(epochs: int) -> list[tuple]:
         L.seed_everything(5)
         draws = Draws()
-        trainer = small_trainer(tmp_path, 2, epochs, callbacks=[EpochSeeding(), draws])
+        trainer = make_trainer(
+            limit_train_batches=2,
+            limit_val_batches=0,
+            max_epochs=epochs,
+            callbacks=[EpochSeeding(), draws],
+        )
         dm = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40)
         trainer.fit(small_model(), datamodule=dm)
         return draws.draws
