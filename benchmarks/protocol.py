@@ -36,13 +36,16 @@ CONTROLS = ["no-class-only", "all-masks"]
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
-# images.
+# images; the auxiliary map also added to the output logits; the auxiliary model fine-tuned
+# at the full learning rate.
 VARIANTS = [
     "pseudo-labels",
     "frozen-aux-cached",
     "stage1-no-cam",
     "stage1-ce-only",
     "stage1-consistency",
+    "aux-output-skip",
+    "aux-full-lr",
 ]
 # Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
 # they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
@@ -55,6 +58,8 @@ SHARES_STAGE1 = {
     "layercam",
     "pseudo-labels",
     "frozen-aux-cached",
+    "aux-output-skip",
+    "aux-full-lr",
 }
 
 # Budgets: trainer/data settings, default rows and seeds.

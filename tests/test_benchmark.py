@@ -55,7 +55,9 @@ def test_rows_cover_the_protocol() -> None:
         "malunet-reduced-48",
         "malunet-semiseg-caw-48",
     ]
-    assert len(protocol.select_rows("busi", ["unext-*"], False)) == 15  # + controls, variants
+    # full, reduced, SemiSeg-CAW, then one row per ablation, control and variant.
+    extra = protocol.ABLATIONS + protocol.CONTROLS + protocol.VARIANTS
+    assert len(protocol.select_rows("busi", ["unext-*"], False)) == 3 + len(extra)
     # The stage-1-alone row comes from the SemiSeg-CAW runs: listed, never scheduled.
     assert "classelevate-alone-48" in [r["name"] for r in protocol.all_rows("ddti")]
     assert not protocol.select_rows("busi", ["*"], False)[-1].get("derived")

@@ -292,6 +292,27 @@ class TestSemiSegCAWNet:
         with pytest.raises(ValueError, match="aux_map"):
             net(image, aux_map=cached[:, :, :32])
 
+    def test_output_skip_starts_as_the_plain_model_and_learns_its_gain(self) -> None:
+        torch.manual_seed(0)
+        plain = build_semiseg_net("unext", in_channels=1).eval()
+        skip = build_semiseg_net("unext", in_channels=1, output_skip=True).eval()
+        skip.load_state_dict(plain.state_dict(), strict=False)  # all but the gain
+        image = torch.randn(2, 1, SIZE, SIZE)
+        torch.testing.assert_close(skip(image).mask_logits, plain(image).mask_logits)
+        with torch.no_grad():
+            skip.skip_gain.fill_(0.5)
+        out = skip(image)
+        aux_logit = torch.logit(out.aux_map.clamp(1e-4, 1 - 1e-4))
+        torch.testing.assert_close(out.mask_logits, plain(image).mask_logits + 0.5 * aux_logit)
+        # A saturated (cached) map stays finite, and the gain gets a gradient.
+        skip.train()
+        out = skip(image, aux_map=torch.ones(2, 1, SIZE, SIZE))
+        assert torch.isfinite(out.mask_logits).all()
+        out.mask_logits.mean().backward()
+        assert skip.skip_gain.grad is not None and skip.skip_gain.grad != 0
+        with pytest.raises(ValueError, match="output_skip"):
+            build_semiseg_net("malunet", aux_source="none", output_skip=True)
+
     def test_without_classifier(self) -> None:
         net = build_semiseg_net("malunet", in_channels=1, use_classifier=False)
         assert net(torch.randn(2, 1, SIZE, SIZE)).class_logits is None

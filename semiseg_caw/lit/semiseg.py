@@ -54,6 +54,9 @@ class SemiSegCAW(SegmentationTask):
             like MALUNet. Static shapes: other batch shapes and evaluation run eager; the
             graphed networks run in float32 whatever the trainer's precision. Falls back
             to eager with a warning when capture fails; does nothing on a CPU.
+        aux_output_skip: also add a trainable multiple (starting at 0) of the auxiliary
+            map's logit to the backbone's mask logits (late fusion next to the input
+            channel; see ``SemiSegCAWNet``).
         aux_encoder: timm encoder of the auxiliary U-Net.
         stage1_checkpoint: ClassElevateSeg checkpoint to start from.
         stage1_epochs: epochs of the stage-1 run that ``fit`` starts when no
@@ -90,6 +93,7 @@ class SemiSegCAW(SegmentationTask):
         aux_mode: Literal["finetune", "frozen"] = "finetune",
         cache_aux_maps: bool = False,
         cuda_graphs: bool = False,
+        aux_output_skip: bool = False,
         aux_encoder: str = "resnet18",
         stage1_checkpoint: str | None = None,
         stage1_epochs: int | None = None,
@@ -154,6 +158,7 @@ class SemiSegCAW(SegmentationTask):
             aux_frozen=hp.aux_mode == "frozen" or hp.aux_source == "layercam",
             use_classifier=hp.classifier,
             classifier_hidden=hp.classifier_hidden,
+            output_skip=hp.get("aux_output_skip", False),
         )
         extra = {}
         if hp.weighting == "static" and hp.loss_weights:

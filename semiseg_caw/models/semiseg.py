@@ -30,6 +30,10 @@ class SemiSegCAWNet(nn.Module):
             eval mode) instead of fine-tuning it jointly. With ``"layercam"`` the aux model
             is always fixed.
         layercam_layer: encoder stage(s) of the LayerCAM maps, see :func:`layercam`.
+        output_skip: also add ``gain * logit(aux_map)`` to the backbone's mask logits, with
+            one trainable ``gain`` that starts at 0 (so training starts from the plain
+            model): a late-fusion path for the map next to the input channel, which a
+            backbone that downsamples its input early can use to keep the map's detail.
 
     A fixed aux model has ``requires_grad`` switched off and stays in eval mode through
     ``.train()``; ``aux_trainable`` tells which case applies (e.g. for optimiser groups).
@@ -43,6 +47,7 @@ class SemiSegCAWNet(nn.Module):
         aux_source: str = "classelevate",
         aux_frozen: bool = False,
         layercam_layer: str = "deepest",
+        output_skip: bool = False,
     ) -> None:
         super().__init__()
         if aux_source not in AUX_SOURCES:
@@ -55,12 +60,15 @@ class SemiSegCAWNet(nn.Module):
             raise ValueError(
                 f"layercam_layer must be one of {LAYERCAM_LAYERS}, got {layercam_layer!r}"
             )
+        if output_skip and aux_source == "none":
+            raise ValueError("output_skip adds the auxiliary map: it needs an aux_source")
         self.backbone = backbone
         self.classifier = classifier
         self.aux_model = aux_model
         self.aux_source = aux_source
         self.aux_frozen = aux_frozen
         self.layercam_layer = layercam_layer
+        self.skip_gain = nn.Parameter(torch.zeros(())) if output_skip else None
         if aux_model is not None and not self.aux_trainable:
             aux_model.requires_grad_(False)
             aux_model.eval()
@@ -95,11 +103,16 @@ class SemiSegCAWNet(nn.Module):
                 )
             x = torch.cat([image, aux_map.to(image.dtype)], dim=1)  # (B, C + 1, H, W)
         out = self.backbone(x)
+        mask_logits = out.mask_logits
+        if self.skip_gain is not None:
+            # Clamped so that a saturated map (exactly 0 or 1) gives a finite logit.
+            p = aux_map.to(mask_logits.dtype).clamp(1e-4, 1 - 1e-4)
+            mask_logits = mask_logits + self.skip_gain * torch.logit(p)
         class_logits = None
         if self.classifier is not None:
             class_logits = self.classifier(out.features, aux_map)
         return SemiSegOutput(
-            mask_logits=out.mask_logits,
+            mask_logits=mask_logits,
             class_logits=class_logits,
             aux_map=aux_map,
             aux_output=aux_output,
@@ -133,6 +146,7 @@ def build_semiseg_net(
     classifier_hidden: int = 64,
     pretrained_aux: bool = False,
     layercam_layer: str = "deepest",
+    output_skip: bool = False,
 ) -> SemiSegCAWNet:
     """Assemble the SemiSeg-CAW model from names (the paper's shape with the defaults).
 
@@ -155,4 +169,6 @@ def build_semiseg_net(
         classifier = AuxGuidedClassifier(
             net.feature_channels, num_classes, hidden=classifier_hidden
         )
-    return SemiSegCAWNet(net, classifier, aux_model, aux_source, aux_frozen, layercam_layer)
+    return SemiSegCAWNet(
+        net, classifier, aux_model, aux_source, aux_frozen, layercam_layer, output_skip
+    )
