@@ -176,7 +176,7 @@ def _graph_stage1(module, shape: tuple[int, ...], device: str) -> str:
     same helper that ``SemiSegCAW(cuda_graphs=True)`` uses."""
     import torch
 
-    from semiseg_caw.lit.semiseg import capture_cuda_graph
+    from semiseg_caw.lit.graphs import capture_cuda_graph
 
     if device != "cuda":
         return "skipped (CPU)"

@@ -163,23 +163,85 @@ def test_cuda_graphs_do_nothing_on_cpu(make_trainer: MakeTrainer) -> None:
     assert model.cuda_graphed == []
 
 
+def graph_batch(device: str = "cpu", batch: int = 4, size: int = 64, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(batch, 1, size, size, generator=gen) > 0.7).float()
+    out = {
+        "image": torch.randn(batch, 1, size, size, generator=gen),
+        "mask": mask,
+        "label": torch.tensor([0, 1, -1, 1] * (batch // 4)),
+        "has_mask": torch.tensor([True, True, False, False] * (batch // 4)),
+        "has_label": torch.tensor([True, True, False, True] * (batch // 4)),
+        "id": [f"s{i}" for i in range(batch)],
+    }
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+
+def fake_make_graphed_callables(calls: dict[str, int]):
+    """Stand-in for ``torch.cuda.make_graphed_callables`` on a CPU: warm-up passes (which
+    update BatchNorm statistics, as the real ones do), then a forward that counts replays."""
+
+    def make(module, sample_args, num_warmup_iters=3, allow_unused_input=False):
+        for _ in range(num_warmup_iters):
+            module(*sample_args)
+        eager = module.forward
+
+        def replay(*args):
+            calls["replays"] += 1
+            return eager(*args)
+
+        module.forward = replay
+        return module
+
+    return make
+
+
+@pytest.mark.parametrize("kwargs", [dict(weighting="dwa"), dict(loss_terms=["bce", "pseudo"])])
+def test_graphed_objective_plumbing(monkeypatch: pytest.MonkeyPatch, kwargs: dict) -> None:
+    """What a CUDA graph of the objective is given and when it is used, checked on a CPU
+    with a stand-in for the capture: same loss and terms as eager, buffers untouched by the
+    capture's warm-up, eager for other shapes and in eval mode."""
+    from semiseg_caw.lit.graphs import GraphedObjective
+    from semiseg_caw.lit.semiseg import OBJECTIVE_KEYS
+
+    calls = {"replays": 0}
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed_callables(calls))
+    torch.manual_seed(0)
+    model = SemiSegCAW(**kwargs).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = graph_batch()
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    graphed = GraphedObjective(
+        {"net": model.net}, model.weighting, model.loss_terms, batch, OBJECTIVE_KEYS
+    )
+    assert graphed.keys == ("image", "mask", "has_mask", "label", "has_label")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    eager_loss, eager_terms = model.objective(batch)
+    model.__dict__["_graphed_objective"] = graphed
+    loss, terms = model.objective(batch)
+    assert calls["replays"] == 1
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(terms, eager_terms)
+    assert terms.shape == (len(model.weighting.names),) and not terms.requires_grad
+    loss.backward()
+    assert all(p.grad is not None for p in model.net.backbone.parameters())
+    # Another batch size, another dtype or eval mode: eager.
+    model.objective(graph_batch(batch=8))
+    model.objective(batch | {"has_label": batch["has_label"].long()})
+    model.eval()
+    model.objective(batch)
+    assert calls["replays"] == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("whole_objective", [True, False])
 @pytest.mark.parametrize("kwargs", [dict(aux_source="none", classifier=False), {}])
-def test_cuda_graphs_train_like_eager(kwargs: dict) -> None:
-    """A few optimiser steps with graphed networks give the losses of eager ones."""
-    batches = []
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        mask = (torch.rand(4, 1, 64, 64, generator=gen) > 0.7).float()
-        batches.append(
-            {
-                "image": torch.randn(4, 1, 64, 64, generator=gen).cuda(),
-                "mask": mask.cuda(),
-                "label": torch.tensor([0, 1, 0, 1]).cuda(),
-                "has_mask": torch.tensor([True, True, False, True]).cuda(),
-                "has_label": torch.ones(4, dtype=torch.bool).cuda(),
-            }
-        )
+def test_cuda_graphs_train_like_eager(kwargs: dict, whole_objective: bool) -> None:
+    """A few optimiser steps with graphed networks or a graphed objective give the losses of
+    eager ones."""
+    batches = [graph_batch("cuda", seed=i) for i in range(4)]
     losses = []
     for graphs in (False, True):
         torch.manual_seed(0)
@@ -189,10 +251,11 @@ def test_cuda_graphs_train_like_eager(kwargs: dict) -> None:
                 module.p = 0.0
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
         if graphs:
-            assert model.capture_cuda_graphs(batches[0]["image"])
+            expected = ["objective"] if whole_objective else ["backbone"]
+            assert model.capture_cuda_graphs(batches[0], whole_objective)[:1] == expected
         run = []
         for batch in batches:
-            loss = model.weighting(model.loss_terms(batch))
+            loss, _ = model.objective(batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -38,4 +38,4 @@ def test_a_training_step_syncs_only_in_the_non_finite_guard(variant: str) -> Non
     assert row["syncs"] == 1, row["sync_sites"]
     (site,) = row["sync_sites"]
     assert "semiseg_caw/lit/base.py" in site
-    assert 0 < row["ops_in_graphed_networks"] < row["ops"]
+    assert 0 < row["ops_in_graphed_networks"] < row["ops_in_graphed_objective"] < row["ops"]

@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from semiseg_caw.checkpoints import load_submodule
 from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
 from semiseg_caw.lit.base import SegmentationTask
 from semiseg_caw.lit.class_elevate import STAGE1_TERMS
+from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.losses import (
     bce_loss,
     cross_entropy_loss,
@@ -25,6 +26,8 @@ from semiseg_caw.models.semiseg import build_semiseg_net
 from semiseg_caw.models.wgm import build_weighting
 
 CORE_TERMS = ("bce", "dice", "ftv", "ce", "pseudo", "aux")
+# Batch entries the training objective reads (the inputs of its CUDA graph).
+OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 
 
 class SemiSegCAW(SegmentationTask):
@@ -48,12 +51,13 @@ class SemiSegCAW(SegmentationTask):
             ``fit`` and have the data module serve it (training maps get the images'
             flips and warps, not their intensity changes), instead of running the
             auxiliary model in every step. Needs a ``SemiSegDataModule``.
-        cuda_graphs: on CUDA, capture the training forward and backward of the
-            backbone (and of a fine-tuned auxiliary model) as CUDA graphs at the first
+        cuda_graphs: on CUDA, capture the training step's objective (networks, loss
+            terms and weighting, forward and backward) as one CUDA graph at the first
             training step, which removes most kernel-launch overhead of small networks
-            like MALUNet. Static shapes: other batch shapes and evaluation run eager; the
-            graphed networks run in float32 whatever the trainer's precision. Falls back
-            to eager with a warning when capture fails; does nothing on a CPU.
+            like MALUNet. When that capture fails, graph the backbone (and a fine-tuned
+            auxiliary model) alone; when that fails too, run eager; each with a warning.
+            Static shapes: other batch shapes and evaluation run eager; graphed parts run
+            in float32 whatever the trainer's precision. Does nothing on a CPU.
         aux_output_skip: also add a trainable multiple (starting at 0) of the auxiliary
             map's logit to the backbone's mask logits (late fusion next to the input
             channel; see ``SemiSegCAWNet``).
@@ -117,7 +121,8 @@ class SemiSegCAW(SegmentationTask):
         self.stage1_loaded = False
         self.aux_maps_cached = False  # set once cached maps are being served
         self._graphs_tried = False
-        self.cuda_graphed: list[str] = []  # networks running from CUDA graphs
+        self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
+        self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
 
     # -- construction -------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -238,11 +243,13 @@ class SemiSegCAW(SegmentationTask):
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.hparams.cuda_graphs and not self._graphs_tried:
             self._graphs_tried = True
-            self.cuda_graphed = self.capture_cuda_graphs(batch["image"])
+            self.cuda_graphed = self.capture_cuda_graphs(batch)
 
-    def capture_cuda_graphs(self, image: Tensor) -> list[str]:
-        """Graph the backbone (and a fine-tuned aux model) for training batches shaped like
-        ``image``; returns the names of the networks graphed."""
+    def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:
+        """Graph the training objective for batches shaped like ``batch`` (or, when that
+        fails or ``whole_objective`` is False, the backbone and a fine-tuned aux model);
+        returns the names of the parts graphed."""
+        image = batch["image"]
         if image.device.type != "cuda":
             warnings.warn(
                 f"cuda_graphs applies on CUDA only; training on {image.device.type} runs eager",
@@ -250,6 +257,14 @@ class SemiSegCAW(SegmentationTask):
                 stacklevel=2,
             )
             return []
+        if whole_objective:
+            try:
+                self.__dict__["_graphed_objective"] = GraphedObjective(
+                    {"net": self.net}, self.weighting, self.loss_terms, batch, OBJECTIVE_KEYS
+                )
+                return ["objective"]
+            except Exception as err:  # capture fails in many ways; the fallbacks still work
+                self._warn_capture("the objective", err)
         net = self.net
         b, c, h, w = image.shape
         extra = 0 if net.aux_source == "none" else 1
@@ -262,16 +277,19 @@ class SemiSegCAW(SegmentationTask):
         for name, module, shape, grad in targets:
             try:
                 capture_cuda_graph(module, shape, grad, image.device)
-            except Exception as err:  # capture fails in many ways; eager still works
-                warnings.warn(
-                    f"cuda_graphs: capturing the {name} failed, it runs eager "
-                    f"({type(err).__name__}: {err})",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            except Exception as err:
+                self._warn_capture(f"the {name}", err)
                 continue
             done.append(name)
         return done
+
+    @staticmethod
+    def _warn_capture(what: str, err: Exception) -> None:
+        warnings.warn(
+            f"cuda_graphs: capturing {what} failed, it runs eager ({type(err).__name__}: {err})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _batch_aux_map(self, batch: dict[str, Any]) -> Tensor | None:
         if not self.aux_maps_cached:
@@ -317,11 +335,22 @@ class SemiSegCAW(SegmentationTask):
             )
         return terms
 
+    def objective(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The training objective and the detached ``(K,)`` vector of its loss terms (in
+        ``self.weighting.names`` order), replayed from the CUDA graph when one fits."""
+        graphed = self.__dict__["_graphed_objective"]
+        if graphed is not None and self.training:
+            out = graphed(batch)
+            if out is not None:
+                return out
+        stacked = self.weighting.stack(self.loss_terms(batch))
+        return self.weighting.combine(stacked), stacked.detach()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        terms = self.loss_terms(batch)
-        loss = self.weighting(terms)
+        loss, terms = self.objective(batch)
         bs = batch["image"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
+        named_terms = zip(self.weighting.names, terms, strict=True)
+        self.log_dict({f"train/{k}": v for k, v in named_terms}, batch_size=bs)
         # Weights stay tensors on the device: `weights()` would copy them to the host (a GPU
         # sync) every step; the logger converts them only when it writes.
         weights = self.weighting.weight_tensor()
@@ -360,41 +389,6 @@ class SemiSegCAW(SegmentationTask):
                 }
             )
         return groups
-
-
-def capture_cuda_graph(
-    module: nn.Module, shape: tuple[int, ...], requires_grad: bool, device: torch.device
-) -> None:
-    """Replay ``module``'s training forward and backward from a CUDA graph for inputs of
-    ``shape`` (``torch.cuda.make_graphed_callables``).
-
-    The graphed path is taken only in train mode with grad enabled, for one tensor input of
-    that shape whose ``requires_grad`` is ``requires_grad``; anything else runs the eager
-    forward. Buffers (BatchNorm statistics) are put back after the warm-up and capture
-    passes, which run on random inputs.
-    """
-    eager = module.forward
-    buffers = [b.detach().clone() for b in module.buffers()]
-    example = torch.randn(shape, device=device, requires_grad=requires_grad)
-    torch.cuda.make_graphed_callables(module, (example,), num_warmup_iters=3)
-    with torch.no_grad():
-        for saved, buffer in zip(buffers, module.buffers(), strict=True):
-            buffer.copy_(saved)
-    graphed = module.forward
-
-    def forward(x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        if (
-            args
-            or kwargs
-            or not module.training
-            or not torch.is_grad_enabled()
-            or tuple(x.shape) != tuple(shape)
-            or x.requires_grad != requires_grad
-        ):
-            return eager(x, *args, **kwargs)
-        return graphed(x)
-
-    module.forward = forward
 
 
 def count_parameters(module: torch.nn.Module) -> int:
