@@ -121,7 +121,7 @@ def _build_module(variant: str, args: argparse.Namespace):
     import semiseg_caw
 
     _, cls_name, kwargs = VARIANTS[variant]
-    if cls_name == "SemiSegCAW" and args.cuda_graph:
+    if args.cuda_graph:
         kwargs = {**kwargs, "cuda_graphs": True}
     cls = getattr(semiseg_caw, cls_name)
     return cls(num_classes=2, in_channels=1, **kwargs)
@@ -171,23 +171,6 @@ def _compile(module, mode: str, device: str, sample: dict) -> str:
         return f"failed, eager ({message})"
 
 
-def _graph_stage1(module, shape: tuple[int, ...], device: str) -> str:
-    """ClassElevateSeg alone has no ``cuda_graphs`` flag: graph its network here with the
-    same helper that ``SemiSegCAW(cuda_graphs=True)`` uses."""
-    import torch
-
-    from semiseg_caw.lit.graphs import capture_cuda_graph
-
-    if device != "cuda":
-        return "skipped (CPU)"
-    module.to(device).train()
-    try:
-        capture_cuda_graph(module.net, shape, False, torch.device(device))
-    except Exception as err:
-        return f"failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
-    return "network"
-
-
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Train ``args.worker`` for the timed steps or epochs, then time inference."""
     import lightning as L
@@ -207,9 +190,6 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         _channels_last(module)
     sample = next(iter(dm.val_dataloader()))
     compile_note = _compile(module, args.compile, device, sample)
-    if args.cuda_graph and not hasattr(module, "cuda_graphed"):
-        shape = (dm.batch_size, dm.in_channels, dm.image_size, dm.image_size)
-        graphed_stage1 = _graph_stage1(module, shape, device)
 
     class Timer(Callback):
         def __init__(self) -> None:
@@ -276,8 +256,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "compile": compile_note,
     }
     if args.cuda_graph:
-        graphed = getattr(module, "cuda_graphed", None)
-        graphed = ", ".join(graphed) or "none" if graphed is not None else graphed_stage1
+        graphed = ", ".join(module.cuda_graphed) or "none"
         result["compile"] += f"; CUDA graphs ({args.worker}): {graphed}"
     if args.epochs:
         # First epoch is warm-up; later epochs timed whole (epoch-boundary costs included).

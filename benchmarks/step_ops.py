@@ -147,11 +147,8 @@ def _network_ops(module: Any, batch: dict[str, Any]) -> int:
     return total
 
 
-def _objective_ops(module: Any, batch: dict[str, Any]) -> int | None:
-    """Operators of the objective's forward + backward (what a graphed objective replays);
-    None for a task without one (ClassElevateSeg)."""
-    if not hasattr(module, "objective"):
-        return None
+def _objective_ops(module: Any, batch: dict[str, Any]) -> int:
+    """Operators of the objective's forward + backward (what a graphed objective replays)."""
     with OpCounter() as counter:
         loss, _ = module.objective(batch)
         loss.backward()
@@ -212,7 +209,7 @@ def count_variant(variant: str, dm: Any, step: int = 3, progress_bar: bool = Fal
         "ops_in_graphed_networks": inside,
         "ops_eager": total - inside,
         "ops_in_graphed_objective": objective,
-        "ops_eager_objective_graphed": None if objective is None else total - objective,
+        "ops_eager_objective_graphed": total - objective,
         "syncs": sum(probe.result.syncs.values()),
         "sync_sites": dict(probe.result.syncs),
         "top_ops": dict(probe.result.ops.most_common(15)),
@@ -236,7 +233,7 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
         "- *objective graphed*: what `cuda_graphs: true` captures first, the objective "
         "(networks, loss terms, WGM; forward and backward) as one graph; *networks graphed*: "
         "its fallback, the backbone and a fine-tuned auxiliary model (ClassElevateSeg's "
-        "network in stage 1, which has no objective graph); *eager*: everything else, "
+        "network in stage 1); *eager*: everything else, "
         "launched one by one even with CUDA graphs (optimiser, logging, the non-finite guard)",
         f"- wall time: {meta['wall_s']:.0f} s",
         "",
@@ -246,13 +243,11 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
     ]
 
     def ratio(r: dict, key: str) -> str:
-        ok = base and r.get(key) is not None and base.get(key)
-        return f"{r[key] / base[key]:.2f}" if ok else "–"
+        return f"{r[key] / base[key]:.2f}" if base else "–"
 
     for r in rows:
-        objective = r.get("ops_eager_objective_graphed")
         lines.append(
-            f"| {r['label']} | {r['ops']} | {'–' if objective is None else objective} "
+            f"| {r['label']} | {r['ops']} | {r['ops_eager_objective_graphed']} "
             f"| {ratio(r, 'ops_eager_objective_graphed')} | {r['ops_eager']} "
             f"| {ratio(r, 'ops_eager')} | {r['syncs']} |"
         )

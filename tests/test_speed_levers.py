@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from semiseg_caw import SemiSegCAW, SemiSegDataModule
+from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
 from semiseg_caw.data.datasets import SegmentationDataset
 from semiseg_caw.data.synthetic import make_synthetic
 from semiseg_caw.data.transforms import build_train_transform
+from semiseg_caw.lit.stages import stage1_module
 
 MakeTrainer = Callable[..., L.Trainer]  # the ``make_trainer`` fixture of conftest.py
 
@@ -161,6 +162,8 @@ def test_cuda_graphs_do_nothing_on_cpu(make_trainer: MakeTrainer) -> None:
     with pytest.warns(UserWarning, match="CUDA only"):
         make_trainer(max_steps=2, limit_val_batches=0).fit(model, datamodule=datamodule())
     assert model.cuda_graphed == []
+    # The stage-1 run inside `fit` asks for them too.
+    assert stage1_module(SemiSegCAW(cuda_graphs=True)).hparams.cuda_graphs
 
 
 def graph_batch(device: str = "cpu", batch: int = 4, size: int = 64, seed: int = 0) -> dict:
@@ -196,18 +199,27 @@ def fake_make_graphed_callables(calls: dict[str, int]):
     return make
 
 
-@pytest.mark.parametrize("kwargs", [dict(weighting="dwa"), dict(loss_terms=["bce", "pseudo"])])
-def test_graphed_objective_plumbing(monkeypatch: pytest.MonkeyPatch, kwargs: dict) -> None:
+@pytest.mark.parametrize(
+    ("task", "kwargs"),
+    [
+        (SemiSegCAW, dict(weighting="dwa")),
+        (SemiSegCAW, dict(loss_terms=["bce", "pseudo"])),
+        (ClassElevateSeg, dict(loss_weights={"consistency": 0.5})),
+    ],
+)
+def test_graphed_objective_plumbing(
+    monkeypatch: pytest.MonkeyPatch, task: type, kwargs: dict
+) -> None:
     """What a CUDA graph of the objective is given and when it is used, checked on a CPU
     with a stand-in for the capture: same loss and terms as eager, buffers untouched by the
     capture's warm-up, eager for other shapes and in eval mode."""
+    from semiseg_caw.lit.base import OBJECTIVE_KEYS
     from semiseg_caw.lit.graphs import GraphedObjective
-    from semiseg_caw.lit.semiseg import OBJECTIVE_KEYS
 
     calls = {"replays": 0}
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed_callables(calls))
     torch.manual_seed(0)
-    model = SemiSegCAW(**kwargs).train()
+    model = task(**kwargs).train()
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -218,15 +230,18 @@ def test_graphed_objective_plumbing(monkeypatch: pytest.MonkeyPatch, kwargs: dic
     )
     assert graphed.keys == ("image", "mask", "has_mask", "label", "has_label")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    torch.manual_seed(1)  # the same noise for the consistency term's second view
     eager_loss, eager_terms = model.objective(batch)
     model.__dict__["_graphed_objective"] = graphed
+    torch.manual_seed(1)
     loss, terms = model.objective(batch)
     assert calls["replays"] == 1
     torch.testing.assert_close(loss, eager_loss)
     torch.testing.assert_close(terms, eager_terms)
     assert terms.shape == (len(model.weighting.names),) and not terms.requires_grad
     loss.backward()
-    assert all(p.grad is not None for p in model.net.backbone.parameters())
+    net = getattr(model.net, "backbone", model.net)
+    assert all(p.grad is not None for p in net.parameters())
     # Another batch size, another dtype or eval mode: eager.
     model.objective(graph_batch(batch=8))
     model.objective(batch | {"has_label": batch["has_label"].long()})
@@ -237,21 +252,29 @@ def test_graphed_objective_plumbing(monkeypatch: pytest.MonkeyPatch, kwargs: dic
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("whole_objective", [True, False])
-@pytest.mark.parametrize("kwargs", [dict(aux_source="none", classifier=False), {}])
-def test_cuda_graphs_train_like_eager(kwargs: dict, whole_objective: bool) -> None:
+@pytest.mark.parametrize(
+    ("task", "kwargs"),
+    [
+        (SemiSegCAW, dict(aux_source="none", classifier=False)),
+        (SemiSegCAW, {}),
+        (ClassElevateSeg, {}),
+    ],
+)
+def test_cuda_graphs_train_like_eager(task: type, kwargs: dict, whole_objective: bool) -> None:
     """A few optimiser steps with graphed networks or a graphed objective give the losses of
     eager ones."""
     batches = [graph_batch("cuda", seed=i) for i in range(4)]
     losses = []
     for graphs in (False, True):
         torch.manual_seed(0)
-        model = SemiSegCAW(**kwargs).cuda().train()
+        model = task(**kwargs).cuda().train()
         for module in model.modules():  # graphs draw their own random numbers
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
         if graphs:
-            expected = ["objective"] if whole_objective else ["backbone"]
+            network = "network" if task is ClassElevateSeg else "backbone"
+            expected = ["objective"] if whole_objective else [network]
             assert model.capture_cuda_graphs(batches[0], whole_objective)[:1] == expected
         run = []
         for batch in batches:

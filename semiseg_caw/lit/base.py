@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from semiseg_caw.data.transforms import AUX_MAP_KEY
+from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.losses import bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
 
@@ -18,16 +20,19 @@ STAGES = ("val", "test")
 
 
 TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task
+# Batch entries a training objective may read (the inputs of its CUDA graph).
+OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 
 
 class SegmentationTask(L.LightningModule, abc.ABC):
     """Base for the package's LightningModules.
 
-    Subclasses build their networks in ``configure_models``, return
-    ``(mask_logits, class_logits)`` from ``evaluate_batch`` and compute the
-    training objective in ``training_step``. Validation, test and prediction,
-    metrics, the optimiser, the cosine schedule and the non-finite-loss guard
-    live here.
+    Subclasses build their networks (``self.net``) and loss weighting
+    (``self.weighting``) in ``configure_models``, return ``(mask_logits,
+    class_logits)`` from ``evaluate_batch`` and named loss terms from
+    ``loss_terms``. The training step (objective, logging, the non-finite-loss
+    guard, CUDA graphs when the ``cuda_graphs`` hyper-parameter is set), validation,
+    test and prediction, metrics, the optimiser and the cosine schedule live here.
     """
 
     def __init__(
@@ -51,6 +56,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.bad_steps = 0
+        self._graphs_tried = False
+        self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
+        self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
         self.configure_models()
         self.configure_metrics()
 
@@ -63,6 +71,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     def evaluate_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """Segmentation logits (B, 1, H, W) and class logits (B, K) or None of a batch
         (``image``, and whatever else the task uses, e.g. a cached ``aux_map``)."""
+
+    @abc.abstractmethod
+    def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Every active loss term of a training batch, by the names of ``self.weighting``."""
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; by default one group of every parameter."""
@@ -116,6 +128,63 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             if key in batch:
                 out[key] = batch[key]
         return out
+
+    # -- training step -------------------------------------------------------------------
+    def objective(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """The training objective and the detached ``(K,)`` vector of its loss terms (in
+        ``self.weighting.names`` order), replayed from the CUDA graph when one fits."""
+        graphed = self.__dict__["_graphed_objective"]
+        if graphed is not None and self.training:
+            out = graphed(batch)
+            if out is not None:
+                return out
+        stacked = self.weighting.stack(self.loss_terms(batch))
+        return self.weighting.combine(stacked), stacked.detach()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        loss, terms = self.objective(batch)
+        bs = batch["image"].shape[0]
+        named_terms = zip(self.weighting.names, terms, strict=True)
+        self.log_dict({f"train/{k}": v for k, v in named_terms}, batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        return self.guard_loss(loss)
+
+    # -- CUDA graphs ----------------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.hparams.get("cuda_graphs") and not self._graphs_tried:
+            self._graphs_tried = True
+            self.cuda_graphed = self.capture_cuda_graphs(batch)
+
+    def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:
+        """Graph the training objective for batches shaped like ``batch`` (or, when that
+        fails or ``whole_objective`` is False, the networks alone, see ``graph_networks``);
+        returns the names of the parts graphed."""
+        image = batch["image"]
+        if image.device.type != "cuda":
+            warnings.warn(
+                f"cuda_graphs applies on CUDA only; training on {image.device.type} runs eager",
+                UserWarning,
+                stacklevel=2,
+            )
+            return []
+        if whole_objective:
+            try:
+                self.__dict__["_graphed_objective"] = GraphedObjective(
+                    {"net": self.net}, self.weighting, self.loss_terms, batch, OBJECTIVE_KEYS
+                )
+                return ["objective"]
+            except Exception as err:  # capture fails in many ways; the fallbacks still work
+                warn_capture_failed("the objective", err)
+        return self.graph_networks(image)
+
+    def graph_networks(self, image: Tensor) -> list[str]:
+        """The fallback scope: graph ``self.net`` for inputs shaped like ``image``."""
+        try:
+            capture_cuda_graph(self.net, tuple(image.shape), False, image.device)
+        except Exception as err:
+            warn_capture_failed("the network", err)
+            return []
+        return ["network"]
 
     # -- training helpers ----------------------------------------------------------------
     def guard_loss(self, loss: Tensor) -> Tensor | None:
@@ -222,3 +291,11 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def warn_capture_failed(what: str, err: Exception) -> None:
+    warnings.warn(
+        f"cuda_graphs: capturing {what} failed, it runs eager ({type(err).__name__}: {err})",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -46,6 +46,8 @@ class ClassElevateSeg(SegmentationTask):
             images are supervised with an empty mask; None when there is none.
         presence_topk: fraction of pixels whose mean probability must be high
             on a lesion image.
+        cuda_graphs: on CUDA, replay the training objective (or, where that capture
+            fails, the network) from a CUDA graph; see ``SemiSegCAW``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
@@ -62,6 +64,7 @@ class ClassElevateSeg(SegmentationTask):
         loss_weights: dict[str, float] | None = None,
         normal_class: int | None = None,
         presence_topk: float = 0.02,
+        cuda_graphs: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         min_lr: float = 1e-5,
@@ -121,14 +124,6 @@ class ClassElevateSeg(SegmentationTask):
             target = torch.sigmoid(out.mask_logits).detach()
             terms["consistency"] = soft_target_loss(view.mask_logits.flip(-1), target, class_only)
         return terms
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        terms = self.loss_terms(batch)
-        loss = self.weighting(terms)
-        bs = batch["image"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        return self.guard_loss(loss)
 
 
 def jitter(

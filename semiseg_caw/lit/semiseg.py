@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -12,9 +11,9 @@ from torch import Tensor
 
 from semiseg_caw.checkpoints import load_submodule
 from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
-from semiseg_caw.lit.base import SegmentationTask
+from semiseg_caw.lit.base import SegmentationTask, warn_capture_failed
 from semiseg_caw.lit.class_elevate import STAGE1_TERMS
-from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
+from semiseg_caw.lit.graphs import capture_cuda_graph
 from semiseg_caw.losses import (
     bce_loss,
     cross_entropy_loss,
@@ -26,8 +25,6 @@ from semiseg_caw.models.semiseg import build_semiseg_net
 from semiseg_caw.models.wgm import build_weighting
 
 CORE_TERMS = ("bce", "dice", "ftv", "ce", "pseudo", "aux")
-# Batch entries the training objective reads (the inputs of its CUDA graph).
-OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 
 
 class SemiSegCAW(SegmentationTask):
@@ -57,7 +54,8 @@ class SemiSegCAW(SegmentationTask):
             like MALUNet. When that capture fails, graph the backbone (and a fine-tuned
             auxiliary model) alone; when that fails too, run eager; each with a warning.
             Static shapes: other batch shapes and evaluation run eager; graphed parts run
-            in float32 whatever the trainer's precision. Does nothing on a CPU.
+            in float32 whatever the trainer's precision. Does nothing on a CPU. The
+            stage-1 run inside ``fit`` inherits it.
         aux_output_skip: also add a trainable multiple (starting at 0) of the auxiliary
             map's logit to the backbone's mask logits (late fusion next to the input
             channel; see ``SemiSegCAWNet``).
@@ -120,9 +118,6 @@ class SemiSegCAW(SegmentationTask):
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False
         self.aux_maps_cached = False  # set once cached maps are being served
-        self._graphs_tried = False
-        self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
-        self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
 
     # -- construction -------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -240,31 +235,8 @@ class SemiSegCAW(SegmentationTask):
         return maps
 
     # -- CUDA graphs ------------------------------------------------------------------------
-    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if self.hparams.cuda_graphs and not self._graphs_tried:
-            self._graphs_tried = True
-            self.cuda_graphed = self.capture_cuda_graphs(batch)
-
-    def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:
-        """Graph the training objective for batches shaped like ``batch`` (or, when that
-        fails or ``whole_objective`` is False, the backbone and a fine-tuned aux model);
-        returns the names of the parts graphed."""
-        image = batch["image"]
-        if image.device.type != "cuda":
-            warnings.warn(
-                f"cuda_graphs applies on CUDA only; training on {image.device.type} runs eager",
-                UserWarning,
-                stacklevel=2,
-            )
-            return []
-        if whole_objective:
-            try:
-                self.__dict__["_graphed_objective"] = GraphedObjective(
-                    {"net": self.net}, self.weighting, self.loss_terms, batch, OBJECTIVE_KEYS
-                )
-                return ["objective"]
-            except Exception as err:  # capture fails in many ways; the fallbacks still work
-                self._warn_capture("the objective", err)
+    def graph_networks(self, image: Tensor) -> list[str]:
+        """The fallback scope of ``cuda_graphs``: the backbone, and a fine-tuned aux model."""
         net = self.net
         b, c, h, w = image.shape
         extra = 0 if net.aux_source == "none" else 1
@@ -278,18 +250,10 @@ class SemiSegCAW(SegmentationTask):
             try:
                 capture_cuda_graph(module, shape, grad, image.device)
             except Exception as err:
-                self._warn_capture(f"the {name}", err)
+                warn_capture_failed(f"the {name}", err)
                 continue
             done.append(name)
         return done
-
-    @staticmethod
-    def _warn_capture(what: str, err: Exception) -> None:
-        warnings.warn(
-            f"cuda_graphs: capturing {what} failed, it runs eager ({type(err).__name__}: {err})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
 
     def _batch_aux_map(self, batch: dict[str, Any]) -> Tensor | None:
         if not self.aux_maps_cached:
@@ -335,29 +299,15 @@ class SemiSegCAW(SegmentationTask):
             )
         return terms
 
-    def objective(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """The training objective and the detached ``(K,)`` vector of its loss terms (in
-        ``self.weighting.names`` order), replayed from the CUDA graph when one fits."""
-        graphed = self.__dict__["_graphed_objective"]
-        if graphed is not None and self.training:
-            out = graphed(batch)
-            if out is not None:
-                return out
-        stacked = self.weighting.stack(self.loss_terms(batch))
-        return self.weighting.combine(stacked), stacked.detach()
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        loss, terms = self.objective(batch)
+        loss = super().training_step(batch, batch_idx)
         bs = batch["image"].shape[0]
-        named_terms = zip(self.weighting.names, terms, strict=True)
-        self.log_dict({f"train/{k}": v for k, v in named_terms}, batch_size=bs)
         # Weights stay tensors on the device: `weights()` would copy them to the host (a GPU
         # sync) every step; the logger converts them only when it writes.
         weights = self.weighting.weight_tensor()
         named = zip(self.weighting.names, weights, strict=True)
         self.log_dict({f"wgm/{k}": w for k, w in named}, batch_size=bs)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        return self.guard_loss(loss)
+        return loss
 
     def on_train_epoch_end(self) -> None:
         if hasattr(self.weighting, "epoch_end"):

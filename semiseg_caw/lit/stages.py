@@ -45,6 +45,7 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         encoder=hp.aux_encoder,
         normal_class=normal_class,
         loss_weights=hp.get("stage1_loss_weights"),
+        cuda_graphs=hp.get("cuda_graphs", False),
         lr=hp.lr,
         weight_decay=hp.weight_decay,
         min_lr=hp.min_lr,
