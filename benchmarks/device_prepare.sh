@@ -11,7 +11,8 @@ data=${DATA:-../shared/data}
 # The image has torch, lightning, timm, torchmetrics; not these (Python 3.12 there).
 wheels=(albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5
         annotated-types==0.8.0 typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2
-        jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0)
+        jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
+        pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 pygments==2.21.0)
 mkdir -p .whl
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

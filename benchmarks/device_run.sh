@@ -8,6 +8,7 @@
 #       carry=[".whl", ".device-data/busi", ".device-data/COMMIT"])
 #   run(command="bash benchmarks/device_run.sh speed", timeout_s=400,
 #       carry=[".whl", ".device-data/busi", ".device-data/COMMIT"])
+#   run(command="bash benchmarks/device_run.sh check", timeout_s=300, carry=[".whl"])
 # (both data sets together would not fit the 64 MiB that travels: one per call). Back here,
 # copy <files_at>/results/* to benchmarks/results/ (the tables name the device's hardware)
 # and regenerate the README section:
@@ -16,6 +17,10 @@
 #
 # Usage: device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS]   (default gpu 9 540)
 #        device_run.sh speed [SECONDS]                                 (default 330)
+#        device_run.sh check [SECONDS]                                 (default 240)
+# speed and check first run the GPU-only tests (CUDA graphs train like eager, augmentation
+# on the device matches the loader's); check then trains the demo config with and without
+# CUDA graphs (speed.py --check): the graphs may change the speed, not the result.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?OUT must name the folder whose files come back}"
@@ -53,6 +58,17 @@ bench)
     (cd "$work" && find . -name "*.json" -o -name "log.txt" -o -name "metrics.csv") \
         | while read -r f; do mkdir -p "$OUT/runs/$(dirname "$f")"; cp "$work/$f" "$OUT/runs/$f"; done
     ;;
+speed|check)
+    echo "== GPU-only tests" | tee -a "$log"
+    timeout -k 5 120 $py -m pytest -q -p no:cacheprovider tests/test_speed_levers.py \
+        tests/test_data_device_augment.py -k "cuda or gpu or device" 2>&1 | tail -15 | tee -a "$log"
+    ;;&
+check)
+    seconds=${2:-240}
+    timeout -k 5 "$seconds" $py benchmarks/speed.py --check --device cuda --check-parallel 8 \
+        --check-runs "fused AdamW" "CUDA graphs" --out "$OUT/speed-check-h200-graphs.md" \
+        2>&1 | quiet | tee -a "$log"
+    ;;
 speed)
     seconds=${2:-330}
     # Real BUSI when the shrunk copy came along, else synthetic images of the same count.
@@ -67,6 +83,6 @@ speed)
         --out "$OUT/speed-h200-share3.md" 2>&1 | quiet | tee -a "$log"
     ;;
 *)
-    echo "unknown mode $mode (bench or speed)" >&2; exit 2 ;;
+    echo "unknown mode $mode (bench, speed or check)" >&2; exit 2 ;;
 esac
 ls -la "$OUT" | tee -a "$log"

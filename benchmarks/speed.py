@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -337,22 +338,26 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------- the result check
 # (label, variant, seed, plain AdamW = the optimiser before the fused-AdamW lever,
-#  augmentation on the device)
-CHECK_RUNS: list[tuple[str, str, int, bool, bool]] = [
-    ("bare MALUNet, plain AdamW", "malunet", 42, True, False),
-    ("bare MALUNet, fused AdamW", "malunet", 42, False, False),
-    ("bare MALUNet, fused AdamW", "malunet", 43, False, False),
-    ("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, True, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42, False, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43, False, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 42, False, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 43, False, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 42, False, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 43, False, False),
-    ("bare MALUNet, augmentation on the device", "malunet", 42, False, True),
-    ("bare MALUNet, augmentation on the device", "malunet", 43, False, True),
-    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, False, True),
-    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, False, True),
+#  augmentation on the device, CUDA graphs)
+CHECK_RUNS: list[tuple[str, str, int, bool, bool, bool]] = [
+    ("bare MALUNet, plain AdamW", "malunet", 42, True, False, False),
+    ("bare MALUNet, fused AdamW", "malunet", 42, False, False, False),
+    ("bare MALUNet, fused AdamW", "malunet", 43, False, False, False),
+    ("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, True, False, False),
+    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42, False, False, False),
+    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43, False, False, False),
+    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 42, False, False, False),
+    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 43, False, False, False),
+    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 42, False, False, False),
+    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 43, False, False, False),
+    ("bare MALUNet, augmentation on the device", "malunet", 42, False, True, False),
+    ("bare MALUNet, augmentation on the device", "malunet", 43, False, True, False),
+    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, False, True, False),
+    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, False, True, False),
+    # CUDA graphs (a GPU only): against the fused-AdamW runs above.
+    ("bare MALUNet, CUDA graphs", "malunet", 42, False, False, True),
+    ("SemiSeg-CAW fine-tuned, CUDA graphs", "caw-finetune", 42, False, False, True),
+    ("SemiSeg-CAW frozen, cached maps, CUDA graphs", "caw-cached", 42, False, False, True),
 ]
 
 
@@ -383,11 +388,11 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
     from semiseg_caw.lit.stages import fit_stage1
 
     cfg = _demo_config(args)
-    # The job: "stage1", or "variant:seed:plain:on_device" (plain AdamW, augmentation on
-    # the device: 0 or 1).
+    # The job: "stage1", or "variant:seed:plain:on_device:graphs" (plain AdamW,
+    # augmentation on the device, CUDA graphs: 0 or 1).
     stage1_job = args.check_worker == "stage1"
-    variant, seed, plain, on_device = (
-        ("", "0", "0", "0") if stage1_job else args.check_worker.split(":")
+    variant, seed, plain, on_device, graphs = (
+        ("", "0", "0", "0", "0") if stage1_job else args.check_worker.split(":")
     )
     dm = semiseg_caw.SemiSegDataModule(**cfg["data"], augment_on_device=on_device == "1")
     trainer_kwargs = dict(
@@ -420,7 +425,7 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
         torch.optim.AdamW = PlainAdamW
     L.seed_everything(int(seed), verbose=False)
     _, cls_name, kwargs = VARIANTS[variant]
-    model_kwargs = {**cfg["model"], **kwargs}
+    model_kwargs = {**cfg["model"], **kwargs, "cuda_graphs": graphs == "1"}
     if model_kwargs.get("aux_source", "classelevate") != "none":
         model_kwargs["stage1_checkpoint"] = args.check_stage1
     model = semiseg_caw.SemiSegCAW(num_classes=dm.num_classes, **model_kwargs)
@@ -481,11 +486,19 @@ def check(args: argparse.Namespace) -> None:
         args.check_stage1 = stage1["checkpoint"]
         print(f"stage 1: {stage1['wall_s']:.0f} s", flush=True)
         runs = [r for r in CHECK_RUNS if any(k in r[0] for k in args.check_runs)]
-        for label, variant, seed, plain, on_device in runs:
-            job = f"{variant}:{seed}:{int(plain)}:{int(on_device)}"
+        if args.device != "cuda":
+            runs = [r for r in runs if not r[5]]  # CUDA graphs: nothing to check on a CPU
+
+        def one(run: tuple[str, str, int, bool, bool, bool]) -> dict[str, Any]:
+            label, variant, seed, plain, on_device, graphs = run
+            job = f"{variant}:{seed}:{int(plain)}:{int(on_device)}:{int(graphs)}"
             r = _run_check_worker(args, job, Path(tmp))
-            results.append({"label": label, "variant": variant, "seed": seed, **r})
             print(f"{label}, seed {seed}: final {r['final']:.4f} best {r['best']:.4f}", flush=True)
+            return {"label": label, "variant": variant, "seed": seed, **r}
+
+        # Each run is its own process: a big machine can run several at once.
+        with ThreadPoolExecutor(max(1, args.check_parallel)) as pool:
+            results = list(pool.map(one, runs))
     lines = [
         f"# Speed levers vs training result: demo config ({hardware.split(';')[0]})",
         "",
@@ -504,6 +517,9 @@ def check(args: argparse.Namespace) -> None:
         "- augmentation on the device: `data.augment_on_device` (the same augmentation as "
         "batched torch ops after the transfer to the device) instead of albumentations in "
         "the loader",
+        "- CUDA graphs: `model.cuda_graphs` (the training objective replayed from a CUDA "
+        "graph; a GPU only)",
+        f"- runs at once: {args.check_parallel}",
         f"- wall time: {(time.perf_counter() - start) / 60:.1f} min",
         "",
         "| run | seed | val Dice, last epoch | best val Dice | stage-2 wall (s) |",
@@ -625,8 +641,6 @@ def _run_worker(args: argparse.Namespace, variant: str, data: Path) -> dict[str,
 
 def _share(args: argparse.Namespace, variant: str, data: Path, n: int) -> list[dict]:
     """``n`` copies of one variant training at the same time (one GPU shared)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda _: _run_worker(args, variant, data), range(n)))
 
@@ -841,6 +855,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[""],
         help="only the check runs whose label contains one of these (default: all)",
     )
+    parser.add_argument("--check-parallel", type=int, default=1, help="check runs at once")
     parser.add_argument("--check-worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--check-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--check-stage1", default="", help=argparse.SUPPRESS)
