@@ -232,12 +232,17 @@ def comparison(report: dict) -> list[str]:
     return out
 
 
-def gap(report: dict, row: str, other: str) -> str | None:
-    """Test Dice of ``row`` minus ``other``, paired by seed: the mean of the per-seed
-    differences over the seeds both rows ran (rows of different seeds are not compared)."""
+def _dice(run: dict, split: str) -> float | None:
+    return run["metrics"].get("seg/dice") if split == "test" else run.get("val_dice")
+
+
+def gap(report: dict, row: str, other: str, split: str = "test") -> str | None:
+    """Dice of ``row`` minus ``other`` on ``split`` (test, or val: each run's best
+    validation Dice), paired by seed: the mean of the per-seed differences over the seeds
+    both rows ran (rows of different seeds are not compared)."""
     dice = {}
     for r in report["runs"]:
-        value = r["metrics"].get("seg/dice")
+        value = _dice(r, split)
         if r["row"] in (row, other) and value is not None:
             dice[r["row"], r["seed"]] = value
     seeds = sorted(
@@ -270,35 +275,44 @@ def stage1_alone(report: dict, row: str, reference: str) -> str:
 
 def controls(report: dict, by: dict[str, dict]) -> list[str]:
     """What the controls, variants and ablations say, each as a seed-paired gap to
-    SemiSeg-CAW: the class-only images' share of its lead, the stage-1 U-Net on its own,
-    the paper's ablations. Also which rows reused a stage-1 checkpoint."""
+    SemiSeg-CAW of the same backbone, on the test split and on validation (the split to
+    choose settings by): the class-only images' share of its lead, the stage-1 U-Net on
+    its own, the paper's ablations. Also which rows reused a stage-1 checkpoint."""
     ds = report["dataset"]
     out = []
-    for k in CLASS_ONLY[ds]:
-        sfx = suffix(ds, k)
-        semi = f"malunet-semiseg-caw{sfx}"
-        if semi not in by:
-            continue
-        named = {
-            f"malunet-reduced{sfx}": "the plain MALUNet on the same masks",
-            f"classelevate-alone{sfx}": "the stage-1 ClassElevateSeg of these runs, alone",
-        }
-        if k == CLASS_ONLY[ds][0]:  # control, variant and ablation rows use this budget
-            named["malunet-no-class-only"] = "trained without the class-only images"
-            named["malunet-all-masks"] = (
-                "given the class-only images' masks too: the most those images could add"
-            )
-            named |= {f"malunet-{v}": f"variant {v}" for v in VARIANTS}
-            named |= {f"malunet-{a}": f"ablation {a}" for a in ABLATIONS}
-        gaps = []
-        for name, text in named.items():
-            if name in by and (g := gap(report, name, semi)):
-                gaps.append(
-                    f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}"
-                    + stage1_alone(report, name, f"classelevate-alone{sfx}")
+    for backbone in ("malunet", "unext"):
+        for k in CLASS_ONLY[ds]:
+            sfx = suffix(ds, k)
+            semi = f"{backbone}-semiseg-caw{sfx}"
+            if semi not in by:
+                continue
+            named = {f"{backbone}-reduced{sfx}": f"the plain {backbone} on the same masks"}
+            if backbone == "malunet":
+                named[f"classelevate-alone{sfx}"] = (
+                    "the stage-1 ClassElevateSeg of these runs, alone"
                 )
-        if gaps:
-            out += [f"- Against {semi}, test Dice and the seed-paired gap to it:", *gaps]
+            if k == CLASS_ONLY[ds][0]:  # control, variant and ablation rows use this budget
+                named[f"{backbone}-no-class-only"] = "trained without the class-only images"
+                named[f"{backbone}-all-masks"] = (
+                    "given the class-only images' masks too: the most those images could add"
+                )
+                named |= {f"{backbone}-{v}": f"variant {v}" for v in VARIANTS}
+                named |= {f"{backbone}-{a}": f"ablation {a}" for a in ABLATIONS}
+            gaps = []
+            for name, text in named.items():
+                if name in by and (g := gap(report, name, semi)):
+                    val = gap(report, name, semi, "val")
+                    gaps.append(
+                        f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}"
+                        + (f"; validation {val}" if val else "")
+                        + stage1_alone(report, name, f"classelevate-alone{sfx}")
+                    )
+            if gaps:
+                out += [
+                    f"- Against {semi}, test Dice and the seed-paired gap to it (test; "
+                    "validation, the split settings are chosen on):",
+                    *gaps,
+                ]
     shared = sorted({r["row"] for r in report["runs"] if r.get("stage1_from")})
     if shared:
         out.append(

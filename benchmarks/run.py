@@ -26,6 +26,7 @@ The rows, budgets and paper figures are in ``protocol.py``; the tables in ``repo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -237,6 +238,27 @@ def _run_worker(rundir: Path, spec: dict, threads: int, name: str) -> None:
         raise RuntimeError(f"run failed ({done.returncode}); see {rundir / 'log.txt'}")
 
 
+def best_val_dice(rundir: Path) -> float | None:
+    """The best validation Dice of a run's stage-2 fit (its CSV log): what the checkpoint
+    was chosen on, and the number to choose settings by (never the test split)."""
+    best = None
+    for log in rundir.glob("version_*/metrics.csv"):
+        with open(log) as f:
+            for line in csv.DictReader(f):
+                if line.get("val/dice"):
+                    value = float(line["val/dice"])
+                    best = value if best is None else max(best, value)
+    return best
+
+
+def load_record(path: Path) -> dict:
+    """A run's ``result.json``; its best validation Dice added for runs recorded before it was."""
+    rec = json.loads(path.read_text())
+    if "val_dice" not in rec:
+        rec["val_dice"] = best_val_dice(path.parent)
+    return rec
+
+
 def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -> dict:
     best = Path(tested["best_checkpoint"])
     record = {
@@ -250,6 +272,7 @@ def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -
         "train_s_per_epoch": statistics.mean(timing["train_s"]) if timing.get("train_s") else None,
         "epoch_s": statistics.mean(timing["epoch_s"]) if timing.get("epoch_s") else None,
         "stage1_epoch_s": timing.get("stage1_epoch_s"),
+        "val_dice": best_val_dice(job["dir"]),
         **tested,
     }
     if best.is_relative_to(REPO):
@@ -441,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
         name = f"{job['row']['name']}/seed{job['seed']}"
         if a.report_only:
             f = job["dir"] / "result.json"
-            return json.loads(f.read_text()) if f.is_file() else None
+            return load_record(f) if f.is_file() else None
         t0 = time.time()
         print(f"[{time.strftime('%H:%M:%S')}] start {name} -> {job['dir']}", flush=True)
         try:
@@ -463,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     # invocation's (several invocations may fill one table: other rows, more seeds).
     done = {(r["row"], r["seed"]) for r in records}
     for f in sorted(work.glob("*/seed*/result.json")):
-        rec = json.loads(f.read_text())
+        rec = load_record(f)
         if (rec["row"], rec["seed"]) not in done:
             records.append(rec)
             done.add((rec["row"], rec["seed"]))

@@ -133,6 +133,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records[-5]["stage1_from"] = "x"
     records += [_fake_record("malunet-stage1-no-cam", "stage1-no-cam", 0, 0.67)]
     records[-1]["stage1_alone"] = {"seg/dice": 0.66}  # its own stage 1, tested alone
+    records[3]["val_dice"], records[4]["val_dice"] = 0.70, 0.73  # SemiSeg-CAW, no-class-only
     order = [r["name"] for r in protocol.all_rows("busi")]
     rows = tables.summarise(records, order)
     assert [r["row"] for r in rows] == [
@@ -169,8 +170,8 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "level with or above malunet-full" in text
     # Controls, variants and ablations as seed-paired gaps to SemiSeg-CAW (seed 0 only here).
     assert (
-        "malunet-no-class-only (trained without the class-only images): 0.620, -0.030 (seed 0)"
-        in text
+        "malunet-no-class-only (trained without the class-only images): 0.620, -0.030 (seed 0); "
+        "validation +0.030 (seed 0)" in text
     )
     assert (
         "classelevate-alone (the stage-1 ClassElevateSeg of these runs, alone): 0.640, -0.010"
@@ -178,7 +179,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
     assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
     assert "the most those images could add): 0.680, +0.030 (seed 0)" in text
-    assert "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0)" in text
+    assert "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0)\n" in text
     assert "paired +0.050 (seed 0)" in text  # against malunet-full at seed 0, not its mean
     assert (
         "malunet-stage1-no-cam (variant stage1-no-cam): 0.670, +0.020 (seed 0); its stage 1 "
@@ -259,6 +260,7 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
         assert m["seg/dice"] == pytest.approx(2 * m["seg/iou"] / (1 + m["seg/iou"]), abs=1e-5)
         assert run["test_images"] == 129  # BUSI test split without normal images (default)
         assert run["params"] > 0 and run["infer_ms_per_image"] > 0
+        assert 0.0 <= run["val_dice"] <= 1.0  # what settings are chosen on
         # The budget as the run saw it: 100 masks withheld, as class-only images or dropped.
         semi = run["method"] in ("semiseg-caw", "classelevate-alone")
         assert run["train_class_only"] == (100 if semi else 0)
