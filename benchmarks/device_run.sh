@@ -15,7 +15,10 @@
 #   python -c "import sys; sys.path.insert(0, 'benchmarks'); import report; report.update_readme()"
 # The per-run records come back under <files_at>/runs/ (checkpoints stay there).
 #
-# Usage: device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS]   (default gpu 9 540)
+# Usage: device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
+#                                                        (default gpu 9 540; "graphs": run the
+#                                     GPU-only tests first and, if they pass, train with CUDA
+#                                     graphs, which the tables then say)
 #        device_run.sh speed [SECONDS]                                 (default 330)
 #        device_run.sh check [SECONDS]                                 (default 240)
 # speed and check first run the GPU-only tests (CUDA graphs train like eager, augmentation
@@ -43,15 +46,27 @@ $py -c "import torch, lightning, timm, albumentations, jsonargparse, torchmetric
 print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$log" || exit 1
 quiet() { grep --line-buffered -v "Tip\|TPU available\|GPU available\|LOCAL_RANK"; }
+gpu_tests() {  # CUDA graphs train like eager; augmentation on the device matches the loader's
+    echo "== GPU-only tests" | tee -a "$log"
+    timeout -k 5 120 $py -m pytest -q -p no:cacheprovider tests/test_speed_levers.py \
+        tests/test_data_device_augment.py -k "cuda or gpu or device" 2>&1 | tail -15 | tee -a "$log"
+    return "${PIPESTATUS[0]}"
+}
 
 case $mode in
 bench)
     dataset=${2:?dataset: busi or ddti}; budget=${3:-gpu}; parallel=${4:-9}; seconds=${5:-540}
     work=/tmp/bench-work
+    graphs=()
+    if [ "${6:-}" = graphs ]; then
+        start=$SECONDS
+        if gpu_tests; then graphs=(--cuda-graphs); else echo "== eager: GPU tests failed" | tee -a "$log"; fi
+        seconds=$((seconds - (SECONDS - start)))
+    fi
     # Checkpoints stay in $work (too big to come back); results and run records come back.
     timeout -k 10 "$seconds" $py benchmarks/run.py --dataset "$dataset" --budget "$budget" \
         --data-root ".device-data/$dataset" --work "$work" --out "$OUT/results" \
-        --parallel "$parallel" --no-readme 2>&1 | quiet | tee -a "$log"
+        --parallel "$parallel" --no-readme "${graphs[@]}" 2>&1 | quiet | tee -a "$log"
     echo "== run.py exit ${PIPESTATUS[0]}; tables from the runs that finished" | tee -a "$log"
     $py benchmarks/run.py --dataset "$dataset" --budget "$budget" --work "$work" \
         --out "$OUT/results" --report-only --no-readme 2>&1 | quiet | tail -5 | tee -a "$log"
@@ -59,9 +74,7 @@ bench)
         | while read -r f; do mkdir -p "$OUT/runs/$(dirname "$f")"; cp "$work/$f" "$OUT/runs/$f"; done
     ;;
 speed|check)
-    echo "== GPU-only tests" | tee -a "$log"
-    timeout -k 5 120 $py -m pytest -q -p no:cacheprovider tests/test_speed_levers.py \
-        tests/test_data_device_augment.py -k "cuda or gpu or device" 2>&1 | tail -15 | tee -a "$log"
+    gpu_tests || echo "== GPU-only tests FAILED" | tee -a "$log"
     ;;&
 check)
     seconds=${2:-240}

@@ -97,6 +97,7 @@ def markdown(report: dict) -> str:
         f"{sum(r.get('fit_wall_s') or 0 for r in report['runs']) / 60:.1f} min; this "
         f"invocation {report['wall_s'] / 60:.1f} min"
         f"{' (tables rebuilt from finished runs)' if report.get('report_only') else ''}.",
+        *graphs_note(report),
         "",
         "| row | class-only | seeds | Dice | IoU | recall | precision | specificity | pixel acc. "
         "| Dice/img | IoU/img | cls acc. | cls bal. acc. | AUROC |",
@@ -230,6 +231,17 @@ def comparison(report: dict) -> list[str]:
         "name its data set in the outline we have, so it is not matched to rows here."
     )
     return out
+
+
+def graphs_note(report: dict) -> list[str]:
+    """A settings line when some runs trained with CUDA graphs (a speed lever)."""
+    graphed = [r for r in report["runs"] if r.get("cuda_graphs")]
+    if not graphed:
+        return []
+    return [
+        f"- CUDA graphs (`model.cuda_graphs`): on in {len(graphed)} of {len(report['runs'])} "
+        "runs; a speed lever that `benchmarks/speed.py --check` holds to the eager result."
+    ]
 
 
 def _dice(run: dict, split: str) -> float | None:

@@ -255,7 +255,10 @@ def load_record(path: Path) -> dict:
     """A run's ``result.json``; its best validation Dice added for runs recorded before it was."""
     rec = json.loads(path.read_text())
     if "val_dice" not in rec:
-        rec["val_dice"] = best_val_dice(path.parent)
+        logs = path.parent
+        if rec.get("derived_from"):  # the stage 1 of another run, tested alone
+            logs = (REPO / rec["derived_from"]) / "stage1" / "logs"
+        rec["val_dice"] = best_val_dice(logs)
     return rec
 
 
@@ -304,6 +307,8 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
         f"--trainer.logger.init_args.save_dir={rundir}",
         *budget["trainer"],
     ]
+    if job.get("cuda_graphs"):  # a speed lever: the same training, replayed from CUDA graphs
+        fit.append("--model.init_args.cuda_graphs=true")
     stage1 = shared_stage1(job)
     if stage1 is not None:
         fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
@@ -321,6 +326,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     tested = json.loads((rundir / "test.json").read_text())
     record = _record(job, row, tested, started_at, timing)
+    record["cuda_graphs"] = bool(job.get("cuda_graphs"))
     if stage1 is not None:
         record["stage1_from"] = str(
             stage1.relative_to(REPO) if stage1.is_relative_to(REPO) else stage1
@@ -374,6 +380,8 @@ def test_stage1(job: dict, threads: int) -> None:
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     record = _record(job, derived, tested, parent.get("commit"), {})
     record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
+    record["val_dice"] = best_val_dice(rundir / "stage1" / "logs")  # stage 1's, not stage 2's
+    record["cuda_graphs"] = parent.get("cuda_graphs", False)
     record["derived_from"] = str(
         rundir.relative_to(REPO) if rundir.is_relative_to(REPO) else rundir
     )
@@ -412,6 +420,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="runs at once")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores/parallel)")
     p.add_argument("--data-root", help="data set folder (default: the data set config's)")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="train with model.cuda_graphs (a speed lever; the tables say which runs used it)",
+    )
     p.add_argument("--epochs", type=int, help="override the budget's epochs (both stages)")
     p.add_argument("--work", type=Path, help="run folders (default runs/bench/<dataset>-<budget>)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -450,6 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
             "budget": budget,
             "data_root": a.data_root,
             "dir": work / r["name"] / f"seed{s}",
+            "cuda_graphs": a.cuda_graphs,
         }
         for r in rows
         for s in seeds

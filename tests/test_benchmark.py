@@ -178,6 +178,10 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         in text
     )
     assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
+    assert "CUDA graphs" not in text
+    records[0]["cuda_graphs"] = True
+    assert "CUDA graphs (`model.cuda_graphs`): on in 1 of 9 runs" in tables.markdown(report)
+    records[0]["cuda_graphs"] = False
     assert "the most those images could add): 0.680, +0.030 (seed 0)" in text
     assert "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0)\n" in text
     assert "paired +0.050 (seed 0)" in text  # against malunet-full at seed 0, not its mean
