@@ -37,7 +37,7 @@ CONTROLS = ["no-class-only", "all-masks"]
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
 # images; the auxiliary map also added to the output logits; the auxiliary model fine-tuned
-# at the full learning rate.
+# at the full learning rate; Focal Tversky weighing false negatives and positives alike.
 VARIANTS = [
     "pseudo-labels",
     "frozen-aux-cached",
@@ -46,6 +46,7 @@ VARIANTS = [
     "stage1-consistency",
     "aux-output-skip",
     "aux-full-lr",
+    "ftv-balanced",
 ]
 # Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
 # they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
@@ -60,6 +61,7 @@ SHARES_STAGE1 = {
     "frozen-aux-cached",
     "aux-output-skip",
     "aux-full-lr",
+    "ftv-balanced",
 }
 
 # Budgets: trainer/data settings, default rows and seeds.
