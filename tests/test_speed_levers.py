@@ -245,6 +245,7 @@ def test_graphed_objective_plumbing(
     # Another batch size, another dtype or eval mode: eager.
     model.objective(graph_batch(batch=8))
     model.objective(batch | {"has_label": batch["has_label"].long()})
+    assert not graphed.fits(batch | {"aux_map": torch.rand(4, 1, 64, 64)})  # absent at capture
     model.eval()
     model.objective(batch)
     assert calls["replays"] == 1

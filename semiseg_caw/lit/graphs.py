@@ -69,7 +69,7 @@ def capture_cuda_graph(
 class _Objective(nn.Module):
     """A step's objective as a module of positional tensors: what ``make_graphed_callables``
     takes. Holds the networks and the weighting (so their parameters are the graph's), not
-    the task, whose ``objective_terms`` it calls."""
+    the task, whose ``loss_terms`` it calls."""
 
     def __init__(
         self,
@@ -114,6 +114,7 @@ class GraphedObjective:
         keys: Sequence[str],
     ) -> None:
         self.keys = tuple(k for k in keys if isinstance(batch.get(k), Tensor))
+        self.absent = tuple(k for k in keys if k not in self.keys)  # e.g. no cached maps
         self.layout = [(batch[k].shape, batch[k].dtype, batch[k].device) for k in self.keys]
         self.objective = _Objective(modules, self.keys, terms, weighting).train()
         example = tuple(batch[k].detach().clone() for k in self.keys)
@@ -129,6 +130,8 @@ class GraphedObjective:
 
     def fits(self, batch: dict[str, Any]) -> bool:
         """Whether ``batch`` has the keys, shapes, dtypes and device the graph was made for."""
+        if any(isinstance(batch.get(k), Tensor) for k in self.absent):
+            return False
         for key, (shape, dtype, device) in zip(self.keys, self.layout, strict=True):
             value = batch.get(key)
             if not (
