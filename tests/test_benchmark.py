@@ -134,6 +134,8 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records += [_fake_record("malunet-stage1-no-cam", "stage1-no-cam", 0, 0.67)]
     records[-1]["stage1_alone"] = {"seg/dice": 0.66}  # its own stage 1, tested alone
     records[3]["val_dice"], records[4]["val_dice"] = 0.70, 0.73  # SemiSeg-CAW, no-class-only
+    records[5]["val_dice"] = 0.80  # all-masks: sees more masks, never picked
+    records[6]["val_dice"] = 0.75  # pseudo-labels: picked
     order = [r["name"] for r in protocol.all_rows("busi")]
     rows = tables.summarise(records, order)
     assert [r["row"] for r in rows] == [
@@ -179,11 +181,20 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
     assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
     assert "CUDA graphs" not in text
+    assert (
+        "- Chosen on validation (malunet, best mean validation Dice over seeds 0 among 3 "
+        "SemiSeg-CAW settings): malunet-pseudo-labels (validation +0.050 (seed 0) over "
+        "malunet-semiseg-caw); on test level with or above malunet-full (+0.050 Dice; paired "
+        "+0.060 (seed 0)" in text
+    )
     records[0]["cuda_graphs"] = True
     assert "CUDA graphs (`model.cuda_graphs`): on in 1 of 9 runs" in tables.markdown(report)
     records[0]["cuda_graphs"] = False
     assert "the most those images could add): 0.680, +0.030 (seed 0)" in text
-    assert "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0)\n" in text
+    assert (
+        "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0); validation +0.050"
+        in text
+    )
     assert "paired +0.050 (seed 0)" in text  # against malunet-full at seed 0, not its mean
     assert (
         "malunet-stage1-no-cam (variant stage1-no-cam): 0.670, +0.020 (seed 0); its stage 1 "
