@@ -18,7 +18,8 @@
 # Usage: device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
 #                                                        (default gpu 9 540; "graphs": run the
 #                                     GPU-only tests first and, if they pass, train with CUDA
-#                                     graphs, which the tables then say)
+#                                     graphs, which the tables then say; ROWS="pattern ..."
+#                                     picks other rows, e.g. ROWS="unext-*")
 #        device_run.sh speed [SECONDS]                                 (default 330)
 #        device_run.sh check [SECONDS]                                 (default 240)
 # speed and check first run the GPU-only tests (CUDA graphs train like eager, augmentation
@@ -66,7 +67,8 @@ bench)
     # Checkpoints stay in $work (too big to come back); results and run records come back.
     timeout -k 10 "$seconds" $py benchmarks/run.py --dataset "$dataset" --budget "$budget" \
         --data-root ".device-data/$dataset" --work "$work" --out "$OUT/results" \
-        --parallel "$parallel" --no-readme "${graphs[@]}" 2>&1 | quiet | tee -a "$log"
+        --parallel "$parallel" --no-readme "${graphs[@]}" ${ROWS:+--rows $ROWS} 2>&1 \
+        | quiet | tee -a "$log"
     echo "== run.py exit ${PIPESTATUS[0]}; tables from the runs that finished" | tee -a "$log"
     $py benchmarks/run.py --dataset "$dataset" --budget "$budget" --work "$work" \
         --out "$OUT/results" --report-only --no-readme 2>&1 | quiet | tail -5 | tee -a "$log"
