@@ -286,3 +286,41 @@ def test_cuda_graphs_train_like_eager(task: type, kwargs: dict, whole_objective:
             run.append(loss.item())
         losses.append(run)
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_a_graphed_objective_trains_through_lightning(
+    monkeypatch: pytest.MonkeyPatch, make_trainer: MakeTrainer
+) -> None:
+    """The graphed path inside a real fit, with the capture stood in on a CPU: full-size
+    batches replay, the smaller last batch of an epoch runs eager, validation runs eager,
+    and the weights end where an eager fit puts them."""
+    from semiseg_caw.lit.base import OBJECTIVE_KEYS
+    from semiseg_caw.lit.graphs import GraphedObjective
+
+    calls = {"replays": 0}
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed_callables(calls))
+
+    class StandIn(SemiSegCAW):
+        def capture_cuda_graphs(self, batch, whole_objective=True):  # no CUDA here
+            self.__dict__["_graphed_objective"] = GraphedObjective(
+                {"net": self.net}, self.weighting, self.loss_terms, batch, OBJECTIVE_KEYS
+            )
+            return ["objective"]
+
+    weights = {}
+    for task in (SemiSegCAW, StandIn):
+        L.seed_everything(0)
+        model = task(cuda_graphs=task is StandIn)
+        for module in model.modules():  # the stand-in's warm-up must not shift random numbers
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        dm = datamodule(batch_size=8)
+        trainer = make_trainer(max_epochs=2, limit_train_batches=None)
+        trainer.fit(model, datamodule=dm)
+        weights[task] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    n_train = len(dm.train_dataloader().dataset)
+    assert n_train % 8, "needs a smaller last batch"
+    assert model.cuda_graphed == ["objective"]
+    assert calls["replays"] == 2 * (n_train // 8)  # full batches only, both epochs
+    for key, value in weights[SemiSegCAW].items():
+        torch.testing.assert_close(weights[StandIn][key], value, msg=key)
