@@ -162,6 +162,12 @@ def test_cuda_graphs_do_nothing_on_cpu(make_trainer: MakeTrainer) -> None:
     with pytest.warns(UserWarning, match="CUDA only"):
         make_trainer(max_steps=2, limit_val_batches=0).fit(model, datamodule=datamodule())
     assert model.cuda_graphed == []
+    # Gradient accumulation would sum gradients that live in a graph's memory: eager.
+    model = SemiSegCAW(aux_source="none", classifier=False, cuda_graphs=True)
+    trainer = make_trainer(max_steps=1, limit_val_batches=0, accumulate_grad_batches=2)
+    with pytest.warns(UserWarning, match="accumulate_grad_batches"):
+        trainer.fit(model, datamodule=datamodule())
+    assert model.cuda_graphed == []
     # The stage-1 run inside `fit` asks for them too.
     assert stage1_module(SemiSegCAW(cuda_graphs=True)).hparams.cuda_graphs
 

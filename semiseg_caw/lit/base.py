@@ -153,6 +153,16 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.hparams.get("cuda_graphs") and not self._graphs_tried:
             self._graphs_tried = True
+            if self.trainer.accumulate_grad_batches > 1:
+                # A graph hands back gradients in its own static memory; summing them over
+                # several replays into .grad would alias that memory and come out wrong.
+                warnings.warn(
+                    "cuda_graphs is not used with trainer.accumulate_grad_batches > 1; "
+                    "training runs eager",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return
             self.cuda_graphed = self.capture_cuda_graphs(batch)
 
     def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:

@@ -54,8 +54,9 @@ class SemiSegCAW(SegmentationTask):
             like MALUNet. When that capture fails, graph the backbone (and a fine-tuned
             auxiliary model) alone; when that fails too, run eager; each with a warning.
             Static shapes: other batch shapes and evaluation run eager; graphed parts run
-            in float32 whatever the trainer's precision. Does nothing on a CPU. The
-            stage-1 run inside ``fit`` inherits it.
+            in float32 whatever the trainer's precision. Does nothing on a CPU or with
+            gradient accumulation (a warning says so). The stage-1 run inside ``fit``
+            inherits it.
         aux_output_skip: also add a trainable multiple (starting at 0) of the auxiliary
             map's logit to the backbone's mask logits (late fusion next to the input
             channel; see ``SemiSegCAWNet``).
