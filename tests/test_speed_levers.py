@@ -231,9 +231,8 @@ def test_graphed_objective_plumbing(
             module.p = 0.0
     batch = graph_batch()
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    graphed = GraphedObjective(
-        {"net": model.net}, model.weighting, model.loss_terms, batch, OBJECTIVE_KEYS
-    )
+    modules = {"net": model.net, "weighting": model.weighting}
+    graphed = GraphedObjective(modules, model.eager_objective, batch, OBJECTIVE_KEYS)
     assert graphed.keys == ("image", "mask", "has_mask", "label", "has_label")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
     torch.manual_seed(1)  # the same noise for the consistency term's second view
@@ -308,8 +307,9 @@ def test_a_graphed_objective_trains_through_lightning(
 
     class StandIn(SemiSegCAW):
         def capture_cuda_graphs(self, batch, whole_objective=True):  # no CUDA here
+            modules = {"net": self.net, "weighting": self.weighting}
             self.__dict__["_graphed_objective"] = GraphedObjective(
-                {"net": self.net}, self.weighting, self.loss_terms, batch, OBJECTIVE_KEYS
+                modules, self.eager_objective, batch, OBJECTIVE_KEYS
             )
             return ["objective"]
 

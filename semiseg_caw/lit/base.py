@@ -138,6 +138,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             out = graphed(batch)
             if out is not None:
                 return out
+        return self.eager_objective(batch)
+
+    def eager_objective(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """``objective`` computed op by op (and what its CUDA graph records)."""
         stacked = self.weighting.stack(self.loss_terms(batch))
         return self.weighting.combine(stacked), stacked.detach()
 
@@ -180,7 +184,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         if whole_objective:
             try:
                 self.__dict__["_graphed_objective"] = GraphedObjective(
-                    {"net": self.net}, self.weighting, self.loss_terms, batch, OBJECTIVE_KEYS
+                    {"net": self.net, "weighting": self.weighting},
+                    self.eager_objective,
+                    batch,
+                    OBJECTIVE_KEYS,
                 )
                 return ["objective"]
             except Exception as err:  # capture fails in many ways; the fallbacks still work

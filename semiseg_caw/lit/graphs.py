@@ -68,63 +68,58 @@ def capture_cuda_graph(
 
 class _Objective(nn.Module):
     """A step's objective as a module of positional tensors: what ``make_graphed_callables``
-    takes. Holds the networks and the weighting (so their parameters are the graph's), not
-    the task, whose ``loss_terms`` it calls."""
+    takes. Holds the modules the objective runs (so their parameters are the graph's), not
+    the task, whose eager objective it calls."""
 
     def __init__(
         self,
         modules: dict[str, nn.Module],
         keys: Sequence[str],
-        terms: Callable[[dict[str, Tensor]], dict[str, Tensor]],
-        weighting: nn.Module,
+        objective: Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]],
     ) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(modules)
         self.keys = tuple(keys)
-        self.weighting = weighting
-        self.__dict__["_terms"] = terms  # a bound method of the task: not a submodule
+        self.__dict__["_objective"] = objective  # a bound method of the task: not a submodule
 
     def forward(self, *tensors: Tensor) -> tuple[Tensor, Tensor]:
-        stacked = self.weighting.stack(self._terms(dict(zip(self.keys, tensors, strict=True))))
-        return self.weighting.combine(stacked), stacked.detach()
+        return self._objective(dict(zip(self.keys, tensors, strict=True)))
 
 
 class GraphedObjective:
     """The objective of training batches shaped like ``batch``, replayed from one CUDA graph.
 
     Args:
-        modules: every module the objective runs (networks, heads); their parameters
-            and the weighting's are the graph's static inputs.
-        weighting: the loss weighting (its ``stack`` order names the returned terms).
-        terms: the task's function from a batch dict to named loss terms.
+        modules: every module the objective runs (networks, loss weighting); their
+            parameters are the graph's static inputs.
+        objective: the task's eager objective, from a batch dict to ``(loss, terms)``.
         batch: the first training batch; the graph is recorded for its keys (those of
             ``keys`` that it has), shapes, dtypes and device.
         keys: batch entries the objective reads.
 
-    Calling it returns ``(loss, terms)`` (``terms``: the detached ``(K,)`` vector in the
-    weighting's order) or None when a batch does not fit the graph (then run eager).
+    Calling it returns what ``objective`` returns, or None when a batch does not fit the
+    graph (then run eager).
     """
 
     def __init__(
         self,
         modules: dict[str, nn.Module],
-        weighting: nn.Module,
-        terms: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+        objective: Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]],
         batch: dict[str, Any],
         keys: Sequence[str],
     ) -> None:
         self.keys = tuple(k for k in keys if isinstance(batch.get(k), Tensor))
         self.absent = tuple(k for k in keys if k not in self.keys)  # e.g. no cached maps
         self.layout = [(batch[k].shape, batch[k].dtype, batch[k].device) for k in self.keys]
-        self.objective = _Objective(modules, self.keys, terms, weighting).train()
+        self.objective = _Objective(modules, self.keys, objective).train()
         example = tuple(batch[k].detach().clone() for k in self.keys)
-        objective = self.objective
+        module = self.objective
         self.graphed = _restore_after(
-            objective,
+            module,
             # allow_unused_input: a term set may leave parameters without a gradient (e.g.
             # the classifier when 'ce' is off); eager autograd leaves those at None too.
             lambda: torch.cuda.make_graphed_callables(
-                objective, example, num_warmup_iters=3, allow_unused_input=True
+                module, example, num_warmup_iters=3, allow_unused_input=True
             ),
         )
 
