@@ -332,8 +332,26 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
             stage1.relative_to(REPO) if stage1.is_relative_to(REPO) else stage1
         )
     result_file.write_text(json.dumps(record, indent=1))
+    drop_resume_checkpoints(rundir)
     test_stage1(job, threads)
     return json.loads(result_file.read_text())
+
+
+def drop_resume_checkpoints(rundir: Path) -> list[Path]:
+    """Delete a recorded run's ``last.ckpt`` files (stage 1's and stage 2's); returns them.
+
+    They exist only to resume an interrupted fit. At ~150 MB each for SemiSeg-CAW they filled
+    the disk after a few hundred runs. The best-on-validation checkpoints stay: the record's
+    numbers come from them, and later rows reuse stage 1's.
+    """
+    if not (rundir / "result.json").is_file():
+        return []  # not finished: last.ckpt is what resumes it
+    dropped = sorted(rundir.glob("checkpoints/last.ckpt")) + sorted(
+        rundir.glob("stage1/checkpoints/last.ckpt")
+    )
+    for ckpt in dropped:
+        ckpt.unlink()
+    return dropped
 
 
 def test_stage1(job: dict, threads: int) -> None:

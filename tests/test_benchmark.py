@@ -101,6 +101,19 @@ def test_a_stage1_variant_keeps_its_own_stage1_test_in_its_record(tmp_path: Path
     assert not (tmp_path / "classelevate-alone").exists()  # not filed as the derived row
 
 
+def test_a_recorded_run_drops_only_its_resume_checkpoints(tmp_path: Path) -> None:
+    names = ("checkpoints/last.ckpt", "checkpoints/best-epoch=003.ckpt")
+    files = [tmp_path / n for n in names] + [tmp_path / "stage1" / n for n in names]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    assert bench.drop_resume_checkpoints(tmp_path) == []  # unfinished: last.ckpt resumes it
+    assert all(f.is_file() for f in files)
+    (tmp_path / "result.json").write_text("{}")
+    assert bench.drop_resume_checkpoints(tmp_path) == [files[0], files[2]]
+    assert [f.is_file() for f in files] == [False, True, False, True]
+
+
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
     iou = dice / (2 - dice)
     metrics = {f"seg/{k}": 0.5 for k in protocol.SEG_KEYS}
@@ -283,6 +296,9 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
         semi = run["method"] in ("semiseg-caw", "classelevate-alone")
         assert run["train_class_only"] == (100 if semi else 0)
         assert "checkpoints/best-epoch=" in run["best_checkpoint"]
+        best = Path(run["best_checkpoint"])
+        if run["method"] != "classelevate-alone":
+            assert best.is_file() and not (best.parent / "last.ckpt").exists()
     semi = next(r for r in smoke["runs"] if r["method"] == "semiseg-caw")
     masks = {r["method"]: r["train_masks"] for r in smoke["runs"]}
     assert masks["full"] == masks["reduced"] + 100 == masks["semiseg-caw"] + 100
