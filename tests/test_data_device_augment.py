@@ -88,8 +88,10 @@ def test_data_module_augments_training_batches_only_after_transfer(
     calls = []
 
     def spy(batch):
-        calls.append(batch["image"].device)
-        return augment_batch(batch)
+        calls.append(batch["image"].dtype)  # the loader's uint8 pixels, converted here
+        out = augment_batch(batch)
+        assert out["image"].dtype == out["mask"].dtype == torch.float32
+        return out
 
     monkeypatch.setattr(datamodule, "augment_batch", spy)
     dm = SemiSegDataModule(
@@ -97,7 +99,7 @@ def test_data_module_augments_training_batches_only_after_transfer(
     )
     model = SemiSegCAW(aux_source="none", loss_terms=["bce", "dice", "ce"])
     make_trainer(limit_train_batches=2, limit_val_batches=1).fit(model, datamodule=dm)
-    assert len(calls) == 2  # the two training batches, after the transfer; never validation
+    assert calls == [torch.uint8] * 2  # the two training batches, after the transfer; never val
     assert dm._datasets["train"].transform is None  # the loader itself no longer augments
     calls.clear()
     dm.augment_on_device = False

@@ -21,7 +21,8 @@ from semiseg_caw.data import (
     make_split_file,
     make_synthetic,
 )
-from semiseg_caw.data.datasets import MixedBatchSampler, seed_worker
+from semiseg_caw.data.datasets import MixedBatchSampler, collate, seed_worker
+from semiseg_caw.data.device_augment import from_raw
 from semiseg_caw.data.transforms import MEAN, STD
 
 KEYS = {"image", "mask", "label", "has_mask", "has_label", "id"}
@@ -181,6 +182,36 @@ def test_eval_loaders_are_not_augmented():
     expected = (torch.from_numpy(image).float() / 255 - MEAN) / STD
     assert torch.allclose(first["image"][0, 0], expected)
     assert torch.equal(first["mask"][0, 0], torch.from_numpy(mask).float())
+
+
+def test_a_batch_is_fetched_whole_as_its_samples_are_stored():
+    dm = synthetic_dm(class_only=0.3, augment=False)
+    dataset, cache = dm._datasets["train"], dm.data.cache
+    indices = list(range(len(dataset)))[::3][:8]
+    batch = dataset.__getitems__(indices)  # what the DataLoader asks for: one call per batch
+    check_batch(batch, 8, 1, 32)
+    for j, i in enumerate(indices):
+        sample = dataset.samples[i]
+        image, mask = cache.get(sample.id)
+        assert batch["id"][j] == sample.id
+        expected = (torch.from_numpy(image) / 255 - MEAN) / STD
+        assert torch.allclose(batch["image"][j, 0], expected, atol=1e-6)
+        assert torch.equal(batch["mask"][j, 0], torch.from_numpy(mask).float() * sample.has_mask)
+        assert batch["label"][j] == (-1 if sample.label is None else sample.label)
+    assert not batch["has_mask"].all() and batch["has_mask"].any()  # both kinds were checked
+    loaded = next(iter(DataLoader(dataset, batch_size=8, collate_fn=collate)))
+    assert torch.equal(loaded["image"], dataset.__getitems__(list(range(8)))["image"])
+
+    # raw: the stored uint8 pixels and masks, for the device to convert (same batch after it)
+    raw = SegmentationDataset(dataset.samples, cache, in_channels=3, raw=True)
+    raw_batch = raw.__getitems__(indices)
+    assert raw_batch["image"].dtype == torch.uint8 and raw_batch["image"].shape[1] == 3
+    converted = from_raw(raw_batch)
+    assert torch.allclose(converted["image"][:, :1], batch["image"], atol=1e-6)
+    assert torch.equal(converted["mask"], batch["mask"])
+    assert from_raw(batch) is batch  # already float: untouched
+    with pytest.raises(ValueError, match="raw"):
+        SegmentationDataset(dataset.samples, cache, build_train_transform(), raw=True)
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -20,7 +20,7 @@ from semiseg_caw.data.datasets import (
     collate,
     seed_worker,
 )
-from semiseg_caw.data.device_augment import augment_batch
+from semiseg_caw.data.device_augment import augment_batch, from_raw
 from semiseg_caw.data.io import (
     IMAGE_EXTENSIONS,
     BadFile,
@@ -75,7 +75,7 @@ class SemiSegDataModule(L.LightningDataModule):
         predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``.
         skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising (training data; prediction always goes on and reports each bad file).
         augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle noise).
-        augment_on_device: Augment each training batch on the device it trains on (batched torch ops, e.g. on the GPU) instead of per image in the loader (albumentations, CPU): for a fast GPU the loader then only indexes memory.
+        augment_on_device: Augment each training batch on the device it trains on (batched torch ops, e.g. on the GPU) instead of per image in the loader (albumentations, CPU): for a fast GPU the loader then only indexes memory. Its training batches then carry uint8 images and masks until ``on_after_batch_transfer`` (which a Trainer calls) converts them.
         eval_batch_size: Batch size of val, test and predict loaders; None: batch_size.
         classes: Class names of a manifest data set (labels there may be indices or these names).
     """
@@ -152,11 +152,13 @@ class SemiSegDataModule(L.LightningDataModule):
             self._setup_splits()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``augment_on_device``: augment training batches where they now are."""
+        """With ``augment_on_device``: augment training batches where they now are (and
+        convert their uint8 pixels, also when a training batch is not augmented, e.g. with
+        ``overfit_batches`` validating on it)."""
         trainer = self.trainer
         if self.augment and self.augment_on_device and trainer is not None and trainer.training:
             return augment_batch(batch)
-        return batch
+        return from_raw(batch) if isinstance(batch, dict) else batch
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches mixing fully labelled and class-only samples."""
@@ -263,6 +265,8 @@ class SemiSegDataModule(L.LightningDataModule):
                 data.cache,
                 train_transform if name == "train" else None,
                 self.in_channels,
+                # uint8 batches, converted where they are augmented (on_after_batch_transfer)
+                raw=name == "train" and self.augment and self.augment_on_device,
             )
             for name in SPLITS
         }

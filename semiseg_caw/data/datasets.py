@@ -14,7 +14,7 @@ from torch.utils.data import BatchSampler, Dataset, Sampler, get_worker_info
 
 from semiseg_caw.data.io import ImageCache
 from semiseg_caw.data.samples import Sample
-from semiseg_caw.data.transforms import normalize
+from semiseg_caw.data.transforms import normalize, normalize_batch
 
 
 class SegmentationDataset(Dataset):
@@ -28,6 +28,10 @@ class SegmentationDataset(Dataset):
         transform: An albumentations pipeline applied to ``image`` (H, W, 1) and ``mask`` (and
             ``aux_map`` (H, W) when maps are set, see ``build_train_transform``), or None.
         in_channels: Channels of the returned image (1, or 3 by replication).
+        raw: Give ``image`` and ``mask`` as the cache stores them, uint8 (pixels 0-255, mask
+            {0, 1}), for the device to convert: a quarter of the bytes to copy and no float
+            work in the loader. :func:`~semiseg_caw.data.device_augment.augment_batch`
+            takes such batches. Needs ``transform=None``.
     """
 
     def __init__(
@@ -36,15 +40,22 @@ class SegmentationDataset(Dataset):
         cache: ImageCache,
         transform: Callable | None = None,
         in_channels: int = 1,
+        raw: bool = False,
     ) -> None:
         missing = [s.id for s in samples if s.id not in cache]
         if missing:
             raise KeyError(f"{len(missing)} sample(s) not in the cache, e.g. {missing[0]!r}")
+        if raw and transform is not None:
+            raise ValueError("raw samples cannot have a loader transform (augment on the device)")
         self.samples = list(samples)
         self.cache = cache
         self.transform = transform
         self.in_channels = in_channels
+        self.raw = raw
         self._rows = np.array([cache.index[s.id] for s in self.samples], dtype=np.int64)
+        self._labels = np.array([-1 if s.label is None else s.label for s in self.samples])
+        self._has_mask = np.array([bool(s.has_mask) for s in self.samples], dtype=bool)
+        self._has_label = np.array([bool(s.has_label) for s in self.samples], dtype=bool)
         self.aux_maps: np.ndarray | None = None
 
     def set_aux_maps(self, maps: np.ndarray | None) -> None:
@@ -67,33 +78,58 @@ class SegmentationDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
+        if self.transform is None:
+            return {key: value[0] for key, value in self.__getitems__([index]).items()}
         sample = self.samples[index]
         row = self._rows[index]
-        image = self.cache.images[row][..., None]  # (H, W, 1) uint8
-        mask = self.cache.masks[row]  # (H, W) uint8 {0, 1}
-        aux = None if self.aux_maps is None else self.aux_maps[row]  # (H, W) float32
-        if self.transform is not None:
-            if aux is None:
-                out = self.transform(image=image, mask=mask)
-            else:
-                out = self.transform(image=image, mask=mask, aux_map=aux)
-                aux = out["aux_map"]
-            image, mask = out["image"], out["mask"]
-        if sample.has_mask:
-            mask = np.asarray(mask, dtype=np.float32)[None]  # (1, H, W)
-        else:
-            mask = np.zeros((1, *mask.shape[:2]), dtype=np.float32)
+        targets = {"image": self.cache.images[row][..., None], "mask": self.cache.masks[row]}
+        if self.aux_maps is not None:
+            targets["aux_map"] = self.aux_maps[row]  # (H, W) float32, follows the geometry
+        out = self.transform(**targets)
+        mask = np.asarray(out["mask"], dtype=np.float32)[None] * np.float32(sample.has_mask)
         item = {
-            "image": normalize(image, self.in_channels),
-            "mask": torch.from_numpy(mask),
-            "label": torch.tensor(-1 if sample.label is None else sample.label, dtype=torch.long),
-            "has_mask": torch.tensor(bool(sample.has_mask)),
-            "has_label": torch.tensor(sample.has_label),
+            "image": normalize(out["image"], self.in_channels),
+            "mask": torch.from_numpy(mask),  # (1, H, W), zeros where there is no mask
+            "label": torch.tensor(self._labels[index], dtype=torch.long),
+            "has_mask": torch.tensor(self._has_mask[index]),
+            "has_label": torch.tensor(self._has_label[index]),
             "id": sample.id,
         }
-        if aux is not None:
-            item["aux_map"] = torch.from_numpy(np.ascontiguousarray(aux, dtype=np.float32)[None])
+        if "aux_map" in out:
+            aux = np.ascontiguousarray(out["aux_map"], dtype=np.float32)[None]
+            item["aux_map"] = torch.from_numpy(aux)
         return item
+
+    def __getitems__(self, indices: Sequence[int]) -> dict | list[dict]:
+        """A batch's samples, as the DataLoader asks for them (``collate`` finishes the job).
+
+        With no per-sample transform (evaluation, or augmentation on the device) the whole
+        batch is one fancy index and one normalisation, already batched: the per-sample
+        Python work was most of the loader's time, which a fast GPU then waits for.
+        """
+        if self.transform is not None:
+            return [self[i] for i in indices]
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = self._rows[idx]
+        images = self.cache.images[rows]  # (B, H, W) uint8
+        masks = self.cache.masks[rows][:, None] * self._has_mask[idx, None, None, None]
+        if self.raw:
+            image = torch.from_numpy(np.repeat(images[:, None], self.in_channels, axis=1))
+            mask = torch.from_numpy(masks)  # uint8
+        else:
+            image = normalize_batch(images, self.in_channels)
+            mask = torch.from_numpy(masks.astype(np.float32))
+        batch = {
+            "image": image,
+            "mask": mask,
+            "label": torch.from_numpy(self._labels[idx].astype(np.int64)),
+            "has_mask": torch.from_numpy(self._has_mask[idx]),
+            "has_label": torch.from_numpy(self._has_label[idx]),
+            "id": [self.samples[i].id for i in idx],
+        }
+        if self.aux_maps is not None:
+            batch["aux_map"] = torch.from_numpy(self.aux_maps[rows][:, None])
+        return batch
 
     def reseed(self, seed: int) -> None:
         """Reseed the augmentation pipeline (each DataLoader worker gets its own seed)."""
@@ -101,12 +137,15 @@ class SegmentationDataset(Dataset):
             self.transform.set_random_seed(seed)
 
 
-def collate(items: Sequence[dict]) -> dict:
+def collate(items: Sequence[dict] | dict) -> dict:
     """Batch a list of sample dicts: tensors stacked along a new first axis, the rest listed.
+    A dict is a batch already (see ``SegmentationDataset.__getitems__``) and passes through.
 
     Stacks in numpy, like :func:`~semiseg_caw.data.transforms.normalize`, to keep torch's
     intra-op threads out of data loading.
     """
+    if isinstance(items, dict):
+        return items
     batch = {}
     for key, first in items[0].items():
         values = [item[key] for item in items]

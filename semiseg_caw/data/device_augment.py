@@ -7,11 +7,12 @@ warped with nearest interpolation so they stay binary; a cached ``aux_map`` foll
 geometry only.
 
 With ``SemiSegDataModule(augment_on_device=True)`` the loader only indexes the decoded
-cache and normalises, and the batch is augmented after Lightning moved it to the device:
-a handful of batched kernels instead of per-image CPU work, so the loader cannot starve a
-fast GPU. The draws come from torch's global generator of the batch's device, which
-``seed_everything`` and :class:`~semiseg_caw.checkpoints.EpochSeeding` seed; nothing here
-waits for the device (no ``.item()``, no data-dependent branch).
+cache, one fancy index per batch, and hands over the uint8 pixels and masks as stored; the
+batch is converted and augmented after Lightning moved it to the device: a handful of
+batched kernels instead of per-image CPU work, so the loader cannot starve a fast GPU. The
+draws come from torch's global generator of the batch's device, which ``seed_everything``
+and :class:`~semiseg_caw.checkpoints.EpochSeeding` seed; nothing here waits for the device
+(no ``.item()``, no data-dependent branch).
 """
 
 from __future__ import annotations
@@ -34,9 +35,23 @@ DEFAULTS = {
 }
 
 
+def from_raw(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with a uint8 ``image`` normalised and a uint8 ``mask`` made float, as
+    ``SegmentationDataset`` gives them without ``raw``; other batches are returned as they are.
+    """
+    if batch["image"].dtype != torch.uint8:
+        return batch
+    out = dict(batch)
+    out["image"] = (batch["image"].float() / 255 - MEAN) / STD
+    out["mask"] = batch["mask"].float()
+    return out
+
+
 def augment_batch(batch: dict[str, Any], **settings: Any) -> dict[str, Any]:
-    """A copy of ``batch`` with ``image`` (B, C, H, W, normalised), ``mask`` (B, 1, H, W)
-    and, when present, ``aux_map`` augmented. ``settings`` override the defaults of
+    """A copy of ``batch`` with ``image`` (B, C, H, W), ``mask`` (B, 1, H, W) and, when
+    present, ``aux_map`` augmented. ``image`` comes normalised (float) or as uint8 pixels
+    and ``mask`` as float or uint8 (``SegmentationDataset(raw=True)``); both leave as float,
+    the image normalised. ``settings`` override the defaults of
     ``build_train_transform`` (``rotate_limit``, ``scale``, ``shift``, ``hflip_p``,
     ``vflip_p``, ``affine_p``, ``brightness_contrast``, ``noise``), which they mean here too."""
     unknown = set(settings) - set(DEFAULTS)
@@ -47,6 +62,7 @@ def augment_batch(batch: dict[str, Any], **settings: Any) -> dict[str, Any]:
     opt = {**DEFAULTS, **settings}
     rotate_limit, scale, shift = opt["rotate_limit"], opt["scale"], opt["shift"]
     brightness_contrast, noise = opt["brightness_contrast"], opt["noise"]
+    batch = from_raw(batch)
     image = batch["image"]
     n, device = image.shape[0], image.device
 

@@ -93,14 +93,22 @@ def normalize(image: np.ndarray, in_channels: int = 1) -> torch.Tensor:
     """uint8 (H, W) or (H, W, 1) image to a float tensor (in_channels, H, W), normalised.
 
     Three channels are the one grayscale channel replicated (for encoders that expect RGB).
+    """
+    gray = np.asarray(image)
+    if gray.ndim == 3:
+        gray = gray[..., 0]
+    return normalize_batch(gray[None], in_channels)[0]
+
+
+def normalize_batch(images: np.ndarray, in_channels: int = 1) -> torch.Tensor:
+    """uint8 (B, H, W) images to a float tensor (B, in_channels, H, W), normalised.
+
     Computed in numpy: tiny torch ops in loader code would start intra-op threads, which
     slow loading down badly when the CPU is shared.
     """
-    gray = np.asarray(image, dtype=np.float32)
-    if gray.ndim == 3:
-        gray = gray[..., 0]
-    gray = gray * np.float32(1.0 / (255.0 * STD)) - np.float32(MEAN / STD)  # (H, W)
-    return torch.from_numpy(np.repeat(gray[None], in_channels, axis=0))
+    gray = np.asarray(images, dtype=np.float32)
+    gray = gray * np.float32(1.0 / (255.0 * STD)) - np.float32(MEAN / STD)  # (B, H, W)
+    return torch.from_numpy(np.repeat(gray[:, None], in_channels, axis=1))
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
