@@ -1,8 +1,10 @@
 """Data loading time of SemiSegDataModule on real BUSI: first epoch vs second epoch.
 
 The first epoch pays for ``setup`` (decoding, validating and resizing every image once,
-into memory); later epochs only augment and collate cached arrays. Writes a Markdown table
-with the commit, the hardware and the settings beside the times.
+into memory); later epochs only augment and collate cached arrays, or, with
+``augment_on_device``, only index them (the augmentation then runs on the training device,
+which ``speed.py`` times). Writes a Markdown table with the commit, the hardware and the
+settings beside the times.
 
     python benchmarks/data_loading.py --root ../shared/data/busi
 """
@@ -31,7 +33,9 @@ def _epoch(loader) -> tuple[float, int]:
     return time.perf_counter() - start, n
 
 
-def run(root: str, split_file: str, image_size: int, batch_size: int, workers: int) -> dict:
+def run(
+    root: str, split_file: str, image_size: int, batch_size: int, workers: int, on_device: bool
+) -> dict:
     """Time setup and two training epochs (plus one validation pass) for one setting."""
     from semiseg_caw.data import SemiSegDataModule
 
@@ -44,6 +48,7 @@ def run(root: str, split_file: str, image_size: int, batch_size: int, workers: i
         class_only=100,
         class_only_per_batch=0.25,
         num_workers=workers,
+        augment_on_device=on_device,
     )
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -56,6 +61,7 @@ def run(root: str, split_file: str, image_size: int, batch_size: int, workers: i
     val, n_val = _epoch(dm.val_dataloader())
     return {
         "workers": workers,
+        "on_device": on_device,
         "setup": setup,
         "first": setup + first,
         "first_iter": first,
@@ -74,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument(
+        "--no-on-device", action="store_true", help="skip the augment_on_device row (0 workers)"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data-loading.md"))
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
@@ -81,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     import albumentations
     import torch
 
+    settings = [(w, False) for w in args.workers] + [(0, True)] * (not args.no_on_device)
     results = [
-        run(args.root, args.split_file, args.image_size, args.batch_size, w) for w in args.workers
+        run(args.root, args.split_file, args.image_size, args.batch_size, w, on_device)
+        for w, on_device in settings
     ]
     lines = [
         "# Data loading: first vs second epoch (real BUSI)",
@@ -96,20 +107,22 @@ def main(argv: list[str] | None = None) -> None:
         f"albumentations {albumentations.__version__}",
         f"- settings: BUSI benign + malignant, split `{Path(args.split_file).name}`, "
         f"image_size {args.image_size}, batch_size {args.batch_size}, class_only 100, "
-        "class_only_per_batch 0.25, augmentation on; data set decoded whole "
+        "class_only_per_batch 0.25, augmentation on (in the loader, or on the training "
+        "device after the loader: `augment_on_device`, not timed here); data set decoded whole "
         f"({results[0]['cached']} images kept in the cache)",
         "",
         "First epoch = `setup` (decode, validate, resize and cache every image once) + one "
         "pass over the training loader; second epoch = one pass only (cached arrays: "
         "augmentation and collation, no decoding).",
         "",
-        "| workers | setup (s) | first epoch (s) | second epoch (s) | train samples/s (2nd) "
-        "| val pass (s) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| workers | augmentation | setup (s) | first epoch (s) | second epoch (s) "
+        "| train samples/s (2nd) | val pass (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['workers']} | {r['setup']:.2f} | {r['first']:.2f} "
+            f"| {r['workers']} | {'on the device' if r['on_device'] else 'loader'} "
+            f"| {r['setup']:.2f} | {r['first']:.2f} "
             f"(iteration {r['first_iter']:.2f}) | {r['second']:.2f} | "
             f"{r['n'] / r['second']:.0f} | {r['val']:.2f} ({r['n_val']} images) |"
         )
