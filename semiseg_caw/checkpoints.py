@@ -1,22 +1,24 @@
 """Checkpoints: loading stage-1 weights safely, and resuming a killed run exactly.
 
 Loading names the file and the problem when it fails (:class:`CheckpointError`).
-:class:`EpochSeeding` makes a run resumed from an epoch-end checkpoint (``--ckpt_path
+:class:`LastCheckpoint` keeps ``last.ckpt`` the latest state. :class:`EpochSeeding` makes a run resumed from an epoch-end checkpoint (``--ckpt_path
 last``) draw the same shuffles, augmentations and dropout masks as the uninterrupted
 run would have, which Lightning's checkpoints alone do not (they hold no random state).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
+import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import RandomSampler
 
@@ -83,6 +85,58 @@ def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> dict:
         )
     module.load_state_dict(state)
     return dict(ckpt.get("hyper_parameters", {}))
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` in ``dirpath``: the latest training state, which ``--ckpt_path last``
+    resumes from.
+
+    Written at the end of an epoch unless the previous write is less than
+    ``min_interval_s`` old, and always when training ends, so a killed run trains again at
+    most that much. Needed because beside a monitored ``ModelCheckpoint(save_last=True)``,
+    Lightning 2.6 writes ``last.ckpt`` only when the monitored metric improves: a resumed
+    run went back to its best epoch and trained everything after it again.
+
+    The interval is for fast epochs: a SemiSeg-CAW checkpoint (auxiliary model and its
+    AdamW moments) is ~175 MB, 0.2-0.4 s to write, about as long as a GPU epoch.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, min_interval_s: float = 30.0) -> None:
+        if min_interval_s < 0:
+            raise ValueError(f"min_interval_s must be 0 or more, got {min_interval_s}")
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,  # overwrite last.ckpt, never last-v1.ckpt
+        )
+        self.min_interval_s = min_interval_s
+        self._written_at = -math.inf
+
+    def _save_none_monitor_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        recent = time.monotonic() - self._written_at < self.min_interval_s
+        if recent and not _last_epoch(trainer):
+            return
+        super()._save_none_monitor_checkpoint(trainer, monitor_candidates)
+        self._written_at = time.monotonic()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A stop the last epoch's end did not foresee (e.g. max_time): write the state now.
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # skips a state already written
+            self._written_at = -math.inf
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _last_epoch(trainer: L.Trainer) -> bool:
+    """Whether training stops after the epoch now ending."""
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    return (
+        trainer.should_stop  # early stopping, or a callback's request
+        or (max_epochs not in (None, -1) and trainer.current_epoch + 1 >= max_epochs)
+        or (max_steps not in (None, -1) and trainer.global_step >= max_steps)
+    )
 
 
 def epoch_seed(base_seed: int, epoch: int) -> int:

@@ -12,7 +12,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from semiseg_caw.checkpoints import CheckpointError, EpochSeeding, read_checkpoint
+from semiseg_caw.checkpoints import (
+    CheckpointError,
+    EpochSeeding,
+    LastCheckpoint,
+    read_checkpoint,
+)
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
@@ -42,7 +47,8 @@ class SemiSegCLI(LightningCLI):
         parser.link_arguments(
             "data.in_channels", "model.init_args.in_channels", apply_on="instantiate"
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")  # the best, on val/dice
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # for resuming
         parser.add_lightning_class_args(ValidationImageLogger, "image_logger")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         # A run resumed with `--ckpt_path last` then repeats the uninterrupted run's draws.
@@ -51,7 +57,7 @@ class SemiSegCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/dice",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last_checkpoint keeps last.ckpt current
                 "checkpoint.filename": "best-{epoch:03d}",
             }
         )
@@ -71,8 +77,9 @@ class SemiSegCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or "."
         # A fixed checkpoint folder, so that `--ckpt_path last` finds the last run's files.
-        if config.get("checkpoint") and config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        for key in ("checkpoint", "last_checkpoint"):
+            if config.get(key) and config[key].dirpath is None:
+                config[key].dirpath = str(Path(root) / "checkpoints")
         # W&B files (and the saved config) go under the run's folder, not the working directory.
         logger = config.trainer.get("logger")
         if logger and "WandbLogger" in str(logger.get("class_path", "")):
@@ -117,8 +124,9 @@ class SemiSegCLI(LightningCLI):
         config = self.config.fit
         root = config.trainer.default_root_dir or "."
         check_writable(root, "run folder (trainer.default_root_dir)")
-        if config.get("checkpoint") and config.checkpoint.dirpath:
-            check_writable(config.checkpoint.dirpath, "checkpoint folder")
+        for key in ("checkpoint", "last_checkpoint"):
+            if config.get(key) and config[key].dirpath:
+                check_writable(config[key].dirpath, "checkpoint folder")
         model = self.model
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
@@ -145,7 +153,8 @@ class SemiSegCLI(LightningCLI):
 
     def _last_checkpoints(self) -> list[Path]:
         """The files ``--ckpt_path last`` would resume from (Lightning looks for ``last*``)."""
-        dirpath = self.config.fit.get("checkpoint") and self.config.fit.checkpoint.dirpath
+        config = self.config.fit
+        dirpath = config.get("last_checkpoint") and config.last_checkpoint.dirpath
         return sorted(Path(dirpath).glob("last*.ckpt")) if dirpath else []
 
 

@@ -145,6 +145,37 @@ def test_killed_stage2_run_resumes_to_the_uninterrupted_result(tmp_path, stage1_
     assert not torch.equal(log_scales, torch.zeros_like(log_scales))
 
 
+@pytest.mark.parametrize(("interval", "written"), [(0.0, [0, 1, 2]), (3600.0, [0, 2])])
+def test_last_checkpoint_is_the_final_epoch_though_validation_stopped_improving(
+    interval, written, tmp_path, make_trainer
+):
+    # lr ~0: validation Dice never improves after epoch 0, so Lightning's own save_last
+    # beside the best checkpoint would leave last.ckpt at epoch 0 (resuming would repeat
+    # epochs 1 and 2). LastCheckpoint writes every epoch at most every `interval` seconds,
+    # and the final one always.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from semiseg_caw.checkpoints import LastCheckpoint
+
+    best = ModelCheckpoint(tmp_path, filename="best-{epoch}", monitor="val/dice", mode="max")
+    last = LastCheckpoint(tmp_path, min_interval_s=interval)
+    epochs = []
+    save = last._save_checkpoint
+    last._save_checkpoint = lambda trainer, path: (
+        epochs.append(trainer.current_epoch),
+        save(trainer, path),
+    )
+    trainer = make_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[best, last])
+    L.seed_everything(0)
+    trainer.fit(small_model(lr=1e-12, min_lr=0.0), datamodule=small_data())
+    assert epochs == written
+    assert read(tmp_path / "last.ckpt")["epoch"] == 2
+    assert [p.name for p in tmp_path.glob("best-*.ckpt")] == ["best-epoch=0.ckpt"]
+    assert trainer.checkpoint_callback is best  # `ckpt_path="best"` still means the best
+    with pytest.raises(ValueError, match="min_interval_s"):
+        LastCheckpoint(tmp_path, min_interval_s=-1)
+
+
 def test_epoch_seed_depends_on_seed_and_epoch_only():
     assert epoch_seed(3, 1) == epoch_seed(3, 1)
     assert len({epoch_seed(3, 0), epoch_seed(3, 1), epoch_seed(4, 0)}) == 3

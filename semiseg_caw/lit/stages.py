@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+from semiseg_caw.checkpoints import LastCheckpoint
 from semiseg_caw.lit.class_elevate import ClassElevateSeg
 from semiseg_caw.lit.semiseg import SemiSegCAW
 
@@ -86,7 +87,6 @@ def fit_stage1(
         filename="best-{epoch:03d}",
         monitor="val/dice",
         mode="max",
-        save_last=True,
     )
     logger = (
         WandbLogger(project="semiseg-caw", name="stage1", save_dir=str(root), job_type="stage1")
@@ -99,7 +99,7 @@ def fit_stage1(
     trainer = L.Trainer(
         max_epochs=max_epochs,
         default_root_dir=root,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, LastCheckpoint(root / "checkpoints")],
         logger=logger,
         **kwargs,
     )
