@@ -58,6 +58,9 @@ class SemiSegCLI(LightningCLI):
                 "checkpoint.monitor": "val/dice",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": False,  # last_checkpoint keeps last.ckpt current
+                # For test, predict, export and stage 1: a third of the bytes (no AdamW
+                # moments); runs resume from last.ckpt, which has everything.
+                "checkpoint.save_weights_only": True,
                 "checkpoint.filename": "best-{epoch:03d}",
             }
         )

@@ -73,6 +73,13 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         2 * metrics["test/iou"] / (1 + metrics["test/iou"]), abs=1e-5
     )
     main(["validate", f"--config={demo}", *small, f"--ckpt_path={ckpt}"])
+    # The best checkpoint has the weights only (no AdamW moments: a third of the bytes) and
+    # tests the same way; last.ckpt has everything a resumed run needs.
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    assert "optimizer_states" not in torch.load(best, weights_only=True)
+    assert "optimizer_states" in torch.load(ckpt, weights_only=True)
+    cli = main(["test", f"--config={demo}", *small, f"--ckpt_path={best}"])
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/dice"]) <= 1.0
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]

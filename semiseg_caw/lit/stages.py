@@ -87,6 +87,7 @@ def fit_stage1(
         filename="best-{epoch:03d}",
         monitor="val/dice",
         mode="max",
+        save_weights_only=True,  # as the CLI's best checkpoints; last.ckpt resumes
     )
     logger = (
         WandbLogger(project="semiseg-caw", name="stage1", save_dir=str(root), job_type="stage1")
