@@ -116,7 +116,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     def _save_none_monitor_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         recent = time.monotonic() - self._written_at < self.min_interval_s
-        if recent and not _last_epoch(trainer):
+        # Every process must agree: saving waits for all of them (a barrier).
+        if trainer.strategy.broadcast(recent, src=0) and not _last_epoch(trainer):
             return
         super()._save_none_monitor_checkpoint(trainer, monitor_candidates)
         self._written_at = time.monotonic()
