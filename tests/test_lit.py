@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,13 +107,38 @@ def test_finetuned_auxiliary_model_has_its_own_smaller_learning_rate() -> None:
 
 
 def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
-    model = fit_semiseg(make_trainer, lr=1e-2)
+    L.seed_everything(0)
+    model = SemiSegCAW(lr=1e-2)
+    make_trainer(log_every_n_steps=1).fit(model, datamodule=datamodule())
     logged = {
         k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("wgm/")
     }
     assert set(logged) == {f"wgm/{t}" for t in ("bce", "dice", "ftv", "ce", "aux")}
     assert all(w > 0 for w in logged.values())
     assert any(abs(w - 1.0) > 1e-4 for w in logged.values())
+
+
+def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
+    tmp_path: Path, make_trainer: MakeTrainer
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0)
+    model = SemiSegCAW(aux_source="none", loss_terms=["bce", "dice", "ce"])
+    logged_at = []
+    log_dict = model.log_dict
+    model.log_dict = lambda values, **kw: (
+        logged_at.append(model.global_step),
+        log_dict(values, **kw),
+    )
+    logger = CSVLogger(tmp_path, name="logs")
+    trainer = make_trainer(limit_train_batches=4, limit_val_batches=0, log_every_n_steps=2)
+    trainer.logger = logger
+    trainer.fit(model, datamodule=datamodule())
+    assert logged_at == [1, 1, 3, 3]  # train/* and wgm/* on the 2nd and 4th steps only
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    written = [int(r["step"]) for r in rows if r.get("wgm/bce")]
+    assert written == [1, 3] and all(r["train/bce"] for r in rows if r.get("wgm/bce"))
 
 
 @pytest.mark.parametrize(

@@ -302,12 +302,12 @@ class SemiSegCAW(SegmentationTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss = super().training_step(batch, batch_idx)
-        bs = batch["image"].shape[0]
-        # Weights stay tensors on the device: `weights()` would copy them to the host (a GPU
-        # sync) every step; the logger converts them only when it writes.
-        weights = self.weighting.weight_tensor()
-        named = zip(self.weighting.names, weights, strict=True)
-        self.log_dict({f"wgm/{k}": w for k, w in named}, batch_size=bs)
+        if self.logs_this_step():
+            # Weights stay tensors on the device: `weights()` would copy them to the host (a
+            # GPU sync) every step; the logger converts them only when it writes.
+            weights = self.weighting.weight_tensor()
+            named = zip(self.weighting.names, weights, strict=True)
+            self.log_dict({f"wgm/{k}": w for k, w in named}, batch_size=batch["image"].shape[0])
         return loss
 
     def on_train_epoch_end(self) -> None:
