@@ -229,7 +229,9 @@ def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
         "the hardware: each aten operator is a kernel launch or a dispatcher trip on a GPU too",
         f"- step: the Lightning training step {meta['step']} (forward, loss terms, WGM, "
         f"backward, fused AdamW, logging), batch {meta['batch_size']}, {meta['image_size']} px, "
-        "synthetic data, no logger",
+        "synthetic data, no logger; it logs the loss, as every step does, but not the loss "
+        "terms and WGM weights, which go only to the steps a logger writes (every "
+        "`log_every_n_steps`, 50 by default)",
         "- *objective graphed*: what `cuda_graphs: true` captures first, the objective "
         "(networks, loss terms, WGM; forward and backward) as one graph; *networks graphed*: "
         "its fallback, the backbone and a fine-tuned auxiliary model (ClassElevateSeg's "
