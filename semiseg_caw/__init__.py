@@ -22,6 +22,8 @@ _PUBLIC = {
     "ValidationImageLogger": "semiseg_caw.lit.callbacks",
     "LoggerSaveConfigCallback": "semiseg_caw.lit.callbacks",
     "PredictionWriter": "semiseg_caw.lit.writer",
+    "LastCheckpoint": "semiseg_caw.checkpoints",
+    "EpochSeeding": "semiseg_caw.checkpoints",
     "export_onnx": "semiseg_caw.export",
     # networks and loss weighting
     "MALUNet": "semiseg_caw.models",
