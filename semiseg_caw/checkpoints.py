@@ -88,8 +88,7 @@ def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> dict:
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` in ``dirpath``: the latest training state, which ``--ckpt_path last``
-    resumes from.
+    """Keeps ``last.ckpt`` the latest training state, which ``--ckpt_path last`` resumes.
 
     Written at the end of an epoch unless the previous write is less than
     ``min_interval_s`` old, and always when training ends, so a killed run trains again at
@@ -97,8 +96,12 @@ class LastCheckpoint(ModelCheckpoint):
     Lightning 2.6 writes ``last.ckpt`` only when the monitored metric improves: a resumed
     run went back to its best epoch and trained everything after it again.
 
-    The interval is for fast epochs: a SemiSeg-CAW checkpoint (auxiliary model and its
-    AdamW moments) is ~175 MB, 0.2-0.4 s to write, about as long as a GPU epoch.
+    Args:
+        dirpath: Folder of ``last.ckpt`` (the CLI's default: the run's ``checkpoints/``).
+        min_interval_s: Least seconds between two writes at epoch ends (0: every epoch);
+            the final epoch is always written. For fast epochs: a SemiSeg-CAW checkpoint
+            (auxiliary model and its AdamW moments) is ~175 MB, 0.2-0.4 s to write, about
+            as long as a GPU epoch.
     """
 
     def __init__(self, dirpath: str | Path | None = None, min_interval_s: float = 30.0) -> None:
