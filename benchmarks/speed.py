@@ -459,7 +459,9 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_check_worker(args: argparse.Namespace, job: str, tmp: Path) -> dict[str, Any]:
-    out = tmp / "result.json"
+    # A result file per job: with --check-parallel several workers share `tmp`, and one
+    # shared file gave every run of a pair the result of whichever finished last.
+    out = tmp / f"result-{job.replace(':', '-')}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--check-worker", job]
     cmd += ["--check-dir", str(tmp), "--json", str(out), "--device", args.device]
     cmd += ["--check-stage1", args.check_stage1 or ""]
