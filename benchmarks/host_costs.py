@@ -57,7 +57,7 @@ def step_ms(log_every_n_steps: int, steps: int) -> float:
 
     L.seed_everything(0, verbose=False)
     model = SemiSegCAW(aux_source="none", loss_terms=["bce", "dice", "ce"])
-    data = SemiSegDataModule(image_size=32, batch_size=8, synthetic_samples=400, augment=False)
+    data = SemiSegDataModule(image_size=32, batch_size=8, synthetic_samples=800, augment=False)
     trainer = _trainer(
         max_epochs=1,
         limit_train_batches=steps,
