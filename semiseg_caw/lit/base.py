@@ -157,7 +157,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     def logs_this_step(self) -> bool:
         """Whether the loggers get this training step's values (every ``log_every_n_steps``).
 
-        Values logged on other steps are dropped by Lightning, after ~0.4 ms of host work
+        Values logged on other steps are dropped by Lightning, after ~0.5 ms of host work
         each: a step's loss terms and WGM weights take a large part of a fast GPU's step.
         The loss itself is logged every step, for the progress bar.
         """
