@@ -36,6 +36,9 @@ WANDB_LOGGER = {
     "init_args": {"project": "semiseg-caw"},
 }
 
+# The two checkpoint callbacks: the best on val/dice, and last.ckpt for resuming.
+CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
+
 
 class SemiSegCLI(LightningCLI):
     """LightningCLI that links data to model, keeps best and last checkpoints, and runs stage 1."""
@@ -80,7 +83,7 @@ class SemiSegCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or "."
         # A fixed checkpoint folder, so that `--ckpt_path last` finds the last run's files.
-        for key in ("checkpoint", "last_checkpoint"):
+        for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath is None:
                 config[key].dirpath = str(Path(root) / "checkpoints")
         # W&B files (and the saved config) go under the run's folder, not the working directory.
@@ -127,7 +130,7 @@ class SemiSegCLI(LightningCLI):
         config = self.config.fit
         root = config.trainer.default_root_dir or "."
         check_writable(root, "run folder (trainer.default_root_dir)")
-        for key in ("checkpoint", "last_checkpoint"):
+        for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath:
                 check_writable(config[key].dirpath, "checkpoint folder")
         model = self.model
