@@ -24,7 +24,7 @@
 #        device_run.sh check [SECONDS]                                 (default 240)
 # speed and check first run the GPU-only tests (CUDA graphs train like eager, augmentation
 # on the device matches the loader's); check then trains the demo config with and without
-# CUDA graphs (speed.py --check): the graphs may change the speed, not the result.
+# CUDA graphs (speed_check.py): the graphs may change the speed, not the result.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?OUT must name the folder whose files come back}"
@@ -80,8 +80,8 @@ speed|check)
     ;;&
 check)
     seconds=${2:-240}
-    timeout -k 5 "$seconds" $py benchmarks/speed.py --check --device cuda --check-parallel 8 \
-        --check-runs "fused AdamW" "CUDA graphs" --out "$OUT/speed-check-h200-graphs.md" \
+    timeout -k 5 "$seconds" $py benchmarks/speed_check.py --device cuda --parallel 8 \
+        --runs "fused AdamW" "CUDA graphs" --out "$OUT/speed-check-h200-graphs.md" \
         2>&1 | quiet | tee -a "$log"
     ;;
 speed)

@@ -292,7 +292,7 @@ def graphs_note(report: dict) -> list[str]:
         return []
     return [
         f"- CUDA graphs (`model.cuda_graphs`): on in {len(graphed)} of {len(report['runs'])} "
-        "runs; a speed lever that `benchmarks/speed.py --check` holds to the eager result."
+        "runs; a speed lever that `benchmarks/speed_check.py` holds to the eager result."
     ]
 
 

@@ -31,12 +31,7 @@ call to that.
 
 Writes ``benchmarks/results/speed-<hardware>.md`` (and ``.json``).
 
-``--check`` instead trains the demo configuration (``configs/demo.yaml``: both stages,
-synthetic data) with and without each lever and with two seeds, and writes the validation
-Dice side by side (``speed-check-<hardware>.md``): a lever may change speed only, never the
-result beyond seed noise.
-
-    python benchmarks/speed.py --check
+Whether a lever changes the training result as well: ``speed_check.py``.
 """
 
 from __future__ import annotations
@@ -336,219 +331,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-# --------------------------------------------------------------------- the result check
-# (label, variant, seed, plain AdamW = the optimiser before the fused-AdamW lever,
-#  augmentation on the device, CUDA graphs)
-CHECK_RUNS: list[tuple[str, str, int, bool, bool, bool]] = [
-    ("bare MALUNet, plain AdamW", "malunet", 42, True, False, False),
-    ("bare MALUNet, fused AdamW", "malunet", 42, False, False, False),
-    ("bare MALUNet, fused AdamW", "malunet", 43, False, False, False),
-    ("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, True, False, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42, False, False, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43, False, False, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 42, False, False, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 43, False, False, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 42, False, False, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 43, False, False, False),
-    ("bare MALUNet, augmentation on the device", "malunet", 42, False, True, False),
-    ("bare MALUNet, augmentation on the device", "malunet", 43, False, True, False),
-    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, False, True, False),
-    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, False, True, False),
-    # CUDA graphs (a GPU only): against the fused-AdamW runs above.
-    ("bare MALUNet, CUDA graphs", "malunet", 42, False, False, True),
-    ("SemiSeg-CAW fine-tuned, CUDA graphs", "caw-finetune", 42, False, False, True),
-    ("SemiSeg-CAW frozen, cached maps, CUDA graphs", "caw-cached", 42, False, False, True),
-]
-
-
-def _demo_config(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    def number(value: Any) -> Any:  # YAML 1.1 reads 3e-3 as a string
-        try:
-            return float(value) if isinstance(value, str) else value
-        except ValueError:
-            return value
-
-    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    model = {k: number(v) for k, v in config["model"].get("init_args", {}).items()}
-    epochs = args.check_epochs or config["trainer"]["max_epochs"]
-    stage1 = args.check_stage1_epochs or model.pop("stage1_epochs", None) or epochs
-    model.pop("stage1_epochs", None)
-    return {"data": config["data"], "model": model, "epochs": epochs, "stage1_epochs": stage1}
-
-
-def check_worker(args: argparse.Namespace) -> dict[str, Any]:
-    """One demo-config training run: stage 1 alone, or stage 2 of one variant and seed."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import Callback
-
-    import semiseg_caw
-    from semiseg_caw.lit.stages import fit_stage1
-
-    cfg = _demo_config(args)
-    # The job: "stage1", or "variant:seed:plain:on_device:graphs" (plain AdamW,
-    # augmentation on the device, CUDA graphs: 0 or 1).
-    stage1_job = args.check_worker == "stage1"
-    variant, seed, plain, on_device, graphs = (
-        ("", "0", "0", "0", "0") if stage1_job else args.check_worker.split(":")
-    )
-    dm = semiseg_caw.SemiSegDataModule(**cfg["data"], augment_on_device=on_device == "1")
-    trainer_kwargs = dict(
-        accelerator=args.device,
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    start = time.perf_counter()
-    if stage1_job:
-        L.seed_everything(42, verbose=False)
-        model = semiseg_caw.SemiSegCAW(num_classes=dm.num_classes, **cfg["model"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = fit_stage1(
-                model, dm, args.check_dir, cfg["stage1_epochs"], trainer_kwargs=trainer_kwargs
-            )
-        return {"checkpoint": str(path), "wall_s": time.perf_counter() - start}
-
-    if plain == "1":  # the optimiser as it was before the lever: AdamW's default loop
-        adamw = torch.optim.AdamW
-
-        class PlainAdamW(adamw):
-            def __init__(self, params, **kwargs) -> None:
-                kwargs.pop("fused", None)
-                kwargs.pop("foreach", None)
-                super().__init__(params, **kwargs)
-
-        torch.optim.AdamW = PlainAdamW
-    L.seed_everything(int(seed), verbose=False)
-    _, cls_name, kwargs = VARIANTS[variant]
-    model_kwargs = {**cfg["model"], **kwargs, "cuda_graphs": graphs == "1"}
-    if model_kwargs.get("aux_source", "classelevate") != "none":
-        model_kwargs["stage1_checkpoint"] = args.check_stage1
-    model = semiseg_caw.SemiSegCAW(num_classes=dm.num_classes, **model_kwargs)
-
-    class History(Callback):
-        def __init__(self) -> None:
-            self.dice: list[float] = []
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:  # after validation
-            self.dice.append(float(trainer.callback_metrics.get("val/dice", float("nan"))))
-
-    history = History()
-    trainer = L.Trainer(
-        max_epochs=cfg["epochs"],
-        enable_checkpointing=False,
-        callbacks=[history],
-        default_root_dir=args.check_dir,
-        **trainer_kwargs,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, datamodule=dm)
-    return {
-        "dice": history.dice,
-        "final": history.dice[-1],
-        "best": max(history.dice),
-        "wall_s": time.perf_counter() - start,
-        "optimizer": type(trainer.optimizers[0]).__name__
-        + (" fused" if trainer.optimizers[0].param_groups[0].get("fused") else ""),
-    }
-
-
-def _run_check_worker(args: argparse.Namespace, job: str, tmp: Path) -> dict[str, Any]:
-    # A result file per job: with --check-parallel several workers share `tmp`, and one
-    # shared file gave every run of a pair the result of whichever finished last.
-    out = tmp / f"result-{job.replace(':', '-')}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--check-worker", job]
-    cmd += ["--check-dir", str(tmp), "--json", str(out), "--device", args.device]
-    cmd += ["--check-stage1", args.check_stage1 or ""]
-    cmd += ["--check-epochs", str(args.check_epochs)]
-    cmd += ["--check-stage1-epochs", str(args.check_stage1_epochs)]
-    proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True)
-    if proc.returncode:
-        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
-        raise RuntimeError(f"check run {job} failed (exit {proc.returncode})")
-    return json.loads(out.read_text())
-
-
-def check(args: argparse.Namespace) -> None:
-    """Demo-config trainings with and without each lever; validation Dice side by side."""
-    import lightning
-    import torch
-
-    start = time.perf_counter()
-    cfg = _demo_config(args)
-    hardware, slug = _hardware(args.device)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        stage1 = _run_check_worker(args, "stage1", Path(tmp))
-        args.check_stage1 = stage1["checkpoint"]
-        print(f"stage 1: {stage1['wall_s']:.0f} s", flush=True)
-        runs = [r for r in CHECK_RUNS if any(k in r[0] for k in args.check_runs)]
-        if args.device != "cuda":
-            runs = [r for r in runs if not r[5]]  # CUDA graphs: nothing to check on a CPU
-
-        def one(run: tuple[str, str, int, bool, bool, bool]) -> dict[str, Any]:
-            label, variant, seed, plain, on_device, graphs = run
-            job = f"{variant}:{seed}:{int(plain)}:{int(on_device)}:{int(graphs)}"
-            r = _run_check_worker(args, job, Path(tmp))
-            print(f"{label}, seed {seed}: final {r['final']:.4f} best {r['best']:.4f}", flush=True)
-            return {"label": label, "variant": variant, "seed": seed, **r}
-
-        # Each run is its own process: a big machine can run several at once.
-        with ThreadPoolExecutor(max(1, args.check_parallel)) as pool:
-            results = list(pool.map(one, runs))
-    lines = [
-        f"# Speed levers vs training result: demo config ({hardware.split(';')[0]})",
-        "",
-        "Written by `benchmarks/speed.py --check`; do not edit by hand.",
-        "",
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- commit: {commit(*DIRTY_PATHS)}",
-        f"- hardware: {hardware}",
-        f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
-        f"lightning {lightning.__version__}",
-        f"- settings: `configs/demo.yaml` (synthetic data {cfg['data']}, model "
-        f"{cfg['model']}); stage 1 once ({cfg['stage1_epochs']} epochs, seed 42), shared by "
-        f"every stage-2 run; stage 2 {cfg['epochs']} epochs, seed as listed",
-        "- plain AdamW: `torch.optim.AdamW` with its default per-tensor loop (the optimiser "
-        "before the lever); fused AdamW: `fused=True` (what `configure_optimizers` now picks)",
-        "- augmentation on the device: `data.augment_on_device` (the same augmentation as "
-        "batched torch ops after the transfer to the device) instead of albumentations in "
-        "the loader",
-        "- CUDA graphs: `model.cuda_graphs` (the training objective replayed from a CUDA "
-        "graph; a GPU only)",
-        f"- runs at once: {args.check_parallel}",
-        f"- wall time: {(time.perf_counter() - start) / 60:.1f} min",
-        "",
-        "| run | seed | val Dice, last epoch | best val Dice | stage-2 wall (s) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['label']} | {r['seed']} | {r['final']:.4f} | {r['best']:.4f} | "
-            f"{r['wall_s']:.0f} |"
-        )
-    lines += [
-        "",
-        "Seed noise: the spread between seeds 42 and 43 of one setting. A lever passes when "
-        "its change at seed 42 is no larger than that. Stage-2 wall: each run's wall time "
-        "on a possibly shared machine, context only; speed is measured by the speed table.",
-    ]
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out) if args.out else RESULTS / f"speed-check-{slug}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    sys.stdout.write(text)
-    print(f"wrote {out}")
-
-
 # ---------------------------------------------------------------------------- the parent
-def _hardware(device: str) -> tuple[str, str]:
+def hardware_names(device: str) -> tuple[str, str]:
     """A description and a file-name slug of the machine."""
     m = machine()
     if device == "cuda":
@@ -669,7 +453,7 @@ def report(
     import lightning
     import torch
 
-    hardware, slug = _hardware(args.device)
+    hardware, slug = hardware_names(args.device)
     names = [v for v in args.variants]
     base = "malunet"
 
@@ -848,19 +632,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help=argparse.SUPPRESS)
     parser.add_argument("--data-file", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--check", action="store_true", help="demo-config result check")
-    parser.add_argument("--check-epochs", type=int, default=0, help="stage-2 epochs (0: demo's)")
-    parser.add_argument("--check-stage1-epochs", type=int, default=0, help="(0: demo's)")
-    parser.add_argument(
-        "--check-runs",
-        nargs="+",
-        default=[""],
-        help="only the check runs whose label contains one of these (default: all)",
-    )
-    parser.add_argument("--check-parallel", type=int, default=1, help="check runs at once")
-    parser.add_argument("--check-worker", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--check-dir", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--check-stage1", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.update({k: os.environ.get(k, v) for k, v in ENV.items()})
     cuda = args.device == "cuda"
@@ -868,12 +639,8 @@ def main(argv: list[str] | None = None) -> None:
     args.image_size = args.image_size or (256 if cuda else 128)
     args.infer_batch = args.infer_batch or (64 if cuda else 16)
 
-    if args.worker or args.check_worker:
-        result = worker(args) if args.worker else check_worker(args)
-        Path(args.json).write_text(json.dumps(result))
-        return
-    if args.check:
-        check(args)
+    if args.worker:
+        Path(args.json).write_text(json.dumps(worker(args)))
         return
 
     start = time.perf_counter()

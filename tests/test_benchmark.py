@@ -115,28 +115,28 @@ def test_a_recorded_run_drops_only_its_resume_checkpoints(tmp_path: Path) -> Non
 
 
 def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypatch) -> None:
-    # speed.py --check-parallel: workers run at once in one folder; each must get its result.
+    # speed_check.py --parallel: workers run at once in one folder; each must get its result.
     import argparse
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    speed = load_script("speed")
+    speed_check = load_script("speed_check")
 
     def fake_worker(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
         # A worker writes its result, then takes a while to exit (torch's teardown): the
         # other one writes in between.
-        job = cmd[cmd.index("--check-worker") + 1]
+        job = cmd[cmd.index("--worker") + 1]
         first = job.endswith("42")
         time.sleep(0.0 if first else 0.1)
         Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"job": job}))
         time.sleep(0.3 if first else 0.0)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(speed.subprocess, "run", fake_worker)
-    args = argparse.Namespace(device="cpu", check_stage1="", check_epochs=0, check_stage1_epochs=0)
+    monkeypatch.setattr(speed_check.subprocess, "run", fake_worker)
+    args = argparse.Namespace(device="cpu", stage1="", epochs=0, stage1_epochs=0)
     jobs = ["malunet:42", "malunet:43"]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda j: speed._run_check_worker(args, j, tmp_path), jobs))
+        results = list(pool.map(lambda j: speed_check._run_worker(args, j, tmp_path), jobs))
     assert [r["job"] for r in results] == jobs
 
 
