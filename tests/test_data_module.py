@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import albumentations as A
 import numpy as np
 import pytest
 import torch
-from data_fixtures import noise_image, write_busi, write_ddti, write_manifest
+from data_fixtures import blob_mask, noise_image, save, write_busi, write_ddti, write_manifest
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -89,7 +90,12 @@ def test_class_names_known_without_reading_data(options, names):
         ({"class_only_per_batch": 0}, "class_only_per_batch"),
         ({"budget_mode": "half"}, "budget_mode"),
         ({"batch_size": 0}, "batch sizes"),
+        ({"batch_size": 1}, "BatchNorm needs at least 2 images"),
         ({"image_size": 4}, "image_size"),
+        ({"root": "my_busi"}, "root is set but dataset is 'synthetic'; set data.dataset"),
+        ({"classes": ["a", "b"]}, "classes is set but dataset is 'synthetic'"),
+        ({"class_only": 1.0}, "class_only=1.0 is ambiguous"),
+        ({"seed": -1}, "seed must be >= 0"),
     ],
 )
 def test_invalid_options_fail_in_init(options, match):
@@ -336,6 +342,50 @@ def test_manifest_datamodule(tmp_path):
     )
 
 
+def test_val_and_test_splits_need_masked_images(tmp_path):
+    rows = []
+    for i in range(16):  # class-only rows, except 4 with a mask
+        rows.append(
+            {
+                "image": f"imgs/{i}.png",
+                "mask": f"masks/{i}.png" if i < 4 else "",
+                "label": str(i % 2),
+                "group": "",
+            }
+        )
+        save(tmp_path / "imgs" / f"{i}.png", noise_image(400 + i))
+        save(tmp_path / "masks" / f"{i}.png", blob_mask(400 + i))
+    path = write_manifest(tmp_path, rows)
+    ids = [r["image"] for r in rows]
+    split = tmp_path / "split.json"  # val: 1 masked image of 4; test: none of 8
+    split.write_text(
+        json.dumps({"train": ids[:2] + ids[6:10], "val": ids[2:4] + ids[4:6], "test": ids[10:]})
+    )
+    dm = SemiSegDataModule(
+        "manifest",
+        str(path),
+        split_file=str(split),
+        image_size=32,
+        batch_size=2,
+        classes=["benign", "malignant"],
+    )
+    dm.setup("fit")
+    assert len(dm.val_dataloader().dataset) == 4
+    with pytest.raises(ValueError, match="the test split has no image with a mask") as excinfo:
+        dm.test_dataloader()
+    assert "train 2 of 6, val 2 of 4, test 0 of 6" in str(excinfo.value)
+    assert "segmentation metrics" in str(excinfo.value)
+
+
+def test_no_training_batch_of_one_image():
+    # The train loader already drops a last partial batch (BatchNorm needs 2 images).
+    dm = synthetic_dm(batch_size=3, synthetic_samples=40)
+    n = len(dm.splits["train"])
+    assert n % 3 == 1  # 28 train images: the last batch would hold one
+    sizes = [len(batch["id"]) for batch in dm.train_dataloader()]
+    assert sizes == [3] * (n // 3)
+
+
 def test_setup_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SemiSegDataModule("busi", str(tmp_path / "nowhere")).setup("fit")
@@ -365,6 +415,24 @@ def test_predict_loader(tmp_path):
     assert batch["path"][2].endswith("img2.bmp")
     with pytest.raises(ValueError, match="predict_dir"):
         SemiSegDataModule().setup("predict")
+
+
+def test_predict_skips_mask_files(tmp_path):
+    save(tmp_path / "benign (1).png", noise_image(1))
+    save(tmp_path / "benign (1)_mask.png", blob_mask(1))  # BUSI ground truth next to its scan
+    save(tmp_path / "benign (1)_mask_1.png", blob_mask(2))
+    dm = SemiSegDataModule(predict_dir=str(tmp_path), image_size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("predict")
+    assert len(caught) == 1  # one warning, not also the one about non-image files
+    assert "skipping 2 file(s)" in str(caught[0].message) and "benign (1)_mask" in str(
+        caught[0].message
+    )
+    assert [p.name for p in dm._predict.paths] == ["benign (1).png"]
+    (tmp_path / "benign (1).png").unlink()
+    with pytest.warns(UserWarning), pytest.raises(DataValidationError, match="2 mask file"):
+        SemiSegDataModule(predict_dir=str(tmp_path), image_size=32).setup("predict")
 
 
 def test_lightning_trainer_consumes_the_loaders(make_trainer):

@@ -75,6 +75,33 @@ def test_decode_mask_modes_and_zero_one_values(tmp_path):
     assert np.array_equal(decode_mask(tmp_path / "01.png"), mask)
 
 
+def test_decode_mask_label_index_colour_and_palette_masks(tmp_path):
+    mask = blob_mask(6)
+    for name, value in (("index2", 2), ("gray100", 100)):  # max in (1, 127]: foreground > 0
+        Image.fromarray(mask.astype(np.uint8) * value).save(tmp_path / f"{name}.png")
+        assert np.array_equal(decode_mask(tmp_path / f"{name}.png"), mask), name
+    red = np.zeros((*mask.shape, 3), np.uint8)
+    red[mask] = (255, 0, 0)  # gray 76
+    Image.fromarray(red).save(tmp_path / "red.png")
+    assert np.array_equal(decode_mask(tmp_path / "red.png"), mask)
+    # VOC-style palette: class 1 dark red, 255 a bright "void" border; index > 0 is foreground
+    index = mask.astype(np.uint8)
+    index[0, :] = 255
+    voc = Image.fromarray(index, "P")
+    voc.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192])
+    voc.save(tmp_path / "voc.png")
+    assert np.array_equal(decode_mask(tmp_path / "voc.png"), index > 0)
+    # palette whose index 0 is white (foreground): read by colour, not by index
+    inverted = Image.fromarray((~mask).astype(np.uint8), "P")
+    inverted.putpalette([255, 255, 255, 0, 0, 0] + [0, 0, 0] * 254)
+    inverted.save(tmp_path / "inverted.png")
+    assert np.array_equal(decode_mask(tmp_path / "inverted.png"), mask)
+    soft = mask.astype(np.uint8) * 255
+    soft[0, 0] = 60  # 0/255 mask with a faint antialiased pixel: still > 127
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    assert np.array_equal(decode_mask(tmp_path / "soft.png"), mask)
+
+
 def test_truncated_and_corrupt_files_raise_naming_the_file(tmp_path):
     save(tmp_path / "good.png", noise_image(5))
     data = (tmp_path / "good.png").read_bytes()
@@ -98,7 +125,7 @@ def test_busi_reader_layout_labels_and_masks(tmp_path, nested):
     by_id = {s.id: s for s in samples}
     multi = by_id["benign/benign (1).png"]
     assert [m.name for m in multi.masks] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
-    data, _ = _load("busi", root, image_size=32)
+    data, messages = _load("busi", root, image_size=32)
     assert len(data.samples) == 12 and data.class_names == ["benign", "malignant", "normal"]
     # union of both mask files, resized with nearest: binary, covers both lesions
     _, small = data.cache.get("benign/benign (1).png")
@@ -106,6 +133,7 @@ def test_busi_reader_layout_labels_and_masks(tmp_path, nested):
     assert small[-2:, -2:].all() and small.sum() > 4 * 4
     for s in data.samples:  # normal masks are empty, lesion masks are not
         assert (data.cache.get(s.id)[1].sum() == 0) == (s.label == 2)
+    assert not [m for m in messages if "empty mask" in m]  # normal images are not lesions
     assert data.cache.images.dtype == np.uint8 and data.cache.images.shape[1:] == (32, 32)
     assert tuple(data.cache.orig_sizes[0]) == (SIZE[1], SIZE[0])
 
@@ -297,6 +325,43 @@ def test_manifest_bad_rows_name_the_line(tmp_path):
     assert "manifest.csv:5: unknown class name 'cyst'" in text
     assert "manifest.csv:6: label 5 out of range" in text
     assert "manifest.csv:7: row has neither a mask nor a label" in text
+
+
+def test_manifest_column_names_are_normalised_and_unknown_ones_refused(tmp_path):
+    path = write_manifest(tmp_path)
+    text = path.read_text().splitlines()
+    path.write_text("\n".join([" Image, MASK ,label ,Group", *text[1:]]) + "\n")
+    samples = {s.id: s for s in scan_manifest(path, ["benign", "malignant"])}
+    assert samples["imgs/0.png"].has_mask and samples["imgs/0.png"].label == 0
+    assert samples["imgs/0.png"].group == "group/g0"
+    path.write_text("\n".join(["image,masks,label,class", *text[1:]]) + "\n")
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_manifest(path, ["benign", "malignant"])
+    text = _problem_paths(excinfo)
+    assert "unknown column(s) 'masks', 'class'" in text
+    assert "allowed columns: image, mask, label, group" in text
+
+
+def test_lesion_images_with_empty_masks_warn_or_raise(tmp_path):
+    rows = []
+    for i in range(6):
+        save(tmp_path / f"{i}.png", noise_image(300 + i))
+        save(tmp_path / f"{i}_m.png", np.zeros(SIZE[::-1], bool))  # empty: e.g. mis-encoded
+        rows.append({"image": f"{i}.png", "mask": f"{i}_m.png", "label": str(i % 2), "group": ""})
+    write_manifest(tmp_path, rows)
+    with pytest.raises(DataValidationError, match="Check the mask encoding") as excinfo:
+        load_dataset("manifest", tmp_path, image_size=32, classes=["benign", "malignant"])
+    assert "0_m.png: empty, like all 6 masks of lesion-class images" in _problem_paths(excinfo)
+    for i in (1, 3, 4, 5):  # 0 and 2 (class 0) stay empty
+        save(tmp_path / f"{i}_m.png", blob_mask(i))
+    data, messages = _load("manifest", tmp_path, image_size=32, classes=["benign", "malignant"])
+    assert len(data.samples) == 6
+    empty = [m for m in messages if "empty mask" in m]
+    assert len(empty) == 1 and "2 of 6 lesion-class images" in empty[0]
+    assert "0_m.png" in empty[0] and "2_m.png" in empty[0]
+    # a class named normal is lesion-free: its empty masks are expected
+    _, messages = _load("manifest", tmp_path, image_size=32, classes=["normal", "malignant"])
+    assert not [m for m in messages if "empty mask" in m]
 
 
 def test_manifest_needs_classes_and_existing_file(tmp_path):

@@ -146,6 +146,19 @@ def test_budget_too_large_or_invalid():
         select_class_only(_train(), -1, seed=0)
 
 
+def test_class_only_one_point_zero_is_refused_as_ambiguous():
+    train = _train()
+    with pytest.raises(
+        ValueError, match=r"class_only=1.0 is ambiguous: give a count as an integer"
+    ):
+        select_class_only(train, 1.0, seed=0)
+    with pytest.raises(ValueError, match="class_only=1.0 is ambiguous"):
+        select_class_only(train, np.float64(1.0), seed=0)
+    assert len(select_class_only(train, 1, seed=0)) == 1  # an integer is a count
+    assert len(select_class_only(train, np.int64(1), seed=0)) == 1
+    assert len(select_class_only(train, 2.0, seed=0)) == 2  # larger whole floats are counts
+
+
 def test_budget_modes():
     train = _train()
     semi = apply_budget(train, 30, "semi", seed=0)

@@ -29,12 +29,13 @@ from semiseg_caw.data.io import (
     list_image_files,
     read_for_prediction,
 )
-from semiseg_caw.data.readers import LoadedDataset, load_dataset
+from semiseg_caw.data.readers import LoadedDataset, is_mask_file, load_dataset
 from semiseg_caw.data.samples import Sample, class_names_for
 from semiseg_caw.data.splits import (
     DEFAULT_FRACTIONS,
     SPLITS,
     apply_budget,
+    check_class_only,
     check_split_ids,
     read_split_file,
     stratified_group_split,
@@ -59,20 +60,20 @@ class SemiSegDataModule(L.LightningDataModule):
 
     Args:
         dataset: Data set: generated ``synthetic`` images, ``busi``, ``ddti``, or a CSV ``manifest``.
-        root: Data set folder (busi: the folder holding or being Dataset_BUSI_with_GT; ddti: the folder with image/, mask/, labels.csv); manifest: the CSV file or a folder with manifest.csv.
+        root: Data set folder, not for synthetic (busi: the folder holding or being Dataset_BUSI_with_GT; ddti: the folder with image/, mask/, labels.csv); manifest: the CSV file or a folder with manifest.csv.
         split_file: JSON split file (e.g. configs/splits/busi.json); None computes the same split in memory (stratified, grouped, 70/10/20, seeded by ``seed``).
         image_size: Side of the square images and masks the model sees (and metrics use).
         in_channels: Image channels: 1, or 3 (the grayscale channel replicated).
-        batch_size: Training batch size.
-        class_only: Train images whose masks are withheld: a count, or a fraction in (0, 1) of those with mask and label; chosen seeded and class-stratified.
+        batch_size: Training batch size (at least 2: BatchNorm needs 2 images per batch).
+        class_only: Train images whose masks are withheld: a count (integer), or a fraction in (0, 1) of those with mask and label (1.0 is refused as ambiguous); chosen seeded and class-stratified.
         budget_mode: semi: withheld images stay as class-only samples; reduced: they are dropped; full: every mask is used.
         class_only_per_batch: Share (0, 1] of class-only samples in every training batch (a sampler cycles the smaller pool); None: natural proportion, shuffled.
         include_normal: BUSI / synthetic: include lesion-free normal images as class 2 (empty masks).
         ddti_unlabelled: DDTI images without a class label: drop them, or use them as mask-only training samples (they never enter val or test).
         synthetic_samples: Number of synthetic images.
         num_workers: DataLoader worker processes (they share the in-memory cache).
-        seed: Data seed: the in-memory split and the class-only selection (keep it fixed across runs; shuffling and augmentation follow the global seed).
-        predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``.
+        seed: Data seed (>= 0): the in-memory split and the class-only selection (keep it fixed across runs; shuffling and augmentation follow the global seed).
+        predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``; files named like masks (``*_mask.png``) are skipped with a warning.
         skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising (training data; prediction always goes on and reports each bad file).
         augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle noise).
         augment_on_device: Augment each training batch on the device it trains on (batched torch ops, e.g. on the GPU) instead of per image in the loader (albumentations, CPU): for a fast GPU the loader then only indexes memory. Its training batches then carry uint8 images and masks until ``on_after_batch_transfer`` (which a Trainer calls) converts them.
@@ -283,15 +284,30 @@ class SemiSegDataModule(L.LightningDataModule):
             )
         if self.dataset == "manifest" and not self.classes:
             raise ValueError("dataset='manifest' needs classes (the class names, in index order)")
+        # Both would otherwise be ignored silently (training on generated images instead).
+        if self.dataset == "synthetic" and self.root:
+            raise ValueError(
+                "root is set but dataset is 'synthetic'; set data.dataset to busi, ddti or "
+                "manifest (or leave root unset for generated images)"
+            )
+        if self.dataset == "synthetic" and self.classes:
+            raise ValueError(
+                "classes is set but dataset is 'synthetic'; classes names the labels of a "
+                "manifest (set data.dataset to manifest, or leave classes unset)"
+            )
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
-        co = self.class_only
-        if co < 0 or (co >= 1 and float(co) != int(co)):
-            raise ValueError(f"class_only must be a count or a fraction in (0, 1), got {co}")
+        if self.batch_size < 2:
+            raise ValueError(
+                "batch_size must be >= 2: BatchNorm needs at least 2 images per training batch"
+            )
+        check_class_only(self.class_only)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (a numpy seed), got {self.seed}")
         if self.budget_mode not in ("semi", "reduced", "full"):
             raise ValueError(f"budget_mode must be semi, reduced or full, got {self.budget_mode!r}")
         cpb = self.class_only_per_batch
@@ -318,9 +334,20 @@ class SemiSegDataModule(L.LightningDataModule):
         if not folder.is_dir():
             raise FileNotFoundError(f"prediction folder not found: {folder}")
         paths = list_image_files(folder)  # names only: decoding waits for the loader
-        if not paths:
-            raise DataValidationError([BadFile(str(folder), "no images found")])
         listed = set(paths)
+        # BUSI keeps ground-truth masks next to the scans: they are not images to predict.
+        masks = [p.name for p in paths if is_mask_file(p)]
+        if masks:
+            paths = [p for p in paths if not is_mask_file(p)]
+            warnings.warn(
+                f"skipping {len(masks)} file(s) in {folder} named like masks (*_mask.*, "
+                f"*_mask_1.*, ...; e.g. {masks[0]}): ground truth, not scans to predict",
+                UserWarning,
+                stacklevel=2,
+            )
+        if not paths:
+            only = f" ({len(masks)} mask file(s) skipped)" if masks else ""
+            raise DataValidationError([BadFile(str(folder), f"no images found{only}")])
         ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p not in listed)
         if ignored:
             warnings.warn(
@@ -344,6 +371,16 @@ class SemiSegDataModule(L.LightningDataModule):
                 f"the {name} split {problem} ({split_summary(self.splits, self.class_names)}); "
                 "every class must be trained and scored: change the split (file), the label "
                 "budget (class_only, budget_mode) or the data"
+            )
+        if name != "train" and not any(s.has_mask for s in self.splits[name]):
+            with_mask = ", ".join(
+                f"{k} {sum(s.has_mask for s in self.splits[k])} of {len(self.splits[k])}"
+                for k in SPLITS
+            )
+            raise ValueError(
+                f"the {name} split has no image with a mask (images with a mask: {with_mask}); "
+                "segmentation metrics (Dice, IoU) need masks in val and test: give more images "
+                "a mask or change the split (file)"
             )
         return dataset
 

@@ -122,12 +122,24 @@ def decode_image(path: str | Path) -> np.ndarray:
 def decode_mask(path: str | Path) -> np.ndarray:
     """Decode a mask file to bool (H, W): foreground where the grayscale value is > 127.
 
-    A mask stored with values {0, 1} (maximum exactly 1) is read as foreground where > 0.
+    A mask whose maximum is between 1 and 127 holds label indices ({0, 1}, {0, 2}) or a
+    dark colour (pure red is gray 76): it is read as foreground where > 0, since a > 127
+    threshold would empty it. A palette ('P') mask whose index 0 is black is read by its
+    palette index (foreground where > 0), whatever the colours of the other indices.
     """
-    gray = to_gray(_open(Path(path)), alpha_fallback=True)
-    if gray.max(initial=0) == 1:
+    image = _open(Path(path))
+    if image.mode == "P" and _palette_starts_black(image):
+        return np.asarray(image) > 0
+    gray = to_gray(image, alpha_fallback=True)
+    if 1 <= gray.max(initial=0) <= 127:
         return gray > 0
     return gray > 127
+
+
+def _palette_starts_black(image: Image.Image) -> bool:
+    """Whether palette index 0 is opaque black (a label-index mask's background)."""
+    palette = image.getpalette() or []
+    return palette[:3] == [0, 0, 0] and "transparency" not in image.info
 
 
 def resize_image(gray: np.ndarray, size: int) -> np.ndarray:
@@ -178,6 +190,8 @@ class ImageCache:
         orig_sizes: (N, 2) int64 original (height, width).
         content_hashes: Hash of each full-resolution decoded image (exact duplicates).
         dhashes: (N, DHASH_SIZE**2) bool difference hashes (near duplicates).
+        mask_pixels: (N,) int64 foreground pixels of each full-resolution mask (0: empty
+            or none), to find lesion images whose masks decode as empty.
     """
 
     image_size: int
@@ -187,6 +201,7 @@ class ImageCache:
     orig_sizes: np.ndarray
     content_hashes: list[str]
     dhashes: np.ndarray
+    mask_pixels: np.ndarray
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +229,7 @@ class ImageCache:
             orig_sizes=self.orig_sizes[rows],
             content_hashes=[self.content_hashes[r] for r in rows],
             dhashes=self.dhashes[rows],
+            mask_pixels=self.mask_pixels[rows],
         )
 
     @classmethod
@@ -225,18 +241,23 @@ class ImageCache:
         image_size: int,
     ) -> ImageCache:
         """Build a cache from full-resolution grayscale images and bool masks (or None)."""
-        small_images, small_masks, hashes, dhashes = [], [], [], []
+        small_images, small_masks, hashes, dhashes, pixels = [], [], [], [], []
         for image, mask in zip(images, masks, strict=True):
             small_images.append(resize_image(image, image_size))
             empty = np.zeros((image_size, image_size), np.uint8)
             small_masks.append(empty if mask is None else resize_mask(mask, image_size))
             hashes.append(content_hash(image))
             dhashes.append(dhash(image))
+            pixels.append(0 if mask is None else int(np.count_nonzero(mask)))
         orig_sizes = [image.shape[:2] for image in images]
-        return cls._stack(image_size, ids, small_images, small_masks, orig_sizes, hashes, dhashes)
+        return cls._stack(
+            image_size, ids, small_images, small_masks, orig_sizes, hashes, dhashes, pixels
+        )
 
     @classmethod
-    def _stack(cls, image_size, ids, images, masks, orig_sizes, hashes, dhashes) -> ImageCache:
+    def _stack(
+        cls, image_size, ids, images, masks, orig_sizes, hashes, dhashes, mask_pixels
+    ) -> ImageCache:
         n, s, bits = len(ids), image_size, DHASH_SIZE * DHASH_SIZE
         return cls(
             image_size=image_size,
@@ -246,6 +267,7 @@ class ImageCache:
             orig_sizes=np.asarray(orig_sizes, dtype=np.int64).reshape(n, 2),
             content_hashes=list(hashes),
             dhashes=np.stack(dhashes) if n else np.zeros((0, bits), bool),
+            mask_pixels=np.asarray(mask_pixels, dtype=np.int64).reshape(n),
         )
 
 
@@ -255,6 +277,7 @@ class _Decoded(NamedTuple):
     orig_size: tuple[int, int]
     content_hash: str
     dhash: np.ndarray
+    mask_pixels: int  # foreground pixels at full resolution
 
 
 def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
@@ -283,6 +306,7 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
         orig_size=(gray.shape[0], gray.shape[1]),
         content_hash=content_hash(gray),
         dhash=dhash(gray),
+        mask_pixels=int(np.count_nonzero(union)),
     )
 
 
@@ -326,6 +350,7 @@ def decode_samples(
         [r.orig_size for _, r in good],
         [r.content_hash for _, r in good],
         [r.dhash for _, r in good],
+        [r.mask_pixels for _, r in good],
     )
     return cache, problems
 

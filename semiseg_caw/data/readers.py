@@ -15,7 +15,8 @@ Layouts:
   (unknown: a mask-only sample). Groups: ``case``; an empty case is its own group. Images
   missing from ``labels.csv`` are unlabelled and their own group. Ids: ``image/<file name>``.
 - **Manifest**: a CSV file (``root`` is the file, or a folder holding ``manifest.csv``) with
-  columns ``image`` (required), ``mask``, ``label``, ``group`` (optional, may be empty).
+  columns ``image`` (required), ``mask``, ``label``, ``group`` (optional, may be empty);
+  column names are stripped and lower-cased, and any other column is refused.
   Paths are relative to the manifest's folder (absolute paths are allowed); ``mask`` may
   list several files separated by ``;`` (their union is the mask). ``label`` is a class
   index (``0``, ``1``, ...) or a class name from ``classes`` (case-insensitive). A row
@@ -60,6 +61,14 @@ images above ~75; 594 groups result from 779 images, the largest of 7 frames."""
 DATASETS = ("synthetic", "busi", "ddti", "manifest")
 
 _MASK_STEM = re.compile(r"^(?P<stem>.+?)_mask(?:_(?P<n>\d+))?$")
+
+MANIFEST_COLUMNS = ("image", "mask", "label", "group")
+"""Columns a manifest may have (names compared stripped and lower-cased)."""
+
+
+def is_mask_file(path: Path) -> bool:
+    """Whether ``path`` is named like a BUSI mask (``<name>_mask.png``, ``<name>_mask_1.png``)."""
+    return _MASK_STEM.match(path.stem) is not None
 
 
 @dataclass
@@ -266,8 +275,7 @@ def _scan_manifest(root: str | Path, classes: Sequence[str]) -> tuple[list[Sampl
     seen: set[str] = set()
     with open(manifest, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        if "image" not in (reader.fieldnames or ()):
-            raise DataValidationError([BadFile(str(manifest), "no 'image' column")])
+        reader.fieldnames = _manifest_columns(reader.fieldnames or [], manifest)
         for line, row in enumerate(reader, start=2):
             where = f"{manifest}:{line}"
             written = (row.get("image") or "").strip()
@@ -305,6 +313,29 @@ def _scan_manifest(root: str | Path, classes: Sequence[str]) -> tuple[list[Sampl
                 )
             )
     return _checked(samples, problems, manifest)
+
+
+def _manifest_columns(header: Sequence[str], manifest: Path) -> list[str]:
+    """Column names stripped and lower-cased (`` Mask`` is ``mask``); a typo such as
+    ``masks`` is refused rather than silently leaving every mask out."""
+    columns = [name.strip().lower() for name in header]
+    unknown = [name for name in columns if name and name not in MANIFEST_COLUMNS]
+    twice = sorted({name for name in columns if name and columns.count(name) > 1})
+    problem = ""
+    if unknown:
+        problem = f"unknown column(s) {', '.join(repr(n) for n in unknown)}"
+        if any(";" in name for name in unknown):
+            problem += " (columns must be separated by commas)"
+    elif twice:
+        problem = f"column(s) {', '.join(repr(n) for n in twice)} given twice"
+    elif "image" not in columns:
+        problem = "no 'image' column"
+    if problem:
+        allowed = ", ".join(MANIFEST_COLUMNS)
+        raise DataValidationError(
+            [BadFile(str(manifest), f"{problem} (allowed columns: {allowed}; image is required)")]
+        )
+    return columns
 
 
 def scan_manifest(
@@ -397,6 +428,41 @@ def group_near_duplicates(
     return [s.with_group(names[find(i)]) for i, s in enumerate(samples)]
 
 
+def _check_lesion_masks(
+    samples: Sequence[Sample], cache: ImageCache, class_names: Sequence[str]
+) -> None:
+    """Catch masks whose encoding decodes as empty (e.g. a colour this reader thresholds away).
+
+    Among images of a lesion class (any class but ``normal``) that have a mask: when every
+    mask is empty, raise a DataValidationError; when some are, warn naming a few.
+    """
+    lesion = [
+        s
+        for s in samples
+        if s.has_mask and s.label is not None and class_names[s.label].lower() != "normal"
+    ]
+    empty = [s for s in lesion if cache.mask_pixels[cache.index[s.id]] == 0]
+    if not empty:
+        return
+    names = [str(s.masks[0]) if s.masks else s.id for s in empty]
+    rule = (
+        "masks are read as foreground where the gray value is > 127, or > 0 when the "
+        "largest value is at most 127 (palette masks: index > 0)"
+    )
+    if len(empty) == len(lesion):
+        raise DataValidationError(
+            [BadFile(names[0], f"empty, like all {len(lesion)} masks of lesion-class images")],
+            hint=f"Check the mask encoding: {rule}.",
+        )
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    warnings.warn(
+        f"{len(empty)} of {len(lesion)} lesion-class images have an empty mask ({shown}); "
+        f"check their mask encoding ({rule})",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def load_dataset(
     dataset: str,
     root: str | Path | None = None,
@@ -452,6 +518,7 @@ def load_dataset(
     if not samples:
         raise DataValidationError([BadFile(str(root), "no usable images left")])
     samples, excluded = remove_exact_duplicates(samples, cache)
+    _check_lesion_masks(samples, cache, names)
     if dataset == "busi":
         samples = group_near_duplicates(samples, cache, BUSI_NEAR_DUPLICATE_DISTANCE)
     if excluded:

@@ -158,13 +158,26 @@ def check_split_ids(split: dict[str, list[str]], known: Sequence[str], source: s
 # ----------------------------------------------------------------------------- budgets
 
 
-def _budget_count(class_only: float, available: int) -> int:
+def check_class_only(class_only: float) -> None:
+    """A ValueError unless ``class_only`` is a count (0, 1, 2, ...) or a fraction in (0, 1).
+
+    A float 1.0 is refused: as a fraction it would withhold every mask, as a count one.
+    """
     if class_only < 0:
         raise ValueError(f"class_only must be >= 0, got {class_only}")
+    if class_only == 1 and not isinstance(class_only, (int, np.integer)):
+        raise ValueError(
+            f"class_only={float(class_only)} is ambiguous: give a count as an integer "
+            "(class_only=1 withholds one mask) or a fraction below 1"
+        )
+    if class_only >= 1 and float(class_only) != int(class_only):
+        raise ValueError(f"class_only must be a count or a fraction in (0, 1), got {class_only}")
+
+
+def _budget_count(class_only: float, available: int) -> int:
+    check_class_only(class_only)
     if 0 < class_only < 1:
         return int(round(class_only * available))
-    if float(class_only) != int(class_only):
-        raise ValueError(f"class_only must be a count or a fraction in (0, 1), got {class_only}")
     return int(class_only)
 
 
@@ -173,7 +186,8 @@ def select_class_only(samples: Sequence[Sample], class_only: float, seed: int) -
 
     Args:
         samples: Training samples; only those with both a mask and a label are candidates.
-        class_only: A count (>= 1), or a fraction in (0, 1) of the candidates.
+        class_only: A count (an integer >= 1; 2.0 counts as 2), or a fraction in (0, 1)
+            of the candidates. A float 1.0 is refused as ambiguous (one image, or all?).
         seed: Selection seed.
 
     The per-class counts follow the class proportions (largest remainder); within a class
