@@ -155,6 +155,12 @@ def _best(ckpts: Path) -> Path:
     return best[-1]
 
 
+def _fitted_before_markers(ckpts: Path, rundir: Path) -> bool:
+    """A run fitted before ``fit.done`` existed: a best checkpoint and no resume files left."""
+    resumable = [*ckpts.glob("last*.ckpt"), *rundir.glob("stage1/checkpoints/last*.ckpt")]
+    return bool(list(ckpts.glob("best-epoch=*.ckpt"))) and not resumable
+
+
 def _worker(spec_file: Path) -> None:
     """One run, in its own process: ``semiseg-caw fit`` (unless a best checkpoint exists),
     then ``semiseg-caw test --ckpt_path <best-on-val>``; writes test.json. With
@@ -167,11 +173,16 @@ def _worker(spec_file: Path) -> None:
         return
     ckpts = rundir / "checkpoints"
     fit_s = None
-    if not list(ckpts.glob("best-epoch=*.ckpt")):
+    done = rundir / "fit.done"
+    if not done.is_file() and not _fitted_before_markers(ckpts, rundir):
+        # A run killed in stage 1 or 2 continues from its last checkpoint (the CLI refuses
+        # to start a new run over an earlier one's checkpoints).
+        killed = [*ckpts.glob("last*.ckpt"), *rundir.glob("stage1/checkpoints/last*.ckpt")]
         t0 = time.time()
         timer = EpochTimer()
-        _with_callbacks([timer], ["fit", *spec["fit"]])
+        _with_callbacks([timer], ["fit", *spec["fit"], *(["--ckpt_path=last"] if killed else [])])
         fit_s = time.time() - t0
+        done.touch()
         timing = rundir / "timing.json"
         if (rundir / "stage1").is_dir() and timing.is_file():
             record = json.loads(timing.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from semiseg_caw.checkpoints import (
     CheckpointError,
@@ -98,12 +100,21 @@ class SemiSegCLI(LightningCLI):
         Lightning would parse those against the abstract base task and fail."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
+        self._ckpt_data: dict[str, Any] = {}  # the checkpoint's data options, when read here
+        self._ckpt_hparams: dict[str, Any] = {}
         if path in (None, "last", "best", "hpc") or str(path).startswith("registry"):
             return super()._parse_ckpt_path()  # Lightning's own names, resolved later
         try:
             ckpt = read_checkpoint(path)  # names the file: missing, corrupt or foreign
         except CheckpointError as err:
             self.parser.error(str(err))
+        if sub == "fit" and "optimizer_states" not in ckpt:
+            self.parser.error(
+                f"{path} holds weights only (a best checkpoint): resume a run with "
+                "--ckpt_path last, which has the optimiser's state too"
+            )
+        self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters") or {})
+        self._ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams = dict(ckpt.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         if not hparams:
@@ -120,10 +131,63 @@ class SemiSegCLI(LightningCLI):
             sys.stderr.write(f"The hyper-parameters in checkpoint {path} do not fit {class_path}\n")
             raise
 
+    def before_validate(self) -> None:
+        self._check_evaluated_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_evaluated_checkpoint()
+
     def before_predict(self) -> None:
+        self._check_evaluated_checkpoint()
         # Outputs go to disk through the writer; holding them all would grow without bound.
         if self.config_init.predict.get("return_predictions") is None:
             self.config_init.predict.return_predictions = False
+
+    def _check_evaluated_checkpoint(self) -> None:
+        """validate/test/predict evaluate trained weights: without them Lightning would
+        quietly use the untrained model's."""
+        sub = self.subcommand
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if ckpt_path is None:
+            raise CheckpointError(
+                f"`semiseg-caw {sub}` needs --ckpt_path: a checkpoint written by `fit` (e.g. "
+                "RUN/checkpoints/best-epoch=NNN.ckpt, or `last` for the run in "
+                "--trainer.default_root_dir)"
+            )
+        if ckpt_path == "last" and not self._last_checkpoints():
+            folder = self.config[sub].get("last_checkpoint").dirpath
+            raise CheckpointError(
+                f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
+                "of the run that wrote it, or the checkpoint's path"
+            )
+        if getattr(self, "_ckpt_data", None):
+            self._check_data_matches_checkpoint(ckpt_path)
+
+    def _check_data_matches_checkpoint(self, ckpt_path: str) -> None:
+        """Options the weights depend on must be the ones they were trained with."""
+        trained = self._ckpt_data
+        data = self.config[self.subcommand].data
+        for key in ("in_channels",):
+            if key in trained and trained[key] != data.get(key):
+                raise CheckpointError(
+                    f"data.{key} is {data.get(key)} but {ckpt_path} was trained with "
+                    f"{trained[key]}: pass --data.{key} {trained[key]}"
+                )
+        classes = self._ckpt_hparams.get("num_classes")
+        if classes is not None and classes != self.datamodule.num_classes:
+            raise CheckpointError(
+                f"the data has {self.datamodule.num_classes} classes "
+                f"({', '.join(self.datamodule.class_names)}) but {ckpt_path} was trained with "
+                f"{classes}: set data.dataset, data.classes or data.include_normal as in training"
+            )
+        size = trained.get("image_size")
+        if size is not None and size != data.get("image_size"):
+            warnings.warn(
+                f"data.image_size is {data.get('image_size')} but {ckpt_path} was trained at "
+                f"{size} px; pass --data.image_size {size} to evaluate as trained",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def before_fit(self) -> None:
         # Fail now when the run could not save its checkpoints, not after hours of training.
@@ -133,10 +197,12 @@ class SemiSegCLI(LightningCLI):
         for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath:
                 check_writable(config[key].dirpath, "checkpoint folder")
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later
+            self._refuse_earlier_run(root)
         model = self.model
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
-        ckpt_path = config.get("ckpt_path")
         if ckpt_path and (ckpt_path != "last" or self._last_checkpoints()):
             return  # a stage-2 run being resumed: its checkpoint holds the auxiliary model
         # `--ckpt_path last` before stage 2 saved anything (a new run, or one killed in
@@ -157,9 +223,23 @@ class SemiSegCLI(LightningCLI):
             resume=ckpt_path == "last",  # a run killed in stage 1 continues stage 1
         )
 
+    def _refuse_earlier_run(self, root: str) -> None:
+        """A new run would overwrite an earlier one's last.ckpt (its only resumable state)
+        and put its best checkpoints beside the other model's."""
+        config = self.config.fit
+        folders = {config[k].dirpath for k in CHECKPOINT_KEYS if config.get(k)} - {None}
+        folders.add(str(Path(root) / "stage1" / "checkpoints"))  # where fit_stage1 saves
+        earlier = sorted(p for f in folders for p in Path(f).glob("*.ckpt"))
+        if earlier:
+            raise FileExistsError(
+                f"{root} already holds the checkpoints of an earlier run ({earlier[0]}"
+                f"{', ...' if len(earlier) > 1 else ''}): continue it with --ckpt_path last, "
+                "or give this run its own --trainer.default_root_dir"
+            )
+
     def _last_checkpoints(self) -> list[Path]:
         """The files ``--ckpt_path last`` would resume from (Lightning looks for ``last*``)."""
-        config = self.config.fit
+        config = self.config[self.subcommand]
         dirpath = config.get("last_checkpoint") and config.last_checkpoint.dirpath
         return sorted(Path(dirpath).glob("last*.ckpt")) if dirpath else []
 

@@ -1,6 +1,8 @@
 """Export of the inference model (auxiliary model + core model) to ONNX.
 
-    python -m semiseg_caw.export CHECKPOINT OUTPUT.onnx [--image-size 256]
+    python -m semiseg_caw.export CHECKPOINT OUTPUT.onnx [--image-size N]
+
+The image size defaults to the one the checkpoint was trained at.
 
 The ONNX graph takes ``image`` (B, C, H, W), normalised as by the data module,
 and returns ``mask_prob`` (B, 1, H, W) and, when the model classifies,
@@ -64,15 +66,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a ClassElevateSeg or SemiSegCAW checkpoint")
     parser.add_argument("output", help="the .onnx file to write")
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="default: the size it was trained at"
+    )
     args = parser.parse_args(argv)
     from semiseg_caw.checkpoints import read_checkpoint
     from semiseg_caw.lit import ClassElevateSeg, SemiSegCAW
+    from semiseg_caw.lit.base import INPUT_MULTIPLE
 
-    hparams = read_checkpoint(args.checkpoint).get("hyper_parameters", {})
+    ckpt = read_checkpoint(args.checkpoint)
+    hparams = ckpt.get("hyper_parameters", {})
+    trained = (ckpt.get("datamodule_hyper_parameters") or {}).get("image_size")
+    size = args.image_size if args.image_size is not None else trained or 256
+    if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
+        parser.error(f"--image-size must be a positive multiple of {INPUT_MULTIPLE}, got {size}")
     cls = SemiSegCAW if "backbone" in hparams else ClassElevateSeg
     task = cls.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
-    print(export_onnx(task, args.output, args.image_size))
+    print(export_onnx(task, args.output, size))
 
 
 if __name__ == "__main__":

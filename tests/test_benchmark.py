@@ -114,6 +114,41 @@ def test_a_recorded_run_drops_only_its_resume_checkpoints(tmp_path: Path) -> Non
     assert [f.is_file() for f in files] == [False, True, False, True]
 
 
+@pytest.mark.parametrize(
+    "left_behind, fits_with",
+    [
+        ([], []),  # a new run
+        (["stage1/checkpoints/last.ckpt"], ["--ckpt_path=last"]),  # killed in stage 1
+        (["checkpoints/last.ckpt", "checkpoints/best-epoch=002.ckpt"], ["--ckpt_path=last"]),
+        (["fit.done", "checkpoints/last.ckpt", "checkpoints/best-epoch=002.ckpt"], None),
+    ],
+)
+def test_a_killed_run_continues_its_fit_and_a_finished_one_is_only_tested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left_behind: list[str], fits_with
+) -> None:
+    for name in left_behind:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    fits: list[list[str]] = []
+
+    def fake_cli(callbacks, args):
+        fits.append(args)
+        best = tmp_path / "checkpoints" / "best-epoch=003.ckpt"
+        best.parent.mkdir(parents=True, exist_ok=True)
+        best.write_bytes(b"x")
+
+    monkeypatch.setattr(bench, "_with_callbacks", fake_cli)
+    monkeypatch.setattr(bench, "_test", lambda args, ckpt: {"best_checkpoint": str(ckpt)})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"dir": str(tmp_path), "fit": ["--seed_everything=0"], "test": []}))
+    bench._worker(spec)
+    if fits_with is None:
+        assert fits == []
+    else:
+        assert fits == [["fit", "--seed_everything=0", *fits_with]]
+    assert (tmp_path / "fit.done").is_file() and (tmp_path / "test.json").is_file()
+
+
 def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypatch) -> None:
     # speed_check.py --parallel: workers run at once in one folder; each must get its result.
     import argparse

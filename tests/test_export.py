@@ -77,10 +77,16 @@ def test_export_command_on_a_cli_checkpoint(
     )
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     out = tmp_path / "export" / "baseline.onnx"
-    # What `python -m semiseg_caw.export CKPT OUT --image-size 32` runs, in this process.
-    monkeypatch.setattr(sys, "argv", ["export", str(ckpt), str(out), f"--image-size={SIZE}"])
+    # What `python -m semiseg_caw.export CKPT OUT` runs, in this process: at the size the
+    # model was trained at (the graph's height and width are fixed; assert_matches feeds SIZE).
+    monkeypatch.setattr(sys, "argv", ["export", str(ckpt), str(out)])
     runpy.run_module("semiseg_caw.export", run_name="__main__")
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    for bad in ("0", "48"):
+        monkeypatch.setattr(sys, "argv", ["export", str(ckpt), str(out), f"--image-size={bad}"])
+        with pytest.raises(SystemExit):
+            runpy.run_module("semiseg_caw.export", run_name="__main__")
+        assert f"must be a positive multiple of 32, got {bad}" in capsys.readouterr().err
     task = SemiSegCAW.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     assert task.net.aux_model is None and task.hparams.classifier is False
     assert_matches(task, out, ["mask_prob"])

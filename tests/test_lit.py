@@ -62,7 +62,7 @@ def test_stage1_weights_become_the_auxiliary_model(
     t.save_checkpoint(path)
 
     model = SemiSegCAW(stage1_checkpoint=str(path))
-    model.setup("fit")
+    model.load_stage1_once()
     image = torch.randn(2, 1, 32, 32)
     stage1.eval()
     model.eval()
@@ -71,9 +71,33 @@ def test_stage1_weights_become_the_auxiliary_model(
         assert torch.allclose(model(image).aux_map, expected)
 
     with pytest.raises(CheckpointError, match="does not exist"):
-        SemiSegCAW(stage1_checkpoint=str(tmp_path / "missing.ckpt")).setup("fit")
+        SemiSegCAW(stage1_checkpoint=str(tmp_path / "missing.ckpt")).load_stage1_once()
     with pytest.raises(CheckpointError, match="other shapes"):
-        SemiSegCAW(stage1_checkpoint=str(path), in_channels=3).setup("fit")
+        SemiSegCAW(stage1_checkpoint=str(path), in_channels=3).load_stage1_once()
+
+
+def test_a_stage2_checkpoint_keeps_its_auxiliary_model_without_the_stage1_file(
+    tmp_path: Path, make_trainer: MakeTrainer
+) -> None:
+    L.seed_everything(0)
+    stage1_path = tmp_path / "stage1.ckpt"
+    t = make_trainer()
+    t.fit(ClassElevateSeg(), datamodule=datamodule())
+    t.save_checkpoint(stage1_path)
+    t = make_trainer()
+    t.fit(SemiSegCAW(stage1_checkpoint=str(stage1_path)), datamodule=datamodule())
+    stage2_path = tmp_path / "stage2.ckpt"
+    t.save_checkpoint(stage2_path)
+    fine_tuned = {k: v.clone() for k, v in t.lightning_module.net.aux_model.state_dict().items()}
+    stage1_path.unlink()  # the run copied elsewhere: its stage-1 file stays behind
+
+    loaded = SemiSegCAW.load_from_checkpoint(stage2_path, weights_only=True)
+    make_trainer().test(loaded, datamodule=datamodule())  # as README's "Use from Python"
+    fresh = SemiSegCAW(stage1_checkpoint=loaded.hparams.stage1_checkpoint)
+    make_trainer().test(fresh, datamodule=datamodule(), ckpt_path=stage2_path)  # as the CLI
+    for model in (loaded, fresh):
+        for key, value in model.net.aux_model.state_dict().items():
+            assert torch.equal(value, fine_tuned[key]), key
 
 
 def test_stage1_run_takes_its_loss_weights_from_the_model() -> None:

@@ -215,6 +215,33 @@ def test_earlier_outputs_are_kept_unless_overwrite_is_asked_for(checkpoint, tmp_
     assert (out / "x_mask.png").stat().st_mtime_ns != first
 
 
+def test_the_csv_names_the_classes_the_model_was_trained_on(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["class_names"] == ["benign", "malignant"]  # the training data's, saved by fit
+    ckpt["class_names"] = ["cyst", "solid"]  # as if trained on a manifest of these classes
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(scan(30, 40)).save(folder / "x.png")
+    predict(other, folder, out)  # the config's data would name them benign and malignant
+    row = read_csv(out / CSV_NAME)["x.png"]
+    assert {"p_cyst", "p_solid"} <= set(row) and row["predicted_class"] in ("cyst", "solid")
+
+
+def test_the_image_folder_is_never_the_output_folder(checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(scan(30, 40)).save(folder / "case0.png")
+    truth = png(scan(30, 40, seed=1))
+    (folder / "case0_mask.png").write_bytes(truth)  # ground truth beside its scan, as BUSI has
+    for extra in ([], ["--prediction.overwrite=true"]):
+        with pytest.raises(ValueError, match=r"is the folder of images being predicted"):
+            predict(checkpoint, folder, folder, *extra)
+    assert sorted(p.name for p in folder.iterdir()) == ["case0.png", "case0_mask.png"]
+    assert (folder / "case0_mask.png").read_bytes() == truth
+
+
 @pytest.mark.parametrize(
     "name",
     [

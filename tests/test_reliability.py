@@ -357,6 +357,20 @@ def test_misspelt_or_mistyped_option_names_the_key(option, message, tmp_path, ca
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--model.init_args.stage1_epochs=0", r"stage1_epochs must be >= 1 \(or null\), got 0"),
+        ("--data.image_size=48", r"data.image_size must be a multiple of 32, got 48 \(e.g. 32\)"),
+    ],
+)
+def test_a_value_no_run_can_use_stops_it_before_training(option, message, tmp_path, stage1_ckpt):
+    s1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
+    with pytest.raises(ValueError, match=message):
+        main(fit_args(tmp_path, s1, option))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_label_budget_larger_than_the_train_split_is_refused(tmp_path, stage1_ckpt):
     s1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
     with pytest.raises(ValueError, match=r"asks for 500 class-only images .* only 28 images"):
@@ -414,6 +428,55 @@ def test_unwritable_checkpoint_folder_fails_before_any_training(tmp_path):
     with pytest.raises(PermissionError, match=r"checkpoint folder .*afile/ckpts"):
         main(fit_args(tmp_path / "run", f"--checkpoint.dirpath={blocker / 'ckpts'}"))
     assert not (tmp_path / "run" / "stage1").exists()
+
+
+def eval_args(command: str, root: Path, *extra: str) -> list[str]:
+    """``command`` (validate, test or predict) with ``fit_args``' model and data options."""
+    options = [a for a in fit_args(root)[1:] if not a.startswith(("--trainer.max", "--seed"))]
+    return [command, *options, "--trainer.limit_test_batches=1", *extra]
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_files(tmp_path, stage1_ckpt):
+    s1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
+    main(fit_args(tmp_path, s1, epochs=1))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = {p: p.read_bytes() for p in (last, tmp_path / "config.yaml")}
+    # Another fit in the same folder is refused, before it reads any data ...
+    with pytest.raises(FileExistsError, match=r"already holds the checkpoints of an earlier run"):
+        main(fit_args(tmp_path, s1, "--config=configs/baselines/full.yaml"))
+    # ... and test/predict keep their config beside the run's, not over it.
+    main(eval_args("test", tmp_path, f"--ckpt_path={last}"))
+    assert {p: p.read_bytes() for p in before} == before
+    assert (tmp_path / "config-test.yaml").is_file()
+    # Resuming (the finished run: nothing left to train) is what `--ckpt_path last` is for.
+    main(fit_args(tmp_path, s1, "--ckpt_path=last", epochs=1))
+
+
+def test_evaluating_needs_trained_weights_that_fit_the_data(tmp_path, stage1_ckpt, capsys):
+    s1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
+    main(fit_args(tmp_path, s1, epochs=1))
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    with pytest.raises(CheckpointError, match=r"`semiseg-caw test` needs --ckpt_path"):
+        main(eval_args("test", tmp_path))
+    with pytest.raises(CheckpointError, match=r"--ckpt_path last: no last\*\.ckpt in .*other"):
+        main(
+            eval_args(
+                "validate",
+                tmp_path,
+                f"--trainer.default_root_dir={tmp_path / 'other'}",
+                "--ckpt_path=last",
+            )
+        )
+    with pytest.raises(CheckpointError, match=r"data.in_channels is 3 but .* trained with 1"):
+        main(eval_args("test", tmp_path, "--data.in_channels=3", f"--ckpt_path={best}"))
+    with pytest.raises(CheckpointError, match=r"the data has 3 classes .* trained with 2"):
+        main(eval_args("test", tmp_path, "--data.include_normal=true", f"--ckpt_path={best}"))
+    with pytest.warns(UserWarning, match=r"data.image_size is 64 but .* trained at 32 px"):
+        main(eval_args("test", tmp_path, "--data.image_size=64", f"--ckpt_path={best}"))
+    # A best checkpoint has no optimiser state: runs resume from last.ckpt.
+    with pytest.raises(SystemExit):
+        main(fit_args(tmp_path, s1, f"--ckpt_path={best}"))
+    assert "holds weights only (a best checkpoint)" in capsys.readouterr().err
 
 
 def test_every_random_stream_is_reseeded_per_epoch(make_trainer):

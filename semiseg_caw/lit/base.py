@@ -20,6 +20,7 @@ STAGES = ("val", "test")
 
 
 TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task
+INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsample 2^5
 # Batch entries a training objective may read (the inputs of its CUDA graph).
 OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 
@@ -56,6 +57,8 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.bad_steps = 0
+        # The names of the class outputs, as trained (saved in checkpoints; None: unknown).
+        self.class_names: list[str] | None = None
         self._graphs_tried = False
         self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
         self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
@@ -128,6 +131,16 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             if key in batch:
                 out[key] = batch[key]
         return out
+
+    def setup(self, stage: str) -> None:
+        # Every network here halves its input five times: say so before the first batch,
+        # naming the option rather than a layer.
+        size = getattr(getattr(self._trainer, "datamodule", None), "image_size", None)
+        if isinstance(size, int) and size % INPUT_MULTIPLE:
+            raise ValueError(
+                f"data.image_size must be a multiple of {INPUT_MULTIPLE}, got {size} "
+                f"(e.g. {max(INPUT_MULTIPLE, size // INPUT_MULTIPLE * INPUT_MULTIPLE)})"
+            )
 
     # -- training step -------------------------------------------------------------------
     def objective(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -282,12 +295,17 @@ class SegmentationTask(L.LightningModule, abc.ABC):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["bad_steps"] = self.bad_steps
+        datamodule = getattr(self._trainer, "datamodule", None)
+        names = self.class_names or getattr(datamodule, "class_names", None)
+        if names:  # predictions on other data still name the classes the model learnt
+            checkpoint["class_names"] = list(names)
         # Which task wrote it, for checkpoints made outside the CLI (stage 1 inside `fit`,
         # a plain Trainer): their hyper-parameters don't name a class, and the CLI needs one.
         checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.bad_steps = int(checkpoint.get("bad_steps", 0))
+        self.class_names = checkpoint.get("class_names") or self.class_names
 
     def configure_optimizers(self) -> dict[str, Any]:
         options = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay}

@@ -129,6 +129,14 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     (``files/cli_config.yaml``), so that ``wandb sync`` uploads it with the run.
     """
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # config.yaml is the training run's record: validate/test/predict in the same folder
+        # write theirs beside it (config-test.yaml, ...) instead of over it.
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
+        if stage != "fit":
+            self.config_filename = f"config-{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
         config = yaml.safe_load(text)

@@ -142,6 +142,8 @@ class SemiSegCAW(SegmentationTask):
             )
         if hp.aux_lr_scale <= 0:
             raise ValueError(f"aux_lr_scale must be > 0, got {hp.aux_lr_scale}")
+        if hp.stage1_epochs is not None and hp.stage1_epochs < 1:  # None: trainer.max_epochs
+            raise ValueError(f"stage1_epochs must be >= 1 (or null), got {hp.stage1_epochs}")
         if hp.cache_aux_maps and (
             hp.aux_source == "none" or (hp.aux_source == "classelevate" and hp.aux_mode != "frozen")
         ):
@@ -185,15 +187,34 @@ class SemiSegCAW(SegmentationTask):
         self.hparams.stage1_checkpoint = str(path)
         self.stage1_loaded = True
 
-    def setup(self, stage: str) -> None:
-        # Weights restored from a stage-2 checkpoint already hold the (fine-tuned) auxiliary model.
-        restoring = self._trainer is not None and self.trainer.ckpt_path is not None
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # A stage-2 checkpoint holds the (fine-tuned) auxiliary model: the stage-1 file
+        # must not be read over it, nor be needed at all once the run is copied elsewhere.
+        self.stage1_loaded = True
+
+    def load_stage1_once(self) -> None:
+        """Load ``stage1_checkpoint`` unless it or a stage-2 checkpoint is loaded already.
+
+        Called when a loop starts, which Lightning does after restoring ``--ckpt_path``
+        (``setup`` comes before the restore, when it is not known whether one follows).
+        """
         path = self.hparams.stage1_checkpoint
-        if path and not restoring and not self.stage1_loaded:
+        if path and not self.stage1_loaded:
             self.load_stage1(path)
+
+    def on_validation_start(self) -> None:
+        self.load_stage1_once()
+
+    def on_test_start(self) -> None:
+        self.load_stage1_once()
+
+    def on_predict_start(self) -> None:
+        self.load_stage1_once()
 
     # -- cached auxiliary maps -------------------------------------------------------------
     def on_fit_start(self) -> None:
+        self.load_stage1_once()  # the cached maps below are the loaded model's
         if self.hparams.cache_aux_maps:
             self.cache_aux_maps()
 

@@ -125,6 +125,13 @@ class PredictionWriter(BasePredictionWriter):
         if stage != "predict":
             return
         out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+        images = getattr(trainer.datamodule, "predict_dir", None)
+        if images is not None and out.resolve() == Path(images).resolve():
+            # Its masks would overwrite files there (BUSI keeps ground truth as *_mask.png).
+            raise ValueError(
+                f"--prediction.output_dir {out} is the folder of images being predicted; "
+                "choose another folder"
+            )
         # Fail now, not after an hour of predicting.
         self.out = check_writable(out, "prediction folder")
         earlier = [p.name for pattern in OUTPUT_PATTERNS for p in sorted(out.glob(pattern))]
@@ -181,7 +188,9 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         probs = prediction["mask_prob"].float()  # (B, 1, h, w)
         class_prob = prediction.get("class_prob")  # (B, K) or None
-        names = list(getattr(trainer.datamodule, "class_names", []) or [])
+        # The classes the model was trained on, when its checkpoint says (older ones do not).
+        names = getattr(pl_module, "class_names", None)
+        names = list(names or getattr(trainer.datamodule, "class_names", []) or [])
         if self._rows is None:
             self._open_csv(0 if class_prob is None else class_prob.shape[1], names)
         errors = batch.get("error") or [""] * len(prediction["id"])
