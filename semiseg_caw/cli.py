@@ -115,7 +115,7 @@ class SemiSegCLI(LightningCLI):
             )
         self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters") or {})
         self._ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
-        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams = dict(self._ckpt_hparams)
         hparams.pop("_instantiator", None)
         if not hparams:
             return
@@ -160,19 +160,19 @@ class SemiSegCLI(LightningCLI):
                 f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
                 "of the run that wrote it, or the checkpoint's path"
             )
-        if getattr(self, "_ckpt_data", None):
+        if self._ckpt_data:  # read by _parse_ckpt_path (not for `last`: the same run's)
             self._check_data_matches_checkpoint(ckpt_path)
 
     def _check_data_matches_checkpoint(self, ckpt_path: str) -> None:
         """Options the weights depend on must be the ones they were trained with."""
         trained = self._ckpt_data
         data = self.config[self.subcommand].data
-        for key in ("in_channels",):
-            if key in trained and trained[key] != data.get(key):
-                raise CheckpointError(
-                    f"data.{key} is {data.get(key)} but {ckpt_path} was trained with "
-                    f"{trained[key]}: pass --data.{key} {trained[key]}"
-                )
+        channels = trained.get("in_channels")
+        if channels is not None and channels != data.in_channels:
+            raise CheckpointError(
+                f"data.in_channels is {data.in_channels} but {ckpt_path} was trained with "
+                f"{channels}: pass --data.in_channels {channels}"
+            )
         classes = self._ckpt_hparams.get("num_classes")
         if classes is not None and classes != self.datamodule.num_classes:
             raise CheckpointError(
@@ -181,9 +181,9 @@ class SemiSegCLI(LightningCLI):
                 f"{classes}: set data.dataset, data.classes or data.include_normal as in training"
             )
         size = trained.get("image_size")
-        if size is not None and size != data.get("image_size"):
+        if size is not None and size != data.image_size:
             warnings.warn(
-                f"data.image_size is {data.get('image_size')} but {ckpt_path} was trained at "
+                f"data.image_size is {data.image_size} but {ckpt_path} was trained at "
                 f"{size} px; pass --data.image_size {size} to evaluate as trained",
                 UserWarning,
                 stacklevel=2,
@@ -247,22 +247,29 @@ class SemiSegCLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     """Build (and by default run) the CLI; returns it so that callers can inspect the run."""
     # Offline unless the user asks otherwise: no account needed, `wandb sync` uploads later.
+    # Put back after a run, so that a notebook's own W&B runs are not made offline too (with
+    # run=False the caller's trainer logs later, and needs it still).
+    ours = run and "WANDB_MODE" not in os.environ
     os.environ.setdefault("WANDB_MODE", "offline")
-    cli = SemiSegCLI(
-        SegmentationTask,
-        SemiSegDataModule,
-        subclass_mode_model=True,
-        trainer_defaults={"logger": WANDB_LOGGER},
-        save_config_callback=LoggerSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION},
-        args=args,
-        run=run,
-    )
-    if run and isinstance(cli.trainer.logger, WandbLogger):
-        import wandb
+    try:
+        cli = SemiSegCLI(
+            SegmentationTask,
+            SemiSegDataModule,
+            subclass_mode_model=True,
+            trainer_defaults={"logger": WANDB_LOGGER},
+            save_config_callback=LoggerSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": DESCRIPTION},
+            args=args,
+            run=run,
+        )
+        if run and isinstance(cli.trainer.logger, WandbLogger):
+            import wandb
 
-        wandb.finish()  # one W&B run per command, also when main() runs again in this process
+            wandb.finish()  # one W&B run per command, also when main() runs again here
+    finally:
+        if ours:
+            os.environ.pop("WANDB_MODE", None)
     return cli
 
 

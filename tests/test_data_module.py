@@ -88,12 +88,17 @@ def test_class_names_known_without_reading_data(options, names):
         ({"class_only": 2.5}, "class_only"),
         ({"class_only_per_batch": 1.5}, "class_only_per_batch"),
         ({"class_only_per_batch": 0}, "class_only_per_batch"),
+        ({"class_only_per_batch": 1.0}, r"class_only_per_batch must be in \(0, 1\)"),
         ({"budget_mode": "half"}, "budget_mode"),
         ({"batch_size": 0}, "batch sizes"),
         ({"batch_size": 1}, "BatchNorm needs at least 2 images"),
         ({"image_size": 4}, "image_size"),
         ({"root": "my_busi"}, "root is set but dataset is 'synthetic'; set data.dataset"),
         ({"classes": ["a", "b"]}, "classes is set but dataset is 'synthetic'"),
+        (
+            {"dataset": "busi", "root": "x", "classes": ["cyst", "solid"]},
+            r"classes is set but dataset is 'busi', whose classes are fixed \(benign, malignant\)",
+        ),
         ({"class_only": 1.0}, "class_only=1.0 is ambiguous"),
         ({"seed": -1}, "seed must be >= 0"),
     ],
@@ -463,3 +468,10 @@ def test_lightning_trainer_consumes_the_loaders(make_trainer):
         warnings.simplefilter("ignore")
         trainer.fit(probe, datamodule=dm)
     assert len(probe.seen) == 6 and probe.seen[:3] != probe.seen[3:]
+
+
+def test_a_label_budget_that_withholds_every_mask_is_refused():
+    dm = SemiSegDataModule(image_size=32, synthetic_samples=40, class_only=28)  # all 28
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"the train split has no image with a mask .*class_only"):
+        dm.train_dataloader()

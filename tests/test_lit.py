@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
 from semiseg_caw.checkpoints import CheckpointError
@@ -95,7 +96,11 @@ def test_a_stage2_checkpoint_keeps_its_auxiliary_model_without_the_stage1_file(
     make_trainer().test(loaded, datamodule=datamodule())  # as README's "Use from Python"
     fresh = SemiSegCAW(stage1_checkpoint=loaded.hparams.stage1_checkpoint)
     make_trainer().test(fresh, datamodule=datamodule(), ckpt_path=stage2_path)  # as the CLI
-    for model in (loaded, fresh):
+    ckpt = torch.load(stage2_path, map_location="cpu", weights_only=True)
+    by_hand = SemiSegCAW(**ckpt["hyper_parameters"])
+    by_hand.load_state_dict(ckpt["state_dict"])
+    make_trainer().test(by_hand, datamodule=datamodule())
+    for model in (loaded, fresh, by_hand):
         for key, value in model.net.aux_model.state_dict().items():
             assert torch.equal(value, fine_tuned[key]), key
 
@@ -194,3 +199,76 @@ def test_stage1_consistency_term_is_off_by_default_and_needs_class_only_images()
     # A batch without class-only images: a graph-connected zero.
     masked = {**batch, "has_mask": torch.ones_like(batch["has_mask"])}
     assert model.loss_terms(masked)["consistency"] == 0
+
+
+def test_fitting_without_stage1_weights_warns(make_trainer: MakeTrainer) -> None:
+    for kwargs, message in [({}, r"starts untrained\. "), ({"aux_mode": "frozen"}, r"noise")]:
+        with pytest.warns(UserWarning, match=r"SemiSegCAW has no stage-1 weights.*" + message):
+            fit_semiseg(make_trainer, **kwargs)
+
+
+def test_a_checkpoint_loaded_with_the_other_task_class_names_the_right_one(
+    tmp_path: Path, make_trainer: MakeTrainer
+) -> None:
+    t = make_trainer()
+    t.fit(ClassElevateSeg(), datamodule=datamodule())
+    t.save_checkpoint(tmp_path / "stage1.ckpt")
+    with pytest.raises(CheckpointError, match=r"written by ClassElevateSeg, not SemiSegCAW"):
+        SemiSegCAW.load_from_checkpoint(tmp_path / "stage1.ckpt", weights_only=True)
+
+
+def batches(**changes) -> list[dict]:
+    """Two good training batches of 4 (as the data module gives them), with ``changes``."""
+    dm = datamodule()
+    dm.setup("fit")
+    good = list(dm.train_dataloader())[:2]
+    return [{**b, **{k: (v(b) if callable(v) else v) for k, v in changes.items()}} for b in good]
+
+
+@pytest.mark.parametrize(
+    ("loader", "message"),
+    [
+        (lambda: [tuple(b.values()) for b in batches()], r"a batch must be a dict with keys"),
+        (
+            lambda: [{k: v for k, v in b.items() if k != "has_mask"} for b in batches()],
+            r"the batch lacks has_mask",
+        ),
+        (lambda: batches(mask=lambda b: b["mask"] * 255), r"values up to 255 .*divide by 255"),
+        (
+            lambda: batches(mask=lambda b: b["mask"][:, 0]),
+            r"batch\['mask'\] must be \(4, 1, 32, 32\)",
+        ),
+        (lambda: batches(image=lambda b: b["image"].repeat(1, 3, 1, 1)), r"must be \(B, 1, H, W\)"),
+    ],
+    ids=["tuple", "missing key", "0-255 mask", "mask without channel", "3 channels"],
+)
+def test_a_batch_the_modules_cannot_use_is_named_at_the_first_step(
+    loader, message, make_trainer: MakeTrainer
+) -> None:
+    model = SemiSegCAW(aux_source="none")
+    with pytest.raises(ValueError, match=message):  # a user's loader, yielding these batches
+        make_trainer().fit(model, train_dataloaders=DataLoader(loader(), batch_size=None))
+
+
+def test_raw_device_augment_batches_need_the_data_module(make_trainer: MakeTrainer) -> None:
+    dm = SemiSegDataModule(
+        image_size=32, batch_size=4, synthetic_samples=40, augment_on_device=True
+    )
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"uint8: .*augment_on_device=True.*datamodule="):
+        make_trainer().fit(SemiSegCAW(aux_source="none"), train_dataloaders=dm.train_dataloader())
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"include_normal": True}, r"the data module has 3 classes \(benign, malignant, normal\)"),
+        ({"in_channels": 3}, r"gives 3-channel images, the model takes in_channels=1"),
+    ],
+)
+def test_a_data_module_that_does_not_fit_the_model_is_named(
+    data, message, make_trainer: MakeTrainer
+) -> None:
+    dm = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, **data)
+    with pytest.raises(ValueError, match=message):
+        make_trainer().fit(SemiSegCAW(aux_source="none"), datamodule=dm)

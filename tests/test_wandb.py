@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,13 @@ def test_offline_run_records_config_metrics_wgm_and_images(
     assert table["columns"] == ["id", "overlay", "dice"]
     assert len(table["data"]) == NUM_IMAGES
     assert all(0.0 <= row[2] <= 1.0 for row in table["data"])
+
+
+def test_the_offline_default_is_not_left_in_the_callers_environment(monkeypatch, capsys):
+    # A notebook that runs the CLI and then W&B runs of its own must not find them offline.
+    from semiseg_caw.cli import main
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    assert "WANDB_MODE" not in os.environ

@@ -67,7 +67,7 @@ class SemiSegDataModule(L.LightningDataModule):
         batch_size: Training batch size (at least 2: BatchNorm needs 2 images per batch).
         class_only: Train images whose masks are withheld: a count (integer), or a fraction in (0, 1) of those with mask and label (1.0 is refused as ambiguous); chosen seeded and class-stratified.
         budget_mode: semi: withheld images stay as class-only samples; reduced: they are dropped; full: every mask is used.
-        class_only_per_batch: Share (0, 1] of class-only samples in every training batch (a sampler cycles the smaller pool); None: natural proportion, shuffled.
+        class_only_per_batch: Share (0, 1) of class-only samples in every training batch (a sampler cycles the smaller pool); None: natural proportion, shuffled.
         include_normal: BUSI / synthetic: include lesion-free normal images as class 2 (empty masks).
         ddti_unlabelled: DDTI images without a class label: drop them, or use them as mask-only training samples (they never enter val or test).
         synthetic_samples: Number of synthetic images.
@@ -290,10 +290,12 @@ class SemiSegDataModule(L.LightningDataModule):
                 "root is set but dataset is 'synthetic'; set data.dataset to busi, ddti or "
                 "manifest (or leave root unset for generated images)"
             )
-        if self.dataset == "synthetic" and self.classes:
+        if self.dataset != "manifest" and self.classes:
             raise ValueError(
-                "classes is set but dataset is 'synthetic'; classes names the labels of a "
-                "manifest (set data.dataset to manifest, or leave classes unset)"
+                f"classes is set but dataset is {self.dataset!r}, whose classes are fixed "
+                f"({', '.join(class_names_for(self.dataset, self.include_normal))}); classes "
+                "names the labels of a manifest (set data.dataset to manifest, or leave "
+                "classes unset)"
             )
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
@@ -311,8 +313,8 @@ class SemiSegDataModule(L.LightningDataModule):
         if self.budget_mode not in ("semi", "reduced", "full"):
             raise ValueError(f"budget_mode must be semi, reduced or full, got {self.budget_mode!r}")
         cpb = self.class_only_per_batch
-        if cpb is not None and not 0 < cpb <= 1:
-            raise ValueError(f"class_only_per_batch must be in (0, 1] or None, got {cpb}")
+        if cpb is not None and not 0 < cpb < 1:  # 1 would leave no masked image in a batch
+            raise ValueError(f"class_only_per_batch must be in (0, 1) or None, got {cpb}")
         if self.ddti_unlabelled not in ("drop", "mask_only"):
             raise ValueError(
                 f"ddti_unlabelled must be drop or mask_only, got {self.ddti_unlabelled!r}"
@@ -372,15 +374,20 @@ class SemiSegDataModule(L.LightningDataModule):
                 "every class must be trained and scored: change the split (file), the label "
                 "budget (class_only, budget_mode) or the data"
             )
-        if name != "train" and not any(s.has_mask for s in self.splits[name]):
+        if not any(s.has_mask for s in self.splits[name]):
             with_mask = ", ".join(
                 f"{k} {sum(s.has_mask for s in self.splits[k])} of {len(self.splits[k])}"
                 for k in SPLITS
             )
+            need = (
+                "segmentation is learnt from masks: lower class_only or give more images a mask"
+                if name == "train"
+                else "segmentation metrics (Dice, IoU) need masks in val and test: give more "
+                "images a mask or change the split (file)"
+            )
             raise ValueError(
                 f"the {name} split has no image with a mask (images with a mask: {with_mask}); "
-                "segmentation metrics (Dice, IoU) need masks in val and test: give more images "
-                "a mask or change the split (file)"
+                f"{need}"
             )
         return dataset
 

@@ -11,7 +11,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.data.transforms import AUX_MAP_KEY
+from semiseg_caw.lit.batches import EVAL_KEYS, TRAIN_KEYS, check_batch
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.losses import bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
@@ -34,6 +36,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     ``loss_terms``. The training step (objective, logging, the non-finite-loss
     guard, CUDA graphs when the ``cuda_graphs`` hyper-parameter is set), validation,
     test and prediction, metrics, the optimiser and the cosine schedule live here.
+
+    Batches are dicts of ``image``, ``mask``, ``has_mask``, ``label`` and ``has_label``
+    (``semiseg_caw.lit.batches``); the first of each loop is checked.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         # The names of the class outputs, as trained (saved in checkpoints; None: unknown).
         self.class_names: list[str] | None = None
         self._graphs_tried = False
+        self._checked_loops: set[str] = set()  # loops whose first batch was checked
         self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
         self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
         self.configure_models()
@@ -133,13 +139,27 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         return out
 
     def setup(self, stage: str) -> None:
-        # Every network here halves its input five times: say so before the first batch,
-        # naming the option rather than a layer.
-        size = getattr(getattr(self._trainer, "datamodule", None), "image_size", None)
-        if isinstance(size, int) and size % INPUT_MULTIPLE:
+        # A data module that does not fit the model: say so before the first batch, naming
+        # the options rather than a layer deep in the step.
+        data = getattr(self._trainer, "datamodule", None)
+        size = getattr(data, "image_size", None)
+        if isinstance(size, int) and size % INPUT_MULTIPLE:  # the networks halve it 5 times
             raise ValueError(
                 f"data.image_size must be a multiple of {INPUT_MULTIPLE}, got {size} "
                 f"(e.g. {max(INPUT_MULTIPLE, size // INPUT_MULTIPLE * INPUT_MULTIPLE)})"
+            )
+        channels = getattr(data, "in_channels", self.in_channels)
+        if channels != self.in_channels:
+            raise ValueError(
+                f"the data module gives {channels}-channel images, the model takes "
+                f"in_channels={self.in_channels}"
+            )
+        classes = getattr(data, "num_classes", self.num_classes)
+        if stage != "predict" and classes != self.num_classes:  # a folder has no classes
+            raise ValueError(
+                f"the data module has {classes} classes "
+                f"({', '.join(getattr(data, 'class_names', []))}), the model num_classes="
+                f"{self.num_classes}"
             )
 
     # -- training step -------------------------------------------------------------------
@@ -177,8 +197,21 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         connector = getattr(self._trainer, "_logger_connector", None)
         return getattr(connector, "should_update_logs", True)
 
+    # -- the first batch of each loop is checked ------------------------------------------
+    def _check_first_batch(self, batch: Any, loop: str, keys: tuple[str, ...]) -> None:
+        if loop not in self._checked_loops:
+            check_batch(batch, keys, self.in_channels)
+            self._checked_loops.add(loop)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0):
+        self._check_first_batch(batch, "val", EVAL_KEYS)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_first_batch(batch, "test", EVAL_KEYS)
+
     # -- CUDA graphs ----------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._check_first_batch(batch, "train", TRAIN_KEYS)
         if self.hparams.get("cuda_graphs") and not self._graphs_tried:
             self._graphs_tried = True
             if self.trainer.accumulate_grad_batches > 1:
@@ -304,6 +337,16 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the weights are loaded: name the right class instead of listing
+        # thousands of unexpected keys. A subclass may load its base class's checkpoint.
+        writer = checkpoint.get(TASK_CLASS_KEY)
+        lineage = {f"{c.__module__}.{c.__qualname__}" for c in type(self).__mro__}
+        if writer and writer.startswith("semiseg_caw.") and writer not in lineage:
+            raise CheckpointError(
+                f"this checkpoint was written by {writer.rsplit('.', 1)[-1]}, not "
+                f"{type(self).__name__}: load it with {writer.rsplit('.', 1)[-1]}"
+                ".load_from_checkpoint"
+            )
         self.bad_steps = int(checkpoint.get("bad_steps", 0))
         self.class_names = checkpoint.get("class_names") or self.class_names
 

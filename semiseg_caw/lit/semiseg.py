@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -187,11 +188,14 @@ class SemiSegCAW(SegmentationTask):
         self.hparams.stage1_checkpoint = str(path)
         self.stage1_loaded = True
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        # A stage-2 checkpoint holds the (fine-tuned) auxiliary model: the stage-1 file
-        # must not be read over it, nor be needed at all once the run is copied elsewhere.
-        self.stage1_loaded = True
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        # Weights with the auxiliary model (a stage-2 checkpoint, by any route: ckpt_path,
+        # load_from_checkpoint, by hand): the stage-1 file must not be read over them, nor
+        # be needed at all once the run is copied elsewhere.
+        if any(key.startswith("net.aux_model.") for key in state_dict):
+            self.stage1_loaded = True
+        return result
 
     def load_stage1_once(self) -> None:
         """Load ``stage1_checkpoint`` unless it or a stage-2 checkpoint is loaded already.
@@ -215,6 +219,20 @@ class SemiSegCAW(SegmentationTask):
     # -- cached auxiliary maps -------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.load_stage1_once()  # the cached maps below are the loaded model's
+        if self.net.aux_model is not None and not self.stage1_loaded:
+            frozen = self.hparams.aux_mode == "frozen" or self.hparams.aux_source == "layercam"
+            warnings.warn(
+                "SemiSegCAW has no stage-1 weights: its auxiliary ClassElevateSeg starts "
+                + (
+                    "untrained and stays so (frozen): its maps are noise for the whole run"
+                    if frozen
+                    else "untrained"
+                )
+                + ". `semiseg-caw fit` trains stage 1 first; from Python give "
+                "stage1_checkpoint= or run semiseg_caw.fit_stage1",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.hparams.cache_aux_maps:
             self.cache_aux_maps()
 
