@@ -97,6 +97,8 @@ class TestMALUNet(BaseSegModelTest):
             MALUNet(c_list=(8, 16, 24, 32, 48))
         with pytest.raises(ValueError, match="divisible by 32"):
             MALUNet()(torch.randn(1, 3, 48, 48))
+        with pytest.raises(ValueError, match=r"expects a \(B, C, H, W\) batch, got shape \(3, 32"):
+            MALUNet()(torch.randn(3, 32, 32))  # one image without its batch dimension
 
     def test_without_bridge(self) -> None:
         out = MALUNet(in_channels=1, bridge=False)(torch.randn(2, 1, SIZE, SIZE))

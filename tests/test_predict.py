@@ -377,3 +377,20 @@ def test_fuzzed_pngs_never_crash_or_hang_the_decoder_or_a_prediction_run(checkpo
         if outcome == "ok":
             with Image.open(out / row["mask_file"]) as mask:
                 assert mask.size == (int(row["width"]), int(row["height"]))
+
+
+def test_the_writer_names_what_it_needs_when_given_other_batches(checkpoint, tmp_path):
+    import lightning as L
+
+    from semiseg_caw import SemiSegCAW, SemiSegDataModule
+    from semiseg_caw.lit.writer import PredictionWriter
+
+    model = SemiSegCAW.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    data = SemiSegDataModule(image_size=32, synthetic_samples=40)
+    data.setup("test")
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"))
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, callbacks=[writer], limit_predict_batches=1
+    )
+    with pytest.raises(ValueError, match=r"needs the batches of a folder"):
+        trainer.predict(model, dataloaders=data.test_dataloader(), return_predictions=False)

@@ -186,6 +186,12 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if "orig_size" not in prediction or "path" not in prediction:
+            raise ValueError(
+                "PredictionWriter writes masks at each file's original size: it needs the "
+                "batches of a folder, SemiSegDataModule(predict_dir=...).predict_dataloader(), "
+                "which carry path and orig_size"
+            )
         probs = prediction["mask_prob"].float()  # (B, 1, h, w)
         class_prob = prediction.get("class_prob")  # (B, K) or None
         # The classes the model was trained on, when its checkpoint says (older ones do not).

@@ -249,6 +249,8 @@ class MALUNet(nn.Module):
 
     def forward(self, x: Tensor) -> SegOutput:
         """Segment ``x`` (B, in_channels, H, W); H and W must be divisible by 32."""
+        if x.ndim != 4:  # GroupNorm would otherwise read C as the batch
+            raise ValueError(f"MALUNet expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         if x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(f"MALUNet needs H and W divisible by 32, got {tuple(x.shape[-2:])}")
         encoders = (self.encoder1, self.encoder2, self.encoder3, self.encoder4, self.encoder5)
