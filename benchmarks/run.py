@@ -155,14 +155,8 @@ def _best(ckpts: Path) -> Path:
     return best[-1]
 
 
-def _fitted_before_markers(ckpts: Path, rundir: Path) -> bool:
-    """A run fitted before ``fit.done`` existed: a best checkpoint and no resume files left."""
-    resumable = [*ckpts.glob("last*.ckpt"), *rundir.glob("stage1/checkpoints/last*.ckpt")]
-    return bool(list(ckpts.glob("best-epoch=*.ckpt"))) and not resumable
-
-
 def _worker(spec_file: Path) -> None:
-    """One run, in its own process: ``semiseg-caw fit`` (unless a best checkpoint exists),
+    """One run, in its own process: ``semiseg-caw fit`` (unless it finished before),
     then ``semiseg-caw test --ckpt_path <best-on-val>``; writes test.json. With
     ``"mode": "stage1"`` only tests the run's best stage-1 checkpoint (stage1_test.json)."""
     spec = json.loads(spec_file.read_text())
@@ -174,10 +168,12 @@ def _worker(spec_file: Path) -> None:
     ckpts = rundir / "checkpoints"
     fit_s = None
     done = rundir / "fit.done"
-    if not done.is_file() and not _fitted_before_markers(ckpts, rundir):
+    killed = [*ckpts.glob("last*.ckpt"), *rundir.glob("stage1/checkpoints/last*.ckpt")]
+    # Runs fitted before fit.done existed: a best checkpoint, and no resume file left.
+    done_before = bool(list(ckpts.glob("best-epoch=*.ckpt"))) and not killed
+    if not done.is_file() and not done_before:
         # A run killed in stage 1 or 2 continues from its last checkpoint (the CLI refuses
         # to start a new run over an earlier one's checkpoints).
-        killed = [*ckpts.glob("last*.ckpt"), *rundir.glob("stage1/checkpoints/last*.ckpt")]
         t0 = time.time()
         timer = EpochTimer()
         _with_callbacks([timer], ["fit", *spec["fit"], *(["--ckpt_path=last"] if killed else [])])

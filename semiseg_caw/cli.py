@@ -24,7 +24,7 @@ from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
-from semiseg_caw.lit.stages import fit_stage1
+from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
 from semiseg_caw.lit.writer import PredictionWriter, check_writable
 
 DESCRIPTION = (
@@ -228,7 +228,7 @@ class SemiSegCLI(LightningCLI):
         and put its best checkpoints beside the other model's."""
         config = self.config.fit
         folders = {config[k].dirpath for k in CHECKPOINT_KEYS if config.get(k)} - {None}
-        folders.add(str(Path(root) / "stage1" / "checkpoints"))  # where fit_stage1 saves
+        folders.add(str(stage1_checkpoint_dir(root)))
         earlier = sorted(p for f in folders for p in Path(f).glob("*.ckpt"))
         if earlier:
             raise FileExistsError(

@@ -65,6 +65,11 @@ def _fresh(value: Any) -> Any:
     return value
 
 
+def stage1_checkpoint_dir(root_dir: str | Path) -> Path:
+    """Where ``fit_stage1`` saves stage 1's checkpoints for a run in ``root_dir``."""
+    return Path(root_dir) / "stage1" / "checkpoints"
+
+
 def fit_stage1(
     model: SemiSegCAW,
     datamodule: L.LightningDataModule,
@@ -80,10 +85,11 @@ def fit_stage1(
     ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again).
     """
     root = Path(root_dir) / "stage1"
-    last = root / "checkpoints" / "last.ckpt"
+    folder = stage1_checkpoint_dir(root_dir)
+    last = folder / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     checkpoint = ModelCheckpoint(
-        dirpath=root / "checkpoints",
+        dirpath=folder,
         filename="best-{epoch:03d}",
         monitor="val/dice",
         mode="max",
@@ -100,7 +106,7 @@ def fit_stage1(
     trainer = L.Trainer(
         max_epochs=max_epochs,
         default_root_dir=root,
-        callbacks=[checkpoint, LastCheckpoint(root / "checkpoints")],
+        callbacks=[checkpoint, LastCheckpoint(folder)],
         logger=logger,
         **kwargs,
     )
