@@ -37,7 +37,8 @@ CONTROLS = ["no-class-only", "all-masks"]
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
 # images; the auxiliary map also added to the output logits; the auxiliary model fine-tuned
-# at the full learning rate; Focal Tversky weighing false negatives and positives alike.
+# at the full learning rate; Focal Tversky weighing false negatives and positives alike;
+# cross-entropy balanced by class frequency (both stages, so its stage 1 is its own).
 VARIANTS = [
     "pseudo-labels",
     "frozen-aux-cached",
@@ -47,6 +48,7 @@ VARIANTS = [
     "aux-output-skip",
     "aux-full-lr",
     "ftv-balanced",
+    "balanced-classes",
 ]
 # Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
 # they reuse its stage-1 checkpoint when that run has finished, and so differ from it in

@@ -51,6 +51,7 @@ _PUBLIC = {
     "dice_loss": "semiseg_caw.losses",
     "focal_tversky_loss": "semiseg_caw.losses",
     "cross_entropy_loss": "semiseg_caw.losses",
+    "balanced_class_weights": "semiseg_caw.losses",
     "SegmentationMetrics": "semiseg_caw.metrics",
     "PooledSegMetrics": "semiseg_caw.metrics",
     "PerImageSegMetrics": "semiseg_caw.metrics",

@@ -27,6 +27,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DiceLoss",
     "FocalTverskyLoss",
+    "balanced_class_weights",
     "bce_loss",
     "cam_consistency_loss",
     "cross_entropy_loss",
@@ -148,8 +149,13 @@ def cross_entropy_loss(
     labels: Tensor,
     ignore_index: int = IGNORE_INDEX,
     label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
-    """Cross-entropy averaged over the labelled samples; a graph-connected zero if none."""
+    """Cross-entropy averaged over the labelled samples; a graph-connected zero if none.
+
+    With ``weight`` (one per class, e.g. from :func:`balanced_class_weights`), a weighted
+    mean: each labelled sample counts with its class's weight.
+    """
     if logits.ndim != 2:
         raise ValueError(f"class logits must be (B, K), got {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],):
@@ -164,7 +170,25 @@ def cross_entropy_loss(
         reduction="none",
         label_smoothing=label_smoothing,
     )
-    return _masked_mean(per_sample, labels != ignore_index)
+    valid = labels != ignore_index
+    if weight is None:
+        return _masked_mean(per_sample, valid)
+    if weight.shape != (logits.shape[1],):
+        raise ValueError(f"weight must have shape ({logits.shape[1]},), got {tuple(weight.shape)}")
+    per_weight = torch.where(valid, weight.float()[labels.clamp_min(0)], 0.0)
+    return (per_sample * per_weight).sum() / per_weight.sum().clamp_min(1e-12)
+
+
+def balanced_class_weights(counts: list[int] | Tensor) -> Tensor:
+    """Class weights that give every class the same total weight: ``n / (k * n_c)``, where
+    ``n`` samples fall in ``k`` classes that occur, ``n_c`` of them in class c (a class with
+    no sample gets 0: it never appears in the loss)."""
+    counts = torch.as_tensor(counts, dtype=torch.float32)
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() == 0:
+        raise ValueError(f"need per-class counts, some positive, got {counts.tolist()}")
+    present = counts > 0
+    weights = counts.sum() / (present.sum() * counts.clamp_min(1))
+    return torch.where(present, weights, 0.0)
 
 
 # -- class-to-pixel terms for class-only samples -----------------------------------------

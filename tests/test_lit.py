@@ -114,6 +114,39 @@ def test_stage1_run_takes_its_loss_weights_from_the_model() -> None:
     assert "cam" not in no_cam.term_weights and no_cam.term_weights["presence"] == 0.5
 
 
+def test_balance_classes_weighs_cross_entropy_by_the_training_split(
+    make_trainer: MakeTrainer,
+) -> None:
+    from semiseg_caw.lit.stages import stage1_module
+
+    dm = datamodule()
+    dm.setup("fit")
+    counts = torch.tensor(dm.class_counts("train"), dtype=torch.float32)
+    assert counts.sum() == sum(s.has_label for s in dm.splits["train"])
+    model = SemiSegCAW(aux_source="none", balance_classes=True)
+    assert model.ce_weight() is not None and torch.equal(model.class_weight, torch.ones(2))
+    make_trainer().fit(model, datamodule=dm)
+    expected = counts.sum() / (2 * counts)
+    assert torch.allclose(model.class_weight, expected)
+    assert "class_weight" not in model.state_dict()  # recounted by a resumed run
+    model.eval()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        _, class_logits = model.evaluate_batch(batch)
+        ce = model.loss_terms(batch)["ce"]
+    weighted = torch.nn.functional.cross_entropy(
+        class_logits, batch["label"], weight=expected, ignore_index=-1
+    )
+    assert ce.item() == pytest.approx(weighted.item(), rel=1e-5)
+    assert stage1_module(model).hparams.balance_classes  # stage 1 inherits it
+    assert SemiSegCAW(aux_source="none").ce_weight() is None  # off: the plain mean
+    # Without a data module that can count classes, the option says what it needs.
+    with pytest.raises(ValueError, match=r"balance_classes needs .*class_counts\(\)"):
+        make_trainer().fit(
+            ClassElevateSeg(balance_classes=True), train_dataloaders=dm.train_dataloader()
+        )
+
+
 def test_frozen_auxiliary_model_does_not_change(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     model = SemiSegCAW(aux_mode="frozen")

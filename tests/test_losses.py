@@ -14,6 +14,7 @@ from semiseg_caw.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalTverskyLoss,
+    balanced_class_weights,
     bce_loss,
     cam_consistency_loss,
     cross_entropy_loss,
@@ -137,6 +138,38 @@ def test_cross_entropy_ignores_unlabelled():
     assert none.item() == 0.0
     none.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_weighted_cross_entropy_matches_torch_and_ignores_unlabelled():
+    logits = torch.randn(6, 3, requires_grad=True)
+    labels = torch.tensor([0, IGNORE_INDEX, 2, 0, 1, 0])
+    weight = torch.tensor([0.5, 2.0, 3.0])
+    keep = labels != IGNORE_INDEX
+    expected = F.cross_entropy(logits[keep], labels[keep], weight=weight)
+    got = cross_entropy_loss(logits, labels, weight=weight)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # Equal weights are the plain mean; no labelled sample is a connected zero.
+    plain = cross_entropy_loss(logits, labels)
+    assert cross_entropy_loss(logits, labels, weight=torch.full((3,), 4.0)).item() == (
+        pytest.approx(plain.item(), rel=1e-6)
+    )
+    none = cross_entropy_loss(logits, torch.full((6,), IGNORE_INDEX), weight=weight)
+    assert none.item() == 0.0
+    none.backward()
+    assert torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        cross_entropy_loss(logits, labels, weight=torch.ones(2))
+
+
+def test_balanced_class_weights_give_every_class_the_same_total():
+    counts = [58, 363, 0]
+    weights = balanced_class_weights(counts)
+    totals = weights * torch.tensor(counts, dtype=torch.float32)
+    assert totals[0].item() == pytest.approx(totals[1].item())
+    assert totals.sum().item() == pytest.approx(sum(counts))  # mean weight per sample is 1
+    assert weights[2].item() == 0.0  # an absent class never appears in the loss
+    with pytest.raises(ValueError, match="some positive"):
+        balanced_class_weights([0, 0])
 
 
 def test_lesion_presence():

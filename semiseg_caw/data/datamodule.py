@@ -144,6 +144,16 @@ class SemiSegDataModule(L.LightningDataModule):
         """Number of classes (the classifier's outputs)."""
         return len(self.class_names)
 
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Labelled samples of each class in a split (after the label budget)."""
+        if self.splits is None:
+            self.setup("fit")
+        counts = [0] * self.num_classes
+        for sample in self.splits[split]:
+            if sample.has_label:
+                counts[sample.label] += 1
+        return counts
+
     def setup(self, stage: str | None = None) -> None:
         """Load, validate and cache the data once; build the split and the budget."""
         if stage == "predict":

@@ -15,7 +15,7 @@ from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, TRAIN_KEYS, check_batch
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
-from semiseg_caw.losses import bce_loss, dice_loss
+from semiseg_caw.losses import balanced_class_weights, bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
 
 STAGES = ("val", "test")
@@ -68,6 +68,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self._checked_loops: set[str] = set()  # loops whose first batch was checked
         self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
         self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
+        # Class weights of the cross-entropy terms with ``balance_classes``, from the training
+        # split's counts in ``setup`` (not saved: a resumed run counts again).
+        self.register_buffer("class_weight", torch.ones(num_classes), persistent=False)
         self.configure_models()
         self.configure_metrics()
 
@@ -84,6 +87,11 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def loss_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Every active loss term of a training batch, by the names of ``self.weighting``."""
+
+    def ce_weight(self) -> Tensor | None:
+        """The class weights for cross-entropy terms: None (plain mean) unless
+        ``balance_classes``."""
+        return self.class_weight if self.hparams.get("balance_classes") else None
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; by default one group of every parameter."""
@@ -160,6 +168,28 @@ class SegmentationTask(L.LightningModule, abc.ABC):
                 f"the data module has {classes} classes "
                 f"({', '.join(getattr(data, 'class_names', []))}), the model num_classes="
                 f"{self.num_classes}"
+            )
+        if stage == "fit" and self.hparams.get("balance_classes"):
+            self._set_class_weights(data)
+
+    def _set_class_weights(self, data: Any) -> None:
+        counts = getattr(data, "class_counts", None)
+        if counts is None:
+            raise ValueError(
+                "balance_classes needs the training split's class counts: fit with a data "
+                "module that has class_counts(), e.g. SemiSegDataModule"
+            )
+        counts = counts("train")
+        if len(counts) != self.num_classes:
+            raise ValueError(f"class_counts gave {len(counts)} counts for {self.num_classes} classes")
+        with torch.no_grad():
+            self.class_weight.copy_(balanced_class_weights(counts))
+        absent = [i for i, n in enumerate(counts) if n == 0]
+        if absent:
+            warnings.warn(
+                f"balance_classes: class(es) {absent} have no labelled training image",
+                UserWarning,
+                stacklevel=2,
             )
 
     # -- training step -------------------------------------------------------------------

@@ -52,6 +52,8 @@ class ClassElevateSeg(SegmentationTask):
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
         max_bad_steps: non-finite losses tolerated (each skipped) before stopping.
+        balance_classes: weigh the ``ce`` term by inverse class frequency in the training
+            split (see ``SemiSegCAW``).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ClassElevateSeg(SegmentationTask):
         weight_decay: float = 1e-2,
         min_lr: float = 1e-5,
         max_bad_steps: int = 20,
+        balance_classes: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
 
@@ -105,7 +108,7 @@ class ClassElevateSeg(SegmentationTask):
         class_only = batch["has_label"] & ~has_mask
         terms: dict[str, Tensor] = {}
         if "ce" in self.term_weights:
-            terms["ce"] = cross_entropy_loss(out.class_logits, label)
+            terms["ce"] = cross_entropy_loss(out.class_logits, label, weight=self.ce_weight())
         if "bce" in self.term_weights:
             terms["bce"] = bce_loss(out.mask_logits, mask, has_mask)
         if "dice" in self.term_weights:

@@ -86,6 +86,9 @@ class SemiSegCAW(SegmentationTask):
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
         max_bad_steps: non-finite losses tolerated (each skipped) before stopping.
+        balance_classes: weigh the cross-entropy terms (``ce``, and ``aux``'s) by inverse
+            class frequency in the training split, so that a rare class counts as much as a
+            common one (DDTI: 58 low-risk to 363 suspicious images). Stage 1 inherits it.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class SemiSegCAW(SegmentationTask):
         weight_decay: float = 1e-2,
         min_lr: float = 1e-5,
         max_bad_steps: int = 20,
+        balance_classes: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False
@@ -324,7 +328,7 @@ class SemiSegCAW(SegmentationTask):
                 logits, mask, has_mask, alpha=hp.ftv_alpha, beta=hp.ftv_beta, gamma=hp.ftv_gamma
             )
         if "ce" in self.terms:
-            terms["ce"] = cross_entropy_loss(out.class_logits, label)
+            terms["ce"] = cross_entropy_loss(out.class_logits, label, weight=self.ce_weight())
         if "pseudo" in self.terms:
             class_only = batch["has_label"] & ~has_mask
             terms["pseudo"] = pseudo_label_loss(
@@ -335,7 +339,7 @@ class SemiSegCAW(SegmentationTask):
             terms["aux"] = (
                 bce_loss(aux.mask_logits, mask, has_mask)
                 + dice_loss(aux.mask_logits, mask, has_mask)
-                + cross_entropy_loss(aux.class_logits, label)
+                + cross_entropy_loss(aux.class_logits, label, weight=self.ce_weight())
             )
         return terms
 

@@ -51,6 +51,7 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         weight_decay=hp.weight_decay,
         min_lr=hp.min_lr,
         max_bad_steps=hp.max_bad_steps,
+        balance_classes=hp.get("balance_classes", False),
     )
 
 
