@@ -139,6 +139,16 @@ class TestUNeXt(BaseSegModelTest):
         assert out.mask_logits.shape == (1, 1, *hw)
         assert out.features.shape == (1, 256, hw[0] // 32, hw[1] // 32)
 
+    def test_stochastic_depth_drops_residual_branches_in_training_only(self) -> None:
+        torch.manual_seed(0)
+        model = UNeXt(in_channels=1, drop_path_rate=0.5)
+        x = torch.randn(2, 1, 32, 32)
+        model.train()
+        assert not torch.equal(model(x).mask_logits, model(x).mask_logits)
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(x).mask_logits, model(x).mask_logits)
+
     def test_invalid_options(self) -> None:
         with pytest.raises(ValueError, match="embed_dims"):
             UNeXt(embed_dims=(128, 160))
@@ -184,6 +194,8 @@ class TestClassElevateNet(BaseSegModelTest):
             ClassElevateNet(decoder_channels=(256, 128, 64, 32))
         with pytest.raises(ValueError, match="dropout"):
             ClassElevateNet(dropout=1.0)
+        with pytest.raises(ValueError, match="num_classes must be >= 2"):
+            ClassElevateNet(num_classes=1)
 
 
 class TestAuxGuidedClassifier:

@@ -42,6 +42,17 @@ def test_import_is_cheap() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_the_backbones_import_without_timm() -> None:
+    # timm takes seconds to import; only ClassElevateNet (and UNeXt's stochastic depth) use it.
+    code = (
+        "import sys\nfrom semiseg_caw import MALUNet, UNeXt\nUNeXt(); MALUNet()\n"
+        "assert 'timm' not in sys.modules\n"
+        "from semiseg_caw.models import ClassElevateNet\nassert 'timm' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("module", ["models", "losses"])
 def test_networks_and_losses_import_no_lightning(module: str) -> None:
     """What another project reuses needs torch (and timm) only; checked on the source."""

@@ -1,41 +1,45 @@
-"""Plain ``nn.Module`` networks and loss weighting; nothing here imports Lightning."""
+"""Plain ``nn.Module`` networks and loss weighting; nothing here imports Lightning.
 
-from semiseg_caw.models.class_elevate import ClassElevateNet
-from semiseg_caw.models.heads import AuxGuidedClassifier
-from semiseg_caw.models.layercam import LAYERCAM_LAYERS, layercam
-from semiseg_caw.models.malunet import MALUNet
-from semiseg_caw.models.outputs import ClassElevateOutput, SegOutput, SemiSegOutput
-from semiseg_caw.models.semiseg import AUX_SOURCES, BACKBONES, SemiSegCAWNet, build_semiseg_net
-from semiseg_caw.models.unext import UNeXt
-from semiseg_caw.models.wgm import (
-    DWAWeighting,
-    IMTLWeighting,
-    LossWeighting,
-    StaticWeighting,
-    UncertaintyWeighting,
-    build_weighting,
-    imtl_gradient_weights,
-)
+Names are loaded on first use: ``from semiseg_caw.models import MALUNet`` does not
+import timm (seconds), which only ClassElevateNet and what builds on it need.
+"""
 
-__all__ = [
-    "AUX_SOURCES",
-    "BACKBONES",
-    "LAYERCAM_LAYERS",
-    "AuxGuidedClassifier",
-    "ClassElevateNet",
-    "ClassElevateOutput",
-    "DWAWeighting",
-    "IMTLWeighting",
-    "LossWeighting",
-    "MALUNet",
-    "SegOutput",
-    "SemiSegCAWNet",
-    "SemiSegOutput",
-    "StaticWeighting",
-    "UNeXt",
-    "UncertaintyWeighting",
-    "build_semiseg_net",
-    "build_weighting",
-    "imtl_gradient_weights",
-    "layercam",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "AUX_SOURCES": "semiseg",
+    "BACKBONES": "semiseg",
+    "LAYERCAM_LAYERS": "layercam",
+    "AuxGuidedClassifier": "heads",
+    "ClassElevateNet": "class_elevate",
+    "ClassElevateOutput": "outputs",
+    "DWAWeighting": "wgm",
+    "IMTLWeighting": "wgm",
+    "LossWeighting": "wgm",
+    "MALUNet": "malunet",
+    "SegOutput": "outputs",
+    "SemiSegCAWNet": "semiseg",
+    "SemiSegOutput": "outputs",
+    "StaticWeighting": "wgm",
+    "UNeXt": "unext",
+    "UncertaintyWeighting": "wgm",
+    "build_semiseg_net": "semiseg",
+    "build_weighting": "wgm",
+    "imtl_gradient_weights": "wgm",
+    "layercam": "layercam",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

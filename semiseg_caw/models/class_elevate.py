@@ -72,8 +72,8 @@ class ClassElevateNet(nn.Module):
         decoder_channels = tuple(int(c) for c in decoder_channels)
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_classes < 2:  # softmax over one class: nothing to learn, CAMs of nothing
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not decoder_channels or min(decoder_channels) < 1:
             raise ValueError(f"decoder_channels must be positive widths, got {decoder_channels}")
         if not 0.0 <= dropout < 1.0:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from semiseg_caw.models.outputs import SegOutput
@@ -65,7 +64,11 @@ class ShiftedBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.mlp = ShiftedMLP(dim, drop=drop, shift_size=shift_size)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.drop_path = nn.Identity()
+        if drop_path > 0.0:
+            from timm.layers import DropPath  # here: importing timm takes seconds
+
+            self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         return x + self.drop_path(self.mlp(self.norm(x), h, w))
