@@ -391,6 +391,24 @@ def test_no_training_batch_of_one_image():
     assert sizes == [3] * (n // 3)
 
 
+@pytest.mark.parametrize("processes", [4, 14])
+def test_each_ddp_process_gets_a_training_batch(processes):
+    # 28 training images, batch 8: one process drops 4; four processes hold 7 each, fewer
+    # than a batch, which drop_last would have turned into an epoch without a step.
+    dm = synthetic_dm(batch_size=8, synthetic_samples=40)
+    dm.trainer = type("FakeTrainer", (), {"world_size": processes, "training": True})()
+    loader = dm.train_dataloader()
+    sampler = DistributedSampler(loader.dataset, num_replicas=processes, rank=0, shuffle=True)
+    spread = DataLoader(
+        loader.dataset, batch_size=8, sampler=sampler, drop_last=loader.drop_last, collate_fn=collate
+    )
+    sizes = [len(batch["id"]) for batch in spread]
+    assert sizes == [len(dm.splits["train"]) // processes]
+    dm.trainer.world_size = 28  # one image each: a batch of one for BatchNorm
+    with pytest.raises(ValueError, match="28 image.* for 28 processes: each needs at least 2"):
+        dm.train_dataloader()
+
+
 def test_setup_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SemiSegDataModule("busi", str(tmp_path / "nowhere")).setup("fit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -192,11 +193,20 @@ class SemiSegDataModule(L.LightningDataModule):
                 UserWarning,
                 stacklevel=2,
             )
+        # Under DDP each process reads its own share of the split (Lightning's
+        # DistributedSampler): drop its last, smaller batch only when it has a full one.
+        processes = getattr(self.trainer, "world_size", 1) or 1
+        share = math.ceil(len(dataset) / processes)
+        if share < 2:
+            raise ValueError(
+                f"the training split has {len(dataset)} image(s) for {processes} processes: "
+                "each needs at least 2 (BatchNorm); use fewer devices or more data"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=True,
-            drop_last=len(dataset) > self.batch_size,  # no batch of one for BatchNorm
+            drop_last=share > self.batch_size,  # no batch of one for BatchNorm, none empty
             generator=torch.Generator().manual_seed(seed),
             **self._loader_options(),
         )
