@@ -175,12 +175,21 @@ def _worker(spec_file: Path) -> None:
         # A run killed in stage 1 or 2 continues from its last checkpoint (the CLI refuses
         # to start a new run over an earlier one's checkpoints).
         t0 = time.time()
+        # The killed attempts' time: from the first start to the newest resume file (work
+        # after it is lost and done again, inside this attempt).
+        started = rundir / "fit.started"
+        earlier = 0.0
+        if killed and started.is_file():
+            earlier = max(p.stat().st_mtime for p in killed) - float(started.read_text())
+        elif not killed:
+            started.write_text(repr(t0))
         timer = EpochTimer()
         _with_callbacks([timer], ["fit", *spec["fit"], *(["--ckpt_path=last"] if killed else [])])
-        fit_s = time.time() - t0
+        fit_s = earlier + time.time() - t0
         done.touch()
         timing = rundir / "timing.json"
-        if (rundir / "stage1").is_dir() and timing.is_file():
+        # Stage 1's time is known only when this attempt ran all of it.
+        if (rundir / "stage1").is_dir() and timing.is_file() and not killed:
             record = json.loads(timing.read_text())
             record["stage1_s"] = timer.fit_start - t0  # data setup + stage 1 (train and val)
             record["stage1_epochs"] = spec["stage1_epochs"]

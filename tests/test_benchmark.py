@@ -149,6 +149,28 @@ def test_a_killed_run_continues_its_fit_and_a_finished_one_is_only_tested(
     assert (tmp_path / "fit.done").is_file() and (tmp_path / "test.json").is_file()
 
 
+def test_a_resumed_run_counts_the_fit_time_of_its_killed_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"x")
+    now = time.time()
+    (tmp_path / "fit.started").write_text(repr(now - 1000))
+    os.utime(last, (now - 400, now - 400))  # killed 600 s into its fit
+    (tmp_path / "checkpoints" / "best-epoch=001.ckpt").write_bytes(b"x")
+    monkeypatch.setattr(bench, "_with_callbacks", lambda callbacks, args: None)
+    monkeypatch.setattr(bench, "_test", lambda args, ckpt: {})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"dir": str(tmp_path), "fit": [], "test": []}))
+    bench._worker(spec)
+    result = json.loads((tmp_path / "test.json").read_text())
+    assert 600 <= result["fit_wall_s"] < 630
+
+
 def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypatch) -> None:
     # speed_check.py --parallel: workers run at once in one folder; each must get its result.
     import argparse
