@@ -286,16 +286,32 @@ def small_data() -> SemiSegDataModule:
     return SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, augment=False)
 
 
-def test_non_finite_steps_are_skipped_counted_and_checkpointed(tmp_path, make_trainer):
+# Two guards: on the device with fused AdamW (the default: no host sync per step; the count
+# is read on logging steps and at the end of an epoch), on the host with gradient clipping
+# (which needs the foreach optimiser; every loss is checked as it comes).
+GUARDS = {"device": {}, "host": {"gradient_clip_val": 1.0}}
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+def test_non_finite_steps_are_skipped_counted_and_checkpointed(guard, tmp_path, make_trainer):
     L.seed_everything(0)
     model = small_model()
     poison(model, {1: "nan", 2: "image", 3: "inf"})
     snapshots = Snapshots()
-    trainer = make_trainer(limit_train_batches=5, limit_val_batches=0, callbacks=[snapshots])
+    trainer = make_trainer(
+        limit_train_batches=5, limit_val_batches=0, callbacks=[snapshots], **GUARDS[guard]
+    )
     with pytest.warns(RuntimeWarning, match="non-finite training loss") as caught:
         trainer.fit(model, datamodule=small_data())
     messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
-    assert len(messages) == 3 and "(3/20 allowed)" in messages[-1]
+    assert "(3/20 allowed)" in messages[-1]
+    if guard == "device":  # read once, at the end of the epoch
+        assert messages == [
+            "3 non-finite training loss(es) by global step 5; those steps were skipped "
+            "(3/20 allowed)"
+        ]
+    else:
+        assert len(messages) == 3
     assert model.bad_steps == 3
     for step, (before, after) in enumerate(zip(snapshots.before, snapshots.after, strict=True)):
         unchanged = all(torch.equal(before[k], after[k]) for k in before if "num_batches" not in k)
@@ -320,16 +336,19 @@ def test_guarded_buffers_follow_train_and_eval_and_leave_a_frozen_aux_model_out(
     assert all(b.dtype != torch.float32 for b in model._step_buffers() if b.is_floating_point())
 
 
-def test_too_many_non_finite_steps_stop_training_with_a_clear_message(make_trainer):
+@pytest.mark.parametrize(("guard", "count"), [("device", 4), ("host", 3)])
+def test_too_many_non_finite_steps_stop_training_with_a_clear_message(guard, count, make_trainer):
     L.seed_everything(0)
     model = small_model(max_bad_steps=2)
     poison(model, dict.fromkeys(range(10), "nan"))
-    with (
-        pytest.warns(RuntimeWarning, match="non-finite"),
-        pytest.raises(FloatingPointError, match=r"\(3/2 allowed\)\. Stopping: lower the learning"),
-    ):
-        trainer = make_trainer(limit_train_batches=5, limit_val_batches=0)
+    stop = rf"\({count}/2 allowed\)\. Stopping: lower the learning"
+    trainer = make_trainer(
+        limit_train_batches=5, limit_val_batches=0, log_every_n_steps=4, **GUARDS[guard]
+    )
+    with pytest.raises(FloatingPointError, match=stop), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the host guard warns before it stops
         trainer.fit(model, datamodule=small_data())
+    assert model.bad_steps == count  # the device count is read on the 4th step, a logging one
 
 
 # -- 5. bad configuration -------------------------------------------------------------------

@@ -30,12 +30,11 @@ def test_counter_sees_every_kind_of_host_sync() -> None:
 
 
 @pytest.mark.parametrize("variant", ["malunet", "caw-finetune"])
-def test_a_training_step_syncs_only_in_the_non_finite_guard(variant: str) -> None:
-    # One sync per step is the price of skipping non-finite steps; anything else (a logged
-    # weight copied to the host, a boolean index in a loss) would stall a GPU every step.
+def test_a_training_step_makes_no_host_sync(variant: str) -> None:
+    # A host sync (a logged weight copied to the host, a boolean index in a loss, a finite
+    # check of the loss) would stall a GPU every step; the non-finite guard works on the
+    # device (semiseg_caw/lit/guard.py) and its count is read on logging steps only.
     dm = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=24, class_only=4)
     row = step_ops.count_variant(variant, dm, step=1)
-    assert row["syncs"] == 1, row["sync_sites"]
-    (site,) = row["sync_sites"]
-    assert "semiseg_caw/lit/base.py" in site
+    assert row["syncs"] == 0, row["sync_sites"]
     assert 0 < row["ops_in_graphed_networks"] < row["ops_in_graphed_objective"] < row["ops"]

@@ -15,6 +15,7 @@ from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, TRAIN_KEYS, check_batch
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
+from semiseg_caw.lit.guard import DeviceStepGuard
 from semiseg_caw.losses import balanced_class_weights, bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
 
@@ -68,6 +69,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self._checked_loops: set[str] = set()  # loops whose first batch was checked
         self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
         self.__dict__["_graphed_objective"] = None  # not a submodule: no state of its own
+        self._device_guard: DeviceStepGuard | None = None  # the sync-free non-finite guard
         # Class weights of the cross-entropy terms with ``balance_classes``, from the training
         # split's counts in ``setup`` (not saved: a resumed run counts again).
         self.register_buffer("class_weight", torch.ones(num_classes), persistent=False)
@@ -206,7 +208,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     def eager_objective(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """``objective`` computed op by op (and what its CUDA graph records)."""
         stacked = self.weighting.stack(self.loss_terms(batch))
-        return self.weighting.combine(stacked), stacked.detach()
+        loss = self.weighting.combine(stacked)
+        if self._device_guard is not None and self.training:
+            self._device_guard.after_forward(loss)
+        return loss, stacked.detach()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss, terms = self.objective(batch)
@@ -215,6 +220,8 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             named_terms = zip(self.weighting.names, terms, strict=True)
             self.log_dict({f"train/{k}": v for k, v in named_terms}, batch_size=bs)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        if self._device_guard is not None:
+            return loss  # a non-finite one is skipped by the optimiser, counted on the device
         return self.guard_loss(loss)
 
     def logs_this_step(self) -> bool:
@@ -242,6 +249,8 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     # -- CUDA graphs ----------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._check_first_batch(batch, "train", TRAIN_KEYS)
+        if self._device_guard is None:
+            self._device_guard = self._make_device_guard()
         if self.hparams.get("cuda_graphs") and not self._graphs_tried:
             self._graphs_tried = True
             if self.trainer.accumulate_grad_batches > 1:
@@ -255,6 +264,66 @@ class SegmentationTask(L.LightningModule, abc.ABC):
                 )
                 return
             self.cuda_graphed = self.capture_cuda_graphs(batch)
+            if self._device_guard is not None:  # the capture's warm-up passes ran it too
+                self._device_guard.reset(self.bad_steps)
+
+    # -- the non-finite guard --------------------------------------------------------------
+    def _make_device_guard(self) -> DeviceStepGuard | None:
+        """The sync-free guard where the optimiser can skip a step on a device flag: fused
+        AdamW, one optimiser step per batch, and no GradScaler (which sets the flag itself).
+        Elsewhere ``guard_loss`` checks each loss on the host."""
+        trainer = self.trainer
+        optimizers = trainer.optimizers
+        if (
+            not self.automatic_optimization
+            or trainer.accumulate_grad_batches > 1
+            or getattr(trainer.precision_plugin, "scaler", None) is not None
+            or not optimizers
+            or not all(DeviceStepGuard.supports(o) for o in optimizers)
+        ):
+            return None
+        return DeviceStepGuard(self._step_buffers(), optimizers, self.device, self.bad_steps)
+
+    def on_train_start(self) -> None:
+        self._close_device_guard()  # one left by a fit that failed: it holds its optimiser
+        # (built at the first batch, when every module that trains is in training mode)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._device_guard is not None:
+            self._device_guard.before_step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The device count is read on logging steps and at the end of an epoch only.
+        if self._device_guard is not None and (self.logs_this_step() or self.trainer.is_last_batch):
+            self._count_skipped_steps(log=True)
+
+    def on_train_end(self) -> None:
+        if self._device_guard is not None:
+            self._count_skipped_steps()
+        self._close_device_guard()
+
+    def _close_device_guard(self) -> None:
+        if self._device_guard is not None:
+            self._device_guard.close()
+            self._device_guard = None
+
+    def _count_skipped_steps(self, log: bool = False) -> None:
+        """Read the device guard's count; warn about new skips, stop after too many."""
+        total = self._device_guard.total()
+        new, self.bad_steps = total - self.bad_steps, max(total, self.bad_steps)
+        if new <= 0:
+            return
+        if log:
+            self.log("train/skipped_steps", float(total))
+        msg = (
+            f"{new} non-finite training loss(es) by global step {self.global_step}; those "
+            f"steps were skipped ({total}/{self.hparams.max_bad_steps} allowed)"
+        )
+        if total > self.hparams.max_bad_steps:
+            raise FloatingPointError(
+                f"{msg}. Stopping: lower the learning rate, check the data, or raise max_bad_steps."
+            )
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:
         """Graph the training objective for batches shaped like ``batch`` (or, when that
@@ -293,6 +362,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     # -- training helpers ----------------------------------------------------------------
     def guard_loss(self, loss: Tensor) -> Tensor | None:
         """Return None (skip the step) when the loss is not finite; give up after too many.
+
+        The host-side guard (a sync per step), used where the optimiser cannot skip a step
+        on a device flag (see ``_make_device_guard`` and ``semiseg_caw.lit.guard``).
 
         A skipped step changes nothing: no gradient reaches the weights, and the buffers
         its forward pass updated (BatchNorm statistics, DWA sums) are put back as they
@@ -357,6 +429,8 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._device_guard is not None:
+            self._count_skipped_steps()
         checkpoint["bad_steps"] = self.bad_steps
         datamodule = getattr(self._trainer, "datamodule", None)
         names = self.class_names or getattr(datamodule, "class_names", None)
