@@ -26,8 +26,8 @@ class DeviceStepGuard:
     """Flags, counts and undoes non-finite training steps on the device.
 
     Args:
-        buffers: the tensors a training forward pass may change (kept as they were after
-            the last finite step, starting from their values now).
+        buffers: the tensors a training forward pass may change (the floating-point ones are
+            kept as they were after the last finite step, starting from their values now).
         optimizers: fused optimisers that honour ``found_inf`` (AdamW with ``fused=True``).
         device: where the flag and the count live.
         count: skipped steps so far (a resumed run goes on counting).
@@ -40,12 +40,20 @@ class DeviceStepGuard:
         device: torch.device,
         count: int = 0,
     ) -> None:
-        # Buffers grouped by dtype, each group kept as one flat copy: the restore is a few
-        # kernel launches whatever the number of buffers.
+        # Buffers grouped by dtype, each group kept as one flat copy, and the views between
+        # the two made once: the restore is four kernel launches per dtype, whatever the
+        # number of buffers. (Modules update their buffers in place, so the views stay valid.)
+        # Integer buffers only count (BatchNorm's num_batches_tracked) and are left alone.
         self.groups: dict[torch.dtype, list[Tensor]] = {}
         for buffer in buffers:
-            self.groups.setdefault(buffer.dtype, []).append(buffer)
-        self.kept = {dtype: self._flat(group) for dtype, group in self.groups.items()}
+            if buffer.is_floating_point():
+                self.groups.setdefault(buffer.dtype, []).append(buffer)
+        self.flat_views = {d: [b.detach().view(-1) for b in g] for d, g in self.groups.items()}
+        self.kept = {d: torch.cat(views) for d, views in self.flat_views.items()}
+        self.kept_views = {
+            d: [v.view_as(b) for v, b in zip(self.kept[d].split([b.numel() for b in g]), g)]
+            for d, g in self.groups.items()
+        }
         self.found_inf = torch.zeros((), device=device)
         self.count = torch.full((), count, dtype=torch.int64, device=device)
         self.optimizers = list(optimizers)
@@ -56,10 +64,6 @@ class DeviceStepGuard:
     def supports(optimizer: torch.optim.Optimizer) -> bool:
         """Whether ``optimizer`` skips its update on ``found_inf`` (fused Adam and AdamW)."""
         return bool(optimizer.defaults.get("fused")) and isinstance(optimizer, torch.optim.Adam)
-
-    @staticmethod
-    def _flat(group: list[Tensor]) -> Tensor:
-        return torch.cat([b.detach().reshape(-1) for b in group])
 
     @torch.no_grad()
     def after_forward(self, loss: Tensor) -> None:
@@ -78,9 +82,8 @@ class DeviceStepGuard:
         bad = self.found_inf.bool()
         for dtype, group in self.groups.items():
             kept = self.kept[dtype]
-            kept.copy_(torch.where(bad, kept, self._flat(group)))
-            views = [v.view_as(b) for v, b in zip(kept.split([b.numel() for b in group]), group)]
-            torch._foreach_copy_(group, views)
+            kept.copy_(torch.where(bad, kept, torch.cat(self.flat_views[dtype])))
+            torch._foreach_copy_(group, self.kept_views[dtype])
 
     def total(self) -> int:
         """Skipped steps so far (a host sync: call it rarely)."""
@@ -90,8 +93,8 @@ class DeviceStepGuard:
     def reset(self, count: int) -> None:
         """Start over from the buffers as they are now and ``count`` skipped steps (after
         graph capture, whose warm-up passes ran the guard on a copy of the first batch)."""
-        for dtype, group in self.groups.items():
-            self.kept[dtype].copy_(self._flat(group))
+        for dtype, kept in self.kept.items():
+            kept.copy_(torch.cat(self.flat_views[dtype]))
         self.count.fill_(count)
         self.found_inf.zero_()
 
