@@ -22,6 +22,8 @@ workers pickled.
     python benchmarks/speed.py --device cuda --epochs 2 --rounds 1 --precision bf16-mixed \
         --channels-last --variants malunet caw-finetune caw-cached --tag bf16-cl
     python benchmarks/speed.py --device cuda --epochs 2 --rounds 0 --share 3 --variants malunet
+    python benchmarks/speed.py --device cuda --epochs 2 --rounds 1 --cuda-graph --host-guard \
+        --variants malunet caw-finetune --tag host-guard   # what a host sync per step costs
     python benchmarks/speed.py --device cuda --epochs 2 --rounds 1 --compile reduce-overhead \
         --variants malunet --worker-timeout 300 --tag compile
 
@@ -120,7 +122,10 @@ def _build_module(variant: str, args: argparse.Namespace):
     if args.cuda_graph:
         kwargs = {**kwargs, "cuda_graphs": True}
     cls = getattr(semiseg_caw, cls_name)
-    return cls(num_classes=2, in_channels=1, **kwargs)
+    module = cls(num_classes=2, in_channels=1, **kwargs)
+    if args.host_guard:  # as before the device guard: the loss checked on the host each step
+        module._make_device_guard = lambda: None
+    return module
 
 
 def _channels_last(module) -> None:
@@ -398,6 +403,8 @@ def _run_worker(args: argparse.Namespace, variant: str, data: Path) -> dict[str,
         cmd.append("--channels-last")
     if args.cuda_graph:
         cmd.append("--cuda-graph")
+    if args.host_guard:
+        cmd.append("--host-guard")
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd += ["--json", str(out)]
@@ -496,7 +503,12 @@ def report(
         )
         + f"{f'{args.threads} torch thread(s)' if args.threads else 'default torch threads'}, "
         "fused AdamW, "
-        "no validation in the timed loop",
+        + (
+            "non-finite guard on the host (the loss read every step), "
+            if args.host_guard
+            else "non-finite guard on the device (no host sync), "
+        )
+        + "no validation in the timed loop",
     ]
     if args.epochs:
         lines.append(
@@ -622,6 +634,12 @@ def main(argv: list[str] | None = None) -> None:
         "--cuda-graph",
         action="store_true",
         help="capture the networks' training forward + backward as CUDA graphs (CUDA only)",
+    )
+    parser.add_argument(
+        "--host-guard",
+        action="store_true",
+        help="check each loss for non-finite values on the host (a sync per step), as the "
+        "package did before its device guard: to time what the sync costs",
     )
     parser.add_argument("--share", type=int, default=0, help="also run N copies at once")
     parser.add_argument("--worker-timeout", type=float, default=0, help="seconds per run (0: none)")
