@@ -400,7 +400,11 @@ def test_each_ddp_process_gets_a_training_batch(processes):
     loader = dm.train_dataloader()
     sampler = DistributedSampler(loader.dataset, num_replicas=processes, rank=0, shuffle=True)
     spread = DataLoader(
-        loader.dataset, batch_size=8, sampler=sampler, drop_last=loader.drop_last, collate_fn=collate
+        loader.dataset,
+        batch_size=8,
+        sampler=sampler,
+        drop_last=loader.drop_last,
+        collate_fn=collate,
     )
     sizes = [len(batch["id"]) for batch in spread]
     assert sizes == [len(dm.splits["train"]) // processes]

@@ -183,7 +183,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             )
         counts = counts("train")
         if len(counts) != self.num_classes:
-            raise ValueError(f"class_counts gave {len(counts)} counts for {self.num_classes} classes")
+            raise ValueError(
+                f"class_counts gave {len(counts)} counts for {self.num_classes} classes"
+            )
         with torch.no_grad():
             self.class_weight.copy_(balanced_class_weights(counts))
         absent = [i for i, n in enumerate(counts) if n == 0]

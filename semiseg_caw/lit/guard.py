@@ -51,7 +51,10 @@ class DeviceStepGuard:
         self.flat_views = {d: [b.detach().view(-1) for b in g] for d, g in self.groups.items()}
         self.kept = {d: torch.cat(views) for d, views in self.flat_views.items()}
         self.kept_views = {
-            d: [v.view_as(b) for v, b in zip(self.kept[d].split([b.numel() for b in g]), g)]
+            d: [
+                v.view_as(b)
+                for v, b in zip(self.kept[d].split([b.numel() for b in g]), g, strict=True)
+            ]
             for d, g in self.groups.items()
         }
         self.found_inf = torch.zeros((), device=device)
