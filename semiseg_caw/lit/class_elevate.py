@@ -51,7 +51,10 @@ class ClassElevateSeg(SegmentationTask):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
-        max_bad_steps: non-finite losses tolerated (each skipped) before stopping.
+        max_bad_steps: non-finite losses tolerated (each skipped) before stopping. With
+            fused AdamW they are counted on the device and read every
+            ``trainer.log_every_n_steps`` steps and at the end of each epoch, so a run stops
+            up to that many steps late.
         balance_classes: weigh the ``ce`` term by inverse class frequency in the training
             split (see ``SemiSegCAW``).
     """

@@ -85,7 +85,10 @@ class SemiSegCAW(SegmentationTask):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
-        max_bad_steps: non-finite losses tolerated (each skipped) before stopping.
+        max_bad_steps: non-finite losses tolerated (each skipped) before stopping. With
+            fused AdamW they are counted on the device and read every
+            ``trainer.log_every_n_steps`` steps and at the end of each epoch, so a run stops
+            up to that many steps late.
         balance_classes: weigh the cross-entropy terms (``ce``, and ``aux``'s) by inverse
             class frequency in the training split, so that a rare class counts as much as a
             common one (DDTI: 58 low-risk to 363 suspicious images). Stage 1 inherits it.
