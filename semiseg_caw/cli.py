@@ -102,6 +102,7 @@ class SemiSegCLI(LightningCLI):
         path = self.config[sub].get("ckpt_path") if sub else None
         self._ckpt_data: dict[str, Any] = {}  # the checkpoint's data options, when read here
         self._ckpt_hparams: dict[str, Any] = {}
+        self._ckpt_class_names: list[str] = []
         if path in (None, "last", "best", "hpc") or str(path).startswith("registry"):
             return super()._parse_ckpt_path()  # Lightning's own names, resolved later
         try:
@@ -115,6 +116,7 @@ class SemiSegCLI(LightningCLI):
             )
         self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters") or {})
         self._ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
+        self._ckpt_class_names = list(ckpt.get("class_names") or [])
         hparams = dict(self._ckpt_hparams)
         hparams.pop("_instantiator", None)
         if not hparams:
@@ -179,6 +181,14 @@ class SemiSegCLI(LightningCLI):
                 f"the data has {self.datamodule.num_classes} classes "
                 f"({', '.join(self.datamodule.class_names)}) but {ckpt_path} was trained with "
                 f"{classes}: set data.dataset, data.classes or data.include_normal as in training"
+            )
+        names, trained_names = list(self.datamodule.class_names), self._ckpt_class_names
+        if self.subcommand != "predict" and trained_names and names != trained_names:
+            # Same count, other names or order: class metrics would compare the wrong labels.
+            raise CheckpointError(
+                f"the data's classes are [{', '.join(names)}] but {ckpt_path} was trained on "
+                f"[{', '.join(trained_names)}], in this order: label the data with these names "
+                f"(for a manifest: --data.classes '[{', '.join(trained_names)}]')"
             )
         size = trained.get("image_size")
         if size is not None and size != data.image_size:

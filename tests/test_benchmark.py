@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from scripts import load_script
 
+from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -403,7 +404,13 @@ def _write_split(path: Path, ids: list[str]) -> Path:
 
 
 def _test_on_manifest(
-    ckpt: Path, configs: list[str], manifest: Path, split: Path, size: int, tmp: Path
+    ckpt: Path,
+    configs: list[str],
+    manifest: Path,
+    split: Path,
+    size: int,
+    tmp: Path,
+    classes: str = "[benign, malignant]",
 ) -> dict[str, float]:
     cli = cli_main(
         [
@@ -412,7 +419,7 @@ def _test_on_manifest(
             "--data.dataset=manifest",
             f"--data.root={manifest}",
             f"--data.split_file={split}",
-            "--data.classes=[benign, malignant]",
+            f"--data.classes={classes}",
             f"--data.image_size={size}",
             "--data.class_only=0",
             "--trainer.accelerator=cpu",
@@ -500,6 +507,11 @@ def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
     ckpt = next((tmp_path / "fit" / "checkpoints").glob("best-epoch=*.ckpt"))
     metrics = _test_on_manifest(ckpt, configs, manifest, split, 32, tmp_path / "test")
     assert 0.0 <= metrics["test/cls_auroc"] <= 1.0  # SemiSeg-CAW: classification metrics too
+    # The classes named in another order would swap the labels: refused, naming the order.
+    with pytest.raises(CheckpointError, match=r"trained on \[benign, malignant\], in this order"):
+        _test_on_manifest(
+            ckpt, configs, manifest, split, 32, tmp_path / "t2", "[malignant, benign]"
+        )
 
 
 def test_device_scripts_parse_and_refuse_to_run_without_out() -> None:

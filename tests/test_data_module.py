@@ -413,6 +413,21 @@ def test_each_ddp_process_gets_a_training_batch(processes):
         dm.train_dataloader()
 
 
+def test_a_missing_split_file_is_named_before_any_image_is_decoded(tmp_path, monkeypatch):
+    import semiseg_caw.data.datamodule as datamodule
+
+    def decode(*args, **kwargs):
+        raise AssertionError("images decoded before the split file was checked")
+
+    monkeypatch.setattr(datamodule, "load_dataset", decode)
+    monkeypatch.chdir(tmp_path)
+    dm = SemiSegDataModule(dataset="busi", root=str(tmp_path), split_file="configs/busi.json")
+    with pytest.raises(
+        FileNotFoundError, match=r"configs/busi.json \(a relative path is read from"
+    ):
+        dm.setup("fit")
+
+
 def test_setup_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SemiSegDataModule("busi", str(tmp_path / "nowhere")).setup("fit")

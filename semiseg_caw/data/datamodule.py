@@ -243,6 +243,8 @@ class SemiSegDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------- internals
 
     def _setup_splits(self) -> None:
+        # The split file first: a wrong path should not wait for every image to be decoded.
+        split_file = read_split_file(self.split_file) if self.split_file else None
         data = load_dataset(
             self.dataset,
             self.root,
@@ -254,8 +256,8 @@ class SemiSegDataModule(L.LightningDataModule):
             seed=self.seed,
         )
         by_id = {s.id: s for s in data.samples}
-        if self.split_file:
-            split = read_split_file(self.split_file)
+        if split_file is not None:
+            split = split_file
             if self.skip_bad_files:
                 split = _drop_unknown(split, by_id, self.split_file)
             check_split_ids(split, list(by_id), self.split_file)

@@ -123,7 +123,8 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
     """Read a split file; a ValueError when it is malformed or lists an id twice."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        where = "" if path.is_absolute() else f" (a relative path is read from {Path.cwd()})"
+        raise FileNotFoundError(f"split file not found: {path}{where}")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
