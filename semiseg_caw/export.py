@@ -4,9 +4,12 @@
 
 The image size defaults to the one the checkpoint was trained at.
 
-The ONNX graph takes ``image`` (B, C, H, W), normalised as by the data module,
-and returns ``mask_prob`` (B, 1, H, W) and, when the model classifies,
-``class_prob`` (B, K). Needs the ``export`` extra: ``pip install -e '.[export]'``.
+The ONNX graph takes ``image`` (B, C, H, W) float32 and returns ``mask_prob``
+(B, 1, H, W) and, when the model classifies, ``class_prob`` (B, K). Prepare an image as
+the data module does: decode it as 8-bit grayscale (repeated to C channels when C = 3),
+resize it to H x W (bilinear), then ``(pixel / 255 - 0.5) / 0.25``. The file's metadata
+(``metadata_props``) says so too, with the class names and the image size. Needs the
+``export`` extra: ``pip install -e '.[export]'``.
 """
 
 from __future__ import annotations
@@ -48,18 +51,48 @@ def export_onnx(task: nn.Module, path: str | Path, image_size: int = 256) -> Pat
         outputs = model(example)
     names = ["mask_prob", "class_prob"][: len(outputs)]
     tmp = path.with_name(path.name + ".part")
-    torch.onnx.export(
-        model,
-        (example,),
-        str(tmp),
-        dynamo=True,
-        input_names=["image"],
-        output_names=names,
-        dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
-        external_data=False,
-    )
-    tmp.replace(path)  # never leave a half-written model under the final name
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            dynamo=True,
+            input_names=["image"],
+            output_names=names,
+            dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+            external_data=False,
+        )
+        _add_metadata(tmp, _metadata(task, image_size))
+        tmp.replace(path)  # never leave a half-written model under the final name
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _metadata(task: nn.Module, image_size: int) -> dict[str, str]:
+    """What a deployment needs to feed the graph and read its outputs."""
+    from semiseg_caw.data.transforms import MEAN, STD
+
+    names = getattr(task, "class_names", None)
+    return {
+        "image_size": str(image_size),
+        "in_channels": str(task.in_channels),
+        "preprocessing": (
+            f"8-bit grayscale (repeated to in_channels), bilinear resize to image_size, "
+            f"(pixel / 255 - {MEAN}) / {STD}"
+        ),
+        "class_names": ",".join(names) if names else "",
+        "mask_threshold": "0.5",
+    }
+
+
+def _add_metadata(path: Path, values: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,11 +103,17 @@ def main(argv: list[str] | None = None) -> None:
         "--image-size", type=int, default=None, help="default: the size it was trained at"
     )
     args = parser.parse_args(argv)
-    from semiseg_caw.checkpoints import read_checkpoint
+    from semiseg_caw.checkpoints import CheckpointError, read_checkpoint
     from semiseg_caw.lit import ClassElevateSeg, SemiSegCAW
     from semiseg_caw.lit.base import INPUT_MULTIPLE
 
-    ckpt = read_checkpoint(args.checkpoint)
+    output = Path(args.output)
+    if output.is_dir():
+        parser.error(f"output {output} is a folder: name the .onnx file to write")
+    try:
+        ckpt = read_checkpoint(args.checkpoint)  # names the file: missing, corrupt or foreign
+    except CheckpointError as err:
+        parser.error(str(err))
     hparams = ckpt.get("hyper_parameters", {})
     trained = (ckpt.get("datamodule_hyper_parameters") or {}).get("image_size")
     size = args.image_size if args.image_size is not None else trained or 256

@@ -47,9 +47,24 @@ def test_semiseg_caw_exports_with_auxiliary_model_and_classifier(tmp_path: Path)
     task = SemiSegCAW(
         backbone="malunet", aux_source="classelevate", aux_encoder="resnet10t", classifier=True
     )
+    task.class_names = ["cyst", "solid"]
     path = export_onnx(task, tmp_path / "model.onnx", image_size=SIZE)
     assert path.is_file() and not path.with_name("model.onnx.part").exists()
     assert_matches(task, path, ["mask_prob", "class_prob"])
+    meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert meta["class_names"] == "cyst,solid" and meta["image_size"] == str(SIZE)
+    assert meta["in_channels"] == "1" and "(pixel / 255 - 0.5) / 0.25" in meta["preprocessing"]
+
+
+def test_a_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_written(model, args, path, **kwargs):
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", half_written)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_onnx(SemiSegCAW(aux_source="none"), tmp_path / "m.onnx", image_size=SIZE)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.filterwarnings("ignore:'semiseg_caw.export' found in sys.modules:RuntimeWarning")
@@ -87,6 +102,15 @@ def test_export_command_on_a_cli_checkpoint(
         with pytest.raises(SystemExit):
             runpy.run_module("semiseg_caw.export", run_name="__main__")
         assert f"must be a positive multiple of 32, got {bad}" in capsys.readouterr().err
+    # A missing checkpoint and a folder as output are named, without a traceback.
+    for argv, message in [
+        ([str(tmp_path / "nothing.ckpt"), str(out)], "nothing.ckpt"),
+        ([str(ckpt), str(tmp_path)], "is a folder: name the .onnx file"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["export", *argv])
+        with pytest.raises(SystemExit):
+            runpy.run_module("semiseg_caw.export", run_name="__main__")
+        assert message in capsys.readouterr().err
     task = SemiSegCAW.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     assert task.net.aux_model is None and task.hparams.classifier is False
     assert_matches(task, out, ["mask_prob"])
