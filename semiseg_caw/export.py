@@ -78,7 +78,8 @@ def _metadata(task: nn.Module, image_size: int) -> dict[str, str]:
         "image_size": str(image_size),
         "in_channels": str(task.in_channels),
         "preprocessing": (
-            f"8-bit grayscale (repeated to in_channels), bilinear resize to image_size, "
+            f"8-bit grayscale (repeated to in_channels), bilinear resize to image_size "
+            "(PIL, antialiased when shrinking), "
             f"(pixel / 255 - {MEAN}) / {STD}"
         ),
         "class_names": ",".join(names) if names else "",
