@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -88,9 +89,14 @@ class SemiSegCLI(LightningCLI):
         for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath is None:
                 config[key].dirpath = str(Path(root) / "checkpoints")
-        # W&B files (and the saved config) go under the run's folder, not the working directory.
-        logger = config.trainer.get("logger")
-        if logger and "WandbLogger" in str(logger.get("class_path", "")):
+        # Logs (W&B, CSV, TensorBoard; and the saved config beside them) go under the run's
+        # folder, not the working directory, unless a save_dir is given.
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if not logger or not hasattr(logger, "get") or not logger.get("class_path"):
+                continue  # true/false, or a logger object made in Python
+            if logger.get("init_args") is None:
+                logger.init_args = Namespace()
             if logger.init_args.get("save_dir") in (None, "."):
                 logger.init_args.save_dir = str(root)
 

@@ -125,3 +125,12 @@ def test_bad_ckpt_path_is_named_before_anything_runs(
     with pytest.raises(SystemExit):
         main(["test", f"--config={CONFIGS / 'demo.yaml'}", *tiny(tmp_path), f"--ckpt_path={ckpt}"])
     assert f"checkpoint {ckpt} {message}" in capsys.readouterr().err
+
+
+def test_a_csv_logger_writes_under_the_run_folder(tmp_path: Path, monkeypatch) -> None:
+    # Not in the working directory (where a second run's logs would land beside the first's).
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    logger = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
+    cli = main([f"--config={CONFIGS / 'demo.yaml'}", *tiny(run), logger], run=False)
+    assert Path(cli.trainer.logger.save_dir) == run
