@@ -444,10 +444,12 @@ def test_setup_errors_are_clear(tmp_path):
 def test_predict_loader(tmp_path):
     for i, ext in enumerate(["png", "jpg", "bmp"]):
         Image.fromarray(noise_image(i, (50 + i, 40))).save(tmp_path / f"img{i}.{ext}")
+    (tmp_path / "more").mkdir()  # not searched: named, so nobody thinks it was predicted
     dm = SemiSegDataModule(
         predict_dir=str(tmp_path), image_size=32, eval_batch_size=3, in_channels=3
     )
-    dm.setup("predict")
+    with pytest.warns(UserWarning, match=r"1 subfolder\(s\) of .* are not predicted .*: more"):
+        dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
     assert set(batch) == {"image", "id", "path", "orig_size"}
     assert batch["image"].shape == (3, 3, 32, 32)

@@ -215,6 +215,25 @@ def test_earlier_outputs_are_kept_unless_overwrite_is_asked_for(checkpoint, tmp_
     assert (out / "x_mask.png").stat().st_mtime_ns != first
 
 
+def test_overwrite_removes_the_earlier_runs_listed_outputs_only(checkpoint, tmp_path):
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    for folder, names in ((first, ["a.png", "b.png"]), (second, ["a.png"])):
+        folder.mkdir()
+        for name in names:
+            Image.fromarray(scan(30, 40)).save(folder / name)
+    predict(checkpoint, first, out)
+    Image.fromarray(scan(30, 40)).save(out / "mine_mask.png")  # not the earlier run's
+    with pytest.warns(UserWarning, match=r"1 file\(s\) .* no earlier predictions.csv lists"):
+        predict(checkpoint, second, out, "--prediction.overwrite=true")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_mask.png",
+        "a_overlay.png",
+        "mine_mask.png",
+        CSV_NAME,
+    ]
+    assert list(read_csv(out / CSV_NAME)) == ["a.png"]
+
+
 def test_the_csv_names_the_classes_the_model_was_trained_on(checkpoint, tmp_path):
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert ckpt["class_names"] == ["benign", "malignant"]  # the training data's, saved by fit

@@ -381,6 +381,15 @@ class SemiSegDataModule(L.LightningDataModule):
                 UserWarning,
                 stacklevel=2,
             )
+        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if subfolders:
+            warnings.warn(
+                f"{len(subfolders)} subfolder(s) of {folder} are not predicted (only the "
+                f"folder's own images are): {', '.join(subfolders[:20])}"
+                + (", ..." if len(subfolders) > 20 else ""),
+                UserWarning,
+                stacklevel=2,
+            )
         self._predict = PredictFolderDataset(paths, self.image_size, self.in_channels)
 
     def _checked_split(self, name: str) -> SegmentationDataset:

@@ -143,8 +143,36 @@ class PredictionWriter(BasePredictionWriter):
             )
         for stale in out.glob(".*.part"):  # left by a killed run
             stale.unlink(missing_ok=True)
+        if earlier:
+            self._remove_earlier_run(out)
         self.used, self.failed = set(), []
         self._close_csv()
+
+    @staticmethod
+    def _remove_earlier_run(out: Path) -> None:
+        """With ``overwrite``: remove the files the earlier run's CSV lists (and the CSV), so
+        that none of its masks or overlays is left beside the new ones. Files it does not
+        list (a run killed before writing it, or the user's own) are left, with a warning."""
+        listed: set[str] = set()
+        table = out / CSV_NAME
+        if table.is_file():
+            with open(table, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    mask = Path(row.get("mask_file") or "").name  # a bare name in `out`
+                    if mask.endswith("_mask.png"):
+                        listed |= {mask, mask[: -len("_mask.png")] + "_overlay.png"}
+            for name in listed:
+                (out / name).unlink(missing_ok=True)
+            table.unlink()
+        left = [p.name for pattern in OUTPUT_PATTERNS[1:] for p in sorted(out.glob(pattern))]
+        if left:
+            warnings.warn(
+                f"--prediction.overwrite: {len(left)} file(s) in {out} that no earlier "
+                f"{CSV_NAME} lists were left there ({', '.join(left[:3])}"
+                f"{', ...' if len(left) > 3 else ''})",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _unique(self, stem: str) -> str:
         name, n = stem, 1
