@@ -110,7 +110,8 @@ def write_manifest(root: Path, rows: list[dict[str, str]] | None = None) -> Path
             )
     path = root / "manifest.csv"
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "mask", "label", "group"])
+        columns = list(dict.fromkeys(k for row in rows for k in row))  # as the rows give them
+        writer = csv.DictWriter(handle, fieldnames=columns or ["image", "mask", "label", "group"])
         writer.writeheader()
         writer.writerows(rows)
     return path

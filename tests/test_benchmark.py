@@ -397,9 +397,8 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
 
 
 def _write_split(path: Path, ids: list[str]) -> Path:
-    # The data module refuses an empty training split even for `test` (setup builds every
-    # split), so one image stands in as "train"; every other image is a test image.
-    path.write_text(json.dumps({"train": ids[:1], "val": [], "test": ids[1:]}))
+    # An external test set: every image in the test split, none for training.
+    path.write_text(json.dumps({"train": [], "val": [], "test": ids}))
     return path
 
 
@@ -407,7 +406,7 @@ def _test_on_manifest(
     ckpt: Path,
     configs: list[str],
     manifest: Path,
-    split: Path,
+    split: Path | None,
     size: int,
     tmp: Path,
     classes: str = "[benign, malignant]",
@@ -418,10 +417,9 @@ def _test_on_manifest(
             *[f"--config={REPO / c}" for c in configs],
             "--data.dataset=manifest",
             f"--data.root={manifest}",
-            f"--data.split_file={split}",
+            f"--data.split_file={split or 'null'}",  # None: the manifest's split column
             f"--data.classes={classes}",
             f"--data.image_size={size}",
-            "--data.class_only=0",
             "--trainer.accelerator=cpu",
             "--trainer.logger=false",
             "--trainer.enable_progress_bar=false",
@@ -476,11 +474,12 @@ def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
         image[mask > 0] //= 3
         Image.fromarray(image).save(tmp_path / "img" / f"{i}.png")
         Image.fromarray(mask).save(tmp_path / "img" / f"{i}_mask.png")
-        rows.append([f"img/{i}.png", f"img/{i}_mask.png", ["benign", "malignant"][i % 2]])
+        label = ["benign", "malignant"][i % 2]
+        rows.append([f"img/{i}.png", f"img/{i}_mask.png", label, "test"])
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as handle:
-        csv.writer(handle).writerows([["image", "mask", "label"], *rows])
-    split = _write_split(tmp_path / "split.json", [r[0] for r in rows])
+        csv.writer(handle).writerows([["image", "mask", "label", "split"], *rows])
+    split = None  # the manifest's split column puts every image in the test split
     configs = ["configs/demo.yaml"]
     cli_main(
         [

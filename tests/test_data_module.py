@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 
@@ -345,6 +346,49 @@ def test_manifest_datamodule(tmp_path):
     assert (
         kinds["imgs/1.png"] == "class_only" and kinds.get("imgs/6.png", "mask_only") == "mask_only"
     )
+
+
+def test_a_manifest_split_column_assigns_the_splits(tmp_path):
+    path = write_manifest(tmp_path)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    splits = ["train", "train", "val", "test", "test", "train", "", "TEST "]
+    for row, split in zip(rows, splits, strict=True):
+        row["split"] = split
+    write_manifest(tmp_path, rows)
+    options = {"classes": ["benign", "malignant"], "image_size": 32, "batch_size": 2}
+    dm = SemiSegDataModule("manifest", str(path), **options)
+    dm.setup("test")
+    ids = {name: sorted(s.id for s in dm.splits[name]) for name in dm.splits}
+    assert ids == {
+        "train": ["imgs/0.png", "imgs/1.png", "imgs/5.png"],
+        "val": ["imgs/2.png"],
+        "test": ["imgs/3.png", "imgs/4.png", "imgs/7.png"],  # an empty split: in none
+    }
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": [], "val": [], "test": ["imgs/3.png"]}))
+    both = SemiSegDataModule("manifest", str(path), split_file=str(split_file), **options)
+    with pytest.raises(ValueError, match="split column.* and data.split_file .* give one"):
+        both.setup("test")
+    rows[0]["split"] = "testing"
+    write_manifest(tmp_path, rows)
+    with pytest.raises(DataValidationError, match=r"manifest.csv:2.*split must be train, val"):
+        SemiSegDataModule("manifest", str(path), **options).setup("test")
+
+
+def test_an_external_test_set_needs_no_training_split(tmp_path):
+    path = write_manifest(tmp_path)
+    with open(path, newline="") as handle:
+        rows = [{**row, "split": "test"} for row in csv.DictReader(handle) if row["mask"]]
+    write_manifest(tmp_path, rows)
+    dm = SemiSegDataModule(
+        "manifest", str(path), classes=["benign", "malignant"], image_size=32, class_only=100
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about the train and val splits it lacks
+        dm.setup("test")
+    assert len(dm.splits["test"]) == 7 and not dm.splits["train"]
+    assert len(next(iter(dm.test_dataloader()))["image"]) == 7
 
 
 def test_val_and_test_splits_need_masked_images(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections import Counter
@@ -13,6 +12,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from semiseg_caw.data.datasets import (
@@ -42,8 +42,6 @@ from semiseg_caw.data.splits import (
     stratified_group_split,
 )
 from semiseg_caw.data.transforms import build_train_transform, normalize
-
-log = logging.getLogger(__name__)
 
 
 class SemiSegDataModule(L.LightningDataModule):
@@ -161,7 +159,7 @@ class SemiSegDataModule(L.LightningDataModule):
             self._setup_predict()
             return
         if self.splits is None:
-            self._setup_splits()
+            self._setup_splits(stage)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``augment_on_device``: augment training batches where they now are (and
@@ -242,7 +240,7 @@ class SemiSegDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------- internals
 
-    def _setup_splits(self) -> None:
+    def _setup_splits(self, stage: str | None = None) -> None:
         # The split file first: a wrong path should not wait for every image to be decoded.
         split_file = read_split_file(self.split_file) if self.split_file else None
         data = load_dataset(
@@ -256,7 +254,15 @@ class SemiSegDataModule(L.LightningDataModule):
             seed=self.seed,
         )
         by_id = {s.id: s for s in data.samples}
-        if split_file is not None:
+        assigned = {s.id: s.split for s in data.samples if s.split}  # a manifest's column
+        if assigned and split_file is not None:
+            raise ValueError(
+                f"the manifest assigns splits (its split column) and data.split_file "
+                f"{self.split_file} does too: give one of them"
+            )
+        if assigned:
+            split = {name: [i for i, n in assigned.items() if n == name] for name in SPLITS}
+        elif split_file is not None:
             split = split_file
             if self.skip_bad_files:
                 split = _drop_unknown(split, by_id, self.split_file)
@@ -265,16 +271,20 @@ class SemiSegDataModule(L.LightningDataModule):
             split = stratified_group_split(data.samples, DEFAULT_FRACTIONS, self.seed)
         unlisted = len(by_id) - sum(len(ids) for ids in split.values())
         if unlisted:
-            log.info("%d sample(s) are in no split and are not used", unlisted)
+            rank_zero_info(f"{unlisted} sample(s) are in no split and are not used")
         splits = {name: [by_id[i] for i in split[name] if self._keep(by_id[i])] for name in SPLITS}
-        splits["train"] = apply_budget(
-            splits["train"], self.class_only, self.budget_mode, self.seed
-        )
+        if splits["train"]:  # an external test set has no training split to withhold from
+            splits["train"] = apply_budget(
+                splits["train"], self.class_only, self.budget_mode, self.seed
+            )
         # An empty split is refused by its loader (with the numbers), so that e.g. `test` on
-        # an external data set whose split file lists only test images still works.
-        for name in SPLITS:
+        # an external data set whose manifest or split file lists only test images works;
+        # warned about here when the stage uses it.
+        used_by = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for name in used_by.get(stage or "", SPLITS):
             if not splits[name]:
                 warnings.warn(f"the {name} split is empty", UserWarning, stacklevel=2)
+        rank_zero_info(f"{self.dataset} data: {split_summary(splits, self.class_names)}")
         used = [s.id for name in SPLITS for s in splits[name]]
         if len(used) < len(data.cache):
             data.cache = data.cache.subset(used)  # free what no split uses

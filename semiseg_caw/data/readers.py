@@ -15,8 +15,10 @@ Layouts:
   (unknown: a mask-only sample). Groups: ``case``; an empty case is its own group. Images
   missing from ``labels.csv`` are unlabelled and their own group. Ids: ``image/<file name>``.
 - **Manifest**: a CSV file (``root`` is the file, or a folder holding ``manifest.csv``) with
-  columns ``image`` (required), ``mask``, ``label``, ``group`` (optional, may be empty);
-  column names are stripped and lower-cased, and any other column is refused.
+  columns ``image`` (required), ``mask``, ``label``, ``group``, ``split`` (optional, may be
+  empty); column names are stripped and lower-cased, and any other column is refused.
+  ``split`` (``train``, ``val`` or ``test``) assigns the row to a split instead of the
+  data module's split; a row with an empty ``split`` is then in none.
   Paths are relative to the manifest's folder (absolute paths are allowed); ``mask`` may
   list several files separated by ``;`` (their union is the mask). ``label`` is a class
   index (``0``, ``1``, ...) or a class name from ``classes`` (case-insensitive). A row
@@ -51,6 +53,7 @@ from semiseg_caw.data.io import (
     report_problems,
 )
 from semiseg_caw.data.samples import BUSI_CLASSES, DDTI_CLASSES, Sample, class_names_for
+from semiseg_caw.data.splits import SPLITS
 
 BUSI_FOLDER = "Dataset_BUSI_with_GT"
 BUSI_NEAR_DUPLICATE_DISTANCE = 64
@@ -62,7 +65,7 @@ DATASETS = ("synthetic", "busi", "ddti", "manifest")
 
 _MASK_STEM = re.compile(r"^(?P<stem>.+?)_mask(?:_(?P<n>\d+))?$")
 
-MANIFEST_COLUMNS = ("image", "mask", "label", "group")
+MANIFEST_COLUMNS = ("image", "mask", "label", "group", "split")
 """Columns a manifest may have (names compared stripped and lower-cased)."""
 
 
@@ -301,6 +304,12 @@ def _scan_manifest(root: str | Path, classes: Sequence[str]) -> tuple[list[Sampl
             if sample_id in seen:
                 problems.append(BadFile(where, f"image {written!r} listed twice"))
                 continue
+            split = (row.get("split") or "").strip().lower()
+            if split not in ("", *SPLITS):
+                problems.append(
+                    BadFile(where, f"split must be train, val, test or empty, got {split!r}")
+                )
+                continue
             seen.add(sample_id)
             group = (row.get("group") or "").strip()
             samples.append(
@@ -310,6 +319,7 @@ def _scan_manifest(root: str | Path, classes: Sequence[str]) -> tuple[list[Sampl
                     masks=masks,
                     label=label,
                     group=f"group/{group}" if group else sample_id,
+                    split=split,
                 )
             )
     return _checked(samples, problems, manifest)

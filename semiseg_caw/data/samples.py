@@ -38,6 +38,8 @@ class Sample:
         group: Samples sharing a group (same patient / case / near-duplicate frames) are
             always put in the same split. Defaults to ``id``.
         has_mask: Whether a pixel mask is available; defaults to ``bool(masks)``.
+        split: ``train``, ``val`` or ``test`` when the data set assigns it (a manifest's
+            ``split`` column); empty: the data module's split decides.
     """
 
     id: str
@@ -46,6 +48,7 @@ class Sample:
     label: int | None = None
     group: str = ""
     has_mask: bool | None = None
+    split: str = ""
 
     def __post_init__(self) -> None:
         if not self.group:
