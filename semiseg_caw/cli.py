@@ -22,6 +22,7 @@ from semiseg_caw.checkpoints import (
     read_checkpoint,
 )
 from semiseg_caw.data import SemiSegDataModule
+from semiseg_caw.data.io import DataValidationError
 from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
@@ -289,6 +290,19 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     return cli
 
 
+# Errors that say what a user got wrong (a path, a file, a value, a checkpoint): the
+# command prints the message without a traceback, unless SEMISEG_CAW_TRACEBACK=1.
+USER_ERRORS = (CheckpointError, DataValidationError, FileNotFoundError, FileExistsError, ValueError)
+
+
 def run() -> None:
     """Entry point of ``semiseg-caw`` and ``python -m semiseg_caw``."""
-    main()
+    try:
+        main()
+    except USER_ERRORS as err:
+        if os.environ.get("SEMISEG_CAW_TRACEBACK") == "1":
+            raise
+        sys.stderr.write(
+            f"semiseg-caw: error: {err}\n(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)\n"
+        )
+        sys.exit(2)

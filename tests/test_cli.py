@@ -134,3 +134,25 @@ def test_a_csv_logger_writes_under_the_run_folder(tmp_path: Path, monkeypatch) -
     logger = "--trainer.logger=lightning.pytorch.loggers.CSVLogger"
     cli = main([f"--config={CONFIGS / 'demo.yaml'}", *tiny(run), logger], run=False)
     assert Path(cli.trainer.logger.save_dir) == run
+
+
+def test_the_command_names_a_user_error_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "semiseg_caw",
+        "fit",
+        f"--config={CONFIGS / 'demo.yaml'}",
+        "--data.dataset=busi",
+        f"--data.root={tmp_path / 'nowhere'}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "semiseg-caw: error: BUSI root folder not found" in done.stderr
+    assert "Traceback" not in done.stderr

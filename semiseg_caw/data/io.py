@@ -56,7 +56,9 @@ def report_problems(problems: Sequence[BadFile], skip_bad_files: bool) -> None:
         return
     if not skip_bad_files:
         raise DataValidationError(
-            problems, hint="Fix or remove these files, or pass skip_bad_files=True to skip them."
+            problems,
+            hint="Fix or remove these files, or skip them: data.skip_bad_files: true "
+            "(--data.skip_bad_files true; skip_bad_files=True in Python).",
         )
     listing = "\n".join(f"  {p.path}: {p.problem}" for p in problems)
     warnings.warn(f"skipping {len(problems)} bad file(s):\n{listing}", RuntimeWarning, stacklevel=2)
