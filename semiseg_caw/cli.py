@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -71,6 +72,9 @@ class SemiSegCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:03d}",
             }
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, checkpoint_defaults(args))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A rich progress bar, unless the config turns bars off or chooses its own.
@@ -288,6 +292,37 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
         if ours:
             os.environ.pop("WANDB_MODE", None)
     return cli
+
+
+def checkpoint_defaults(args: Any) -> Any:
+    """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and neither ``--config``
+    nor ``--model``: the task class and the data options come from the checkpoint (what it
+    was trained with), each unless given on the command line. Other arguments unchanged."""
+    if isinstance(args, dict):
+        return args
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return args
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    if given & {"--config", "-c", "--model"}:
+        return args
+    path = next(
+        (v for a, v in zip(argv, [*argv[1:], ""], strict=True) if a == "--ckpt_path"), None
+    ) or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    try:
+        ckpt = read_checkpoint(path) if path and Path(path).is_file() else None
+    except CheckpointError:
+        ckpt = None  # named when the checkpoint is read again, after parsing
+    class_path = ckpt and (
+        (ckpt.get("hyper_parameters") or {}).get("_class_path") or ckpt.get(TASK_CLASS_KEY)
+    )
+    if not class_path:
+        return args
+    extra = [f"--model={class_path}"]
+    for key, value in (ckpt.get("datamodule_hyper_parameters") or {}).items():
+        if f"--data.{key}" not in given and not key.startswith("_"):
+            extra.append(f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return [argv[0], *extra, *argv[1:]]
 
 
 # Errors that say what a user got wrong (a path, a file, a value, a checkpoint): the

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from semiseg_caw.cli import main
 
@@ -80,6 +83,25 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     assert "optimizer_states" in torch.load(ckpt, weights_only=True)
     cli = main(["test", f"--config={demo}", *small, f"--ckpt_path={best}"])
     assert 0.0 <= float(cli.trainer.callback_metrics["test/dice"]) <= 1.0
+    # With neither a config nor a model, the checkpoint's class and data options are taken.
+    quick = [
+        "--trainer.limit_test_batches=1",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    cli = main(["test", f"--ckpt_path={best}", *quick])
+    assert type(cli.model).__name__ == "SemiSegCAW"
+    assert (cli.datamodule.image_size, cli.datamodule.synthetic_samples) == (32, 40)
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/dice"]) <= 1.0
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 50), 60 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*trained at")  # predicted at 32 px
+        main(["predict", f"--ckpt_path={best}", f"--data.predict_dir={images}", *quick])
+    assert len((tmp_path / "predictions" / "predictions.csv").read_text().splitlines()) == 3
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
