@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -319,8 +320,9 @@ def checkpoint_defaults(args: Any) -> Any:
     if not class_path:
         return args
     extra = [f"--model={class_path}"]
+    options = inspect.signature(SemiSegDataModule).parameters  # an older checkpoint's may not be
     for key, value in (ckpt.get("datamodule_hyper_parameters") or {}).items():
-        if f"--data.{key}" not in given and not key.startswith("_"):
+        if key in options and f"--data.{key}" not in given:
             extra.append(f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}")
     return [argv[0], *extra, *argv[1:]]
 
