@@ -383,23 +383,21 @@ class SemiSegDataModule(L.LightningDataModule):
             only = f" ({len(masks)} mask file(s) skipped)" if masks else ""
             raise DataValidationError([BadFile(str(folder), f"no images found{only}")])
         ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p not in listed)
-        if ignored:
-            warnings.warn(
-                f"{len(ignored)} file(s) in {folder} are not predicted, being hidden or not "
-                f"named as images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(ignored[:20])}"
-                + (", ..." if len(ignored) > 20 else ""),
-                UserWarning,
-                stacklevel=2,
-            )
         subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if subfolders:
-            warnings.warn(
-                f"{len(subfolders)} subfolder(s) of {folder} are not predicted (only the "
-                f"folder's own images are): {', '.join(subfolders[:20])}"
-                + (", ..." if len(subfolders) > 20 else ""),
-                UserWarning,
-                stacklevel=2,
-            )
+        for names, why in (
+            (
+                ignored,
+                f"file(s) in {folder} are not predicted, being hidden or not named as "
+                f"images ({', '.join(IMAGE_EXTENSIONS)})",
+            ),
+            (
+                subfolders,
+                f"subfolder(s) of {folder} are not predicted (only the folder's own images are)",
+            ),
+        ):
+            if names:
+                listing = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+                warnings.warn(f"{len(names)} {why}: {listing}", UserWarning, stacklevel=2)
         self._predict = PredictFolderDataset(paths, self.image_size, self.in_channels)
 
     def _checked_split(self, name: str) -> SegmentationDataset:
