@@ -20,7 +20,10 @@
 #                                     GPU-only tests first and, if they pass, train with CUDA
 #                                     graphs, which the tables then say; ROWS="pattern ..."
 #                                     picks other rows, e.g. ROWS="unext-*")
-#        device_run.sh speed [SECONDS]                                 (default 330)
+#        device_run.sh speed [SECONDS] [host-guard]                    (default 330; "host-guard":
+#                                     instead of three runs sharing the GPU, MALUNet and
+#                                     SemiSeg-CAW with the loss checked on the host every
+#                                     step, against the device guard of the first part)
 #        device_run.sh check [SECONDS]                                 (default 240)
 # speed and check first run the GPU-only tests (CUDA graphs train like eager, augmentation
 # on the device matches the loader's); check then trains the demo config with and without
@@ -92,10 +95,17 @@ speed)
     timeout -k 5 $((seconds * 2 / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
         --variants malunet unext caw-finetune caw-cached \
         --out "$OUT/speed-h200-graphs-augment.md" 2>&1 | quiet | tee -a "$log"
-    echo "== speed: three runs sharing the GPU" | tee -a "$log"
-    timeout -k 5 $((seconds / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
-        --rounds 0 --share 3 --variants malunet \
-        --out "$OUT/speed-h200-share3.md" 2>&1 | quiet | tee -a "$log"
+    if [ "${3:-}" = host-guard ]; then
+        echo "== speed: the non-finite guard on the host (a sync per step)" | tee -a "$log"
+        timeout -k 5 $((seconds / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
+            --host-guard --variants malunet caw-finetune \
+            --out "$OUT/speed-h200-host-guard.md" 2>&1 | quiet | tee -a "$log"
+    else
+        echo "== speed: three runs sharing the GPU" | tee -a "$log"
+        timeout -k 5 $((seconds / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
+            --rounds 0 --share 3 --variants malunet \
+            --out "$OUT/speed-h200-share3.md" 2>&1 | quiet | tee -a "$log"
+    fi
     ;;
 *)
     echo "unknown mode $mode (bench, speed or check)" >&2; exit 2 ;;
