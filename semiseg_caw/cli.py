@@ -95,6 +95,10 @@ class SemiSegCLI(LightningCLI):
         for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath is None:
                 config[key].dirpath = str(Path(root) / "checkpoints")
+        # Lightning logs nothing while predicting: a logger would only leave an empty run
+        # (a wandb/ folder in the working directory, by default).
+        if self.subcommand == "predict":
+            config.trainer.logger = False
         # Logs (W&B, CSV, TensorBoard; and the saved config beside them) go under the run's
         # folder, not the working directory, unless a save_dir is given.
         loggers = config.trainer.get("logger")

@@ -100,8 +100,9 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         Image.fromarray(np.full((40, 50), 60 * i, dtype=np.uint8)).save(images / f"{i}.png")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*trained at")  # predicted at 32 px
-        main(["predict", f"--ckpt_path={best}", f"--data.predict_dir={images}", *quick])
+        cli = main(["predict", f"--ckpt_path={best}", f"--data.predict_dir={images}", *quick])
     assert len((tmp_path / "predictions" / "predictions.csv").read_text().splitlines()) == 3
+    assert cli.trainer.loggers == []  # predicting logs nothing: no empty W&B run
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
