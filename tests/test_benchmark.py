@@ -504,13 +504,12 @@ def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
         ]
     )
     ckpt = next((tmp_path / "fit" / "checkpoints").glob("best-epoch=*.ckpt"))
-    metrics = _test_on_manifest(ckpt, configs, manifest, split, 32, tmp_path / "test")
+    # No config: the model and the other data options come from the checkpoint.
+    metrics = _test_on_manifest(ckpt, [], manifest, split, 32, tmp_path / "test")
     assert 0.0 <= metrics["test/cls_auroc"] <= 1.0  # SemiSeg-CAW: classification metrics too
     # The classes named in another order would swap the labels: refused, naming the order.
     with pytest.raises(CheckpointError, match=r"trained on \[benign, malignant\], in this order"):
-        _test_on_manifest(
-            ckpt, configs, manifest, split, 32, tmp_path / "t2", "[malignant, benign]"
-        )
+        _test_on_manifest(ckpt, [], manifest, split, 32, tmp_path / "t2", "[malignant, benign]")
 
 
 def test_device_scripts_parse_and_refuse_to_run_without_out() -> None:
