@@ -300,16 +300,17 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
 
 
 def checkpoint_defaults(args: Any) -> Any:
-    """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and neither ``--config``
-    nor ``--model``: the task class and the data options come from the checkpoint (what it
-    was trained with), each unless given on the command line. Other arguments unchanged."""
+    """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and no ``--config``: the
+    task class (unless ``--model`` names one) and the data options come from the checkpoint
+    (what it was trained with), each unless given on the command line. Other arguments
+    unchanged."""
     if isinstance(args, dict):
         return args
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] not in ("validate", "test", "predict"):
         return args
     given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
-    if given & {"--config", "-c", "--model"}:
+    if given & {"--config", "-c"}:
         return args
     path = next(
         (v for a, v in zip(argv, [*argv[1:], ""], strict=True) if a == "--ckpt_path"), None
@@ -323,7 +324,7 @@ def checkpoint_defaults(args: Any) -> Any:
     )
     if not class_path:
         return args
-    extra = [f"--model={class_path}"]
+    extra = [] if "--model" in given else [f"--model={class_path}"]
     options = inspect.signature(SemiSegDataModule).parameters  # an older checkpoint's may not be
     for key, value in (ckpt.get("datamodule_hyper_parameters") or {}).items():
         if key in options and f"--data.{key}" not in given:

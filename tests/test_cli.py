@@ -103,6 +103,9 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         cli = main(["predict", f"--ckpt_path={best}", f"--data.predict_dir={images}", *quick])
     assert len((tmp_path / "predictions" / "predictions.csv").read_text().splitlines()) == 3
     assert cli.trainer.loggers == []  # predicting logs nothing: no empty W&B run
+    # --model alone names the class; the data options still come from the checkpoint.
+    cli = main(["test", "--model=SemiSegCAW", f"--ckpt_path={best}", *quick])
+    assert cli.datamodule.image_size == 32
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
