@@ -38,7 +38,8 @@ CONTROLS = ["no-class-only", "all-masks"]
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
 # images; the auxiliary map also added to the output logits; the auxiliary model fine-tuned
 # at the full learning rate; Focal Tversky weighing false negatives and positives alike;
-# cross-entropy balanced by class frequency (both stages, so its stage 1 is its own).
+# cross-entropy balanced by class frequency (both stages, so its stage 1 is its own; or
+# stage 2 only, on SemiSeg-CAW's stage 1).
 VARIANTS = [
     "pseudo-labels",
     "frozen-aux-cached",
@@ -49,6 +50,7 @@ VARIANTS = [
     "aux-full-lr",
     "ftv-balanced",
     "balanced-classes",
+    "balanced-classes-stage2",
 ]
 # Rows whose stage 1 is the same as malunet-semiseg-caw's (same data, seed and settings):
 # they reuse its stage-1 checkpoint when that run has finished, and so differ from it in
@@ -64,6 +66,7 @@ SHARES_STAGE1 = {
     "aux-output-skip",
     "aux-full-lr",
     "ftv-balanced",
+    "balanced-classes-stage2",
 }
 
 # Budgets: trainer/data settings, default rows and seeds.
