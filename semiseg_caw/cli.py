@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,14 @@ class SemiSegCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, checkpoint_defaults(args))
+        # A checkpoint read for its defaults is kept for _parse_ckpt_path, not read twice.
+        self._read_ahead: dict[str, dict] = {}
+
+        def read(path: str) -> dict:
+            self._read_ahead[str(path)] = read_checkpoint(path)
+            return self._read_ahead[str(path)]
+
+        super().parse_arguments(parser, checkpoint_defaults(args, read))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A rich progress bar, unless the config turns bars off or chooses its own.
@@ -119,10 +127,11 @@ class SemiSegCLI(LightningCLI):
         self._ckpt_data: dict[str, Any] = {}  # the checkpoint's data options, when read here
         self._ckpt_hparams: dict[str, Any] = {}
         self._ckpt_class_names: list[str] = []
+        read_ahead, self._read_ahead = getattr(self, "_read_ahead", {}), {}  # not kept all run
         if path in (None, "last", "best", "hpc") or str(path).startswith("registry"):
             return super()._parse_ckpt_path()  # Lightning's own names, resolved later
-        try:
-            ckpt = read_checkpoint(path)  # names the file: missing, corrupt or foreign
+        try:  # read_checkpoint names the file: missing, corrupt or foreign
+            ckpt = read_ahead.get(str(path)) or read_checkpoint(path)
         except CheckpointError as err:
             self.parser.error(str(err))
         if sub == "fit" and "optimizer_states" not in ckpt:
@@ -299,11 +308,11 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     return cli
 
 
-def checkpoint_defaults(args: Any) -> Any:
+def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint) -> Any:
     """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and no ``--config``: the
     task class (unless ``--model`` names one) and the data options come from the checkpoint
     (what it was trained with), each unless given on the command line. Other arguments
-    unchanged."""
+    unchanged. ``read`` reads the checkpoint."""
     if isinstance(args, dict):
         return args
     argv = list(sys.argv[1:] if args is None else args)
@@ -316,7 +325,7 @@ def checkpoint_defaults(args: Any) -> Any:
         (v for a, v in zip(argv, [*argv[1:], ""], strict=True) if a == "--ckpt_path"), None
     ) or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
     try:
-        ckpt = read_checkpoint(path) if path and Path(path).is_file() else None
+        ckpt = read(path) if path and Path(path).is_file() else None
     except CheckpointError:
         ckpt = None  # named when the checkpoint is read again, after parsing
     class_path = ckpt and (
