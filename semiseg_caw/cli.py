@@ -83,6 +83,7 @@ class SemiSegCLI(LightningCLI):
             self._read_ahead[str(path)] = read_checkpoint(path)
             return self._read_ahead[str(path)]
 
+        self._model_given = model_options_given(args)
         super().parse_arguments(parser, checkpoint_defaults(args, read))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -152,11 +153,17 @@ class SemiSegCLI(LightningCLI):
             or self.config[sub].model.get("class_path")
         )
         model = {"class_path": class_path, "dict_kwargs": hparams}
+        # Model options given on the command line (e.g. --model.init_args.flip_tta true) win
+        # over the checkpoint's, as data options do in checkpoint_defaults.
+        init_args = self.config[sub].model.get("init_args") or {}
+        given = {k: init_args[k] for k in getattr(self, "_model_given", ()) if k in init_args}
         try:
             self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
         except SystemExit:
             sys.stderr.write(f"The hyper-parameters in checkpoint {path} do not fit {class_path}\n")
             raise
+        for key, value in given.items():
+            self.config[sub].model.init_args[key] = value
 
     def before_validate(self) -> None:
         self._check_evaluated_checkpoint()
@@ -339,6 +346,21 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         if key in options and f"--data.{key}" not in given:
             extra.append(f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}")
     return [argv[0], *extra, *argv[1:]]
+
+
+def model_options_given(args: Any) -> set[str]:
+    """The model's init arguments named on the command line: ``--model.init_args.NAME`` or
+    ``--model.NAME`` (with ``=value`` or a separate value)."""
+    if isinstance(args, dict):
+        return set()
+    names = set()
+    for arg in sys.argv[1:] if args is None else args:
+        key = str(arg).split("=", 1)[0]
+        for prefix in ("--model.init_args.", "--model."):
+            if key.startswith(prefix):
+                names.add(key.removeprefix(prefix).split(".", 1)[0])
+                break
+    return names - {"class_path", "init_args", "dict_kwargs"}
 
 
 # Errors that say what a user got wrong (a path, a file, a value, a checkpoint): the

@@ -75,7 +75,11 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     assert metrics["test/dice"] == pytest.approx(
         2 * metrics["test/iou"] / (1 + metrics["test/iou"]), abs=1e-5
     )
-    main(["validate", f"--config={demo}", *small, f"--ckpt_path={ckpt}"])
+    # A model option on the command line wins over the checkpoint's (the weights stay).
+    cli = main(
+        ["validate", f"--config={demo}", *small, f"--ckpt_path={ckpt}", "--model.flip_tta", "true"]
+    )
+    assert cli.model.hparams.flip_tta is True and cli.model.hparams.stage1_epochs == 1
     # The best checkpoint has the weights only (no AdamW moments: a third of the bytes) and
     # tests the same way; last.ckpt has everything a resumed run needs.
     (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
@@ -94,6 +98,9 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     assert type(cli.model).__name__ == "SemiSegCAW"
     assert (cli.datamodule.image_size, cli.datamodule.synthetic_samples) == (32, 40)
     assert 0.0 <= float(cli.trainer.callback_metrics["test/dice"]) <= 1.0
+    assert cli.model.hparams.flip_tta is False
+    cli = main(["test", f"--ckpt_path={best}", "--model.init_args.flip_tta=true", *quick])
+    assert cli.model.hparams.flip_tta is True
     images = tmp_path / "images"
     images.mkdir()
     for i in range(2):

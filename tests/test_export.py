@@ -44,8 +44,12 @@ def assert_matches(task: torch.nn.Module, path: Path, names: list[str]) -> None:
 def test_semiseg_caw_exports_with_auxiliary_model_and_classifier(tmp_path: Path) -> None:
     torch.manual_seed(0)
     # resnet10t: the same U-Net on a shallower timm encoder, to keep the export short.
-    task = SemiSegCAW(
-        backbone="malunet", aux_source="classelevate", aux_encoder="resnet10t", classifier=True
+    task = SemiSegCAW(  # with flip_tta: the mirror is part of the graph
+        backbone="malunet",
+        aux_source="classelevate",
+        aux_encoder="resnet10t",
+        classifier=True,
+        flip_tta=True,
     )
     task.class_names = ["cyst", "solid"]
     path = export_onnx(task, tmp_path / "model.onnx", image_size=SIZE)
@@ -54,6 +58,7 @@ def test_semiseg_caw_exports_with_auxiliary_model_and_classifier(tmp_path: Path)
     meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
     assert meta["class_names"] == "cyst,solid" and meta["image_size"] == str(SIZE)
     assert meta["in_channels"] == "1" and "(pixel / 255 - 0.5) / 0.25" in meta["preprocessing"]
+    assert meta["flip_tta"] == "true"
 
 
 def test_a_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,8 @@ TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task
 INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsample 2^5
 # Batch entries a training objective may read (the inputs of its CUDA graph).
 OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
+# Batch entries ``flip_tta`` mirrors: what ``evaluate_batch`` reads.
+MIRRORED_KEYS = ("image", AUX_MAP_KEY)
 
 
 class SegmentationTask(L.LightningModule, abc.ABC):
@@ -106,8 +108,30 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             {s: build_classification_metrics(self.num_classes) for s in STAGES}
         )
 
+    def evaluate(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """What validation, test, prediction and export read: ``evaluate_batch``, or with the
+        ``flip_tta`` hyper-parameter the mean of its predictions for the image and for its
+        left-right mirror (flipped back).
+
+        Image and mirror go through the networks as one batch. Probabilities are averaged
+        (per pixel for the mask, softmax for the class) and returned as logits, so a
+        threshold of 0.5 applies to the mean probability. Training flips left-right too;
+        ultrasound is never flipped upside down, so neither is the test image.
+        """
+        if not self.hparams.get("flip_tta"):
+            return self.evaluate_batch(batch)
+        n = batch["image"].shape[0]
+        both = {k: torch.cat([batch[k], batch[k].flip(-1)]) for k in MIRRORED_KEYS if k in batch}
+        mask_logits, class_logits = self.evaluate_batch(both)
+        mask_prob = torch.sigmoid(mask_logits.float())
+        mask_prob = (mask_prob[:n] + mask_prob[n:].flip(-1)) / 2
+        if class_logits is not None:
+            class_prob = torch.softmax(class_logits.float(), dim=1)
+            class_logits = torch.log((class_prob[:n] + class_prob[n:]) / 2)
+        return torch.logit(mask_prob, eps=1e-7), class_logits
+
     def _shared_eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        mask_logits, class_logits = self.evaluate_batch(batch)
+        mask_logits, class_logits = self.evaluate(batch)
         mask, has_mask = batch["mask"], batch["has_mask"]
         self.seg_metrics[stage].update(mask_logits, mask, has_mask)
         if class_logits is not None:
@@ -139,7 +163,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        mask_logits, class_logits = self.evaluate_batch(batch)
+        mask_logits, class_logits = self.evaluate(batch)
         out = {"mask_prob": torch.sigmoid(mask_logits), "id": batch.get("id")}
         if class_logits is not None:
             out["class_prob"] = torch.softmax(class_logits, dim=1)

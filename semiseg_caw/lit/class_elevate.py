@@ -57,6 +57,9 @@ class ClassElevateSeg(SegmentationTask):
             up to that many steps late.
         balance_classes: weigh the ``ce`` term by inverse class frequency in the training
             split (see ``SemiSegCAW``).
+        flip_tta: at validation, test, prediction and export, average the predictions
+            for the image and its left-right mirror (see ``SegmentationTask.evaluate``):
+            twice the inference cost. Inherited from stage 2.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ClassElevateSeg(SegmentationTask):
         min_lr: float = 1e-5,
         max_bad_steps: int = 20,
         balance_classes: bool = False,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
 

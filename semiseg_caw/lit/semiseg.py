@@ -92,6 +92,10 @@ class SemiSegCAW(SegmentationTask):
         balance_classes: weigh the cross-entropy terms (``ce``, and ``aux``'s) by inverse
             class frequency in the training split, so that a rare class counts as much as a
             common one (DDTI: 58 low-risk to 363 suspicious images). Stage 1 inherits it.
+        flip_tta: at validation, test, prediction and export, average the predictions
+            for the image and its left-right mirror (see ``SegmentationTask.evaluate``):
+            twice the inference cost. Off by default;
+            stage 1 inherits it (its best checkpoint is chosen the same way).
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class SemiSegCAW(SegmentationTask):
         min_lr: float = 1e-5,
         max_bad_steps: int = 20,
         balance_classes: bool = False,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False

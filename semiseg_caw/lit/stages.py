@@ -52,6 +52,7 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         min_lr=hp.min_lr,
         max_bad_steps=hp.max_bad_steps,
         balance_classes=hp.get("balance_classes", False),
+        flip_tta=hp.get("flip_tta", False),
     )
 
 
