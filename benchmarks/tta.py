@@ -1,0 +1,189 @@
+"""Flip test-time augmentation (``model.init_args.flip_tta``) on the benchmark's trained runs.
+
+For every run of ``benchmarks/results/<dataset>-<budget>.json`` (the rows asked for), loads
+its best-on-validation checkpoint once and evaluates it four times: on the validation and
+the test split, with and without averaging over the left-right mirror. No training: the
+weights are the benchmark's own. Writes ``benchmarks/results/<dataset>-<budget>-tta.{json,md}``.
+
+Whether flip TTA is worth switching on is read from validation (the seed-paired gain per
+row); the test columns say what it then gives. Without TTA, the numbers must reproduce the
+benchmark's (its test Dice, and the validation Dice its checkpoint was chosen on): the
+table shows the largest difference, as a check that the same model and data were loaded.
+
+    python benchmarks/tta.py --dataset busi --budget cpu --rows 'malunet-*' classelevate-alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from provenance import commit, machine  # noqa: E402
+from report import RESULTS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("dice", "iou", "dice_per_image", "cls_auroc")
+
+
+def spec_of(record: dict) -> dict:
+    """The benchmark worker's spec of a run: its test command's arguments."""
+    if record.get("derived_from"):  # a stage 1 tested alone
+        return json.loads((REPO / record["derived_from"] / "spec_stage1.json").read_text())
+    rundir = (REPO / record["best_checkpoint"]).parents[1]
+    return json.loads((rundir / "spec.json").read_text())
+
+
+def evaluate_run(record: dict) -> dict[str, dict[str, float]]:
+    """``{"val": {...}, "val_tta": ..., "test": ..., "test_tta": ...}`` of one run's best
+    checkpoint (pooled and per-image Dice, IoU, class AUROC)."""
+    from semiseg_caw.cli import main
+
+    ckpt = REPO / record["best_checkpoint"]
+    args = [a for a in spec_of(record)["test"] if not a.startswith("--trainer.default_root_dir")]
+    cli = main(["validate", *args, "--trainer.default_root_dir=/tmp/semiseg-caw-tta",
+                f"--ckpt_path={ckpt}"])  # fmt: skip
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    out: dict[str, dict[str, float]] = {}
+    for tta in (False, True):
+        model.hparams.flip_tta = tta
+        suffix = "_tta" if tta else ""
+        if tta:  # the first pass ran inside main(), from the checkpoint
+            trainer.validate(model, datamodule=data, verbose=False)
+        out["val" + suffix] = _metrics(trainer.callback_metrics, "val")
+        trainer.test(model, datamodule=data, verbose=False)
+        out["test" + suffix] = _metrics(trainer.callback_metrics, "test")
+    return out
+
+
+def _metrics(logged: dict, stage: str) -> dict[str, float]:
+    return {k: float(logged[f"{stage}/{k}"]) for k in KEYS if f"{stage}/{k}" in logged}
+
+
+def _mean_std(values: list[float]) -> list[float]:
+    return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per row: mean ± std of each split and mode, and the seed-paired TTA gains."""
+    rows = []
+    for name in dict.fromkeys(r["row"] for r in runs):
+        mine = [r for r in runs if r["row"] == name]
+        row: dict[str, Any] = {"row": name, "seeds": [r["seed"] for r in mine]}
+        for split in ("val", "val_tta", "test", "test_tta"):
+            row[split] = {
+                k: _mean_std([r[split][k] for r in mine])
+                for k in KEYS
+                if all(k in r[split] for r in mine)
+            }
+        for split in ("val", "test"):
+            row[f"{split}_gain"] = _mean_std(
+                [r[f"{split}_tta"]["dice"] - r[split]["dice"] for r in mine]
+            )
+        row["check"] = max(max(abs(r["val_diff"]), abs(r["test_diff"])) for r in mine)
+        rows.append(row)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    hw = report["hardware"]
+    lines = [
+        f"# Flip TTA on {report['dataset'].upper()}, budget `{report['budget']}`",
+        "",
+        f"Written by `benchmarks/tta.py` on {report['finished']}; commit `{report['commit']}`; "
+        f"{hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'}; {report['wall_s']:.0f} s. "
+        f"The best-on-validation checkpoints of `{report['source']}` (no retraining), each "
+        "evaluated with and without the mean over the image and its left-right mirror.",
+        "Pooled Dice, mean ± std over seeds; gain: TTA minus none, paired by seed. "
+        "Check: the largest difference, without TTA, from the benchmark's own validation "
+        "and test Dice (the same model and data).",
+        "",
+        "| row | seeds | val Dice | val Dice, TTA | val gain | test Dice | test Dice, TTA | "
+        "test gain | check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        f = "{:.3f} ± {:.3f}".format
+        g = "{:+.4f} ± {:.4f}".format
+        lines.append(
+            f"| {r['row']} | {len(r['seeds'])} | {f(*r['val']['dice'])} | "
+            f"{f(*r['val_tta']['dice'])} | {g(*r['val_gain'])} | {f(*r['test']['dice'])} | "
+            f"{f(*r['test_tta']['dice'])} | {g(*r['test_gain'])} | {r['check']:.1e} |"
+        )
+    up = [r["row"] for r in report["rows"] if r["val_gain"][0] > 0]
+    lines += [
+        "",
+        f"Validation favours flip TTA on {len(up)} of {len(report['rows'])} rows"
+        + (f" ({', '.join(up)})." if up else "."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--budget", default="cpu")
+    p.add_argument("--rows", nargs="+", default=["*"], help="row names or glob patterns")
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument(
+        "--source", type=Path, default=None, help="default: results/<dataset>-<budget>.json"
+    )
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    source = args.source or RESULTS / f"{args.dataset}-{args.budget}.json"
+    bench = json.loads(source.read_text())
+    chosen = [
+        r
+        for r in bench["runs"]
+        if any(fnmatch.fnmatchcase(r["row"], p) for p in args.rows)
+        and (args.seeds is None or r["seed"] in args.seeds)
+    ]
+    if not chosen:
+        raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
+    started, runs = time.perf_counter(), []
+    for record in chosen:
+        result = evaluate_run(record)
+        result.update(row=record["row"], seed=record["seed"])
+        result["val_diff"] = result["val"]["dice"] - record["val_dice"]
+        result["test_diff"] = result["test"]["dice"] - record["metrics"]["seg/dice"]
+        runs.append(result)
+        print(
+            f"{record['row']} seed {record['seed']}: val {result['val']['dice']:.4f} -> "
+            f"{result['val_tta']['dice']:.4f}, test {result['test']['dice']:.4f} -> "
+            f"{result['test_tta']['dice']:.4f}",
+            flush=True,
+        )
+    report = {
+        "kind": "semiseg-caw-tta",
+        "dataset": args.dataset,
+        "budget": args.budget,
+        "source": str(source.relative_to(REPO) if source.is_relative_to(REPO) else source),
+        "commit": commit("semiseg_caw", "benchmarks/tta.py"),
+        "hardware": machine(),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_s": time.perf_counter() - started,
+        "rows": summarise(runs),
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{args.dataset}-{args.budget}-tta"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {stem}.md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
