@@ -393,6 +393,24 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
     assert "| malunet-semiseg-caw |" in (out / "busi-smoke.md").read_text()
 
 
+def test_flip_tta_reevaluates_the_smoke_runs(smoke: dict, tmp_path: Path) -> None:
+    tta = load_script("tta")
+    rows = ["malunet-reduced", "classelevate-alone"]  # a run's own checkpoint; a stage 1's
+    report = tta.main(
+        ["--dataset", "busi", "--budget", "smoke", "--rows", *rows]
+        + ["--source", str(smoke["out"] / "busi-smoke.json"), "--out", str(tmp_path)]
+    )
+    assert [r["row"] for r in report["rows"]] == rows
+    for run in report["runs"]:
+        # Without TTA, the benchmark's own test Dice: the same weights, data and metric. (The
+        # smoke budget validated 2 batches while training; here the whole split.)
+        assert abs(run["test_diff"]) < 1e-5
+        assert run["test_tta"]["dice"] != run["test"]["dice"]  # the mirror was averaged in
+        assert 0.0 <= run["val_tta"]["dice"] <= 1.0
+    table = (tmp_path / "busi-smoke-tta.md").read_text()
+    assert "| malunet-reduced | 1 |" in table and "Validation favours flip TTA" in table
+
+
 # ----------------------------------------------------------------------------- external check
 
 
