@@ -505,6 +505,28 @@ def _pyplot():
     return plt
 
 
+def tta_lines(stem: str) -> list[str]:
+    """What ``benchmarks/tta.py`` found re-evaluating this table's checkpoints with flip TTA."""
+    path = RESULTS / f"{stem}-tta.json"
+    if not path.is_file():
+        return []
+    tta = json.loads(path.read_text())
+    runs, rows = tta["runs"], tta["rows"]
+
+    def gains(split: str) -> str:
+        values = [r[f"{split}_tta"]["dice"] - r[split]["dice"] for r in runs]
+        higher = sum(v > 0 for v in values)
+        return f"{statistics.mean(values):+.4f} ({min(values):+.3f} to {max(values):+.3f}; higher in {higher})"
+
+    favoured = [r["row"] for r in rows if r["val_gain"][0] > 0]
+    return [
+        f"- Flip TTA (`model.init_args.flip_tta`; [table](benchmarks/results/{stem}-tta.md)), "
+        f"the same checkpoints re-evaluated ({len(runs)} runs of {len(rows)} rows; commit "
+        f"`{tta['commit']}`): Dice gain, mean over runs, validation {gains('val')}, test "
+        f"{gains('test')}; validation favours it on {len(favoured)} of {len(rows)} rows."
+    ]
+
+
 def update_readme() -> None:
     """Regenerate the README results section from every results JSON."""
     parts = [
@@ -547,7 +569,7 @@ def update_readme() -> None:
         # The bar, the setting validation picks, and what the controls say about where
         # SemiSeg-CAW's lead comes from.
         by = {r["row"]: r for r in rep["rows"]}
-        notes = bar_lines(rep, by) + controls(rep, by)
+        notes = bar_lines(rep, by) + controls(rep, by) + tta_lines(stem)
         if notes:
             parts += [*notes, ""]
         # The plot of Dice against pixel-labelled images where the runs allow, else the bars.

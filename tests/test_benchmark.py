@@ -411,6 +411,36 @@ def test_flip_tta_reevaluates_the_smoke_runs(smoke: dict, tmp_path: Path) -> Non
     assert "| malunet-reduced | 1 |" in table and "Validation favours flip TTA" in table
 
 
+def test_flip_tta_tables_and_readme_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tta = load_script("tta")
+
+    def run(row: str, seed: int, val: float, val_tta: float, test: float, test_tta: float):
+        split = lambda dice: {"dice": dice, "iou": dice / (2 - dice)}  # noqa: E731
+        return {"row": row, "seed": seed, "val": split(val), "val_tta": split(val_tta),
+                "test": split(test), "test_tta": split(test_tta), "val_diff": 0.0,
+                "test_diff": 1e-7}  # fmt: skip
+
+    runs = [run("a", 0, 0.60, 0.62, 0.70, 0.69), run("a", 1, 0.64, 0.65, 0.72, 0.74)]
+    runs += [run("b", 0, 0.50, 0.49, 0.55, 0.58)]
+    rows = tta.summarise(runs)
+    assert rows[0]["val_gain"] == pytest.approx([0.015, 0.00707], abs=1e-5)
+    assert rows[0]["test"]["dice"] == pytest.approx([0.71, 0.01414], abs=1e-5)
+    assert rows[1]["val_gain"] == pytest.approx([-0.01, 0.0]) and rows[1]["check"] == 1e-7
+    report = {"dataset": "busi", "budget": "cpu", "source": "x.json", "commit": "abc1234",
+              "hardware": {"cpu": "CPU", "cores": 2, "gpu": None}, "finished": "now",
+              "wall_s": 1.0, "rows": rows, "runs": runs}  # fmt: skip
+    table = tta.markdown(report)
+    assert "| a | 2 | 0.620 ± 0.028 | 0.635 ± 0.021 | +0.0150 ± 0.0071 |" in table
+    assert "favours flip TTA on 1 of 2 rows (a)." in table
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    assert tables.tta_lines("busi-cpu") == []  # no TTA results: no line
+    (tmp_path / "busi-cpu-tta.json").write_text(json.dumps(report))
+    (line,) = tables.tta_lines("busi-cpu")
+    assert "validation +0.0067 (-0.010 to +0.020; higher in 2)" in line
+    assert "test +0.0133 (-0.010 to +0.030; higher in 2)" in line
+    assert "favours it on 1 of 2 rows" in line
+
+
 # ----------------------------------------------------------------------------- external check
 
 
