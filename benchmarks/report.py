@@ -506,25 +506,36 @@ def _pyplot():
 
 
 def tta_lines(stem: str) -> list[str]:
-    """What ``benchmarks/tta.py`` found re-evaluating this table's checkpoints with flip TTA."""
-    path = RESULTS / f"{stem}-tta.json"
-    if not path.is_file():
-        return []
-    tta = json.loads(path.read_text())
-    runs, rows = tta["runs"], tta["rows"]
+    """What ``benchmarks/tta.py`` found re-evaluating this table's checkpoints with each
+    test-time setting (flip TTA, the largest lesion, both)."""
+    lines = []
+    for name, label, option in (
+        ("tta", "Flip TTA", "`model.init_args.flip_tta`"),
+        ("largest", "Keeping the largest lesion", "`model.init_args.keep_largest_lesion`"),
+        ("tta-largest", "Both", "both"),
+    ):
+        path = RESULTS / f"{stem}-{name}.json"
+        if not path.is_file():
+            continue
+        tta = json.loads(path.read_text())
+        runs, rows = tta["runs"], tta["rows"]
 
-    def gains(split: str) -> str:
-        values = [r[f"{split}_tta"]["dice"] - r[split]["dice"] for r in runs]
-        higher = sum(v > 0 for v in values)
-        return f"{statistics.mean(values):+.4f} ({min(values):+.3f} to {max(values):+.3f}; higher in {higher})"
+        def gains(split: str, runs: list[dict] = runs) -> str:
+            values = [r[f"{split}_tta"]["dice"] - r[split]["dice"] for r in runs]
+            higher = sum(v > 0 for v in values)
+            return (
+                f"{statistics.mean(values):+.4f} ({min(values):+.3f} to {max(values):+.3f}; "
+                f"higher in {higher})"
+            )
 
-    favoured = [r["row"] for r in rows if r["val_gain"][0] > 0]
-    return [
-        f"- Flip TTA (`model.init_args.flip_tta`; [table](benchmarks/results/{stem}-tta.md)), "
-        f"the same checkpoints re-evaluated ({len(runs)} runs of {len(rows)} rows; commit "
-        f"`{tta['commit']}`): Dice gain, mean over runs, validation {gains('val')}, test "
-        f"{gains('test')}; validation favours it on {len(favoured)} of {len(rows)} rows."
-    ]
+        favoured = [r["row"] for r in rows if r["val_gain"][0] > 0]
+        lines.append(
+            f"- {label} ({option}; [table](benchmarks/results/{stem}-{name}.md)), the same "
+            f"checkpoints re-evaluated ({len(runs)} runs of {len(rows)} rows; commit "
+            f"`{tta['commit']}`): Dice gain, mean over runs, validation {gains('val')}, test "
+            f"{gains('test')}; validation favours it on {len(favoured)} of {len(rows)} rows."
+        )
+    return lines
 
 
 def update_readme() -> None:

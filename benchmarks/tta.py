@@ -1,16 +1,20 @@
-"""Flip test-time augmentation (``model.init_args.flip_tta``) on the benchmark's trained runs.
+"""Test-time settings on the benchmark's trained runs: flip TTA (``model.init_args.flip_tta``),
+keeping the largest lesion (``keep_largest_lesion``), or both.
 
 For every run of ``benchmarks/results/<dataset>-<budget>.json`` (the rows asked for), loads
 its best-on-validation checkpoint once and evaluates it four times: on the validation and
-the test split, with and without averaging over the left-right mirror. No training: the
-weights are the benchmark's own. Writes ``benchmarks/results/<dataset>-<budget>-tta.{json,md}``.
+the test split, with and without the setting. No training: the weights are the benchmark's
+own. Writes ``benchmarks/results/<dataset>-<budget>-<name>.{json,md}`` (name: ``tta``,
+``largest`` or ``tta-largest``); in them ``val_tta`` and ``test_tta`` are the numbers with
+the setting, whichever it is.
 
-Whether flip TTA is worth switching on is read from validation (the seed-paired gain per
-row); the test columns say what it then gives. Without TTA, the numbers must reproduce the
+Whether a setting is worth switching on is read from validation (the seed-paired gain per
+row); the test columns say what it then gives. Without it, the numbers must reproduce the
 benchmark's (its test Dice, and the validation Dice its checkpoint was chosen on): the
 table shows the largest difference, as a check that the same model and data were loaded.
 
     python benchmarks/tta.py --dataset busi --budget cpu --rows 'malunet-*' classelevate-alone
+    python benchmarks/tta.py --dataset ddti --setting largest
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ from report import RESULTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("dice", "iou", "dice_per_image", "cls_auroc")
+# Setting: (hyper-parameters it switches on, file name part, label in tables).
+SETTINGS = {
+    "flip": ({"flip_tta": True}, "tta", "flip TTA"),
+    "largest": ({"keep_largest_lesion": True}, "largest", "largest lesion"),
+    "flip+largest": ({"flip_tta": True, "keep_largest_lesion": True}, "tta-largest", "both"),
+}
 
 
 def spec_of(record: dict) -> dict:
@@ -41,9 +51,9 @@ def spec_of(record: dict) -> dict:
     return json.loads((rundir / "spec.json").read_text())
 
 
-def evaluate_run(record: dict) -> dict[str, dict[str, float]]:
+def evaluate_run(record: dict, setting: str = "flip") -> dict[str, dict[str, float]]:
     """``{"val": {...}, "val_tta": ..., "test": ..., "test_tta": ...}`` of one run's best
-    checkpoint (pooled and per-image Dice, IoU, class AUROC)."""
+    checkpoint without and with the setting (pooled and per-image Dice, IoU, class AUROC)."""
     from semiseg_caw.cli import main
 
     ckpt = REPO / record["best_checkpoint"]
@@ -52,10 +62,11 @@ def evaluate_run(record: dict) -> dict[str, dict[str, float]]:
                 f"--ckpt_path={ckpt}"])  # fmt: skip
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     out: dict[str, dict[str, float]] = {}
-    for tta in (False, True):
-        model.hparams.flip_tta = tta
-        suffix = "_tta" if tta else ""
-        if tta:  # the first pass ran inside main(), from the checkpoint
+    for on in (False, True):
+        for name in SETTINGS[setting][0]:
+            model.hparams[name] = on
+        suffix = "_tta" if on else ""
+        if on:  # the first pass ran inside main(), from the checkpoint
             trainer.validate(model, datamodule=data, verbose=False)
         out["val" + suffix] = _metrics(trainer.callback_metrics, "val")
         trainer.test(model, datamodule=data, verbose=False)
@@ -72,7 +83,8 @@ def _mean_std(values: list[float]) -> list[float]:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """Per row: mean ± std of each split and mode, and the seed-paired TTA gains."""
+    """Per row: mean ± std of each split without and with the setting, and the seed-paired
+    gains."""
     rows = []
     for name in dict.fromkeys(r["row"] for r in runs):
         mine = [r for r in runs if r["row"] == name]
@@ -92,21 +104,32 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+# What each setting does, for the tables.
+DOES = {
+    "flip": "the mean over the image and its left-right mirror",
+    "largest": "only the largest predicted region of each mask kept",
+    "flip+largest": "the mirror mean, then its largest region",
+}
+
+
 def markdown(report: dict) -> str:
     hw = report["hardware"]
+    setting = report.get("setting", "flip")  # tables written before settings were named
+    label = SETTINGS[setting][2]
     lines = [
-        f"# Flip TTA on {report['dataset'].upper()}, budget `{report['budget']}`",
+        f"# {label[0].upper() + label[1:]} on {report['dataset'].upper()}, budget "
+        f"`{report['budget']}`",
         "",
         f"Written by `benchmarks/tta.py` on {report['finished']}; commit `{report['commit']}`; "
         f"{hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'}; {report['wall_s']:.0f} s. "
         f"The best-on-validation checkpoints of `{report['source']}` (no retraining), each "
-        "evaluated with and without the mean over the image and its left-right mirror.",
-        "Pooled Dice, mean ± std over seeds; gain: TTA minus none, paired by seed. "
-        "Check: the largest difference, without TTA, from the benchmark's own validation "
+        f"evaluated with and without {label} ({DOES[setting]}).",
+        f"Pooled Dice, mean ± std over seeds; gain: with {label} minus without, paired by seed. "
+        f"Check: the largest difference, without {label}, from the benchmark's own validation "
         "and test Dice (the same model and data).",
         "",
-        "| row | seeds | val Dice | val Dice, TTA | val gain | test Dice | test Dice, TTA | "
-        "test gain | check |",
+        f"| row | seeds | val Dice | val Dice, {label} | val gain | test Dice | "
+        f"test Dice, {label} | test gain | check |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
@@ -120,7 +143,7 @@ def markdown(report: dict) -> str:
     up = [r["row"] for r in report["rows"] if r["val_gain"][0] > 0]
     lines += [
         "",
-        f"Validation favours flip TTA on {len(up)} of {len(report['rows'])} rows"
+        f"Validation favours {label} on {len(up)} of {len(report['rows'])} rows"
         + (f" ({', '.join(up)})." if up else "."),
         "",
     ]
@@ -133,6 +156,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", default="cpu")
     p.add_argument("--rows", nargs="+", default=["*"], help="row names or glob patterns")
     p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--setting", choices=list(SETTINGS), default="flip")
     p.add_argument(
         "--source", type=Path, default=None, help="default: results/<dataset>-<budget>.json"
     )
@@ -154,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
     started, runs = time.perf_counter(), []
     for record in chosen:
-        result = evaluate_run(record)
+        result = evaluate_run(record, args.setting)
         result.update(row=record["row"], seed=record["seed"])
         result["val_diff"] = result["val"]["dice"] - record["val_dice"]
         result["test_diff"] = result["test"]["dice"] - record["metrics"]["seg/dice"]
@@ -167,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     report = {
         "kind": "semiseg-caw-tta",
+        "setting": args.setting,
         "dataset": args.dataset,
         "budget": args.budget,
         "source": str(source.relative_to(REPO) if source.is_relative_to(REPO) else source),
@@ -178,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.dataset}-{args.budget}-tta"
+    stem = args.out / f"{args.dataset}-{args.budget}-{SETTINGS[args.setting][1]}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {stem}.md")

@@ -6,7 +6,8 @@ The image size defaults to the one the checkpoint was trained at.
 
 The ONNX graph takes ``image`` (B, C, H, W) float32 and returns ``mask_prob``
 (B, 1, H, W) and, when the model classifies, ``class_prob`` (B, K); with the model's
-``flip_tta`` the graph averages them over the image and its left-right mirror. Prepare an image as
+``flip_tta`` the graph averages them over the image and its left-right mirror. Its
+``keep_largest_lesion`` is not in the graph; the metadata says whether to apply it. Prepare an image as
 the data module does: decode it as 8-bit grayscale (repeated to C channels when C = 3),
 resize it to H x W (bilinear), then ``(pixel / 255 - 0.5) / 0.25``. The file's metadata
 (``metadata_props``) says so too, with the class names and the image size. Needs the
@@ -30,7 +31,7 @@ class InferenceModel(nn.Module):
         self.task = task
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        mask_logits, class_logits = self.task.evaluate({"image": image})
+        mask_logits, class_logits = self.task.evaluate({"image": image}, postprocess=False)
         if class_logits is None:
             return (torch.sigmoid(mask_logits),)
         return torch.sigmoid(mask_logits), torch.softmax(class_logits, dim=1)
@@ -87,6 +88,8 @@ def _metadata(task: nn.Module, image_size: int) -> dict[str, str]:
         "mask_threshold": "0.5",
         # The graph itself averages image and mirror when the model was set to.
         "flip_tta": str(bool(task.hparams.get("flip_tta"))).lower(),
+        # Not in the graph (it runs on the host): for the deployment to apply to mask_prob.
+        "keep_largest_lesion": str(bool(task.hparams.get("keep_largest_lesion"))).lower(),
     }
 
 

@@ -393,11 +393,11 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
     assert "| malunet-semiseg-caw |" in (out / "busi-smoke.md").read_text()
 
 
-def test_flip_tta_reevaluates_the_smoke_runs(smoke: dict, tmp_path: Path) -> None:
+def test_test_time_settings_reevaluate_the_smoke_runs(smoke: dict, tmp_path: Path) -> None:
     tta = load_script("tta")
     rows = ["malunet-reduced", "classelevate-alone"]  # a run's own checkpoint; a stage 1's
     report = tta.main(
-        ["--dataset", "busi", "--budget", "smoke", "--rows", *rows]
+        ["--dataset", "busi", "--budget", "smoke", "--rows", *rows, "--setting", "flip+largest"]
         + ["--source", str(smoke["out"] / "busi-smoke.json"), "--out", str(tmp_path)]
     )
     assert [r["row"] for r in report["rows"]] == rows
@@ -405,10 +405,10 @@ def test_flip_tta_reevaluates_the_smoke_runs(smoke: dict, tmp_path: Path) -> Non
         # Without TTA, the benchmark's own test Dice: the same weights, data and metric. (The
         # smoke budget validated 2 batches while training; here the whole split.)
         assert abs(run["test_diff"]) < 1e-5
-        assert run["test_tta"]["dice"] != run["test"]["dice"]  # the mirror was averaged in
+        assert run["test_tta"]["dice"] != run["test"]["dice"]  # the settings were applied
         assert 0.0 <= run["val_tta"]["dice"] <= 1.0
-    table = (tmp_path / "busi-smoke-tta.md").read_text()
-    assert "| malunet-reduced | 1 |" in table and "Validation favours flip TTA" in table
+    table = (tmp_path / "busi-smoke-tta-largest.md").read_text()
+    assert "| malunet-reduced | 1 |" in table and "Validation favours both on" in table
 
 
 def test_flip_tta_tables_and_readme_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -439,6 +439,12 @@ def test_flip_tta_tables_and_readme_line(tmp_path: Path, monkeypatch: pytest.Mon
     assert "validation +0.0067 (-0.010 to +0.020; higher in 2)" in line
     assert "test +0.0133 (-0.010 to +0.030; higher in 2)" in line
     assert "favours it on 1 of 2 rows" in line
+    # Each setting's file gets its line; a table's setting names its columns.
+    report["setting"] = "largest"
+    assert "| val Dice, largest lesion |" in tta.markdown(report)
+    (tmp_path / "busi-cpu-largest.json").write_text(json.dumps(report))
+    lines = tables.tta_lines("busi-cpu")
+    assert lines[0] == line and lines[1].startswith("- Keeping the largest lesion (")
 
 
 # ----------------------------------------------------------------------------- external check

@@ -18,6 +18,7 @@ from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.lit.guard import DeviceStepGuard
 from semiseg_caw.losses import balanced_class_weights, bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
+from semiseg_caw.postprocess import keep_largest_region
 
 STAGES = ("val", "test")
 
@@ -108,18 +109,30 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             {s: build_classification_metrics(self.num_classes) for s in STAGES}
         )
 
-    def evaluate(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        """What validation, test, prediction and export read: ``evaluate_batch``, or with the
-        ``flip_tta`` hyper-parameter the mean of its predictions for the image and for its
-        left-right mirror (flipped back).
+    def evaluate(
+        self, batch: dict[str, Any], postprocess: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """What validation, test, prediction and export read: ``evaluate_batch`` with the
+        inference settings among the hyper-parameters: ``flip_tta`` (see ``mirror_mean``)
+        and, unless ``postprocess`` is False (export: it runs on the host),
+        ``keep_largest_lesion`` (see ``semiseg_caw.postprocess``)."""
+        if self.hparams.get("flip_tta"):
+            mask_logits, class_logits = self.mirror_mean(batch)
+        else:
+            mask_logits, class_logits = self.evaluate_batch(batch)
+        if postprocess and self.hparams.get("keep_largest_lesion"):
+            mask_logits = keep_largest_region(mask_logits)
+        return mask_logits, class_logits
+
+    def mirror_mean(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """The mean of ``evaluate_batch``'s predictions for the image and for its left-right
+        mirror (flipped back).
 
         Image and mirror go through the networks as one batch. Probabilities are averaged
         (per pixel for the mask, softmax for the class) and returned as logits, so a
         threshold of 0.5 applies to the mean probability. Training flips left-right too;
         ultrasound is never flipped upside down, so neither is the test image.
         """
-        if not self.hparams.get("flip_tta"):
-            return self.evaluate_batch(batch)
         n = batch["image"].shape[0]
         both = {k: torch.cat([batch[k], batch[k].flip(-1)]) for k in MIRRORED_KEYS if k in batch}
         mask_logits, class_logits = self.evaluate_batch(both)

@@ -58,8 +58,13 @@ class ClassElevateSeg(SegmentationTask):
         balance_classes: weigh the ``ce`` term by inverse class frequency in the training
             split (see ``SemiSegCAW``).
         flip_tta: at validation, test, prediction and export, average the predictions
-            for the image and its left-right mirror (see ``SegmentationTask.evaluate``):
-            twice the inference cost. Inherited from stage 2.
+            for the image and its left-right mirror (see ``SegmentationTask.mirror_mean``):
+            twice the inference cost. Off by default; a stage 1 run by ``SemiSegCAW`` takes
+            stage 2's.
+        keep_largest_lesion: at validation, test and prediction, keep only the largest
+            predicted region of each mask (see ``semiseg_caw.postprocess``). Export leaves it
+            out (the file's metadata says to apply it). Off by default; a stage 1 run by
+            ``SemiSegCAW`` takes stage 2's.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class ClassElevateSeg(SegmentationTask):
         max_bad_steps: int = 20,
         balance_classes: bool = False,
         flip_tta: bool = False,
+        keep_largest_lesion: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
 

@@ -93,9 +93,12 @@ class SemiSegCAW(SegmentationTask):
             class frequency in the training split, so that a rare class counts as much as a
             common one (DDTI: 58 low-risk to 363 suspicious images). Stage 1 inherits it.
         flip_tta: at validation, test, prediction and export, average the predictions
-            for the image and its left-right mirror (see ``SegmentationTask.evaluate``):
-            twice the inference cost. Off by default;
-            stage 1 inherits it (its best checkpoint is chosen the same way).
+            for the image and its left-right mirror (see ``SegmentationTask.mirror_mean``):
+            twice the inference cost. Off by default; stage 1 inherits it (so its best
+            checkpoint is chosen the same way).
+        keep_largest_lesion: at validation, test and prediction, keep only the largest
+            predicted region of each mask (see ``semiseg_caw.postprocess``). Export leaves it
+            out (the file's metadata says to apply it). Off by default; stage 1 inherits it.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class SemiSegCAW(SegmentationTask):
         max_bad_steps: int = 20,
         balance_classes: bool = False,
         flip_tta: bool = False,
+        keep_largest_lesion: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False

@@ -53,6 +53,7 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         max_bad_steps=hp.max_bad_steps,
         balance_classes=hp.get("balance_classes", False),
         flip_tta=hp.get("flip_tta", False),
+        keep_largest_lesion=hp.get("keep_largest_lesion", False),
     )
 
 

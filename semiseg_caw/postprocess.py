@@ -1,0 +1,35 @@
+"""Post-processing of predicted masks: keep the largest lesion.
+
+A breast or thyroid ultrasound image of these data sets shows one lesion, nearly always.
+Small separate regions a model marks beside it are then false alarms, and removing them
+raises Dice; where an image does hold two lesions it costs one of them. Whether it pays is
+for validation to say (``benchmarks/tta.py``), as nnU-Net decides its own post-processing.
+"""
+
+from __future__ import annotations
+
+import cv2  # comes with albumentations
+import numpy as np
+import torch
+from torch import Tensor
+
+# The logit given to removed pixels: a probability of 2e-9, far below any threshold.
+REMOVED_LOGIT = -20.0
+
+
+def keep_largest_region(mask_logits: Tensor) -> Tensor:
+    """Mask logits (B, 1, H, W) where, per image, every predicted region (logit > 0, i.e.
+    probability > 0.5; 8-connected) but the largest is set to ``REMOVED_LOGIT``.
+
+    Pixels below the threshold keep their logits, as do masks with one region or none. Runs
+    on the host (OpenCV's connected components): one copy of the masks per batch.
+    """
+    foreground = (mask_logits[:, 0] > 0).to("cpu", torch.uint8).numpy()
+    keep = np.ones_like(foreground, dtype=bool)
+    for i, mask in enumerate(foreground):
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if count > 2:  # the background and two regions or more
+            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            keep[i] = (labels == largest) | (mask == 0)
+    keep_t = torch.from_numpy(keep).to(mask_logits.device).unsqueeze(1)
+    return torch.where(keep_t, mask_logits, torch.full_like(mask_logits, REMOVED_LOGIT))
