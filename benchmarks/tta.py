@@ -12,6 +12,8 @@ Whether a setting is worth switching on is read from validation (the seed-paired
 row); the test columns say what it then gives. Without it, the numbers must reproduce the
 benchmark's (its test Dice, and the validation Dice its checkpoint was chosen on): the
 table shows the largest difference, as a check that the same model and data were loaded.
+Each run's result is kept beside its checkpoints (``settings-<name>.json``), so an
+interrupted re-evaluation resumes where it stopped; ``--force`` evaluates again.
 
     python benchmarks/tta.py --dataset busi --budget cpu --rows 'malunet-*' classelevate-alone
     python benchmarks/tta.py --dataset ddti --setting largest
@@ -72,6 +74,21 @@ def evaluate_run(record: dict, setting: str = "flip") -> dict[str, dict[str, flo
         trainer.test(model, datamodule=data, verbose=False)
         out["test" + suffix] = _metrics(trainer.callback_metrics, "test")
     return out
+
+
+def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> dict:
+    """``evaluate_run``'s result, kept beside the checkpoint's folder so that an interrupted
+    re-evaluation resumes where it stopped; reused while the checkpoint file is the same."""
+    ckpt = REPO / record["best_checkpoint"]
+    cache = ckpt.parents[1] / f"settings-{SETTINGS[setting][1]}.json"
+    stamp = {"checkpoint": str(ckpt), "mtime_ns": ckpt.stat().st_mtime_ns}
+    if cache.is_file() and not force:
+        kept = json.loads(cache.read_text())
+        if {k: kept.get(k) for k in stamp} == stamp:
+            return kept["result"]
+    result = {**evaluate_run(record, setting), "commit": code}
+    cache.write_text(json.dumps({**stamp, "result": result}, indent=1))
+    return result
 
 
 def _metrics(logged: dict, stage: str) -> dict[str, float]:
@@ -161,6 +178,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--source", type=Path, default=None, help="default: results/<dataset>-<budget>.json"
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--force", action="store_true", help="evaluate runs evaluated before again")
     return p.parse_args(argv)
 
 
@@ -177,8 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not chosen:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
     started, runs = time.perf_counter(), []
+    code = commit("semiseg_caw", "benchmarks/tta.py")
     for record in chosen:
-        result = evaluate_run(record, args.setting)
+        result = cached_or_evaluated(record, args.setting, code, args.force)
         result.update(row=record["row"], seed=record["seed"])
         result["val_diff"] = result["val"]["dice"] - record["val_dice"]
         result["test_diff"] = result["test"]["dice"] - record["metrics"]["seg/dice"]
@@ -195,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": args.dataset,
         "budget": args.budget,
         "source": str(source.relative_to(REPO) if source.is_relative_to(REPO) else source),
-        "commit": commit("semiseg_caw", "benchmarks/tta.py"),
+        "commit": ", ".join(sorted({r["commit"] for r in runs})),
         "hardware": machine(),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.perf_counter() - started,

@@ -393,13 +393,17 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
     assert "| malunet-semiseg-caw |" in (out / "busi-smoke.md").read_text()
 
 
-def test_test_time_settings_reevaluate_the_smoke_runs(smoke: dict, tmp_path: Path) -> None:
+def test_test_time_settings_reevaluate_the_smoke_runs(
+    smoke: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tta = load_script("tta")
     rows = ["malunet-reduced", "classelevate-alone"]  # a run's own checkpoint; a stage 1's
-    report = tta.main(
-        ["--dataset", "busi", "--budget", "smoke", "--rows", *rows, "--setting", "flip+largest"]
-        + ["--source", str(smoke["out"] / "busi-smoke.json"), "--out", str(tmp_path)]
-    )
+    args = ["--dataset", "busi", "--budget", "smoke", "--rows", *rows, "--setting", "flip+largest"]
+    args += ["--source", str(smoke["out"] / "busi-smoke.json"), "--out", str(tmp_path)]
+    report = tta.main(args)
+    # A second run reuses each run's kept result instead of evaluating it again.
+    monkeypatch.setattr(tta, "evaluate_run", lambda *a: pytest.fail("evaluated again"))
+    assert tta.main(args)["runs"] == report["runs"]
     assert [r["row"] for r in report["rows"]] == rows
     for run in report["runs"]:
         # Without TTA, the benchmark's own test Dice: the same weights, data and metric. (The
