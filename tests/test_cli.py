@@ -109,6 +109,9 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         warnings.filterwarnings("error", message=".*trained at")  # predicted at 32 px
         cli = main(["predict", f"--ckpt_path={best}", f"--data.predict_dir={images}", *quick])
     assert len((tmp_path / "predictions" / "predictions.csv").read_text().splitlines()) == 3
+    # Its config goes with the predictions, not into the folder the command ran from.
+    assert (tmp_path / "predictions" / "config-predict.yaml").is_file()
+    assert not (tmp_path / "config-predict.yaml").exists()
     assert cli.trainer.loggers == []  # predicting logs nothing: no empty W&B run
     # --model alone names the class; the data options still come from the checkpoint.
     cli = main(["test", "--model=SemiSegCAW", f"--ckpt_path={best}", *quick])

@@ -191,7 +191,8 @@ def test_predict_folder_of_good_bad_and_odd_images(checkpoint, tmp_path):
     }
     assert rows["x..%2F..%2Fescape.png"]["mask_file"] == "x.._2F.._2Fescape_mask.png"
     written = {p.name for p in out.iterdir()}
-    assert len(written) == 2 * len(GOOD) + 1  # a mask and an overlay each, one CSV
+    assert len(written) == 2 * len(GOOD) + 2  # a mask and an overlay each, the CSV, the config
+    assert "config-predict.yaml" in written
     assert not any(name.endswith(".part") or name.startswith(".") for name in written)
     assert files_outside(tmp_path, out) == before
     umask = os.umask(0)
@@ -228,6 +229,7 @@ def test_overwrite_removes_the_earlier_runs_listed_outputs_only(checkpoint, tmp_
     assert sorted(p.name for p in out.iterdir()) == [
         "a_mask.png",
         "a_overlay.png",
+        "config-predict.yaml",
         "mine_mask.png",
         CSV_NAME,
     ]
@@ -318,7 +320,7 @@ def test_failure_mid_run_leaves_no_partial_file(checkpoint, tmp_path, monkeypatc
         predict(checkpoint, folder, out)
     left = sorted(p.name for p in out.iterdir())
     assert CSV_NAME not in left and not [n for n in left if n.endswith(".part")]
-    assert all(n.endswith(("_mask.png", "_overlay.png")) for n in left)
+    assert all(n.endswith(("_mask.png", "_overlay.png", "-predict.yaml")) for n in left)
 
 
 def test_predict_images_are_decoded_only_when_asked_for(tmp_path):

@@ -135,7 +135,21 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn
         if stage != "fit":
             self.config_filename = f"config-{stage}.yaml"
+        if stage == "predict" and _prediction_writer(trainer) is not None:
+            return  # saved beside the predictions, once their folder is checked
         super().setup(trainer, pl_module, stage)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The config of a prediction run goes with its outputs (the folder the writer
+        checked in its ``setup``), not into the folder the command ran from."""
+        writer = _prediction_writer(trainer)
+        if writer is None or self.already_saved:
+            return
+        if trainer.is_global_zero:
+            path = Path(writer.out) / self.config_filename
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True)
+            self.save_config(trainer, pl_module, "predict")
+        self.already_saved = True
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
@@ -149,3 +163,10 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             path = Path(run.dir) / "cli_config.yaml"
             path.write_text(text)
             run.save(str(path), base_path=run.dir, policy="now")
+
+
+def _prediction_writer(trainer: L.Trainer) -> Any:
+    """The trainer's ``PredictionWriter``, or None."""
+    from semiseg_caw.lit.writer import PredictionWriter
+
+    return next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), None)
