@@ -7,11 +7,11 @@ The image size defaults to the one the checkpoint was trained at.
 The ONNX graph takes ``image`` (B, C, H, W) float32 and returns ``mask_prob``
 (B, 1, H, W) and, when the model classifies, ``class_prob`` (B, K); with the model's
 ``flip_tta`` the graph averages them over the image and its left-right mirror. Its
-``keep_largest_lesion`` is not in the graph; the metadata says whether to apply it. Prepare an image as
-the data module does: decode it as 8-bit grayscale (repeated to C channels when C = 3),
-resize it to H x W (bilinear), then ``(pixel / 255 - 0.5) / 0.25``. The file's metadata
-(``metadata_props``) says so too, with the class names and the image size. Needs the
-``export`` extra: ``pip install -e '.[export]'``.
+``keep_largest_lesion`` is not in the graph; the metadata says whether to apply it.
+Prepare an image as the data module does: decode it as 8-bit grayscale (repeated to C
+channels when C = 3), resize it to H x W (bilinear), then ``(pixel / 255 - 0.5) / 0.25``.
+The file's metadata (``metadata_props``) says so too, with the class names and the image
+size. Needs the ``export`` extra: ``pip install -e '.[export]'``.
 """
 
 from __future__ import annotations
