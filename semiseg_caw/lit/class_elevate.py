@@ -59,7 +59,7 @@ class ClassElevateSeg(SegmentationTask):
             split (see ``SemiSegCAW``).
         flip_tta: at validation, test, prediction and export, average the predictions
             for the image and its left-right mirror (see ``SegmentationTask.mirror_mean``):
-            twice the inference cost. Off by default; a stage 1 run by ``SemiSegCAW`` takes
+            inference batches of twice the size. Off by default; a stage 1 run by ``SemiSegCAW`` takes
             stage 2's.
         keep_largest_lesion: at validation, test and prediction, keep only the largest
             predicted region of each mask (see ``semiseg_caw.postprocess``). Export leaves it

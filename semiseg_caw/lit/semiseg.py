@@ -94,7 +94,7 @@ class SemiSegCAW(SegmentationTask):
             common one (DDTI: 58 low-risk to 363 suspicious images). Stage 1 inherits it.
         flip_tta: at validation, test, prediction and export, average the predictions
             for the image and its left-right mirror (see ``SegmentationTask.mirror_mean``):
-            twice the inference cost. Off by default; stage 1 inherits it (so its best
+            inference batches of twice the size. Off by default; stage 1 inherits it (so its best
             checkpoint is chosen the same way).
         keep_largest_lesion: at validation, test and prediction, keep only the largest
             predicted region of each mask (see ``semiseg_caw.postprocess``). Export leaves it
