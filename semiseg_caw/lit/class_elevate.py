@@ -59,8 +59,8 @@ class ClassElevateSeg(SegmentationTask):
             split (see ``SemiSegCAW``).
         flip_tta: at validation, test, prediction and export, average the predictions
             for the image and its left-right mirror (see ``SegmentationTask.mirror_mean``):
-            inference batches of twice the size. Off by default; a stage 1 run by ``SemiSegCAW`` takes
-            stage 2's.
+            inference batches of twice the size. Off by default; a stage 1 run by
+            ``SemiSegCAW`` takes stage 2's.
         keep_largest_lesion: at validation, test and prediction, keep only the largest
             predicted region of each mask (see ``semiseg_caw.postprocess``). Export leaves it
             out (the file's metadata says to apply it). Off by default; a stage 1 run by

@@ -94,8 +94,8 @@ class SemiSegCAW(SegmentationTask):
             common one (DDTI: 58 low-risk to 363 suspicious images). Stage 1 inherits it.
         flip_tta: at validation, test, prediction and export, average the predictions
             for the image and its left-right mirror (see ``SegmentationTask.mirror_mean``):
-            inference batches of twice the size. Off by default; stage 1 inherits it (so its best
-            checkpoint is chosen the same way).
+            inference batches of twice the size. Off by default; stage 1 inherits it (so its
+            best checkpoint is chosen the same way).
         keep_largest_lesion: at validation, test and prediction, keep only the largest
             predicted region of each mask (see ``semiseg_caw.postprocess``). Export leaves it
             out (the file's metadata says to apply it). Off by default; stage 1 inherits it.
