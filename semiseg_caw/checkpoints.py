@@ -1,9 +1,10 @@
 """Checkpoints: loading stage-1 weights safely, and resuming a killed run exactly.
 
 Loading names the file and the problem when it fails (:class:`CheckpointError`).
-:class:`LastCheckpoint` keeps ``last.ckpt`` the latest state. :class:`EpochSeeding` makes a run resumed from an epoch-end checkpoint (``--ckpt_path
-last``) draw the same shuffles, augmentations and dropout masks as the uninterrupted
-run would have, which Lightning's checkpoints alone do not (they hold no random state).
+:class:`LastCheckpoint` keeps ``last.ckpt`` the latest state. :class:`EpochSeeding` makes a
+run resumed from an epoch-end checkpoint (``--ckpt_path last``) draw the same shuffles,
+augmentations and dropout masks as the uninterrupted run would have, which Lightning's
+checkpoints alone do not (they hold no random state).
 """
 
 from __future__ import annotations

@@ -58,24 +58,42 @@ class SemiSegDataModule(L.LightningDataModule):
     ``error`` (a key present only in batches holding such a file).
 
     Args:
-        dataset: Data set: generated ``synthetic`` images, ``busi``, ``ddti``, or a CSV ``manifest``.
-        root: Data set folder, not for synthetic (busi: the folder holding or being Dataset_BUSI_with_GT; ddti: the folder with image/, mask/, labels.csv); manifest: the CSV file or a folder with manifest.csv.
-        split_file: JSON split file (e.g. configs/splits/busi.json); None computes the same split in memory (stratified, grouped, 70/10/20, seeded by ``seed``).
+        dataset: Data set: generated ``synthetic`` images, ``busi``, ``ddti``, or a CSV
+            ``manifest``.
+        root: Data set folder, not for synthetic (busi: the folder holding or being
+            Dataset_BUSI_with_GT; ddti: the folder with image/, mask/, labels.csv); manifest: the
+            CSV file or a folder with manifest.csv.
+        split_file: JSON split file (e.g. configs/splits/busi.json); None computes the same split in
+            memory (stratified, grouped, 70/10/20, seeded by ``seed``).
         image_size: Side of the square images and masks the model sees (and metrics use).
         in_channels: Image channels: 1, or 3 (the grayscale channel replicated).
         batch_size: Training batch size (at least 2: BatchNorm needs 2 images per batch).
-        class_only: Train images whose masks are withheld: a count (integer), or a fraction in (0, 1) of those with mask and label (1.0 is refused as ambiguous); chosen seeded and class-stratified.
-        budget_mode: semi: withheld images stay as class-only samples; reduced: they are dropped; full: every mask is used.
-        class_only_per_batch: Share (0, 1) of class-only samples in every training batch (a sampler cycles the smaller pool); None: natural proportion, shuffled.
-        include_normal: BUSI / synthetic: include lesion-free normal images as class 2 (empty masks).
-        ddti_unlabelled: DDTI images without a class label: drop them, or use them as mask-only training samples (they never enter val or test).
+        class_only: Train images whose masks are withheld: a count (integer), or a fraction in (0,
+            1) of those with mask and label (1.0 is refused as ambiguous); chosen seeded and
+            class-stratified.
+        budget_mode: semi: withheld images stay as class-only samples; reduced: they are dropped;
+            full: every mask is used.
+        class_only_per_batch: Share (0, 1) of class-only samples in every training batch (a sampler
+            cycles the smaller pool); None: natural proportion, shuffled.
+        include_normal: BUSI / synthetic: include lesion-free normal images as class 2 (empty
+            masks).
+        ddti_unlabelled: DDTI images without a class label: drop them, or use them as mask-only
+            training samples (they never enter val or test).
         synthetic_samples: Number of synthetic images.
         num_workers: DataLoader worker processes (they share the in-memory cache).
-        seed: Data seed (>= 0): the in-memory split and the class-only selection (keep it fixed across runs; shuffling and augmentation follow the global seed).
-        predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``; files named like masks (``*_mask.png``) are skipped with a warning.
-        skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising (training data; prediction always goes on and reports each bad file).
-        augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle noise).
-        augment_on_device: Augment each training batch on the device it trains on (batched torch ops, e.g. on the GPU) instead of per image in the loader (albumentations, CPU): for a fast GPU the loader then only indexes memory. Its training batches then carry uint8 images and masks until ``on_after_batch_transfer`` (which a Trainer calls) converts them.
+        seed: Data seed (>= 0): the in-memory split and the class-only selection (keep it fixed
+            across runs; shuffling and augmentation follow the global seed).
+        predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``; files named like masks
+            (``*_mask.png``) are skipped with a warning.
+        skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising
+            (training data; prediction always goes on and reports each bad file).
+        augment: Augment training images (flips, rotation, scale/shift, brightness/contrast, speckle
+            noise).
+        augment_on_device: Augment each training batch on the device it trains on (batched torch
+            ops, e.g. on the GPU) instead of per image in the loader (albumentations, CPU): for a
+            fast GPU the loader then only indexes memory. Its training batches then carry uint8
+            images and masks until ``on_after_batch_transfer`` (which a Trainer calls) converts
+            them.
         eval_batch_size: Batch size of val, test and predict loaders; None: batch_size.
         classes: Class names of a manifest data set (labels there may be indices or these names).
     """

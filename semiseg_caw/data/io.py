@@ -330,7 +330,8 @@ def decode_samples(
     Args:
         samples: Samples with an image file each.
         image_size: Side of the stored images and masks.
-        num_threads: Decoding threads (PIL releases the GIL while decoding); default: CPU count, at most 8.
+        num_threads: Decoding threads (PIL releases the GIL while decoding); default: CPU count, at
+            most 8.
 
     Returns:
         The cache of the good samples, and one BadFile per sample left out.
