@@ -103,3 +103,21 @@ def test_validation_and_prediction_go_through_the_mirrored_mean(
         mask_logits, class_logits = model.evaluate(batch)
     torch.testing.assert_close(out["mask_prob"], torch.sigmoid(mask_logits))
     torch.testing.assert_close(out["class_prob"], class_logits.softmax(1))
+
+
+def test_a_saved_model_loads_with_flip_tta_switched_on(tmp_path) -> None:
+    model = small_semiseg()
+    path = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": L.__version__,
+        },
+        path,
+    )
+    loaded = SemiSegCAW.load_from_checkpoint(path, flip_tta=True, weights_only=True).eval()
+    assert loaded.hparams.flip_tta and not model.hparams.flip_tta
+    x = image()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.evaluate({"image": x}), loaded.mirror_mean({"image": x}))
