@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -33,15 +32,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
 from provenance import commit, machine  # noqa: E402
-from report import RESULTS  # noqa: E402
+from report import RESULTS, _stats  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("dice", "iou", "dice_per_image", "cls_auroc")
-# Setting: (hyper-parameters it switches on, file name part, label in tables).
+# Setting: (boolean hyper-parameters it switches on, file name part, label in tables).
 SETTINGS = {
-    "flip": ({"flip_tta": True}, "tta", "flip TTA"),
-    "largest": ({"keep_largest_lesion": True}, "largest", "largest lesion"),
-    "flip+largest": ({"flip_tta": True, "keep_largest_lesion": True}, "tta-largest", "both"),
+    "flip": (("flip_tta",), "tta", "flip TTA"),
+    "largest": (("keep_largest_lesion",), "largest", "largest lesion"),
+    "flip+largest": (("flip_tta", "keep_largest_lesion"), "tta-largest", "both"),
 }
 
 
@@ -96,7 +95,8 @@ def _metrics(logged: dict, stage: str) -> dict[str, float]:
 
 
 def _mean_std(values: list[float]) -> list[float]:
-    return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+    stats = _stats(values)  # the benchmark tables' mean and sample std
+    return [stats["mean"], stats["std"]]
 
 
 def summarise(runs: list[dict]) -> list[dict]:
