@@ -37,7 +37,7 @@ CONTROLS = ["no-class-only", "all-masks"]
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
 # images; the auxiliary map also added to the output logits; the auxiliary model fine-tuned
-# at the full learning rate; Focal Tversky weighing false negatives and positives alike;
+# at the full learning rate or at 0.3 of it; Focal Tversky weighing false negatives and positives alike;
 # cross-entropy balanced by class frequency (both stages, so its stage 1 is its own; or
 # stage 2 only, on SemiSeg-CAW's stage 1).
 VARIANTS = [
@@ -48,6 +48,7 @@ VARIANTS = [
     "stage1-consistency",
     "aux-output-skip",
     "aux-full-lr",
+    "aux-lr-0.3",
     "ftv-balanced",
     "balanced-classes",
     "balanced-classes-stage2",
@@ -65,6 +66,7 @@ SHARES_STAGE1 = {
     "frozen-aux-cached",
     "aux-output-skip",
     "aux-full-lr",
+    "aux-lr-0.3",
     "ftv-balanced",
     "balanced-classes-stage2",
 }
