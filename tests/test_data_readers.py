@@ -50,6 +50,22 @@ def test_decode_image_any_mode_gives_gray_uint8(tmp_path, mode):
         assert np.array_equal(out, gray)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_decode_turns_images_and_masks_upright_by_their_exif_orientation(tmp_path, suffix):
+    rows, cols = np.mgrid[: SIZE[1], : SIZE[0]]  # not square, so a turn changes the shape
+    gray = (4 * cols + 2 * rows).astype(np.uint8)  # smooth, for the JPEG; no symmetry
+    mask = blob_mask(2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown rotated 90 degrees clockwise
+    Image.fromarray(gray).save(tmp_path / f"x{suffix}", exif=exif, quality=100)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png", exif=exif)
+    upright = np.rot90(gray, k=-1)
+    out = decode_image(tmp_path / f"x{suffix}")
+    assert out.shape == upright.shape
+    assert np.abs(out.astype(int) - upright).mean() < (0.5 if suffix == ".png" else 2)
+    assert np.array_equal(decode_mask(tmp_path / "m.png"), np.rot90(mask, k=-1))
+
+
 def test_decode_mask_uses_colour_not_alpha(tmp_path):
     mask = blob_mask(3)
     rgba = np.zeros((*mask.shape, 4), np.uint8)
@@ -187,6 +203,18 @@ def test_busi_near_duplicates_share_a_group(tmp_path):
 
 def _problem_paths(excinfo) -> str:
     return "\n".join(f"{p.path}: {p.problem}" for p in excinfo.value.problems)
+
+
+def test_a_mask_drawn_on_the_stored_pixels_of_a_turned_image_is_named(tmp_path):
+    write_busi(tmp_path)
+    image = tmp_path / BUSI_DIR / "benign" / "benign (1).png"
+    exif = Image.Exif()
+    exif[0x0112] = 8  # shown rotated 90 degrees anticlockwise; its mask is not
+    Image.open(image).save(image, exif=exif)
+    with pytest.raises(DataValidationError) as excinfo:
+        load_dataset("busi", tmp_path, image_size=32)
+    text = _problem_paths(excinfo)
+    assert "benign (1)_mask.png: mask size 40x32" in text and "turned by 90 degrees" in text
 
 
 def test_busi_bad_files_raise_one_error_naming_each(tmp_path):

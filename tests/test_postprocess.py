@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import torch
+from PIL import Image
 
 from semiseg_caw import SemiSegCAW
 from semiseg_caw.export import _metadata
 from semiseg_caw.lit.stages import stage1_module
+from semiseg_caw.lit.writer import PredictionWriter
 from semiseg_caw.postprocess import REMOVED_LOGIT, keep_largest_region
 
 
@@ -42,3 +47,26 @@ def test_evaluation_keeps_the_largest_lesion_when_asked_but_export_does_not() ->
     assert _metadata(model, 32)["keep_largest_lesion"] == "true"
     assert stage1_module(model).hparams.keep_largest_lesion
     assert SemiSegCAW(aux_encoder="resnet10t").hparams.keep_largest_lesion is False
+
+
+def test_written_masks_keep_one_region_at_the_writers_own_threshold(tmp_path) -> None:
+    # A large region, and a one-pixel region ringed by probability 0.4: the model removes
+    # the small one at 0.5, but at threshold 0.3 its ring would be written as a lesion.
+    probs = torch.full((1, 1, 8, 12), 0.05)
+    probs[0, 0, 1:5, 1:5] = 0.9
+    probs[0, 0, 4:7, 8:11] = 0.4
+    probs[0, 0, 5, 9] = 0.9
+    kept = torch.sigmoid(keep_largest_region(torch.logit(probs)))
+    prediction = {"mask_prob": kept, "orig_size": [(8, 12)], "path": ["-"], "id": ["x"]}
+    trainer = SimpleNamespace(datamodule=None, default_root_dir=str(tmp_path))
+    written = {}
+    for keep in (False, True):
+        out = tmp_path / str(keep)
+        writer = PredictionWriter(output_dir=str(out), threshold=0.3, overlays=False)
+        module = SimpleNamespace(hparams={"keep_largest_lesion": keep})
+        writer.setup(trainer, module, "predict")
+        writer.write_on_batch_end(trainer, module, prediction, None, {}, 0)
+        writer.on_predict_epoch_end(trainer, module)
+        written[keep] = np.asarray(Image.open(out / "x_mask.png")) > 0
+    assert written[False].sum() == 16 + 8  # the ring came back
+    assert written[True].sum() == 16 and written[True][1:5, 1:5].all()

@@ -1,8 +1,9 @@
 """Image decoding, validation and the in-memory cache of resized images and masks.
 
-Every image is decoded once, converted to 8-bit grayscale (ultrasound is single-channel),
-resized to ``image_size x image_size`` (image: bilinear with PIL's antialiasing, which
-averages like area interpolation when shrinking; mask: nearest) and kept as ``uint8``.
+Every image is decoded once, turned upright by its EXIF orientation, converted to 8-bit
+grayscale (ultrasound is single-channel), resized to ``image_size x image_size`` (image:
+bilinear with PIL's antialiasing, which averages like area interpolation when shrinking;
+mask: nearest) and kept as ``uint8``.
 Problems (unreadable file, mask size differing from its image, ...) are collected as
 :class:`BadFile` records and reported together, either as one :class:`DataValidationError`
 or, when the user asked to skip bad files, as one warning.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from semiseg_caw.data.samples import Sample
 
@@ -105,10 +106,12 @@ def to_gray(image: Image.Image, *, alpha_fallback: bool = False) -> np.ndarray:
 
 
 def _open(path: Path) -> Image.Image:
-    """Open and fully decode an image file; a clear ValueError when it cannot be read."""
+    """Open and fully decode an image file, turned upright as its EXIF orientation says (as
+    image viewers and annotation tools show it); a clear ValueError when it cannot be read."""
     try:
         with Image.open(path) as im:
             im.load()
+            ImageOps.exif_transpose(im, in_place=True)
             return im
     except FileNotFoundError:
         raise
@@ -282,6 +285,12 @@ class _Decoded(NamedTuple):
     mask_pixels: int  # foreground pixels at full resolution
 
 
+_TURNED_HINT = (
+    ": turned by 90 degrees. Both files are read upright, as their EXIF orientation tags say "
+    "(as image viewers show them); is the mask drawn on the image's stored pixels instead?"
+)
+
+
 def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
     """Decode, check and shrink one sample's image and masks; a BadFile on any problem."""
     assert sample.image is not None
@@ -296,10 +305,12 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
         except (OSError, ValueError) as err:
             return BadFile(str(mask_path), describe_error(err))
         if mask.shape != gray.shape:
+            turned = mask.shape == gray.shape[::-1]
             return BadFile(
                 str(mask_path),
                 f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from its image "
-                f"{sample.image.name} {gray.shape[1]}x{gray.shape[0]}",
+                f"{sample.image.name} {gray.shape[1]}x{gray.shape[0]}"
+                + (_TURNED_HINT if turned else ""),
             )
         union |= mask
     return _Decoded(

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from semiseg_caw.data.io import decode_image, describe_error
+from semiseg_caw.postprocess import largest_region
 
 CSV_NAME = "predictions.csv"
 OUTPUT_PATTERNS = (CSV_NAME, "*_mask.png", "*_overlay.png")
@@ -227,13 +228,16 @@ class PredictionWriter(BasePredictionWriter):
         names = list(names or getattr(trainer.datamodule, "class_names", []) or [])
         if self._rows is None:
             self._open_csv(0 if class_prob is None else class_prob.shape[1], names)
+        # The model kept its largest region at probability 0.5; at another threshold the
+        # removed regions' rims would come back, so the written mask is cut again.
+        one_region = bool(getattr(pl_module, "hparams", {}).get("keep_largest_lesion"))
         errors = batch.get("error") or [""] * len(prediction["id"])
         for i, image_id in enumerate(prediction["id"]):
             row: dict[str, Any] = {"image": str(image_id)}
             problem = errors[i]
             if not problem:
                 try:
-                    row.update(self._write_image(prediction, probs, i))
+                    row.update(self._write_image(prediction, probs, i, one_region))
                 except (FileNotFoundError, ValueError) as err:  # changed since it was read
                     problem = describe_error(err)
             if problem:
@@ -247,12 +251,16 @@ class PredictionWriter(BasePredictionWriter):
                 row["predicted_class"] = names[int(p.argmax())] if names else int(p.argmax())
             self._rows.writerow(row)
 
-    def _write_image(self, prediction: dict[str, Any], probs, i: int) -> dict[str, Any]:
+    def _write_image(
+        self, prediction: dict[str, Any], probs, i: int, one_region: bool
+    ) -> dict[str, Any]:
         """Write one image's mask (and overlay) PNG; its CSV fields."""
         height, width = (int(v) for v in prediction["orig_size"][i])
         gray = decode_image(prediction["path"][i]) if self.overlays else None
         full = F.interpolate(probs[i : i + 1], size=(height, width), mode="bilinear")
         mask = (full[0, 0] >= self.threshold).cpu().numpy()  # (H, W) bool
+        if one_region:
+            mask = largest_region(mask)
         stem = self._unique(safe_stem(prediction["id"][i]))
         atomic_write(self.out / f"{stem}_mask.png", png_bytes(mask.astype(np.uint8) * 255))
         if gray is not None:
