@@ -331,10 +331,14 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     path = next(
         (v for a, v in zip(argv, [*argv[1:], ""], strict=True) if a == "--ckpt_path"), None
     ) or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    try:
-        ckpt = read(path) if path and Path(path).is_file() else None
-    except CheckpointError:
-        ckpt = None  # named when the checkpoint is read again, after parsing
+    ckpt = None
+    if path and path != "last":
+        try:
+            ckpt = read(path)
+        except CheckpointError:
+            if "--model" not in given:
+                raise  # parsing would only say that --model is missing
+            # else named when the checkpoint is read again, after parsing
     class_path = ckpt and (
         (ckpt.get("hyper_parameters") or {}).get("_class_path") or ckpt.get(TASK_CLASS_KEY)
     )

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -161,6 +162,10 @@ def test_bad_ckpt_path_is_named_before_anything_runs(
     with pytest.raises(SystemExit):
         main(["test", f"--config={CONFIGS / 'demo.yaml'}", *tiny(tmp_path), f"--ckpt_path={ckpt}"])
     assert f"checkpoint {ckpt} {message}" in capsys.readouterr().err
+    # Without --config the model comes from the checkpoint: the error names the checkpoint,
+    # not the missing --model.
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} {message}"):
+        main(["test", f"--ckpt_path={ckpt}"])
 
 
 def test_a_csv_logger_writes_under_the_run_folder(tmp_path: Path, monkeypatch) -> None:
