@@ -372,13 +372,28 @@ def model_options_given(args: Any) -> set[str]:
 USER_ERRORS = (CheckpointError, DataValidationError, FileNotFoundError, FileExistsError, ValueError)
 
 
+def _unwrapped(err: BaseException) -> BaseException:
+    """The error a class raised, when jsonargparse wrapped it while instantiating the class:
+    its wrapper lists every union subtype and dumps the whole config around that message."""
+    while isinstance(err.__cause__, USER_ERRORS):
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        raised_in = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+        if not raised_in.startswith("jsonargparse"):
+            break
+        err = err.__cause__
+    return err
+
+
 def run() -> None:
     """Entry point of ``semiseg-caw`` and ``python -m semiseg_caw``."""
     try:
         main()
-    except USER_ERRORS as err:
+    except USER_ERRORS as caught:
         if os.environ.get("SEMISEG_CAW_TRACEBACK") == "1":
             raise
+        err = _unwrapped(caught)
         sys.stderr.write(
             f"semiseg-caw: error: {err}\n(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)\n"
         )

@@ -197,3 +197,20 @@ def test_the_command_names_a_user_error_without_a_traceback(tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr[-2000:]
     assert "semiseg-caw: error: BUSI root folder not found" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
+    tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from semiseg_caw.cli import run
+
+    argv = ["fit", f"--config={CONFIGS / 'demo.yaml'}", *tiny(tmp_path), "--model.init_args.lr=-1"]
+    monkeypatch.setattr(sys, "argv", ["semiseg-caw", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "semiseg-caw: error: need 0 <= min_lr <= lr and lr > 0, got lr=-1.0" in err
+    assert "Union subtypes" not in err and "Namespace(" not in err
