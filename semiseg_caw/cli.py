@@ -26,6 +26,7 @@ from semiseg_caw.checkpoints import (
 )
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.data.io import DataValidationError
+from semiseg_caw.data.samples import class_names_for
 from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
@@ -315,11 +316,38 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     return cli
 
 
+# Data options that belong to the data set a checkpoint was trained on: not carried over
+# when the command names another data set (e.g. a manifest of external test images).
+DATASET_OPTIONS = {
+    "root",
+    "split_file",
+    "classes",
+    "include_normal",
+    "ddti_unlabelled",
+    "class_only",
+    "budget_mode",
+    "synthetic_samples",
+}
+
+
+def _option_value(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` given as ``name=value`` or ``name value`` (the last one wins)."""
+    value = None
+    for arg, following in zip(argv, [*argv[1:], None], strict=True):
+        if arg == name:
+            value = following
+        elif arg.startswith(f"{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint) -> Any:
     """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and no ``--config``: the
     task class (unless ``--model`` names one) and the data options come from the checkpoint
-    (what it was trained with), each unless given on the command line. Other arguments
-    unchanged. ``read`` reads the checkpoint."""
+    (what it was trained with), each unless given on the command line. When
+    ``--data.dataset`` names another data set, that set's own options (root, split file,
+    label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
+    Other arguments unchanged. ``read`` reads the checkpoint."""
     if isinstance(args, dict):
         return args
     argv = list(sys.argv[1:] if args is None else args)
@@ -328,9 +356,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
     if given & {"--config", "-c"}:
         return args
-    path = next(
-        (v for a, v in zip(argv, [*argv[1:], ""], strict=True) if a == "--ckpt_path"), None
-    ) or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    path = _option_value(argv, "--ckpt_path")
     ckpt = None
     if path and path != "last":
         try:
@@ -345,8 +371,17 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     if not class_path:
         return args
     extra = [] if "--model" in given else [f"--model={class_path}"]
+    trained = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    dataset = _option_value(argv, "--data.dataset")
+    if dataset is not None and dataset != trained.get("dataset"):
+        names = list(ckpt.get("class_names") or trained.get("classes") or [])
+        if not names and trained.get("dataset"):
+            names = class_names_for(trained["dataset"], bool(trained.get("include_normal")))
+        trained = {k: v for k, v in trained.items() if k not in DATASET_OPTIONS}
+        if dataset == "manifest" and names:
+            trained["classes"] = names
     options = inspect.signature(SemiSegDataModule).parameters  # an older checkpoint's may not be
-    for key, value in (ckpt.get("datamodule_hyper_parameters") or {}).items():
+    for key, value in trained.items():
         if key in options and f"--data.{key}" not in given:
             extra.append(f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}")
     return [argv[0], *extra, *argv[1:]]

@@ -467,17 +467,21 @@ def _test_on_manifest(
     split: Path | None,
     size: int,
     tmp: Path,
-    classes: str = "[benign, malignant]",
+    classes: str | None = "[benign, malignant]",
 ) -> dict[str, float]:
+    # classes None: not given (the checkpoint's); then neither the split file nor the size.
+    named = [
+        f"--data.split_file={split or 'null'}",  # None: the manifest's split column
+        f"--data.classes={classes}",
+        f"--data.image_size={size}",
+    ]
     cli = cli_main(
         [
             "test",
             *[f"--config={REPO / c}" for c in configs],
             "--data.dataset=manifest",
             f"--data.root={manifest}",
-            f"--data.split_file={split or 'null'}",  # None: the manifest's split column
-            f"--data.classes={classes}",
-            f"--data.image_size={size}",
+            *(named if classes is not None else []),
             "--trainer.accelerator=cpu",
             "--trainer.logger=false",
             "--trainer.enable_progress_bar=false",
@@ -565,6 +569,10 @@ def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
     # No config: the model and the other data options come from the checkpoint.
     metrics = _test_on_manifest(ckpt, [], manifest, split, 32, tmp_path / "test")
     assert 0.0 <= metrics["test/cls_auroc"] <= 1.0  # SemiSeg-CAW: classification metrics too
+    # Only the data set and its file named: the classes and the size are the checkpoint's,
+    # and the synthetic set's own options (its split file, label budget) are not carried over.
+    same = _test_on_manifest(ckpt, [], manifest, None, 32, tmp_path / "t1", classes=None)
+    assert same == pytest.approx(metrics)
     # The classes named in another order would swap the labels: refused, naming the order.
     with pytest.raises(CheckpointError, match=r"trained on \[benign, malignant\], in this order"):
         _test_on_manifest(ckpt, [], manifest, split, 32, tmp_path / "t2", "[malignant, benign]")

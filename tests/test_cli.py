@@ -214,3 +214,34 @@ def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
     assert exit_info.value.code == 2
     assert "semiseg-caw: error: need 0 <= min_lr <= lr and lr > 0, got lr=-1.0" in err
     assert "Union subtypes" not in err and "Namespace(" not in err
+
+
+def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another() -> None:
+    from semiseg_caw.cli import checkpoint_defaults
+
+    busi = {
+        "hyper_parameters": {"_class_path": "semiseg_caw.SemiSegCAW"},
+        "datamodule_hyper_parameters": {
+            "dataset": "busi",
+            "root": "../shared/data/busi",
+            "split_file": "configs/splits/busi.json",
+            "class_only": 100,
+            "image_size": 96,
+            "classes": None,
+        },
+    }
+
+    def args(*extra: str) -> list[str]:
+        return checkpoint_defaults(["test", "--ckpt_path", "x.ckpt", *extra], lambda _: busi)
+
+    same = args("--data.root=/elsewhere/busi")
+    assert "--data.split_file=configs/splits/busi.json" in same and "--data.class_only=100" in same
+    assert "--data.root=/elsewhere/busi" in same and "--data.root=../shared/data/busi" not in same
+    external = args("--data.dataset", "manifest", "--data.root=ext.csv")
+    assert '--data.classes=["benign", "malignant"]' in external
+    assert "--data.image_size=96" in external and "--model=semiseg_caw.SemiSegCAW" in external
+    assert not [a for a in external if a.startswith(("--data.split_file", "--data.class_only"))]
+    assert "--data.root=../shared/data/busi" not in external
+    assert '--data.classes=["a", "b"]' not in args(
+        "--data.dataset=manifest", "--data.classes=[a, b]"
+    )
