@@ -505,6 +505,12 @@ def _pyplot():
     return plt
 
 
+def favoured(rows: list[dict]) -> list[str]:
+    """Rows whose mean validation gain is positive as printed (4 decimals): a row shown as
+    +0.0000 is not counted as favouring the setting."""
+    return [r["row"] for r in rows if round(r["val_gain"][0], 4) > 0]
+
+
 def tta_lines(stem: str) -> list[str]:
     """What ``benchmarks/tta.py`` found re-evaluating this table's checkpoints with each
     test-time setting (flip TTA, the largest lesion, both)."""
@@ -528,12 +534,11 @@ def tta_lines(stem: str) -> list[str]:
                 f"higher in {higher})"
             )
 
-        favoured = [r["row"] for r in rows if r["val_gain"][0] > 0]
         lines.append(
             f"- {label} ({option}; [table](benchmarks/results/{stem}-{name}.md)), the same "
             f"checkpoints re-evaluated ({len(runs)} runs of {len(rows)} rows; commit "
             f"`{tta['commit']}`): Dice gain, mean over runs, validation {gains('val')}, test "
-            f"{gains('test')}; validation favours it on {len(favoured)} of {len(rows)} rows."
+            f"{gains('test')}; validation favours it on {len(favoured(rows))} of {len(rows)} rows."
         )
     return lines
 

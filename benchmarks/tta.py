@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
 from provenance import commit, machine  # noqa: E402
-from report import RESULTS, _stats  # noqa: E402
+from report import RESULTS, _stats, favoured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("dice", "iou", "dice_per_image", "cls_auroc")
@@ -157,7 +157,7 @@ def markdown(report: dict) -> str:
             f"{f(*r['val_tta']['dice'])} | {g(*r['val_gain'])} | {f(*r['test']['dice'])} | "
             f"{f(*r['test_tta']['dice'])} | {g(*r['test_gain'])} | {r['check']:.1e} |"
         )
-    up = [r["row"] for r in report["rows"] if r["val_gain"][0] > 0]
+    up = favoured(report["rows"])
     lines += [
         "",
         f"Validation favours {label} on {len(up)} of {len(report['rows'])} rows"

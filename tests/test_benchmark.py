@@ -436,6 +436,8 @@ def test_flip_tta_tables_and_readme_line(tmp_path: Path, monkeypatch: pytest.Mon
     table = tta.markdown(report)
     assert "| a | 2 | 0.620 ± 0.028 | 0.635 ± 0.021 | +0.0150 ± 0.0071 |" in table
     assert "favours flip TTA on 1 of 2 rows (a)." in table
+    tiny_gains = [{"row": "x", "val_gain": [0.00004, 0.0]}, {"row": "y", "val_gain": [6e-5, 0]}]
+    assert tables.favoured(tiny_gains) == ["y"]  # x is printed as +0.0000: no gain
     monkeypatch.setattr(tables, "RESULTS", tmp_path)
     assert tables.tta_lines("busi-cpu") == []  # no TTA results: no line
     (tmp_path / "busi-cpu-tta.json").write_text(json.dumps(report))
