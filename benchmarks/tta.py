@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if not chosen:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
+    order = {row["row"]: i for i, row in enumerate(bench.get("rows", []))}  # the table's
+    chosen.sort(key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
     started, runs = time.perf_counter(), []
     code = commit("semiseg_caw", "benchmarks/tta.py")
     for record in chosen:

@@ -397,14 +397,14 @@ def test_test_time_settings_reevaluate_the_smoke_runs(
     smoke: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tta = load_script("tta")
-    rows = ["malunet-reduced", "classelevate-alone"]  # a run's own checkpoint; a stage 1's
+    rows = ["classelevate-alone", "malunet-reduced"]  # a stage 1's checkpoint; a run's own
     args = ["--dataset", "busi", "--budget", "smoke", "--rows", *rows, "--setting", "flip+largest"]
     args += ["--source", str(smoke["out"] / "busi-smoke.json"), "--out", str(tmp_path)]
     report = tta.main(args)
     # A second run reuses each run's kept result instead of evaluating it again.
     monkeypatch.setattr(tta, "evaluate_run", lambda *a: pytest.fail("evaluated again"))
     assert tta.main(args)["runs"] == report["runs"]
-    assert [r["row"] for r in report["rows"]] == rows
+    assert [r["row"] for r in report["rows"]] == rows[::-1]  # in the benchmark table's order
     for run in report["runs"]:
         # Without TTA, the benchmark's own test Dice: the same weights, data and metric. (The
         # smoke budget validated 2 batches while training; here the whole split.)
