@@ -80,10 +80,13 @@ def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> d
     re-evaluation resumes where it stopped; reused while the checkpoint file is the same."""
     ckpt = REPO / record["best_checkpoint"]
     cache = ckpt.parents[1] / f"settings-{SETTINGS[setting][1]}.json"
-    stamp = {"checkpoint": str(ckpt), "mtime_ns": ckpt.stat().st_mtime_ns}
+    stamp = {"checkpoint": record["best_checkpoint"], "mtime_ns": ckpt.stat().st_mtime_ns}
     if cache.is_file() and not force:
         kept = json.loads(cache.read_text())
-        if {k: kept.get(k) for k in stamp} == stamp:
+        # The same file, whichever checkout (e.g. a git worktree sharing runs/) evaluated it.
+        path = str(kept.get("checkpoint"))
+        same = path == stamp["checkpoint"] or path.endswith(f"/{stamp['checkpoint']}")
+        if same and kept.get("mtime_ns") == stamp["mtime_ns"]:
             return kept["result"]
     result = {**evaluate_run(record, setting), "commit": code}
     cache.write_text(json.dumps({**stamp, "result": result}, indent=1))

@@ -415,6 +415,32 @@ def test_test_time_settings_reevaluate_the_smoke_runs(
     assert "| malunet-reduced | 1 |" in table and "Validation favours both on" in table
 
 
+def test_kept_settings_results_are_reused_from_any_checkout_until_the_checkpoint_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tta = load_script("tta")
+    monkeypatch.setattr(tta, "REPO", tmp_path)
+    record = {"best_checkpoint": "runs/a/seed0/checkpoints/best.ckpt"}
+    ckpt = tmp_path / record["best_checkpoint"]
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    cache = ckpt.parents[1] / "settings-tta.json"
+
+    def keep(path: str) -> None:  # as a run from a checkout elsewhere wrote it
+        kept = {"checkpoint": path, "mtime_ns": ckpt.stat().st_mtime_ns, "result": {"kept": 1}}
+        cache.write_text(json.dumps(kept))
+
+    monkeypatch.setattr(tta, "evaluate_run", lambda *a: {"new": 1})
+    keep(f"/work/worktree/{record['best_checkpoint']}")
+    assert tta.cached_or_evaluated(record, "flip", "abc", force=False) == {"kept": 1}
+    keep("/work/worktree/runs/b/seed0/checkpoints/best.ckpt")  # another run's file
+    assert tta.cached_or_evaluated(record, "flip", "abc", force=False)["new"] == 1
+    keep(record["best_checkpoint"])
+    os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 1))  # retrained since
+    assert tta.cached_or_evaluated(record, "flip", "abc", force=False)["new"] == 1
+    assert json.loads(cache.read_text())["checkpoint"] == record["best_checkpoint"]
+
+
 def test_flip_tta_tables_and_readme_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tta = load_script("tta")
 
