@@ -75,9 +75,10 @@ def evaluate_run(record: dict, setting: str = "flip") -> dict[str, dict[str, flo
     return out
 
 
-def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> dict:
+def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> tuple[dict, bool]:
     """``evaluate_run``'s result, kept beside the checkpoint's folder so that an interrupted
-    re-evaluation resumes where it stopped; reused while the checkpoint file is the same."""
+    re-evaluation resumes where it stopped; reused while the checkpoint file is the same.
+    Also whether it was evaluated now."""
     ckpt = REPO / record["best_checkpoint"]
     cache = ckpt.parents[1] / f"settings-{SETTINGS[setting][1]}.json"
     stamp = {"checkpoint": record["best_checkpoint"], "mtime_ns": ckpt.stat().st_mtime_ns}
@@ -87,10 +88,10 @@ def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> d
         path = str(kept.get("checkpoint"))
         same = path == stamp["checkpoint"] or path.endswith(f"/{stamp['checkpoint']}")
         if same and kept.get("mtime_ns") == stamp["mtime_ns"]:
-            return kept["result"]
+            return kept["result"], False
     result = {**evaluate_run(record, setting), "commit": code}
     cache.write_text(json.dumps({**stamp, "result": result}, indent=1))
-    return result
+    return result, True
 
 
 def _metrics(logged: dict, stage: str) -> dict[str, float]:
@@ -132,6 +133,19 @@ DOES = {
 }
 
 
+def _evaluated_now(report: dict) -> str:
+    """How many runs the call whose wall time is given evaluated (the others' results were
+    kept beside their checkpoints by earlier calls)."""
+    done, total = report.get("evaluated"), len(report["runs"])
+    if done is None or done == total:
+        return ""
+    kept = "the others' results were" if done else "every result was"
+    return (
+        f", evaluating {done} of {total} runs ({kept} kept from earlier calls, at the commits "
+        "listed)"
+    )
+
+
 def markdown(report: dict) -> str:
     hw = report["hardware"]
     setting = report.get("setting", "flip")  # tables written before settings were named
@@ -141,7 +155,9 @@ def markdown(report: dict) -> str:
         f"`{report['budget']}`",
         "",
         f"Written by `benchmarks/tta.py` on {report['finished']}; commit `{report['commit']}`; "
-        f"{hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'}; {report['wall_s']:.0f} s. "
+        f"{hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'}; {report['wall_s']:.0f} s"
+        + _evaluated_now(report)
+        + ". "
         f"The best-on-validation checkpoints of `{report['source']}` (no retraining), each "
         f"evaluated with and without {label} ({DOES[setting]}).",
         f"Pooled Dice, mean ± std over seeds; gain: with {label} minus without, paired by seed. "
@@ -199,10 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
     order = {row["row"]: i for i, row in enumerate(bench.get("rows", []))}  # the table's
     chosen.sort(key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
-    started, runs = time.perf_counter(), []
+    started, runs, evaluated = time.perf_counter(), [], 0
     code = commit("semiseg_caw", "benchmarks/tta.py")
     for record in chosen:
-        result = cached_or_evaluated(record, args.setting, code, args.force)
+        result, fresh = cached_or_evaluated(record, args.setting, code, args.force)
+        evaluated += fresh
         result.update(row=record["row"], seed=record["seed"])
         result["val_diff"] = result["val"]["dice"] - record["val_dice"]
         result["test_diff"] = result["test"]["dice"] - record["metrics"]["seg/dice"]
@@ -223,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hardware": machine(),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.perf_counter() - started,
+        "evaluated": evaluated,  # the other runs' results were kept from earlier calls
         "rows": summarise(runs),
         "runs": runs,
     }

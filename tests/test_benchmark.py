@@ -403,7 +403,10 @@ def test_test_time_settings_reevaluate_the_smoke_runs(
     report = tta.main(args)
     # A second run reuses each run's kept result instead of evaluating it again.
     monkeypatch.setattr(tta, "evaluate_run", lambda *a: pytest.fail("evaluated again"))
-    assert tta.main(args)["runs"] == report["runs"]
+    again = tta.main(args)
+    assert again["runs"] == report["runs"] and (report["evaluated"], again["evaluated"]) == (2, 0)
+    assert "evaluating 0 of 2 runs" in tta.markdown(again)
+    assert "evaluating" not in tta.markdown(report)
     assert [r["row"] for r in report["rows"]] == rows[::-1]  # in the benchmark table's order
     for run in report["runs"]:
         # Without TTA, the benchmark's own test Dice: the same weights, data and metric. (The
@@ -432,12 +435,12 @@ def test_kept_settings_results_are_reused_from_any_checkout_until_the_checkpoint
 
     monkeypatch.setattr(tta, "evaluate_run", lambda *a: {"new": 1})
     keep(f"/work/worktree/{record['best_checkpoint']}")
-    assert tta.cached_or_evaluated(record, "flip", "abc", force=False) == {"kept": 1}
+    assert tta.cached_or_evaluated(record, "flip", "abc", force=False) == ({"kept": 1}, False)
     keep("/work/worktree/runs/b/seed0/checkpoints/best.ckpt")  # another run's file
-    assert tta.cached_or_evaluated(record, "flip", "abc", force=False)["new"] == 1
+    assert tta.cached_or_evaluated(record, "flip", "abc", force=False)[0]["new"] == 1
     keep(record["best_checkpoint"])
     os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 1))  # retrained since
-    assert tta.cached_or_evaluated(record, "flip", "abc", force=False)["new"] == 1
+    assert tta.cached_or_evaluated(record, "flip", "abc", force=False)[0]["new"] == 1
     assert json.loads(cache.read_text())["checkpoint"] == record["best_checkpoint"]
 
 
