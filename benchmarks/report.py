@@ -518,7 +518,7 @@ def tta_lines(stem: str) -> list[str]:
     for name, label, option in (
         ("tta", "Flip TTA", "`model.init_args.flip_tta`"),
         ("largest", "Keeping the largest lesion", "`model.init_args.keep_largest_lesion`"),
-        ("tta-largest", "Both", "both"),
+        ("tta-largest", "Flip TTA, then the largest lesion", "both options"),
     ):
         path = RESULTS / f"{stem}-{name}.json"
         if not path.is_file():
