@@ -85,6 +85,7 @@ class SemiSegCLI(LightningCLI):
             return self._read_ahead[str(path)]
 
         self._model_given = model_options_given(args)
+        require_a_model(args)
         super().parse_arguments(parser, checkpoint_defaults(args, read))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -184,11 +185,7 @@ class SemiSegCLI(LightningCLI):
         sub = self.subcommand
         ckpt_path = self.config[sub].get("ckpt_path")
         if ckpt_path is None:
-            raise CheckpointError(
-                f"`semiseg-caw {sub}` needs --ckpt_path: a checkpoint written by `fit` (e.g. "
-                "RUN/checkpoints/best-epoch=NNN.ckpt, or `last` for the run in "
-                "--trainer.default_root_dir)"
-            )
+            raise missing_checkpoint(sub)
         if ckpt_path == "last" and not self._last_checkpoints():
             folder = self.config[sub].get("last_checkpoint").dirpath
             raise CheckpointError(
@@ -314,6 +311,35 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
         if ours:
             os.environ.pop("WANDB_MODE", None)
     return cli
+
+
+def missing_checkpoint(subcommand: str) -> CheckpointError:
+    return CheckpointError(
+        f"`semiseg-caw {subcommand}` needs --ckpt_path: a checkpoint written by `fit` (e.g. "
+        "RUN/checkpoints/best-epoch=NNN.ckpt, or `last` for the run in "
+        "--trainer.default_root_dir)"
+    )
+
+
+def require_a_model(args: Any) -> None:
+    """Name what is missing where parsing would only say ``required: fit.model``: a command
+    given no config, no ``--model`` and (to evaluate) no checkpoint to take the model from."""
+    if isinstance(args, dict):
+        return
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
+        return
+    given = {a.split("=", 1)[0] for a in argv[1:] if a.startswith("-")}
+    enough = {"-h", "--help", "--print_config", "-c", "--config", "--ckpt_path"}
+    if given & enough or any(g.startswith("--model") for g in given):
+        return
+    if argv[0] != "fit":
+        raise missing_checkpoint(argv[0])
+    raise ValueError(
+        "`semiseg-caw fit` needs a model: a config (--config configs/busi.yaml; "
+        "configs/demo.yaml to try it on synthetic images) or --model SemiSegCAW (or "
+        "ClassElevateSeg) with --data options"
+    )
 
 
 # Data options that belong to the data set a checkpoint was trained on: not carried over

@@ -245,3 +245,17 @@ def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another(
     assert '--data.classes=["a", "b"]' not in args(
         "--data.dataset=manifest", "--data.classes=[a, b]"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit"], r"`semiseg-caw fit` needs a model: a config \(--config configs/busi.yaml"),
+        (["fit", "--data.dataset=busi"], "needs a model"),
+        (["test", "--data.image_size=32"], r"`semiseg-caw test` needs --ckpt_path"),
+        (["predict"], r"`semiseg-caw predict` needs --ckpt_path"),
+    ],
+)
+def test_a_command_without_a_model_says_what_to_give(args: list[str], message: str) -> None:
+    with pytest.raises((ValueError, CheckpointError), match=message):
+        main(args)
