@@ -313,6 +313,16 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     return cli
 
 
+def command_line(args: Any) -> list[str] | None:
+    """The arguments as a list (``sys.argv``'s when None); None for a dict of settings."""
+    return None if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
+
+
+def options_named(argv: list[str]) -> set[str]:
+    """The options on a command line, without their values: ``--data.root``, ``-c``, ..."""
+    return {str(a).split("=", 1)[0] for a in argv if str(a).startswith("-")}
+
+
 def missing_checkpoint(subcommand: str) -> CheckpointError:
     return CheckpointError(
         f"`semiseg-caw {subcommand}` needs --ckpt_path: a checkpoint written by `fit` (e.g. "
@@ -324,12 +334,10 @@ def missing_checkpoint(subcommand: str) -> CheckpointError:
 def require_a_model(args: Any) -> None:
     """Name what is missing where parsing would only say ``required: fit.model``: a command
     given no config, no ``--model`` and (to evaluate) no checkpoint to take the model from."""
-    if isinstance(args, dict):
-        return
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = command_line(args)
     if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
         return
-    given = {a.split("=", 1)[0] for a in argv[1:] if a.startswith("-")}
+    given = options_named(argv)
     enough = {"-h", "--help", "--print_config", "-c", "--config", "--ckpt_path"}
     if given & enough or any(g.startswith("--model") for g in given):
         return
@@ -374,12 +382,10 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     ``--data.dataset`` names another data set, that set's own options (root, split file,
     label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
     Other arguments unchanged. ``read`` reads the checkpoint."""
-    if isinstance(args, dict):
-        return args
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = command_line(args)
     if not argv or argv[0] not in ("validate", "test", "predict"):
         return args
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    given = options_named(argv)
     if given & {"--config", "-c"}:
         return args
     path = _option_value(argv, "--ckpt_path")
@@ -416,11 +422,11 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
 def model_options_given(args: Any) -> set[str]:
     """The model's init arguments named on the command line: ``--model.init_args.NAME`` or
     ``--model.NAME`` (with ``=value`` or a separate value)."""
-    if isinstance(args, dict):
+    argv = command_line(args)
+    if argv is None:
         return set()
     names = set()
-    for arg in sys.argv[1:] if args is None else args:
-        key = str(arg).split("=", 1)[0]
+    for key in options_named(argv):
         for prefix in ("--model.init_args.", "--model."):
             if key.startswith(prefix):
                 names.add(key.removeprefix(prefix).split(".", 1)[0])
