@@ -33,6 +33,12 @@ ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wg
 # Controls beyond the paper: what the class-only images add (SemiSeg-CAW without them),
 # and the most they could add (SemiSeg-CAW given their masks too).
 CONTROLS = ["no-class-only", "all-masks"]
+# Controls for compute: the two baselines trained for the budget's ``long_epochs`` instead
+# of its ``epochs``. Under a short budget SemiSeg-CAW spends far more CPU time than a
+# baseline (a ResNet-18 U-Net in both stages): these rows ask whether the baselines catch
+# up when they get as much.
+LONG = {"full-long": "full", "reduced-long": "reduced"}
+BASELINES = ("full", "reduced", *LONG)  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
@@ -77,6 +83,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "image_size": 64,
         "epochs": 1,
         "stage1_epochs": 1,
+        "long_epochs": 2,
         "seeds": [0],
         "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
         "trainer": ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"],
@@ -88,6 +95,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "image_size": 96,
         "epochs": 8,
         "stage1_epochs": 6,
+        # 16x: a baseline's fit then takes at least as long as SemiSeg-CAW's two stages on
+        # one core here (MALUNet about 4 s an epoch at 96 px; SemiSeg-CAW about 490 s).
+        "long_epochs": 128,
         "seeds": [0],
         "rows": ["malunet-full", "malunet-reduced*", "malunet-semiseg-caw*"],
         "trainer": [],
@@ -183,6 +193,17 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
                     "method": ab,
                 }
             )
+        first = suffix(dataset, budgets[0])
+        for method, base in LONG.items():
+            rows.append(
+                {
+                    "name": f"{backbone}-{base}{'' if base == 'full' else first}-long",
+                    "configs": bb + [f"configs/baselines/{base}.yaml"],
+                    "class_only": budgets[0],
+                    "method": method,
+                    "long": True,
+                }
+            )
     for row in rows:
         row["backbone"] = row["name"].split("-")[0]
     # Not trained on its own: the stage-1 ClassElevateSeg of each malunet-semiseg-caw run,
@@ -202,13 +223,26 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
     return rows
 
 
-def select_rows(dataset: str, patterns: list[str], first_budget_only: bool) -> list[dict]:
+def select_rows(
+    dataset: str, patterns: list[str], first_budget_only: bool, long_epochs: int | None = None
+) -> list[dict]:
+    """The rows that ``patterns`` name. A long row only where a pattern says "long" (so
+    "malunet-reduced*" means the protocol's rows), and only with the budget's ``long_epochs``."""
     rows = all_rows(dataset)
     if first_budget_only:  # default row lists of small budgets: the first label budget only
         first = CLASS_ONLY[dataset][0]
         rows = [r for r in rows if r["class_only"] == first]
     rows = [r for r in rows if not r.get("derived")]  # written by the runs they come from
-    chosen = [r for r in rows if any(fnmatch.fnmatch(r["name"], p) for p in patterns)]
+    chosen = [
+        r
+        for r in rows
+        if any(
+            fnmatch.fnmatch(r["name"], p) and ("long" in p or not r.get("long")) for p in patterns
+        )
+    ]
+    if not long_epochs and any(r.get("long") for r in chosen):
+        long = [b for b, v in BUDGETS.items() if v.get("long_epochs")]
+        raise SystemExit(f"the -long rows need a budget with long_epochs: {', '.join(long)}")
     if not chosen:
         names = ", ".join(r["name"] for r in all_rows(dataset))
         raise SystemExit(f"no row matches {patterns}; rows: {names}")

@@ -42,7 +42,16 @@ from typing import Any
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
-from protocol import BUDGETS, CLASS_ONLY, PAPER, SHARES_STAGE1, all_rows, select_rows, suffix  # noqa: E402
+from protocol import (  # noqa: E402
+    BASELINES,
+    BUDGETS,
+    CLASS_ONLY,
+    PAPER,
+    SHARES_STAGE1,
+    all_rows,
+    select_rows,
+    suffix,
+)
 from provenance import commit, machine, usable_cores  # noqa: E402
 from report import RESULTS, markdown, plot, plot_labels, summarise, update_readme  # noqa: E402
 
@@ -284,10 +293,11 @@ def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -
         "row": row["name"],
         "method": row["method"],
         "backbone": row["backbone"],
-        "class_only": row["class_only"] if row["method"] != "full" else 0,
+        "class_only": row["class_only"] if row["method"] not in ("full", "full-long") else 0,
         "seed": job["seed"],
         "commit": started_at,
         "best_epoch": int(re.search(r"epoch=(\d+)", best.name).group(1)),
+        "epochs": epochs_of(row, job["budget"]),
         "train_s_per_epoch": statistics.mean(timing["train_s"]) if timing.get("train_s") else None,
         "epoch_s": statistics.mean(timing["epoch_s"]) if timing.get("epoch_s") else None,
         "stage1_epoch_s": timing.get("stage1_epoch_s"),
@@ -297,6 +307,11 @@ def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -
     if best.is_relative_to(REPO):
         record["best_checkpoint"] = str(best.relative_to(REPO))
     return record
+
+
+def epochs_of(row: dict, budget: dict) -> int:
+    """The epochs a row trains for: the budget's, or its ``long_epochs`` for a long row."""
+    return budget["long_epochs"] if row.get("long") else budget["epochs"]
 
 
 def run_one(job: dict, threads: int, force: bool) -> dict:
@@ -317,7 +332,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     fit = [
         *common,
         f"--seed_everything={job['seed']}",
-        f"--trainer.max_epochs={budget['epochs']}",
+        f"--trainer.max_epochs={epochs_of(row, budget)}",
         f"--trainer.default_root_dir={rundir}",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
         f"--trainer.logger.init_args.save_dir={rundir}",
@@ -328,7 +343,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     stage1 = shared_stage1(job)
     if stage1 is not None:
         fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
-    elif row["method"] not in ("full", "reduced") and budget["stage1_epochs"]:
+    elif row["method"] not in BASELINES and budget["stage1_epochs"]:
         fit.append(f"--model.init_args.stage1_epochs={budget['stage1_epochs']}")
     test = [*common, f"--trainer.default_root_dir={rundir / 'test'}", "--trainer.logger=false"]
     spec = {
@@ -480,7 +495,10 @@ def main(argv: list[str] | None = None) -> dict:
         budget["epochs"] = a.epochs
         budget["stage1_epochs"] = a.epochs
     rows = select_rows(
-        a.dataset, a.rows or budget["rows"], budget["first_budget_only"] and not a.rows
+        a.dataset,
+        a.rows or budget["rows"],
+        budget["first_budget_only"] and not a.rows,
+        budget.get("long_epochs"),
     )
     seeds = a.seeds if a.seeds is not None else budget["seeds"]
     if a.list:

@@ -67,6 +67,38 @@ def test_rows_cover_the_protocol() -> None:
         protocol.select_rows("busi", ["nothing"], False)
 
 
+def test_long_baselines_train_the_budgets_long_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = protocol.BUDGETS["cpu"]
+    names = [r["name"] for r in protocol.select_rows("ddti", cpu["rows"], True, 128)]
+    assert names == ["malunet-full", "malunet-reduced-48", "malunet-semiseg-caw-48"]
+    long = protocol.select_rows("ddti", ["*-long"], False, cpu["long_epochs"])
+    assert [r["name"] for r in long] == [
+        "malunet-full-long",
+        "malunet-reduced-48-long",
+        "unext-full-long",
+        "unext-reduced-48-long",
+    ]
+    with pytest.raises(SystemExit, match="need a budget with long_epochs: smoke, cpu"):
+        protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
+    # The fit gets the long epochs and no stage 1, as a baseline.
+    specs = []
+
+    def capture(rundir: Path, spec: dict, threads: int, name: str) -> None:
+        specs.append(spec)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(bench, "_run_worker", capture)
+    for row in (long[1], protocol.select_rows("ddti", ["malunet-reduced-48"], False)[0]):
+        job = {"dataset": "ddti", "row": row, "seed": 0, "budget": cpu, "data_root": None}
+        with pytest.raises(RuntimeError, match="captured"):
+            bench.run_one(job | {"dir": tmp_path / row["name"]}, threads=1, force=False)
+    epochs = [[a for a in s["fit"] if a.startswith("--trainer.max_epochs")] for s in specs]
+    assert epochs == [["--trainer.max_epochs=128"], ["--trainer.max_epochs=8"]]
+    assert not any("stage1" in a for s in specs for a in s["fit"])
+
+
 def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in protocol.all_rows("ddti")}
 
