@@ -15,9 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for protocol.py, however loaded
 from protocol import (  # noqa: E402
     ABLATIONS,
+    BASELINES,
     CLASS_ONLY,
     CLS_KEYS,
     CONTROLS,
+    LONG,
     PAPER,
     SEG_KEYS,
     VARIANTS,
@@ -85,7 +87,8 @@ def markdown(report: dict) -> str:
         "",
         f"- Setting: {report['note']}.",
         f"- Resolution {report['image_size']} px; epochs per stage {report['epochs']}"
-        f" (stage 1: {report['stage1_epochs'] or report['epochs']}); seeds {report['seeds']};"
+        f" (stage 1: {report['stage1_epochs'] or report['epochs']}"
+        f"{long_note(report)}); seeds {report['seeds']};"
         " data split and class-only selection fixed (seed 42, "
         f"`configs/splits/{ds}.json`).",
         "- Checkpoint: best on validation Dice (`val/dice`); every number below is on the"
@@ -146,6 +149,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def epochs_of(report: dict, row: dict) -> int:
+    """The epochs a table row trained for: the budget's, or its long_epochs for a long row."""
+    return (report.get("long_epochs") or 0) if row["method"] in LONG else report["epochs"]
+
+
+def long_note(report: dict) -> str:
+    """ "; -long rows: 128" where the table has long rows."""
+    if any(r["method"] in LONG for r in report["rows"]):
+        return f"; -long rows: {report.get('long_epochs')}"
+    return ""
+
+
 def comparison(report: dict) -> list[str]:
     """The bar (SemiSeg-CAW vs reduced vs full) and the paper's figures beside ours."""
     ds = report["dataset"]
@@ -170,12 +185,14 @@ def comparison(report: dict) -> list[str]:
     stalled = [
         r["row"]
         for r in report["rows"]
-        if r["best_epoch"]["mean"] is not None and r["best_epoch"]["mean"] >= report["epochs"] - 1
+        if r["best_epoch"]["mean"] is not None
+        and r["best_epoch"]["mean"] >= epochs_of(report, r) - 1
+        and epochs_of(report, r) < 100
     ]
-    if stalled and report["epochs"] < 100:
+    if stalled:
         out.append(
             f"- Caution: the best validation epoch of {', '.join(stalled)} is the last "
-            f"one ({report['epochs']} epochs): still improving when stopped."
+            f"one ({report['epochs']} epochs{long_note(report)}): still improving when stopped."
         )
     semi = [r for r in report["rows"] if r["method"] == "semiseg-caw"]
     if semi and report["epochs"] < 100 and semi[0]["params"]["mean"]:
@@ -218,15 +235,45 @@ def bar_lines(report: dict, by: dict[str, dict]) -> list[str]:
     for bb in ("malunet", "unext"):
         for k in CLASS_ONLY[ds]:
             sfx = suffix(ds, k)
-            if parts := against_bar(report, by, f"{bb}-semiseg-caw{sfx}", bb, sfx):
-                out.append(f"- {bb}-semiseg-caw{sfx}: " + "; ".join(parts) + ".")
+            semi = f"{bb}-semiseg-caw{sfx}"
+            if parts := against_bar(report, by, semi, f"{bb}-reduced{sfx}", f"{bb}-full"):
+                out.append(f"- {semi}: " + "; ".join(parts) + ".")
+            long = (f"{bb}-reduced{sfx}-long", f"{bb}-full-long")
+            parts = against_bar(report, by, semi, *long) if k == CLASS_ONLY[ds][0] else []
+            if any(name in by for name in long) and parts:
+                minutes = {name: fit_minutes(report, name) for name in (semi, *long)}
+                times = ", ".join(f"{n} {m:.1f}" for n, m in minutes.items() if m)
+                out.append(
+                    f"- {semi} against the baselines trained {report['long_epochs']} epochs "
+                    f"(fit minutes, median over runs, stage 1 included: {times}): "
+                    + "; ".join(parts)
+                    + "."
+                )
         out += chosen_on_validation(report, by, bb)
     return out
 
 
-def against_bar(report: dict, by: dict[str, dict], row: str, bb: str, sfx: str) -> list[str]:
-    """How ``row`` stands against the bar: above ``bb``-reduced, level with ``bb``-full."""
-    semi, red, full = by.get(row), by.get(f"{bb}-reduced{sfx}"), by.get(f"{bb}-full")
+def fit_minutes(report: dict, row: str) -> float | None:
+    """A row's median fit time in minutes over its runs; a run that reused another's stage 1
+    gets that stage's time added (its epochs times the source run's seconds per epoch)."""
+    stage1_s = {
+        (r["seed"], r["class_only"]): (r.get("stage1_epoch_s") or 0)
+        * (report["stage1_epochs"] or report["epochs"])
+        for r in report["runs"]
+        if r["method"] == "semiseg-caw" and r["backbone"] == "malunet"
+    }
+    times = [
+        r["fit_wall_s"]
+        + (stage1_s.get((r["seed"], r["class_only"]), 0) if r.get("stage1_from") else 0)
+        for r in report["runs"]
+        if r["row"] == row and r.get("fit_wall_s")
+    ]
+    return statistics.median(times) / 60 if times else None
+
+
+def against_bar(report: dict, by: dict[str, dict], row: str, reduced: str, full: str) -> list[str]:
+    """How ``row`` stands against the bar: above the ``reduced`` row, level with ``full``."""
+    semi, red, full = by.get(row), by.get(reduced), by.get(full)
     if not semi or semi["dice"]["mean"] is None:
         return []
     s = semi["dice"]["mean"]
@@ -276,7 +323,7 @@ def chosen_on_validation(report: dict, by: dict[str, dict], bb: str) -> list[str
     )
     if gains[best] <= 0:
         return [head + f"none gains, {base} stays."]
-    parts = against_bar(report, by, best, bb, sfx)
+    parts = against_bar(report, by, best, f"{bb}-reduced{sfx}", f"{bb}-full")
     return [
         head
         + f"{best} (validation {gap(report, best, base, 'val')}); on test "
@@ -362,6 +409,12 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                 )
                 named |= {f"{backbone}-{v}": f"variant {v}" for v in VARIANTS}
                 named |= {f"{backbone}-{a}": f"ablation {a}" for a in ABLATIONS}
+                named[f"{backbone}-reduced{sfx}-long"] = (
+                    f"the plain {backbone} on the same masks, {report.get('long_epochs')} epochs"
+                )
+                named[f"{backbone}-full-long"] = (
+                    f"the plain {backbone} on every mask, {report.get('long_epochs')} epochs"
+                )
             gaps = []
             for name, text in named.items():
                 if name in by and (g := gap(report, name, semi)):
@@ -399,7 +452,7 @@ def plot(report: dict, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(rows) + 2), 3.6))
     colors = [
         "tab:gray"
-        if r["method"] in ("full", "reduced")
+        if r["method"] in BASELINES
         else "tab:orange"
         if r["method"] in ("classelevate-alone", *CONTROLS)
         else "tab:blue"
@@ -434,8 +487,10 @@ CURVES = {
     "SemiSeg-CAW, class-only images left out": ("malunet", ["no-class-only"]),
     "masks only (UNeXt)": ("unext", ["reduced", "full"]),
     "SemiSeg-CAW (UNeXt)": ("unext", ["semiseg-caw", "all-masks"]),
+    "masks only, long (MALUNet)": ("malunet", list(LONG)),
+    "masks only, long (UNeXt)": ("unext", list(LONG)),
 }
-ALL_MASKS = ("full", "all-masks")  # rows trained with every training mask
+ALL_MASKS = ("full", "full-long", "all-masks")  # rows trained with every training mask
 
 
 def pixel_labelled(report: dict) -> dict[str, int]:
@@ -463,7 +518,7 @@ def plot_labels(report: dict, path: Path) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(7.6, 3.6))
     drawn = 0
-    markers = "osD^v"
+    markers = "osD^vPX"
     for i, (label, (backbone, methods)) in enumerate(CURVES.items()):
         points = sorted(
             (x_of[r["row"]], r["dice"]["mean"], r["dice"]["std"] or 0)

@@ -568,6 +568,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": budget["image_size"],
         "epochs": budget["epochs"],
         "stage1_epochs": budget["stage1_epochs"],
+        "long_epochs": budget.get("long_epochs"),
         "seeds": seeds,
         "trainer_overrides": budget["trainer"],
         "commit": run_commits(records, a.out / f"{stem}.json"),

@@ -653,3 +653,55 @@ def test_device_scripts_parse_and_refuse_to_run_without_out() -> None:
         text=True,
     )
     assert done.returncode != 0 and "OUT must name" in done.stderr
+
+
+def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
+    records = [
+        _fake_record("malunet-full", "full", 0, 0.62),
+        _fake_record("malunet-reduced", "reduced", 0, 0.60),
+        _fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65),
+        _fake_record("malunet-full-long", "full-long", 0, 0.70),
+        _fake_record("malunet-reduced-long", "reduced-long", 0, 0.66),
+        _fake_record("unext-semiseg-caw", "semiseg-caw", 0, 0.64),
+    ]
+    records[1]["best_epoch"] = 7  # the last of 8: still improving
+    records[2]["fit_wall_s"], records[2]["stage1_epoch_s"] = 600.0, 30.0
+    records[3]["fit_wall_s"], records[4]["fit_wall_s"] = 620.0, 500.0
+    records[3]["best_epoch"] = 127  # the last of 128, but 128 epochs is no short budget
+    records[5].update(backbone="unext", stage1_from="x", fit_wall_s=300.0)
+    order = [r["name"] for r in protocol.all_rows("busi")]
+    rows = tables.summarise(records, order)
+    report = {"dataset": "busi", "budget": "cpu", "note": "n", "image_size": 96, "epochs": 8}
+    report |= {"stage1_epochs": 6, "long_epochs": 128, "seeds": [0], "commit": "abc"}
+    report |= {"hardware": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t"}}
+    report |= {"finished": "now", "wall_s": 1.0, "rows": rows, "failed": [], "runs": records}
+    text = tables.markdown(report)
+    assert "epochs per stage 8 (stage 1: 6; -long rows: 128)" in text
+    assert (
+        "- malunet-semiseg-caw against the baselines trained 128 epochs (fit minutes, median "
+        "over runs, stage 1 included: malunet-semiseg-caw 10.0, malunet-reduced-long 8.3, "
+        "malunet-full-long 10.3): NOT above malunet-reduced-long (-0.010 Dice; paired -0.010 "
+        "(seed 0)); below malunet-full-long (-0.050 Dice;" in text
+    )
+    assert "malunet-reduced-long (the plain malunet on the same masks, 128 epochs): 0.660" in text
+    assert "the best validation epoch of malunet-reduced is the last one (8 epochs" in text
+    assert (
+        "malunet-full-long is the last" not in text
+        and "malunet-reduced, malunet-full-long" not in text
+    )
+    # UNeXt's SemiSeg-CAW reused MALUNet's stage 1: its 180 s are counted in its fit time.
+    assert tables.fit_minutes(report, "unext-semiseg-caw") == pytest.approx(8.0)
+    # On the plot of Dice against pixel-labelled images, as their short baselines.
+    for r in records:
+        full = r["method"].startswith("full")
+        r.update(class_only=0 if full else 100, train_masks=400 if full else 300)
+    report["rows"] = tables.summarise(records, order)
+    x = tables.pixel_labelled(report)
+    assert (
+        (x["malunet-full-long"], x["malunet-reduced-long"])
+        == (400, 300)
+        == (
+            x["malunet-full"],
+            x["malunet-reduced"],
+        )
+    )
