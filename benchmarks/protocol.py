@@ -33,12 +33,18 @@ ABLATIONS = ["no-classelevate", "static-weights", "imtl", "no-classelevate-no-wg
 # Controls beyond the paper: what the class-only images add (SemiSeg-CAW without them),
 # and the most they could add (SemiSeg-CAW given their masks too).
 CONTROLS = ["no-class-only", "all-masks"]
-# Controls for compute: the two baselines trained for the budget's ``long_epochs`` instead
-# of its ``epochs``. Under a short budget SemiSeg-CAW spends far more CPU time than a
-# baseline (a ResNet-18 U-Net in both stages): these rows ask whether the baselines catch
-# up when they get as much.
-LONG = {"full-long": "full", "reduced-long": "reduced"}
-BASELINES = ("full", "reduced", *LONG)  # rows without a stage 1
+# Controls for compute: rows trained for the budget's ``long_epochs`` instead of its
+# ``epochs``, each named after the row it lengthens. Under a short budget SemiSeg-CAW spends
+# far more CPU time than a baseline (a ResNet-18 U-Net in both stages): the long baselines
+# ask whether they catch up when they get as much; the long frozen-aux-cached variant (a
+# stage 2 about as cheap as the bare backbone, on the shared stage 1) whether the
+# auxiliary map still helps a core model trained that long.
+LONG = {
+    "full-long": "configs/baselines/full.yaml",
+    "reduced-long": "configs/baselines/reduced.yaml",
+    "frozen-aux-cached-long": "configs/ablations/frozen-aux-cached.yaml",
+}
+BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
@@ -70,6 +76,7 @@ SHARES_STAGE1 = {
     "layercam",
     "pseudo-labels",
     "frozen-aux-cached",
+    "frozen-aux-cached-long",
     "aux-output-skip",
     "aux-full-lr",
     "aux-lr-0.3",
@@ -194,11 +201,12 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
                 }
             )
         first = suffix(dataset, budgets[0])
-        for method, base in LONG.items():
+        for method, config in LONG.items():
+            budget_suffix = first if method == "reduced-long" else ""
             rows.append(
                 {
-                    "name": f"{backbone}-{base}{'' if base == 'full' else first}-long",
-                    "configs": bb + [f"configs/baselines/{base}.yaml"],
+                    "name": f"{backbone}-{method.removesuffix('-long')}{budget_suffix}-long",
+                    "configs": bb + [config],
                     "class_only": budgets[0],
                     "method": method,
                     "long": True,

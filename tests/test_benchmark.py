@@ -77,12 +77,14 @@ def test_long_baselines_train_the_budgets_long_epochs(
     assert [r["name"] for r in long] == [
         "malunet-full-long",
         "malunet-reduced-48-long",
+        "malunet-frozen-aux-cached-long",
         "unext-full-long",
         "unext-reduced-48-long",
+        "unext-frozen-aux-cached-long",
     ]
     with pytest.raises(SystemExit, match="need a budget with long_epochs: smoke, cpu"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
-    # The fit gets the long epochs and no stage 1, as a baseline.
+    # The fit gets the long epochs; a baseline no stage 1, the variant the budget's.
     specs = []
 
     def capture(rundir: Path, spec: dict, threads: int, name: str) -> None:
@@ -90,13 +92,16 @@ def test_long_baselines_train_the_budgets_long_epochs(
         raise RuntimeError("captured")
 
     monkeypatch.setattr(bench, "_run_worker", capture)
-    for row in (long[1], protocol.select_rows("ddti", ["malunet-reduced-48"], False)[0]):
+    for row in (*long[1:3], protocol.select_rows("ddti", ["malunet-reduced-48"], False)[0]):
         job = {"dataset": "ddti", "row": row, "seed": 0, "budget": cpu, "data_root": None}
         with pytest.raises(RuntimeError, match="captured"):
             bench.run_one(job | {"dir": tmp_path / row["name"]}, threads=1, force=False)
-    epochs = [[a for a in s["fit"] if a.startswith("--trainer.max_epochs")] for s in specs]
-    assert epochs == [["--trainer.max_epochs=128"], ["--trainer.max_epochs=8"]]
-    assert not any("stage1" in a for s in specs for a in s["fit"])
+    epochs = [[a for a in s["fit"] if "max_epochs" in a or "stage1" in a] for s in specs]
+    assert epochs == [
+        ["--trainer.max_epochs=128"],
+        ["--trainer.max_epochs=128", "--model.init_args.stage1_epochs=6"],
+        ["--trainer.max_epochs=8"],
+    ]
 
 
 def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
@@ -113,6 +118,8 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     (source / "result.json").write_text("{}")
     assert bench.shared_stage1(job("malunet-imtl")) == ckpt
     assert bench.shared_stage1(job("unext-semiseg-caw-48")) == ckpt  # stage 1 has no backbone
+    assert bench.shared_stage1(job("malunet-frozen-aux-cached-long")) == ckpt  # stage 2 longer
+    assert bench.shared_stage1(job("malunet-reduced-48-long")) is None  # no stage 1
     assert bench.shared_stage1(job("malunet-semiseg-caw-48")) is None  # the source itself
     assert bench.shared_stage1(job("malunet-no-class-only")) is None  # other stage-1 data
     assert bench.shared_stage1(job("malunet-no-classelevate")) is None  # no stage 1
@@ -663,6 +670,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         _fake_record("malunet-full-long", "full-long", 0, 0.70),
         _fake_record("malunet-reduced-long", "reduced-long", 0, 0.66),
         _fake_record("unext-semiseg-caw", "semiseg-caw", 0, 0.64),
+        _fake_record("malunet-frozen-aux-cached-long", "frozen-aux-cached-long", 0, 0.71),
     ]
     records[1]["best_epoch"] = 7  # the last of 8: still improving
     records[2]["fit_wall_s"], records[2]["stage1_epoch_s"] = 600.0, 30.0
@@ -684,6 +692,13 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         "(seed 0)); below malunet-full-long (-0.050 Dice;" in text
     )
     assert "malunet-reduced-long (the plain malunet on the same masks, 128 epochs): 0.660" in text
+    assert (
+        "- malunet-frozen-aux-cached-long against the baselines trained 128 epochs (fit minutes, "
+        "median over runs, stage 1 included: malunet-frozen-aux-cached-long 1.0, "
+        "malunet-reduced-long 8.3, malunet-full-long 10.3): above malunet-reduced-long (+0.050"
+        in text
+    )
+    assert "malunet-frozen-aux-cached-long (variant frozen-aux-cached, 128 epochs): 0.710" in text
     assert "the best validation epoch of malunet-reduced is the last one (8 epochs" in text
     assert (
         "malunet-full-long is the last" not in text
