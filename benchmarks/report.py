@@ -20,6 +20,7 @@ from protocol import (  # noqa: E402
     CLS_KEYS,
     CONTROLS,
     LONG,
+    LONG_STAGE1,
     PAPER,
     SEG_KEYS,
     VARIANTS,
@@ -156,9 +157,11 @@ def epochs_of(report: dict, row: dict) -> int:
 
 def long_note(report: dict) -> str:
     """ "; -long rows: 128" where the table has long rows."""
-    if any(r["method"] in LONG for r in report["rows"]):
-        return f"; -long rows: {report.get('long_epochs')}"
-    return ""
+    if not any(r["method"] in LONG for r in report["rows"]):
+        return ""
+    both = any(r["method"] in LONG_STAGE1 for r in report["rows"])
+    stage1 = f", stage 1 of -long-both: {report.get('long_stage1_epochs')}" if both else ""
+    return f"; -long rows: {report.get('long_epochs')}{stage1}"
 
 
 def comparison(report: dict) -> list[str]:
@@ -251,7 +254,7 @@ def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str
     if not any(name in by for name in long):
         return []
     out = []
-    for row in (semi, f"{bb}-frozen-aux-cached-long"):
+    for row in (semi, f"{bb}-frozen-aux-cached-long", f"{bb}-frozen-aux-cached-long-both"):
         if parts := against_bar(report, by, row, *long):
             minutes = {name: fit_minutes(report, name) for name in (row, *long)}
             times = ", ".join(f"{n} {m:.1f}" for n, m in minutes.items() if m)
@@ -426,6 +429,9 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                 )
                 named[f"{backbone}-frozen-aux-cached-long"] = (
                     f"variant frozen-aux-cached, {report.get('long_epochs')} epochs"
+                )
+                named[f"{backbone}-frozen-aux-cached-long-both"] = (
+                    f"the same on its own stage 1 of {report.get('long_stage1_epochs')} epochs"
                 )
             gaps = []
             for name, text in named.items():

@@ -314,6 +314,11 @@ def epochs_of(row: dict, budget: dict) -> int:
     return budget["long_epochs"] if row.get("long") else budget["epochs"]
 
 
+def stage1_epochs_of(row: dict, budget: dict) -> int | None:
+    """A two-stage row's stage-1 epochs: the budget's, or its ``long_stage1_epochs``."""
+    return budget["long_stage1_epochs"] if row.get("long_stage1") else budget["stage1_epochs"]
+
+
 def run_one(job: dict, threads: int, force: bool) -> dict:
     """Fit (unless done) and test one row and seed in a subprocess; returns its record."""
     rundir: Path = job["dir"]
@@ -343,14 +348,14 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     stage1 = shared_stage1(job)
     if stage1 is not None:
         fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
-    elif row["method"] not in BASELINES and budget["stage1_epochs"]:
-        fit.append(f"--model.init_args.stage1_epochs={budget['stage1_epochs']}")
+    elif row["method"] not in BASELINES and stage1_epochs_of(row, budget):
+        fit.append(f"--model.init_args.stage1_epochs={stage1_epochs_of(row, budget)}")
     test = [*common, f"--trainer.default_root_dir={rundir / 'test'}", "--trainer.logger=false"]
     spec = {
         "dir": str(rundir),
         "fit": fit,
         "test": test,
-        "stage1_epochs": budget["stage1_epochs"] or budget["epochs"],
+        "stage1_epochs": stage1_epochs_of(row, budget) or budget["epochs"],
     }
     _run_worker(rundir, spec, threads, "spec.json")
     timing_file = rundir / "timing.json"
@@ -390,7 +395,7 @@ def test_stage1(job: dict, threads: int) -> None:
     malunet-semiseg-caw, filed as the ``classelevate-alone`` row of the same seed; for a
     stage-1 variant (``stage1-*``), kept in the run's record as ``stage1_alone``."""
     row, rundir = job["row"], job["dir"]
-    variant = row["method"].startswith("stage1-")
+    variant = row["method"].startswith("stage1-") or row.get("long_stage1")
     if (
         not variant
         and row["name"] != f"malunet-semiseg-caw{suffix(job['dataset'], row['class_only'])}"
@@ -569,6 +574,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": budget["epochs"],
         "stage1_epochs": budget["stage1_epochs"],
         "long_epochs": budget.get("long_epochs"),
+        "long_stage1_epochs": budget.get("long_stage1_epochs"),
         "seeds": seeds,
         "trainer_overrides": budget["trainer"],
         "commit": run_commits(records, a.out / f"{stem}.json"),

@@ -73,18 +73,21 @@ def test_long_baselines_train_the_budgets_long_epochs(
     cpu = protocol.BUDGETS["cpu"]
     names = [r["name"] for r in protocol.select_rows("ddti", cpu["rows"], True, 128)]
     assert names == ["malunet-full", "malunet-reduced-48", "malunet-semiseg-caw-48"]
-    long = protocol.select_rows("ddti", ["*-long"], False, cpu["long_epochs"])
+    long = protocol.select_rows("ddti", ["*-long*"], False, cpu["long_epochs"])
     assert [r["name"] for r in long] == [
         "malunet-full-long",
         "malunet-reduced-48-long",
         "malunet-frozen-aux-cached-long",
+        "malunet-frozen-aux-cached-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
+        "unext-frozen-aux-cached-long-both",
     ]
     with pytest.raises(SystemExit, match="need a budget with long_epochs: smoke, cpu"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
-    # The fit gets the long epochs; a baseline no stage 1, the variant the budget's.
+    # The fit gets the long epochs; a baseline no stage 1, a variant the budget's or, for
+    # -long-both, its long stage 1.
     specs = []
 
     def capture(rundir: Path, spec: dict, threads: int, name: str) -> None:
@@ -92,7 +95,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         raise RuntimeError("captured")
 
     monkeypatch.setattr(bench, "_run_worker", capture)
-    for row in (*long[1:3], protocol.select_rows("ddti", ["malunet-reduced-48"], False)[0]):
+    for row in (*long[1:4], protocol.select_rows("ddti", ["malunet-reduced-48"], False)[0]):
         job = {"dataset": "ddti", "row": row, "seed": 0, "budget": cpu, "data_root": None}
         with pytest.raises(RuntimeError, match="captured"):
             bench.run_one(job | {"dir": tmp_path / row["name"]}, threads=1, force=False)
@@ -100,6 +103,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
     assert epochs == [
         ["--trainer.max_epochs=128"],
         ["--trainer.max_epochs=128", "--model.init_args.stage1_epochs=6"],
+        ["--trainer.max_epochs=128", "--model.init_args.stage1_epochs=32"],
         ["--trainer.max_epochs=8"],
     ]
 
@@ -120,14 +124,18 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("unext-semiseg-caw-48")) == ckpt  # stage 1 has no backbone
     assert bench.shared_stage1(job("malunet-frozen-aux-cached-long")) == ckpt  # stage 2 longer
     assert bench.shared_stage1(job("malunet-reduced-48-long")) is None  # no stage 1
+    assert bench.shared_stage1(job("malunet-frozen-aux-cached-long-both")) is None  # its own
     assert bench.shared_stage1(job("malunet-semiseg-caw-48")) is None  # the source itself
     assert bench.shared_stage1(job("malunet-no-class-only")) is None  # other stage-1 data
     assert bench.shared_stage1(job("malunet-no-classelevate")) is None  # no stage 1
     assert bench.shared_stage1(job("malunet-stage1-no-cam")) is None  # its own stage 1
 
 
-def test_a_stage1_variant_keeps_its_own_stage1_test_in_its_record(tmp_path: Path) -> None:
-    row = next(r for r in protocol.all_rows("busi") if r["name"] == "malunet-stage1-ce-only")
+@pytest.mark.parametrize("name", ["malunet-stage1-ce-only", "malunet-frozen-aux-cached-long-both"])
+def test_a_row_with_its_own_stage1_keeps_its_stage1_test_in_its_record(
+    tmp_path: Path, name: str
+) -> None:
+    row = next(r for r in protocol.all_rows("busi") if r["name"] == name)
     rundir = tmp_path / row["name"] / "seed0"
     (rundir / "stage1" / "checkpoints").mkdir(parents=True)
     (rundir / "stage1" / "checkpoints" / "best-epoch=002.ckpt").write_bytes(b"")
@@ -671,7 +679,9 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         _fake_record("malunet-reduced-long", "reduced-long", 0, 0.66),
         _fake_record("unext-semiseg-caw", "semiseg-caw", 0, 0.64),
         _fake_record("malunet-frozen-aux-cached-long", "frozen-aux-cached-long", 0, 0.71),
+        _fake_record("malunet-frozen-aux-cached-long-both", "frozen-aux-cached-long-both", 0, 0.72),
     ]
+    records[-1]["stage1_alone"] = {"seg/dice": 0.74}
     records[1]["best_epoch"] = 7  # the last of 8: still improving
     records[2]["fit_wall_s"], records[2]["stage1_epoch_s"] = 600.0, 30.0
     records[3]["fit_wall_s"], records[4]["fit_wall_s"] = 620.0, 500.0
@@ -680,11 +690,12 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     order = [r["name"] for r in protocol.all_rows("busi")]
     rows = tables.summarise(records, order)
     report = {"dataset": "busi", "budget": "cpu", "note": "n", "image_size": 96, "epochs": 8}
-    report |= {"stage1_epochs": 6, "long_epochs": 128, "seeds": [0], "commit": "abc"}
+    report |= {"stage1_epochs": 6, "long_epochs": 128, "long_stage1_epochs": 32}
+    report |= {"seeds": [0], "commit": "abc"}
     report |= {"hardware": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t"}}
     report |= {"finished": "now", "wall_s": 1.0, "rows": rows, "failed": [], "runs": records}
     text = tables.markdown(report)
-    assert "epochs per stage 8 (stage 1: 6; -long rows: 128)" in text
+    assert "epochs per stage 8 (stage 1: 6; -long rows: 128, stage 1 of -long-both: 32)" in text
     assert (
         "- malunet-semiseg-caw against the baselines trained 128 epochs (fit minutes, median "
         "over runs, stage 1 included: malunet-semiseg-caw 10.0, malunet-reduced-long 8.3, "
@@ -699,6 +710,11 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         in text
     )
     assert "malunet-frozen-aux-cached-long (variant frozen-aux-cached, 128 epochs): 0.710" in text
+    assert (
+        "malunet-frozen-aux-cached-long-both (the same on its own stage 1 of 32 epochs): 0.720, "
+        "+0.070 (seed 0); its stage 1 alone 0.740" in text
+    )
+    assert "- malunet-frozen-aux-cached-long-both against the baselines trained 128" in text
     assert "the best validation epoch of malunet-reduced is the last one (8 epochs" in text
     assert (
         "malunet-full-long is the last" not in text
