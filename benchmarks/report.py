@@ -206,7 +206,13 @@ def comparison(report: dict) -> list[str]:
             f"{r['params_core']['mean'] / 1e6:.2f} M) against the baselines' "
             "MALUNet/UNeXt alone; under a short budget part of its lead may come from that "
             "capacity (faster convergence) rather than from the class-only images. The "
-            "control rows below separate the two."
+            "control rows below separate the two"
+            + (
+                "; the -long rows give the baselines as much training time (the lines on "
+                "them above)."
+                if long_note(report)
+                else "."
+            )
         )
     out += controls(report, by)
     paper = PAPER[ds]

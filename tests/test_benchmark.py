@@ -324,7 +324,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         in text
     )
     assert "malunet-semiseg-caw reused the stage-1 checkpoint" in text
-    assert "CUDA graphs" not in text
+    assert "CUDA graphs" not in text and "-long rows" not in text
     assert (
         "- Chosen on validation (malunet; the largest seed-paired validation gain over "
         "malunet-semiseg-caw among 2 settings): malunet-pseudo-labels (validation +0.050 "
@@ -696,6 +696,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     report |= {"finished": "now", "wall_s": 1.0, "rows": rows, "failed": [], "runs": records}
     text = tables.markdown(report)
     assert "epochs per stage 8 (stage 1: 6; -long rows: 128, stage 1 of -long-both: 32)" in text
+    assert "the -long rows give the baselines as much training time" in text
     assert (
         "- malunet-semiseg-caw against the baselines trained 128 epochs (fit minutes, median "
         "over runs, stage 1 included: malunet-semiseg-caw 10.0, malunet-reduced-long 8.3, "
