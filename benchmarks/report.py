@@ -511,8 +511,8 @@ CURVES = {
     "SemiSeg-CAW, class-only images left out": ("malunet", ["no-class-only"]),
     "masks only (UNeXt)": ("unext", ["reduced", "full"]),
     "SemiSeg-CAW (UNeXt)": ("unext", ["semiseg-caw", "all-masks"]),
-    "masks only, long (MALUNet)": ("malunet", ["reduced-long", "full-long"]),
-    "masks only, long (UNeXt)": ("unext", ["reduced-long", "full-long"]),
+    "masks only, {long} epochs (MALUNet)": ("malunet", ["reduced-long", "full-long"]),
+    "masks only, {long} epochs (UNeXt)": ("unext", ["reduced-long", "full-long"]),
 }
 ALL_MASKS = ("full", "full-long", "all-masks")  # rows trained with every training mask
 
@@ -554,6 +554,7 @@ def plot_labels(report: dict, path: Path) -> str | None:
         xs, ys, es = zip(*points, strict=True)
         # A small sideways offset per method, so that points at the same count stay visible.
         xs = [x + (i - 2) * 1.5 for x in xs]
+        label = label.format(long=report.get("long_epochs"))
         ax.errorbar(xs, ys, yerr=es, marker=markers[i], capsize=3, label=label)
         drawn += 1
     if not drawn:
