@@ -106,8 +106,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "image_size": 96,
         "epochs": 8,
         "stage1_epochs": 6,
-        # 16x: a baseline's fit then takes at least as long as SemiSeg-CAW's two stages on
-        # one core here (MALUNet about 4 s an epoch at 96 px; SemiSeg-CAW about 490 s).
+        # 16x: a baseline's fit then takes about as long as SemiSeg-CAW's two stages on one
+        # core here on BUSI (MALUNet about 3.5 s an epoch at 96 px; SemiSeg-CAW about 490 s
+        # in all), twice as long on DDTI.
         "long_epochs": 128,
         "long_stage1_epochs": 32,
         "seeds": [0],

@@ -12,6 +12,7 @@ are reused unless ``--force``; so an interrupted benchmark resumes where it stop
     python benchmarks/run.py --dataset ddti --budget full --parallel 3   # the protocol, for a GPU
     python benchmarks/run.py --dataset busi --budget full --rows 'malunet-*' --seeds 0 1 2
     python benchmarks/run.py --dataset busi --budget cpu --report-only   # rebuild tables only
+    python benchmarks/run.py --dataset busi --budget cpu --rows 'malunet-*long*'  # compute controls
 
 On a CPU shared with other jobs give ``--threads 1``: torch threads spinning on an
 oversubscribed CPU made epochs 5-10x slower here.
@@ -393,7 +394,8 @@ def drop_resume_checkpoints(rundir: Path) -> list[Path]:
 def test_stage1(job: dict, threads: int) -> None:
     """For a run that trained its own stage 1, test that ClassElevateSeg alone: for
     malunet-semiseg-caw, filed as the ``classelevate-alone`` row of the same seed; for a
-    stage-1 variant (``stage1-*``), kept in the run's record as ``stage1_alone``."""
+    stage-1 variant (``stage1-*``) or a row with a long stage 1, kept in the run's record
+    as ``stage1_alone``."""
     row, rundir = job["row"], job["dir"]
     variant = row["method"].startswith("stage1-") or row.get("long_stage1")
     if (
