@@ -254,8 +254,8 @@ def bar_lines(report: dict, by: dict[str, dict]) -> list[str]:
 
 
 def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str) -> list[str]:
-    """SemiSeg-CAW, and its long frozen-aux-cached variant, against the baselines trained
-    ``long_epochs``, with the fit minutes of each: the bar at (about) equal compute."""
+    """SemiSeg-CAW, and its two long frozen-aux-cached variants, against the baselines trained
+    ``long_epochs``, with the fit minutes of each: the bar once no baseline is short of training."""
     long = (f"{bb}-reduced{sfx}-long", f"{bb}-full-long")
     if not any(name in by for name in long):
         return []
