@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
@@ -32,6 +32,7 @@ from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageL
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
 from semiseg_caw.lit.writer import PredictionWriter, check_writable
+from semiseg_caw.parse_errors import explain
 
 DESCRIPTION = (
     "SemiSeg-CAW: semi-supervised ultrasound lesion segmentation. `fit` trains stage 1 "
@@ -46,6 +47,21 @@ WANDB_LOGGER = {
 
 # The two checkpoint callbacks: the best on val/dice, and last.ckpt for resuming.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
+
+
+class SemiSegArgumentParser(LightningArgumentParser):
+    """Reports a parse error in two lines (see ``parse_errors``) instead of after the usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raised to a caller that handles it, or debugging
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        options = [action.dest for action in parser._actions]
+        sys.stderr.write(
+            f"{prog}: error: {explain(message, options)}\n(`{prog} --help` lists the options)\n"
+        )
+        self.exit(2)
 
 
 class SemiSegCLI(LightningCLI):
@@ -296,6 +312,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
             SegmentationTask,
             SemiSegDataModule,
             subclass_mode_model=True,
+            parser_class=SemiSegArgumentParser,
             trainer_defaults={"logger": WANDB_LOGGER},
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},

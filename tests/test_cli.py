@@ -216,6 +216,54 @@ def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
     assert "Union subtypes" not in err and "Namespace(" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--data.imag_size=32"],
+            "unrecognized arguments: --data.imag_size=32; 'data.imag_size': did you mean "
+            "'data.image_size'?",
+        ),
+        (
+            ["--config=TYPO"],
+            "Subcommand 'fit' does not accept option 'trainer.max_epoch'; 'trainer.max_epoch': "
+            "did you mean 'trainer.max_epochs'?",
+        ),
+        (
+            ["--model.init_args.flip_ta=true"],
+            "model semiseg_caw.SemiSegCAW: Option 'flip_ta' is not accepted (did you mean "
+            "'flip_tta'?)",
+        ),
+        (
+            ["--model.init_args.backbone=malu"],
+            'model semiseg_caw.SemiSegCAW: Parser key "backbone":\n  Expected a '
+            "typing.Literal['malunet', 'unext']. Got value: malu\n",
+        ),
+        (["--model=SemiSegCAX"], "--model SemiSegCAX: not a model; SemiSegCAW, ClassElevateSeg"),
+    ],
+)
+def test_a_mistyped_option_gets_a_short_error_naming_the_option_meant(
+    args: list[str], message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Not jsonargparse's 200 lines of usage, and not the model union's list of subtypes."""
+    import sys
+
+    from semiseg_caw.cli import run
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_epoch: 3\n")  # a config file's key, not an argument
+    args = [a.replace("TYPO", str(typo)) for a in args]
+    argv = ["fit", f"--config={CONFIGS / 'demo.yaml'}", *args, *tiny(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["semiseg-caw", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith(f"semiseg-caw fit: error: {message}")
+    assert err.endswith("(`semiseg-caw fit --help` lists the options)\n")
+    assert len(err.splitlines()) <= 4 and "Subtypes" not in err and "usage:" not in err
+
+
 def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another() -> None:
     from semiseg_caw.cli import checkpoint_defaults
 
