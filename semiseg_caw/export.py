@@ -1,8 +1,9 @@
 """Export of the inference model (auxiliary model + core model) to ONNX.
 
-    python -m semiseg_caw.export CHECKPOINT OUTPUT.onnx [--image-size N]
+    python -m semiseg_caw.export CHECKPOINT OUTPUT.onnx [--image-size N] [--overwrite]
 
-The image size defaults to the one the checkpoint was trained at.
+The image size defaults to the one the checkpoint was trained at. An existing OUTPUT is
+refused unless ``--overwrite`` is given.
 
 The ONNX graph takes ``image`` (B, C, H, W) float32 and returns ``mask_prob``
 (B, 1, H, W) and, when the model classifies, ``class_prob`` (B, K); with the model's
@@ -37,8 +38,11 @@ class InferenceModel(nn.Module):
         return torch.sigmoid(mask_logits), torch.softmax(class_logits, dim=1)
 
 
-def export_onnx(task: nn.Module, path: str | Path, image_size: int = 256) -> Path:
-    """Write ``task``'s inference model to ``path`` as ONNX with a dynamic batch size."""
+def export_onnx(
+    task: nn.Module, path: str | Path, image_size: int = 256, overwrite: bool = False
+) -> Path:
+    """Write ``task``'s inference model to ``path`` as ONNX with a dynamic batch size; an
+    existing file there is refused (``FileExistsError``) unless ``overwrite``."""
     try:
         import onnxscript  # noqa: F401  (needed by torch's ONNX exporter)
     except ImportError as err:
@@ -46,6 +50,8 @@ def export_onnx(task: nn.Module, path: str | Path, image_size: int = 256) -> Pat
             "ONNX export needs the export extra: pip install 'semiseg-caw[export]'"
         ) from err
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(refusal(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     model = InferenceModel(task).eval()
     example = torch.zeros(2, task.in_channels, image_size, image_size)
@@ -69,6 +75,10 @@ def export_onnx(task: nn.Module, path: str | Path, image_size: int = 256) -> Pat
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def refusal(path: Path) -> str:
+    return f"{path} exists: give another file name, or --overwrite to replace it"
 
 
 def _metadata(task: nn.Module, image_size: int) -> dict[str, str]:
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="default: the size it was trained at"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     from semiseg_caw.checkpoints import CheckpointError, read_checkpoint
     from semiseg_caw.lit import ClassElevateSeg, SemiSegCAW
@@ -126,9 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     size = args.image_size if args.image_size is not None else trained or 256
     if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
         parser.error(f"--image-size must be a positive multiple of {INPUT_MULTIPLE}, got {size}")
+    if output.exists() and not args.overwrite:
+        parser.error(refusal(output))  # before the model is loaded and exported
     cls = SemiSegCAW if "backbone" in hparams else ClassElevateSeg
     task = cls.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
-    print(export_onnx(task, args.output, size))
+    print(export_onnx(task, args.output, size, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,16 @@ def test_a_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_keeps_an_existing_file_unless_told_to_overwrite(tmp_path: Path) -> None:
+    earlier = tmp_path / "m.onnx"
+    earlier.write_bytes(b"an earlier export")
+    with pytest.raises(FileExistsError, match="m.onnx exists: give another file name"):
+        export_onnx(SemiSegCAW(aux_source="none"), earlier, image_size=SIZE)
+    assert earlier.read_bytes() == b"an earlier export"
+    export_onnx(SemiSegCAW(aux_source="none"), earlier, image_size=SIZE, overwrite=True)
+    assert earlier.read_bytes() != b"an earlier export"
+
+
 @pytest.mark.filterwarnings("ignore:'semiseg_caw.export' found in sys.modules:RuntimeWarning")
 def test_export_command_on_a_cli_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -118,4 +128,14 @@ def test_export_command_on_a_cli_checkpoint(
         assert message in capsys.readouterr().err
     task = SemiSegCAW.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     assert task.net.aux_model is None and task.hparams.classifier is False
+    assert_matches(task, out, ["mask_prob"])
+    # An existing model file is kept unless --overwrite says to replace it.
+    out.write_bytes(b"an earlier export")
+    monkeypatch.setattr(sys, "argv", ["export", str(ckpt), str(out)])
+    with pytest.raises(SystemExit):
+        runpy.run_module("semiseg_caw.export", run_name="__main__")
+    assert f"{out} exists: give another file name, or --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier export"
+    monkeypatch.setattr(sys, "argv", ["export", str(ckpt), str(out), "--overwrite"])
+    runpy.run_module("semiseg_caw.export", run_name="__main__")
     assert_matches(task, out, ["mask_prob"])
