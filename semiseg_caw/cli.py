@@ -203,11 +203,7 @@ class SemiSegCLI(LightningCLI):
         if ckpt_path is None:
             raise missing_checkpoint(sub)
         if ckpt_path == "last" and not self._last_checkpoints():
-            folder = self.config[sub].get("last_checkpoint").dirpath
-            raise CheckpointError(
-                f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
-                "of the run that wrote it, or the checkpoint's path"
-            )
+            raise no_last_checkpoint(self.config[sub].get("last_checkpoint").dirpath)
         if self._ckpt_data:  # read by _parse_ckpt_path (not for `last`: the same run's)
             self._check_data_matches_checkpoint(ckpt_path)
 
@@ -348,6 +344,24 @@ def missing_checkpoint(subcommand: str) -> CheckpointError:
     )
 
 
+def no_last_checkpoint(folder: str | Path) -> CheckpointError:
+    return CheckpointError(
+        f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
+        "of the run that wrote it, or the checkpoint's path"
+    )
+
+
+def newest_last_checkpoint(argv: list[str]) -> Path | None:
+    """The file ``--ckpt_path last`` means (Lightning takes the newest ``last*.ckpt`` in the
+    checkpoint folder, by default ``<trainer.default_root_dir>/checkpoints``)."""
+    root = _option_value(argv, "--trainer.default_root_dir") or "."
+    folder = _option_value(argv, "--last_checkpoint.dirpath") or Path(root) / "checkpoints"
+    found = sorted(Path(folder).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise no_last_checkpoint(folder)
+    return found[-1]
+
+
 def require_a_model(args: Any) -> None:
     """Name what is missing where parsing would only say ``required: fit.model``: a command
     given no config, no ``--model`` and (to evaluate) no checkpoint to take the model from."""
@@ -407,6 +421,10 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         return args
     path = _option_value(argv, "--ckpt_path")
     ckpt = None
+    if path == "last" and "--model" not in given:
+        # The file itself, so that it is read as a path is: its class, model and data options.
+        path = str(newest_last_checkpoint(argv))
+        argv = [*argv, f"--ckpt_path={path}"]  # the last one given wins
     if path and path != "last":
         try:
             ckpt = read(path)
@@ -418,7 +436,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         (ckpt.get("hyper_parameters") or {}).get("_class_path") or ckpt.get(TASK_CLASS_KEY)
     )
     if not class_path:
-        return args
+        return argv
     extra = [] if "--model" in given else [f"--model={class_path}"]
     trained = dict(ckpt.get("datamodule_hyper_parameters") or {})
     dataset = _option_value(argv, "--data.dataset")

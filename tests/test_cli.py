@@ -117,6 +117,9 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     # --model alone names the class; the data options still come from the checkpoint.
     cli = main(["test", "--model=SemiSegCAW", f"--ckpt_path={best}", *quick])
     assert cli.datamodule.image_size == 32
+    # `--ckpt_path last` is the run's newest last*.ckpt: its class and options, as for a path.
+    cli = main(["test", "--ckpt_path=last", *quick])
+    assert type(cli.model).__name__ == "SemiSegCAW" and cli.datamodule.image_size == 32
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
@@ -302,6 +305,11 @@ def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another(
         (["fit", "--data.dataset=busi"], "needs a model"),
         (["test", "--data.image_size=32"], r"`semiseg-caw test` needs --ckpt_path"),
         (["predict"], r"`semiseg-caw predict` needs --ckpt_path"),
+        (
+            ["test", "--ckpt_path=last", "--trainer.default_root_dir=/nowhere"],
+            r"--ckpt_path last: no last\*\.ckpt in /nowhere/checkpoints; give "
+            "--trainer.default_root_dir of the run",
+        ),
     ],
 )
 def test_a_command_without_a_model_says_what_to_give(args: list[str], message: str) -> None:
