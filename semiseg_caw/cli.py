@@ -351,7 +351,7 @@ def no_last_checkpoint(folder: str | Path) -> CheckpointError:
     )
 
 
-def newest_last_checkpoint(argv: list[str]) -> Path | None:
+def newest_last_checkpoint(argv: list[str]) -> Path:
     """The file ``--ckpt_path last`` means (Lightning takes the newest ``last*.ckpt`` in the
     checkpoint folder, by default ``<trainer.default_root_dir>/checkpoints``)."""
     root = _option_value(argv, "--trainer.default_root_dir") or "."
@@ -409,7 +409,8 @@ def _option_value(argv: list[str], name: str) -> str | None:
 def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint) -> Any:
     """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and no ``--config``: the
     task class (unless ``--model`` names one) and the data options come from the checkpoint
-    (what it was trained with), each unless given on the command line. When
+    (what it was trained with), each unless given on the command line; for ``last``, the
+    run's newest last checkpoint is put in its place and read. When
     ``--data.dataset`` names another data set, that set's own options (root, split file,
     label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
     Other arguments unchanged. ``read`` reads the checkpoint."""
