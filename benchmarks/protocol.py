@@ -87,6 +87,20 @@ SHARES_STAGE1 = {
     "balanced-classes-stage2",
 }
 
+
+def stage1_source(row: dict, dataset: str) -> str | None:
+    """The row whose stage-1 checkpoint ``row`` reuses (same seed): malunet-semiseg-caw's for
+    the SHARES_STAGE1 methods; for a long-stage-1 row of another backbone, the MALUNet row
+    of the same method (the same stage 1 of ``long_stage1_epochs``). None: it trains its own."""
+    if row["method"] in SHARES_STAGE1:
+        source = f"malunet-semiseg-caw{suffix(dataset, row['class_only'])}"
+    elif row["method"] in LONG_STAGE1:
+        source = f"malunet-{row['method']}"
+    else:
+        return None
+    return None if source == row["name"] else source
+
+
 # Budgets: trainer/data settings, default rows and seeds.
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {

@@ -275,18 +275,26 @@ def fit_minutes(report: dict, row: str) -> float | None:
     """A row's median fit time in minutes over its runs; a run that reused another's stage 1
     gets that stage's time added (its epochs times the source run's seconds per epoch)."""
     stage1_s = {
-        (r["seed"], r["class_only"]): (r.get("stage1_epoch_s") or 0)
-        * (report["stage1_epochs"] or report["epochs"])
+        (r["row"], r["seed"]): (r.get("stage1_epoch_s") or 0)
+        * (
+            report.get("long_stage1_epochs")
+            if r["method"] in LONG_STAGE1
+            else report["stage1_epochs"] or report["epochs"]
+        )
         for r in report["runs"]
-        if r["method"] == "semiseg-caw" and r["backbone"] == "malunet"
     }
     times = [
-        r["fit_wall_s"]
-        + (stage1_s.get((r["seed"], r["class_only"]), 0) if r.get("stage1_from") else 0)
+        r["fit_wall_s"] + stage1_s.get((stage1_row(r), r["seed"]), 0)
         for r in report["runs"]
         if r["row"] == row and r.get("fit_wall_s")
     ]
     return statistics.median(times) / 60 if times else None
+
+
+def stage1_row(record: dict) -> str | None:
+    """The row whose stage-1 checkpoint a run reused, from the checkpoint's path
+    (``.../<row>/seed<N>/stage1/checkpoints/best-*.ckpt``); None when it trained its own."""
+    return Path(record["stage1_from"]).parts[-5] if record.get("stage1_from") else None
 
 
 def against_bar(report: dict, by: dict[str, dict], row: str, reduced: str, full: str) -> list[str]:
@@ -454,10 +462,13 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                     "validation, the split settings are chosen on):",
                     *gaps,
                 ]
-    shared = sorted({r["row"] for r in report["runs"] if r.get("stage1_from")})
-    if shared:
+    sources: dict[str, set[str]] = {}
+    for r in report["runs"]:
+        if r.get("stage1_from"):
+            sources.setdefault(stage1_row(r), set()).add(r["row"])
+    for source, rows in sorted(sources.items()):
         out.append(
-            f"- {', '.join(shared)} reused the stage-1 checkpoint of malunet-semiseg-caw (same "
+            f"- {', '.join(sorted(rows))} reused the stage-1 checkpoint of {source} (same "
             "seed and data): they differ from it in stage 2 only, and their fit time "
             "excludes stage 1."
         )

@@ -48,9 +48,9 @@ from protocol import (  # noqa: E402
     BUDGETS,
     CLASS_ONLY,
     PAPER,
-    SHARES_STAGE1,
     all_rows,
     select_rows,
+    stage1_source,
     suffix,
 )
 from provenance import commit, machine, usable_cores  # noqa: E402
@@ -238,10 +238,9 @@ def run_args(dataset: str, row: dict, budget: dict, data_root: str | None) -> li
 
 
 def shared_stage1(job: dict) -> Path | None:
-    """The finished malunet-semiseg-caw run's best stage-1 checkpoint this job may reuse."""
-    row = job["row"]
-    source = f"malunet-semiseg-caw{suffix(job['dataset'], row['class_only'])}"
-    if row["method"] not in SHARES_STAGE1 or row["name"] == source:
+    """The best stage-1 checkpoint of the finished run this job may reuse (``stage1_source``)."""
+    source = stage1_source(job["row"], job["dataset"])
+    if source is None:
         return None
     rundir = job["dir"].parents[1] / source / f"seed{job['seed']}"
     if not (rundir / "result.json").is_file():

@@ -19,6 +19,7 @@ from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
+SOURCE = "runs/bench/busi-cpu"  # where a reused stage-1 checkpoint's run lies
 TEST_KEYS = (
     "test/dice",
     "test/iou",
@@ -129,6 +130,15 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("malunet-no-class-only")) is None  # other stage-1 data
     assert bench.shared_stage1(job("malunet-no-classelevate")) is None  # no stage 1
     assert bench.shared_stage1(job("malunet-stage1-no-cam")) is None  # its own stage 1
+    # UNeXt's long-stage-1 row reuses MALUNet's of the same method: the same 32-epoch stage 1.
+    both = tmp_path / "malunet-frozen-aux-cached-long-both" / "seed1"
+    long_ckpt = both / "stage1" / "checkpoints" / "best-epoch=030.ckpt"
+    long_ckpt.parent.mkdir(parents=True)
+    long_ckpt.write_bytes(b"")
+    assert bench.shared_stage1(job("unext-frozen-aux-cached-long-both")) is None  # unfinished
+    (both / "result.json").write_text("{}")
+    assert bench.shared_stage1(job("unext-frozen-aux-cached-long-both")) == long_ckpt
+    assert bench.shared_stage1(job("malunet-frozen-aux-cached-long-both")) is None
 
 
 @pytest.mark.parametrize("name", ["malunet-stage1-ce-only", "malunet-frozen-aux-cached-long-both"])
@@ -274,7 +284,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records += [_fake_record("malunet-all-masks", "all-masks", 0, 0.68)]
     records += [_fake_record("malunet-pseudo-labels", "pseudo-labels", 0, 0.66)]
     records += [_fake_record("classelevate-alone", "classelevate-alone", 0, 0.64)]
-    records[-5]["stage1_from"] = "x"
+    records[-5]["stage1_from"] = f"{SOURCE}/malunet-semiseg-caw/seed0/stage1/checkpoints/b.ckpt"
     records += [_fake_record("malunet-stage1-no-cam", "stage1-no-cam", 0, 0.67)]
     records[-1]["stage1_alone"] = {"seg/dice": 0.66}  # its own stage 1, tested alone
     records[3]["val_dice"], records[4]["val_dice"] = 0.70, 0.73  # SemiSeg-CAW, no-class-only
@@ -686,7 +696,16 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     records[2]["fit_wall_s"], records[2]["stage1_epoch_s"] = 600.0, 30.0
     records[3]["fit_wall_s"], records[4]["fit_wall_s"] = 620.0, 500.0
     records[3]["best_epoch"] = 127  # the last of 128, but 128 epochs is no short budget
-    records[5].update(backbone="unext", stage1_from="x", fit_wall_s=300.0)
+    records[5].update(backbone="unext", fit_wall_s=300.0)
+    records[5]["stage1_from"] = f"{SOURCE}/malunet-semiseg-caw/seed0/stage1/checkpoints/b.ckpt"
+    records += [
+        _fake_record("unext-frozen-aux-cached-long-both", "frozen-aux-cached-long-both", 0, 0.7)
+    ]
+    records[-1]["stage1_from"] = (
+        f"{SOURCE}/malunet-frozen-aux-cached-long-both/seed0/stage1/checkpoints/b.ckpt"
+    )
+    records[-1].update(backbone="unext", fit_wall_s=120.0)
+    records[-2]["stage1_epoch_s"] = 15.0  # malunet-frozen-aux-cached-long-both's, 32 epochs
     order = [r["name"] for r in protocol.all_rows("busi")]
     rows = tables.summarise(records, order)
     report = {"dataset": "busi", "budget": "cpu", "note": "n", "image_size": 96, "epochs": 8}
@@ -721,8 +740,15 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         "malunet-full-long is the last" not in text
         and "malunet-reduced, malunet-full-long" not in text
     )
-    # UNeXt's SemiSeg-CAW reused MALUNet's stage 1: its 180 s are counted in its fit time.
+    # UNeXt's SemiSeg-CAW reused MALUNet's stage 1: its 180 s are counted in its fit time;
+    # UNeXt's -long-both the 32 x 15 s of the MALUNet -long-both's stage 1 it reused.
     assert tables.fit_minutes(report, "unext-semiseg-caw") == pytest.approx(8.0)
+    assert tables.fit_minutes(report, "unext-frozen-aux-cached-long-both") == pytest.approx(10.0)
+    assert (
+        "- unext-frozen-aux-cached-long-both reused the stage-1 checkpoint of "
+        "malunet-frozen-aux-cached-long-both (same seed and data)" in text
+    )
+    assert "- unext-semiseg-caw reused the stage-1 checkpoint of malunet-semiseg-caw" in text
     # On the plot of Dice against pixel-labelled images, as their short baselines.
     for r in records:
         full = r["method"].startswith("full")
