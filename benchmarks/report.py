@@ -516,14 +516,13 @@ def plot(report: dict, path: Path) -> str | None:
 
 # Dice against pixel-labelled training images: per method, the rows that differ only in how
 # many masks they get (the class-only images' masks withheld, or given).
+# The labels plot: one panel per backbone, one curve per method (the same colour in both).
 CURVES = {
-    "masks only (MALUNet)": ("malunet", ["reduced", "full"]),
-    "SemiSeg-CAW": ("malunet", ["semiseg-caw", "all-masks"]),
-    "SemiSeg-CAW, class-only images left out": ("malunet", ["no-class-only"]),
-    "masks only (UNeXt)": ("unext", ["reduced", "full"]),
-    "SemiSeg-CAW (UNeXt)": ("unext", ["semiseg-caw", "all-masks"]),
-    "masks only, {long} epochs (MALUNet)": ("malunet", ["reduced-long", "full-long"]),
-    "masks only, {long} epochs (UNeXt)": ("unext", ["reduced-long", "full-long"]),
+    "masks only": ["reduced", "full"],
+    "SemiSeg-CAW": ["semiseg-caw", "all-masks"],
+    "SemiSeg-CAW, class-only images left out": ["no-class-only"],
+    "masks only, {long} epochs": ["reduced-long", "full-long"],
+    "SemiSeg-CAW, {long} epochs on a {long_stage1}-epoch stage 1": ["frozen-aux-cached-long-both"],
 }
 ALL_MASKS = ("full", "full-long", "all-masks")  # rows trained with every training mask
 
@@ -546,43 +545,59 @@ def pixel_labelled(report: dict) -> dict[str, int]:
 
 
 def plot_labels(report: dict, path: Path) -> str | None:
-    """Test Dice against the number of pixel-labelled training images, one line per method."""
+    """Test Dice against the number of pixel-labelled training images: a panel per backbone,
+    a line per method."""
     x_of = pixel_labelled(report)
     plt = _pyplot()
     if not x_of or plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(7.6, 3.6))
-    drawn = 0
-    markers = "osD^vPX"
-    for i, (label, (backbone, methods)) in enumerate(CURVES.items()):
+    panels = {
+        backbone: curves
+        for backbone in ("malunet", "unext")
+        if (curves := _label_curves(report, x_of, backbone))
+    }
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.6, 3.6), sharey=True)
+    axes = axes if len(panels) > 1 else [axes]
+    for ax, (backbone, curves) in zip(axes, panels.items(), strict=True):
+        for i, label, xs, ys, es in curves:
+            # A small sideways offset per method, so that points at the same count stay visible.
+            xs = [x + (i - 2) * 1.5 for x in xs]
+            ax.errorbar(xs, ys, yerr=es, marker="osDPX"[i], color=f"C{i}", capsize=3, label=label)
+        ax.set_title({"malunet": "MALUNet", "unext": "UNeXt"}[backbone], fontsize=9)
+        ax.set_xlabel("pixel-labelled training images")
+    axes[0].set_ylabel("test Dice (pooled)")
+    fig.suptitle(
+        f"{report['dataset'].upper()} — budget {report['budget']} "
+        f"({report['image_size']} px, {report['epochs']} ep.)",
+        fontsize=9,
+    )
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+    axes[-1].legend(
+        handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1)
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _label_curves(report: dict, x_of: dict[str, int], backbone: str) -> list[tuple]:
+    """``(index, label, xs, ys, errors)`` of each CURVES method ``backbone`` has rows for."""
+    curves = []
+    for i, (label, methods) in enumerate(CURVES.items()):
         points = sorted(
             (x_of[r["row"]], r["dice"]["mean"], r["dice"]["std"] or 0)
             for r in report["rows"]
             if r["backbone"] == backbone and r["method"] in methods and r["dice"]["mean"]
         )
-        if not points:
-            continue
-        xs, ys, es = zip(*points, strict=True)
-        # A small sideways offset per method, so that points at the same count stay visible.
-        xs = [x + (i - 2) * 1.5 for x in xs]
-        label = label.format(long=report.get("long_epochs"))
-        ax.errorbar(xs, ys, yerr=es, marker=markers[i], capsize=3, label=label)
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xlabel("pixel-labelled training images")
-    ax.set_ylabel("test Dice (pooled)")
-    ax.set_title(
-        f"{report['dataset'].upper()} — budget {report['budget']} "
-        f"({report['image_size']} px, {report['epochs']} ep.)",
-        fontsize=9,
-    )
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+        if points:
+            label = label.format(
+                long=report.get("long_epochs"), long_stage1=report.get("long_stage1_epochs")
+            )
+            curves.append((i, label, *zip(*points, strict=True)))
+    return curves
 
 
 def _pyplot():

@@ -763,3 +763,16 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
             x["malunet-reduced"],
         )
     )
+    # A panel per backbone; the -long-both row a curve of its own, named with both lengths.
+    labels = {
+        bb: [c[1] for c in tables._label_curves(report, x, bb)] for bb in ("malunet", "unext")
+    }
+    assert labels == {
+        "malunet": [
+            "masks only",
+            "SemiSeg-CAW",
+            "masks only, 128 epochs",
+            "SemiSeg-CAW, 128 epochs on a 32-epoch stage 1",
+        ],
+        "unext": ["SemiSeg-CAW", "SemiSeg-CAW, 128 epochs on a 32-epoch stage 1"],
+    }
