@@ -271,7 +271,9 @@ def select_rows(
     ]
     if not long_epochs and any(r.get("long") for r in chosen):
         long = [b for b, v in BUDGETS.items() if v.get("long_epochs")]
-        raise SystemExit(f"the -long rows need a budget with long_epochs: {', '.join(long)}")
+        raise SystemExit(
+            f"the -long rows need a budget with long_epochs ({', '.join(long)}) or --long-epochs"
+        )
     if not chosen:
         names = ", ".join(r["name"] for r in all_rows(dataset))
         raise SystemExit(f"no row matches {patterns}; rows: {names}")

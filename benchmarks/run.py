@@ -13,6 +13,7 @@ are reused unless ``--force``; so an interrupted benchmark resumes where it stop
     python benchmarks/run.py --dataset busi --budget full --rows 'malunet-*' --seeds 0 1 2
     python benchmarks/run.py --dataset busi --budget cpu --report-only   # rebuild tables only
     python benchmarks/run.py --dataset busi --budget cpu --rows 'malunet-*long*'  # compute controls
+    python benchmarks/run.py --dataset busi --budget gpu --rows 'malunet-*-long' --long-epochs 300
 
 On a CPU shared with other jobs give ``--threads 1``: torch threads spinning on an
 oversubscribed CPU made epochs 5-10x slower here.
@@ -481,6 +482,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="train with model.cuda_graphs (a speed lever; the tables say which runs used it)",
     )
     p.add_argument("--epochs", type=int, help="override the budget's epochs (both stages)")
+    p.add_argument("--long-epochs", type=int, help="the -long rows' epochs (default: budget's)")
+    p.add_argument(
+        "--long-stage1-epochs", type=int, help="the -long-both rows' stage 1 (default: budget's)"
+    )
     p.add_argument("--work", type=Path, help="run folders (default runs/bench/<dataset>-<budget>)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
@@ -500,12 +505,16 @@ def main(argv: list[str] | None = None) -> dict:
     if a.epochs:
         budget["epochs"] = a.epochs
         budget["stage1_epochs"] = a.epochs
+    budget["long_epochs"] = a.long_epochs or budget.get("long_epochs")
+    budget["long_stage1_epochs"] = a.long_stage1_epochs or budget.get("long_stage1_epochs")
     rows = select_rows(
         a.dataset,
         a.rows or budget["rows"],
         budget["first_budget_only"] and not a.rows,
         budget.get("long_epochs"),
     )
+    if any(r.get("long_stage1") for r in rows) and not budget["long_stage1_epochs"]:
+        raise SystemExit("the -long-both rows need --long-stage1-epochs under this budget")
     seeds = a.seeds if a.seeds is not None else budget["seeds"]
     if a.list:
         for r in rows:

@@ -85,8 +85,14 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "unext-frozen-aux-cached-long",
         "unext-frozen-aux-cached-long-both",
     ]
-    with pytest.raises(SystemExit, match="need a budget with long_epochs: smoke, cpu"):
+    with pytest.raises(SystemExit, match=r"need a budget with long_epochs \(smoke, cpu\)"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
+    # Other budgets run them when given the epochs (the -long-both rows, stage 1's too).
+    listed = ["--dataset=busi", "--budget=gpu", "--list", "--long-epochs=300"]
+    assert bench.main([*listed, "--rows", "malunet-*-long"]) == {}
+    with pytest.raises(SystemExit, match="need --long-stage1-epochs under this budget"):
+        bench.main([*listed, "--rows", "malunet-*long*"])
+    assert bench.main([*listed, "--rows", "malunet-*long*", "--long-stage1-epochs=100"]) == {}
     # The fit gets the long epochs; a baseline no stage 1, a variant the budget's or, for
     # -long-both, its long stage 1.
     specs = []
