@@ -19,7 +19,9 @@
 #                                                        (default gpu 9 540; "graphs": run the
 #                                     GPU-only tests first and, if they pass, train with CUDA
 #                                     graphs, which the tables then say; ROWS="pattern ..."
-#                                     picks other rows, e.g. ROWS="unext-*")
+#                                     picks other rows, e.g. ROWS="unext-*"; BENCH_ARGS adds
+#                                     run.py options, e.g. ROWS="malunet-*-long"
+#                                     BENCH_ARGS="--long-epochs 300": the compute controls)
 #        device_run.sh speed [SECONDS] [host-guard]                    (default 330; "host-guard":
 #                                     instead of three runs sharing the GPU, MALUNet and
 #                                     SemiSeg-CAW with the loss checked on the host every
@@ -70,11 +72,11 @@ bench)
     # Checkpoints stay in $work (too big to come back); results and run records come back.
     timeout -k 10 "$seconds" $py benchmarks/run.py --dataset "$dataset" --budget "$budget" \
         --data-root ".device-data/$dataset" --work "$work" --out "$OUT/results" \
-        --parallel "$parallel" --no-readme "${graphs[@]}" ${ROWS:+--rows $ROWS} 2>&1 \
+        --parallel "$parallel" --no-readme "${graphs[@]}" ${ROWS:+--rows $ROWS} ${BENCH_ARGS:-} 2>&1 \
         | quiet | tee -a "$log"
     echo "== run.py exit ${PIPESTATUS[0]}; tables from the runs that finished" | tee -a "$log"
     $py benchmarks/run.py --dataset "$dataset" --budget "$budget" --work "$work" \
-        --out "$OUT/results" --report-only --no-readme 2>&1 | quiet | tail -5 | tee -a "$log"
+        --out "$OUT/results" --report-only --no-readme ${BENCH_ARGS:-} 2>&1 | quiet | tail -5 | tee -a "$log"
     (cd "$work" && find . -name "*.json" -o -name "log.txt" -o -name "metrics.csv") \
         | while read -r f; do mkdir -p "$OUT/runs/$(dirname "$f")"; cp "$work/$f" "$OUT/runs/$f"; done
     ;;
