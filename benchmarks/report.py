@@ -445,7 +445,7 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                     f"variant frozen-aux-cached, {report.get('long_epochs')} epochs"
                 )
                 named[f"{backbone}-frozen-aux-cached-long-both"] = (
-                    f"the same on its own stage 1 of {report.get('long_stage1_epochs')} epochs"
+                    f"the same on a stage 1 of {report.get('long_stage1_epochs')} epochs"
                 )
             gaps = []
             for name, text in named.items():
@@ -667,6 +667,11 @@ def update_readme() -> None:
     reports = [
         r for r in reports if isinstance(r, dict) and r.get("kind") == "semiseg-caw-benchmark"
     ]
+    if any(r["method"] in LONG for rep in reports for r in rep["rows"]):
+        parts[-1:-1] = [
+            "A short budget leaves the baselines short of training: read each row against the "
+            "`-long` rows, which train them longer, and the section after these tables.",
+        ]
     for rep in reports:
         stem = f"{rep['dataset']}-{rep['budget']}"
         parts += [

@@ -391,6 +391,12 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert text.count(tables.START) == 1 and text.count(tables.END) == 1
     assert "| malunet-semiseg-caw | 100 | 1 | 0.650 |" in text
     assert "trained without the class-only images): 0.620, -0.030 (seed 0)" in text  # controls
+    assert "`-long` rows" not in text  # none here: no pointer to them
+    report["rows"] += [dict(report["rows"][0], row="malunet-full-long", method="full-long")]
+    report["long_epochs"] = 128
+    (results / "busi-cpu.json").write_text(json.dumps(report))
+    tables.update_readme()
+    assert "read each row against the `-long` rows, which train them longer" in readme.read_text()
 
 
 # ----------------------------------------------------------------------------- real data
@@ -737,7 +743,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     )
     assert "malunet-frozen-aux-cached-long (variant frozen-aux-cached, 128 epochs): 0.710" in text
     assert (
-        "malunet-frozen-aux-cached-long-both (the same on its own stage 1 of 32 epochs): 0.720, "
+        "malunet-frozen-aux-cached-long-both (the same on a stage 1 of 32 epochs): 0.720, "
         "+0.070 (seed 0); its stage 1 alone 0.740" in text
     )
     assert "- malunet-frozen-aux-cached-long-both against the baselines trained 128" in text
