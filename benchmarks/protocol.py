@@ -45,6 +45,9 @@ LONG = {
     "reduced-long": "configs/baselines/reduced.yaml",
     "frozen-aux-cached-long": "configs/ablations/frozen-aux-cached.yaml",
     "frozen-aux-cached-long-both": "configs/ablations/frozen-aux-cached.yaml",
+    # Stage 2 without the auxiliary map (classification head and WGM kept): what the map
+    # itself adds to a core model trained this long.
+    "no-classelevate-long": "configs/ablations/no-classelevate.yaml",
 }
 LONG_STAGE1 = {"frozen-aux-cached-long-both"}
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1

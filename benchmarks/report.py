@@ -444,6 +444,9 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                 named[f"{backbone}-frozen-aux-cached-long"] = (
                     f"variant frozen-aux-cached, {report.get('long_epochs')} epochs"
                 )
+                named[f"{backbone}-no-classelevate-long"] = (
+                    f"ablation no-classelevate, {report.get('long_epochs')} epochs"
+                )
                 named[f"{backbone}-frozen-aux-cached-long-both"] = (
                     f"the same on a stage 1 of {report.get('long_stage1_epochs')} epochs"
                 )

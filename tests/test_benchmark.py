@@ -80,10 +80,12 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-reduced-48-long",
         "malunet-frozen-aux-cached-long",
         "malunet-frozen-aux-cached-long-both",
+        "malunet-no-classelevate-long",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
         "unext-frozen-aux-cached-long-both",
+        "unext-no-classelevate-long",
     ]
     with pytest.raises(SystemExit, match=r"need a budget with long_epochs \(smoke, cpu\)"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
@@ -701,6 +703,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         _fake_record("malunet-reduced-long", "reduced-long", 0, 0.66),
         _fake_record("unext-semiseg-caw", "semiseg-caw", 0, 0.64),
         _fake_record("malunet-frozen-aux-cached-long", "frozen-aux-cached-long", 0, 0.71),
+        _fake_record("malunet-no-classelevate-long", "no-classelevate-long", 0, 0.69),
         _fake_record("malunet-frozen-aux-cached-long-both", "frozen-aux-cached-long-both", 0, 0.72),
     ]
     records[-1]["stage1_alone"] = {"seg/dice": 0.74}
@@ -742,6 +745,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         in text
     )
     assert "malunet-frozen-aux-cached-long (variant frozen-aux-cached, 128 epochs): 0.710" in text
+    assert "malunet-no-classelevate-long (ablation no-classelevate, 128 epochs): 0.690" in text
     assert (
         "malunet-frozen-aux-cached-long-both (the same on a stage 1 of 32 epochs): 0.720, "
         "+0.070 (seed 0); its stage 1 alone 0.740" in text
