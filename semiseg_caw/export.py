@@ -78,7 +78,7 @@ def export_onnx(
 
 
 def refusal(path: Path) -> str:
-    return f"{path} exists: give another file name, or --overwrite to replace it"
+    return f"{path} exists: give another file name, or --overwrite (overwrite=True in Python)"
 
 
 def _metadata(task: nn.Module, image_size: int) -> dict[str, str]:
