@@ -517,9 +517,9 @@ def plot(report: dict, path: Path) -> str | None:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-# Dice against pixel-labelled training images: per method, the rows that differ only in how
-# many masks they get (the class-only images' masks withheld, or given).
-# The labels plot: one panel per backbone, one curve per method (the same colour in both).
+# Dice against pixel-labelled training images, one panel per backbone: per method (one
+# colour in both panels), the rows that differ only in how many masks they get (the
+# class-only images' masks withheld, or given).
 CURVES = {
     "masks only": ["reduced", "full"],
     "SemiSeg-CAW": ["semiseg-caw", "all-masks"],

@@ -293,7 +293,7 @@ class SemiSegCLI(LightningCLI):
         """The files ``--ckpt_path last`` would resume from (Lightning looks for ``last*``)."""
         config = self.config[self.subcommand]
         dirpath = config.get("last_checkpoint") and config.last_checkpoint.dirpath
-        return sorted(Path(dirpath).glob("last*.ckpt")) if dirpath else []
+        return last_checkpoints_in(dirpath) if dirpath else []
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
@@ -351,12 +351,18 @@ def no_last_checkpoint(folder: str | Path) -> CheckpointError:
     )
 
 
+def last_checkpoints_in(folder: str | Path) -> list[Path]:
+    """The ``last*.ckpt`` files ``--ckpt_path last`` chooses from, oldest first (Lightning
+    takes the newest)."""
+    return sorted(Path(folder).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
 def newest_last_checkpoint(argv: list[str]) -> Path:
-    """The file ``--ckpt_path last`` means (Lightning takes the newest ``last*.ckpt`` in the
-    checkpoint folder, by default ``<trainer.default_root_dir>/checkpoints``)."""
+    """The file ``--ckpt_path last`` means, in the checkpoint folder (by default
+    ``<trainer.default_root_dir>/checkpoints``)."""
     root = _option_value(argv, "--trainer.default_root_dir") or "."
     folder = _option_value(argv, "--last_checkpoint.dirpath") or Path(root) / "checkpoints"
-    found = sorted(Path(folder).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = last_checkpoints_in(folder)
     if not found:
         raise no_last_checkpoint(folder)
     return found[-1]
