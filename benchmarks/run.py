@@ -445,6 +445,24 @@ def test_stage1(job: dict, threads: int) -> None:
     out.write_text(json.dumps(record, indent=1))
 
 
+def gather_records(records: list[dict], work: Path, previous: Path) -> list[dict]:
+    """Every finished run of a table, not only this invocation's (several invocations fill
+    one table: other rows, more seeds): this invocation's runs, then the others in ``work``,
+    then those recorded in the previous report but absent here (a fresh checkout has no
+    runs folder), so that adding rows never drops the results it had. One run per row and
+    seed, the newest source first."""
+    found = list(records)
+    done = {(r["row"], r["seed"]) for r in found}
+    earlier = [load_record(f) for f in sorted(work.glob("*/seed*/result.json"))]
+    if previous.is_file():
+        earlier += json.loads(previous.read_text()).get("runs", [])
+    for rec in earlier:
+        if (rec["row"], rec["seed"]) not in done:
+            found.append(rec)
+            done.add((rec["row"], rec["seed"]))
+    return found
+
+
 # ----------------------------------------------------------------------------- provenance
 
 
@@ -563,14 +581,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
         records = [r for r in pool.map(go, jobs) if r is not None]
-    # The table holds every finished run of this data set and budget, not only this
-    # invocation's (several invocations may fill one table: other rows, more seeds).
-    done = {(r["row"], r["seed"]) for r in records}
-    for f in sorted(work.glob("*/seed*/result.json")):
-        rec = load_record(f)
-        if (rec["row"], rec["seed"]) not in done:
-            records.append(rec)
-            done.add((rec["row"], rec["seed"]))
+    records = gather_records(records, work, a.out / f"{stem}.json")
     known = [r["name"] for r in all_rows(a.dataset)]
     order = [n for n in known if any(r["row"] == n for r in records)]
     seeds = sorted({r["seed"] for r in records}) or seeds
