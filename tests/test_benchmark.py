@@ -285,6 +285,33 @@ def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
     }
 
 
+def test_a_table_keeps_the_runs_of_its_previous_report(tmp_path: Path) -> None:
+    """A fresh checkout has no runs folder: rebuilding a table from new runs keeps the runs
+    the committed report holds, unless a run of the same row and seed replaces them."""
+    previous = tmp_path / "busi-cpu.json"
+    old = [_fake_record("malunet-full", "full", s, 0.60) for s in (0, 1)]
+    old += [_fake_record("malunet-reduced", "reduced", 0, 0.55)]
+    previous.write_text(json.dumps({"runs": old}))
+    work = tmp_path / "runs"
+    (work / "malunet-full" / "seed1").mkdir(parents=True)
+    rerun = json.dumps(_fake_record("malunet-full", "full", 1, 0.61))
+    (work / "malunet-full" / "seed1" / "result.json").write_text(rerun)
+    new = [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.70)]
+    found = bench.gather_records(new, work, previous)
+    dice = {(r["row"], r["seed"]): r["metrics"]["seg/dice"] for r in found}
+    assert dice == {
+        ("malunet-semiseg-caw", 0): 0.70,
+        ("malunet-full", 1): 0.61,  # the run in the work folder, not the report's
+        ("malunet-full", 0): 0.60,
+        ("malunet-reduced", 0): 0.55,
+    }
+    without = bench.gather_records(new, work, tmp_path / "none.json")
+    assert [(r["row"], r["seed"]) for r in without] == [
+        ("malunet-semiseg-caw", 0),
+        ("malunet-full", 1),
+    ]
+
+
 def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = [_fake_record("malunet-full", "full", s, 0.60 + 0.01 * s) for s in range(3)]
     records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65)]
@@ -624,6 +651,25 @@ def test_busi_checkpoint_on_ddti_manifest(smoke: dict, shared_data: Path, tmp_pa
         ckpt, ["configs/busi.yaml", "configs/baselines/full.yaml"], manifest, split, 64, tmp_path
     )
     assert "test/cls_auroc" not in metrics  # the plain baseline has no classifier
+
+
+def test_aux_gap_scores_the_stage1_maps_on_each_group(
+    smoke: dict, shared_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/aux_gap.py on the smoke run's stage 1: the groups are the split as stage 1
+    saw it (the 100 withheld masks are the class-only group), each scored."""
+    gap = load_script("aux_gap")
+    stage1 = next(r for r in smoke["runs"] if r["method"] == "classelevate-alone")
+    ckpt = Path(stage1["best_checkpoint"])
+    ckpt = ckpt if ckpt.is_absolute() else REPO / ckpt
+    args = ["--image-size", "64", "--root", str(shared_data / "busi"), "--out", str(tmp_path)]
+    record = gap.main([*args, "--checkpoint", str(ckpt)])
+    row = record["rows"][0]
+    assert list(row["images"].values()) == [351, 100, 65, 129]
+    assert all(0.0 <= d <= 1.0 for d in row["dice"].values())
+    assert "| train (class-only) |" in (tmp_path / "busi-aux-gap.md").read_text()
+    with pytest.raises(SystemExit):
+        gap.main([*args, "--checkpoint", str(tmp_path / "missing.ckpt")])
 
 
 def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
