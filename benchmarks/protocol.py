@@ -40,22 +40,28 @@ CONTROLS = ["no-class-only", "all-masks"]
 # stage 2 about as cheap as the bare backbone, on the shared stage 1) whether the
 # auxiliary map still helps a core model trained that long; and "-long-both" the same on
 # its own stage 1 trained for ``long_stage1_epochs`` (a better map, at more compute).
+FROZEN_CACHED = "configs/ablations/frozen-aux-cached.yaml"
 LONG = {
-    "full-long": "configs/baselines/full.yaml",
-    "reduced-long": "configs/baselines/reduced.yaml",
-    "frozen-aux-cached-long": "configs/ablations/frozen-aux-cached.yaml",
-    "frozen-aux-cached-long-both": "configs/ablations/frozen-aux-cached.yaml",
+    "full-long": ["configs/baselines/full.yaml"],
+    "reduced-long": ["configs/baselines/reduced.yaml"],
+    "frozen-aux-cached-long": [FROZEN_CACHED],
+    "frozen-aux-cached-long-both": [FROZEN_CACHED],
     # Stage 2 without the auxiliary map (classification head and WGM kept): what the map
     # itself adds to a core model trained this long.
-    "no-classelevate-long": "configs/ablations/no-classelevate.yaml",
+    "no-classelevate-long": ["configs/ablations/no-classelevate.yaml"],
+    # -long-both with half the training maps dropped (variant aux-dropout): whether a core
+    # model that must also segment without the map leans on it less.
+    "aux-dropout-long-both": [FROZEN_CACHED, "configs/ablations/aux-dropout.yaml"],
 }
-LONG_STAGE1 = {"frozen-aux-cached-long-both"}
+# Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's.
+LONG_STAGE1 = {"frozen-aux-cached-long-both", "aux-dropout-long-both"}
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
-# images; the auxiliary map also added to the output logits; the auxiliary model fine-tuned
-# at the full learning rate or at 0.3 of it; Focal Tversky weighing false negatives and positives alike;
+# images; the auxiliary map also added to the output logits; half the training maps
+# dropped; the auxiliary model fine-tuned at the full learning rate or at 0.3 of it; Focal
+# Tversky weighing false negatives and positives alike;
 # cross-entropy balanced by class frequency (both stages, so its stage 1 is its own; or
 # stage 2 only, on SemiSeg-CAW's stage 1).
 VARIANTS = [
@@ -65,6 +71,7 @@ VARIANTS = [
     "stage1-ce-only",
     "stage1-consistency",
     "aux-output-skip",
+    "aux-dropout",
     "aux-full-lr",
     "aux-lr-0.3",
     "ftv-balanced",
@@ -84,6 +91,7 @@ SHARES_STAGE1 = {
     "frozen-aux-cached",
     "frozen-aux-cached-long",
     "aux-output-skip",
+    "aux-dropout",
     "aux-full-lr",
     "aux-lr-0.3",
     "ftv-balanced",
@@ -93,12 +101,12 @@ SHARES_STAGE1 = {
 
 def stage1_source(row: dict, dataset: str) -> str | None:
     """The row whose stage-1 checkpoint ``row`` reuses (same seed): malunet-semiseg-caw's for
-    the SHARES_STAGE1 methods; for a long-stage-1 row of another backbone, the MALUNet row
-    of the same method (the same stage 1 of ``long_stage1_epochs``). None: it trains its own."""
+    the SHARES_STAGE1 methods; for the other long-stage-1 rows, malunet-frozen-aux-cached-
+    long-both's (the same stage 1 of ``long_stage1_epochs``). None: it trains its own."""
     if row["method"] in SHARES_STAGE1:
         source = f"malunet-semiseg-caw{suffix(dataset, row['class_only'])}"
     elif row["method"] in LONG_STAGE1:
-        source = f"malunet-{row['method']}"
+        source = "malunet-frozen-aux-cached-long-both"
     else:
         return None
     return None if source == row["name"] else source
@@ -224,12 +232,12 @@ def all_rows(dataset: str) -> list[dict[str, Any]]:
                 }
             )
         first = suffix(dataset, budgets[0])
-        for method, config in LONG.items():
+        for method, configs in LONG.items():
             name = f"reduced{first}-long" if method == "reduced-long" else method
             rows.append(
                 {
                     "name": f"{backbone}-{name}",
-                    "configs": bb + [config],
+                    "configs": bb + configs,
                     "class_only": budgets[0],
                     "method": method,
                     "long": True,

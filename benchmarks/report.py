@@ -254,13 +254,14 @@ def bar_lines(report: dict, by: dict[str, dict]) -> list[str]:
 
 
 def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str) -> list[str]:
-    """SemiSeg-CAW, and its two long frozen-aux-cached variants, against the baselines trained
+    """SemiSeg-CAW, and its long frozen-aux-cached variants, against the baselines trained
     ``long_epochs``, with the fit minutes of each: the bar once no baseline is short of training."""
     long = (f"{bb}-reduced{sfx}-long", f"{bb}-full-long")
     if not any(name in by for name in long):
         return []
     out = []
-    for row in (semi, f"{bb}-frozen-aux-cached-long", f"{bb}-frozen-aux-cached-long-both"):
+    both = (f"{bb}-frozen-aux-cached-long-both", f"{bb}-aux-dropout-long-both")
+    for row in (semi, f"{bb}-frozen-aux-cached-long", *both):
         if parts := against_bar(report, by, row, *long):
             minutes = {name: fit_minutes(report, name) for name in (row, *long)}
             times = ", ".join(f"{n} {m:.1f}" for n, m in minutes.items() if m)
@@ -449,6 +450,9 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                 )
                 named[f"{backbone}-frozen-aux-cached-long-both"] = (
                     f"the same on a stage 1 of {report.get('long_stage1_epochs')} epochs"
+                )
+                named[f"{backbone}-aux-dropout-long-both"] = (
+                    "the same with half the training maps dropped (variant aux-dropout)"
                 )
             gaps = []
             for name, text in named.items():

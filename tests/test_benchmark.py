@@ -81,11 +81,17 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-frozen-aux-cached-long",
         "malunet-frozen-aux-cached-long-both",
         "malunet-no-classelevate-long",
+        "malunet-aux-dropout-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
         "unext-frozen-aux-cached-long-both",
         "unext-no-classelevate-long",
+        "unext-aux-dropout-long-both",
+    ]
+    assert long[5]["configs"] == [
+        "configs/ablations/frozen-aux-cached.yaml",
+        "configs/ablations/aux-dropout.yaml",
     ]
     with pytest.raises(SystemExit, match=r"need a budget with long_epochs \(smoke, cpu\)"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
@@ -138,7 +144,7 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("malunet-no-class-only")) is None  # other stage-1 data
     assert bench.shared_stage1(job("malunet-no-classelevate")) is None  # no stage 1
     assert bench.shared_stage1(job("malunet-stage1-no-cam")) is None  # its own stage 1
-    # UNeXt's long-stage-1 row reuses MALUNet's of the same method: the same 32-epoch stage 1.
+    # The other long-stage-1 rows reuse MALUNet's -long-both: the same 32-epoch stage 1.
     both = tmp_path / "malunet-frozen-aux-cached-long-both" / "seed1"
     long_ckpt = both / "stage1" / "checkpoints" / "best-epoch=030.ckpt"
     long_ckpt.parent.mkdir(parents=True)
@@ -146,6 +152,8 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("unext-frozen-aux-cached-long-both")) is None  # unfinished
     (both / "result.json").write_text("{}")
     assert bench.shared_stage1(job("unext-frozen-aux-cached-long-both")) == long_ckpt
+    assert bench.shared_stage1(job("malunet-aux-dropout-long-both")) == long_ckpt
+    assert bench.shared_stage1(job("unext-aux-dropout-long-both")) == long_ckpt
     assert bench.shared_stage1(job("malunet-frozen-aux-cached-long-both")) is None
 
 

@@ -327,6 +327,41 @@ class TestSemiSegCAWNet:
         with pytest.raises(ValueError, match="output_skip"):
             build_semiseg_net("malunet", aux_source="none", output_skip=True)
 
+    def test_aux_dropout_zeroes_whole_maps_in_training_only(self) -> None:
+        torch.manual_seed(0)
+        net = build_semiseg_net("malunet", in_channels=1, aux_frozen=True, aux_dropout=0.5)
+        seen: dict[str, torch.Tensor] = {}
+        net.backbone.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+        net.classifier.register_forward_pre_hook(lambda m, args: seen.update(map=args[1]))
+        image = torch.randn(64, 1, SIZE, SIZE)
+        aux_map = torch.rand(64, 1, SIZE, SIZE) * 0.9 + 0.05  # never exactly 0
+        out = net.train()(image, aux_map=aux_map)
+        fed = seen["x"][:, 1:]
+        dropped = (fed == 0).flatten(1).all(dim=1)
+        assert 16 < int(dropped.sum()) < 48  # about half, each map whole or nothing
+        torch.testing.assert_close(fed[~dropped], aux_map[~dropped])
+        torch.testing.assert_close(seen["map"], fed)  # the classifier sees the same maps
+        torch.testing.assert_close(out.aux_map, aux_map)  # the output keeps every map
+        net.eval()(image, aux_map=aux_map)
+        torch.testing.assert_close(seen["x"][:, 1:], aux_map)
+        # With the late-fusion path too, a dropped map adds nothing there either.
+        skip = build_semiseg_net("malunet", aux_frozen=True, output_skip=True, aux_dropout=0.5)
+        with torch.no_grad():
+            skip.skip_gain.fill_(1.0)
+        skip.backbone.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+        skip.backbone.register_forward_hook(lambda m, args, out: seen.update(raw=out))
+        out = skip.train()(image, aux_map=aux_map)
+        dropped = (seen["x"][:, 1:] == 0).flatten(1).all(dim=1)
+        assert 16 < int(dropped.sum()) < 48
+        raw = seen["raw"].mask_logits
+        torch.testing.assert_close(out.mask_logits[dropped], raw[dropped])
+        assert not torch.allclose(out.mask_logits[~dropped], raw[~dropped])
+        for bad in (-0.1, 1.0):
+            with pytest.raises(ValueError, match="aux_dropout"):
+                build_semiseg_net("malunet", aux_dropout=bad)
+        with pytest.raises(ValueError, match="aux_dropout"):
+            build_semiseg_net("malunet", aux_source="none", aux_dropout=0.5)
+
     def test_without_classifier(self) -> None:
         net = build_semiseg_net("malunet", in_channels=1, use_classifier=False)
         assert net(torch.randn(2, 1, SIZE, SIZE)).class_logits is None

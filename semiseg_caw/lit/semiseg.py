@@ -61,6 +61,11 @@ class SemiSegCAW(SegmentationTask):
         aux_output_skip: also add a trainable multiple (starting at 0) of the auxiliary
             map's logit to the backbone's mask logits (late fusion next to the input
             channel; see ``SemiSegCAWNet``).
+        aux_dropout: in training, the probability that a sample's auxiliary map is replaced
+            by zeros (the core model then segments it from the image alone). The maps of the
+            training images come from an auxiliary model that saw their masks, so they are
+            better there than on new images; dropping some makes the core model learn not to
+            lean on the map alone (``benchmarks/aux_gap.py`` measures that gap).
         aux_encoder: timm encoder of the auxiliary U-Net.
         stage1_checkpoint: ClassElevateSeg checkpoint to start from.
         stage1_epochs: epochs of the stage-1 run that ``fit`` starts when no
@@ -111,6 +116,7 @@ class SemiSegCAW(SegmentationTask):
         cache_aux_maps: bool = False,
         cuda_graphs: bool = False,
         aux_output_skip: bool = False,
+        aux_dropout: float = 0.0,
         aux_encoder: str = "resnet18",
         stage1_checkpoint: str | None = None,
         stage1_epochs: int | None = None,
@@ -179,6 +185,7 @@ class SemiSegCAW(SegmentationTask):
             use_classifier=hp.classifier,
             classifier_hidden=hp.classifier_hidden,
             output_skip=hp.get("aux_output_skip", False),
+            aux_dropout=hp.get("aux_dropout", 0.0),
         )
         extra = {}
         if hp.weighting == "static" and hp.loss_weights:

@@ -48,6 +48,7 @@ class SemiSegCAWNet(nn.Module):
         aux_frozen: bool = False,
         layercam_layer: str = "deepest",
         output_skip: bool = False,
+        aux_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if aux_source not in AUX_SOURCES:
@@ -62,12 +63,17 @@ class SemiSegCAWNet(nn.Module):
             )
         if output_skip and aux_source == "none":
             raise ValueError("output_skip adds the auxiliary map: it needs an aux_source")
+        if not 0.0 <= aux_dropout < 1.0:
+            raise ValueError(f"aux_dropout must lie in [0, 1), got {aux_dropout}")
+        if aux_dropout and aux_source == "none":
+            raise ValueError("aux_dropout drops the auxiliary map: it needs an aux_source")
         self.backbone = backbone
         self.classifier = classifier
         self.aux_model = aux_model
         self.aux_source = aux_source
         self.aux_frozen = aux_frozen
         self.layercam_layer = layercam_layer
+        self.aux_dropout = aux_dropout
         self.skip_gain = nn.Parameter(torch.zeros(())) if output_skip else None
         if aux_model is not None and not self.aux_trainable:
             aux_model.requires_grad_(False)
@@ -88,7 +94,8 @@ class SemiSegCAWNet(nn.Module):
     def forward(self, image: Tensor, aux_map: Tensor | None = None) -> SemiSegOutput:
         """Run on ``image`` (B, C, H, W); a given ``aux_map`` (B, 1, H, W) in [0, 1] (e.g.
         cached from a frozen aux model) is used instead of running the aux model."""
-        aux_output = None
+        aux_output = keep = None
+        fed = aux_map  # the map the backbone and classifier see
         if self.aux_source == "none":
             if aux_map is not None:
                 raise ValueError("aux_source='none' takes no aux_map")
@@ -101,22 +108,32 @@ class SemiSegCAWNet(nn.Module):
                     f"aux_map must have shape (B, 1, H, W) = {(image.shape[0], 1, *image.shape[-2:])}, "
                     f"got {tuple(aux_map.shape)}"
                 )
-            x = torch.cat([image, aux_map.to(image.dtype)], dim=1)  # (B, C + 1, H, W)
+            keep = self._kept_maps(image)
+            fed = aux_map if keep is None else aux_map * keep
+            x = torch.cat([image, fed.to(image.dtype)], dim=1)  # (B, C + 1, H, W)
         out = self.backbone(x)
         mask_logits = out.mask_logits
         if self.skip_gain is not None:
             # Clamped so that a saturated map (exactly 0 or 1) gives a finite logit.
             p = aux_map.to(mask_logits.dtype).clamp(1e-4, 1 - 1e-4)
-            mask_logits = mask_logits + self.skip_gain * torch.logit(p)
+            skip = self.skip_gain * torch.logit(p)
+            mask_logits = mask_logits + (skip if keep is None else skip * keep)
         class_logits = None
         if self.classifier is not None:
-            class_logits = self.classifier(out.features, aux_map)
+            class_logits = self.classifier(out.features, fed)
         return SemiSegOutput(
             mask_logits=mask_logits,
             class_logits=class_logits,
             aux_map=aux_map,
             aux_output=aux_output,
         )
+
+    def _kept_maps(self, image: Tensor) -> Tensor | None:
+        """(B, 1, 1, 1) of 0 (map dropped) and 1 in training with ``aux_dropout``, else None."""
+        if not (self.training and self.aux_dropout):
+            return None
+        draw = torch.rand(image.shape[0], 1, 1, 1, device=image.device)
+        return (draw >= self.aux_dropout).to(image.dtype)
 
     def auxiliary(self, image: Tensor) -> tuple[Tensor, ClassElevateOutput | None]:
         """The auxiliary map (B, 1, H, W) in [0, 1] and the raw aux output (None for LayerCAM).
@@ -147,6 +164,7 @@ def build_semiseg_net(
     pretrained_aux: bool = False,
     layercam_layer: str = "deepest",
     output_skip: bool = False,
+    aux_dropout: float = 0.0,
 ) -> SemiSegCAWNet:
     """Assemble the SemiSeg-CAW model from names (the paper's shape with the defaults).
 
@@ -170,5 +188,5 @@ def build_semiseg_net(
             net.feature_channels, num_classes, hidden=classifier_hidden
         )
     return SemiSegCAWNet(
-        net, classifier, aux_model, aux_source, aux_frozen, layercam_layer, output_skip
+        net, classifier, aux_model, aux_source, aux_frozen, layercam_layer, output_skip, aux_dropout
     )
