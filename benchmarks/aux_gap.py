@@ -1,11 +1,11 @@
 """How good is a stage-1 auxiliary map on the images stage 2 trains on, and on new ones?
 
-Stage 2 learns how far to trust the auxiliary map from the training images. If stage 1 saw
-their masks, its maps there are far better than on validation or test images, and the core
-model learns to trust them more than it should. This script measures that gap: the pooled
-Dice of a ClassElevateSeg checkpoint's maps (threshold 0.5) on the pixel-labelled training
-images, on the class-only training images (whose masks stage 1 never saw; the data set has
-them), and on the validation and test images.
+Stage 2 learns how far to trust the auxiliary map from the training images. Stage 1 saw
+their masks: if its maps are much better there than on new images, the core model learns to
+trust them more than it should on the test images. This script measures that gap: the
+pooled Dice of a ClassElevateSeg checkpoint's maps (threshold 0.5) on the pixel-labelled
+training images, on the class-only training images (whose masks stage 1 never saw; the data
+set has them), and on the validation and test images.
 
     python benchmarks/aux_gap.py --dataset busi --image-size 96 \\
         --checkpoint runs/bench/busi-cpu/malunet-frozen-aux-cached-long-both/seed0/stage1/checkpoints/best-epoch=031.ckpt

@@ -62,10 +62,9 @@ class SemiSegCAW(SegmentationTask):
             map's logit to the backbone's mask logits (late fusion next to the input
             channel; see ``SemiSegCAWNet``).
         aux_dropout: in training, the probability that a sample's auxiliary map is replaced
-            by zeros (the core model then segments it from the image alone). The maps of the
-            training images come from an auxiliary model that saw their masks, so they are
-            better there than on new images; dropping some makes the core model learn not to
-            lean on the map alone (``benchmarks/aux_gap.py`` measures that gap).
+            by zeros (the core model then segments it from the image alone). A core model
+            given the map can settle for copying it and score about what the map scores;
+            one that must also do without it has to learn from the image.
         aux_encoder: timm encoder of the auxiliary U-Net.
         stage1_checkpoint: ClassElevateSeg checkpoint to start from.
         stage1_epochs: epochs of the stage-1 run that ``fit`` starts when no

@@ -34,6 +34,10 @@ class SemiSegCAWNet(nn.Module):
             one trainable ``gain`` that starts at 0 (so training starts from the plain
             model): a late-fusion path for the map next to the input channel, which a
             backbone that downsamples its input early can use to keep the map's detail.
+        aux_dropout: in training mode, the probability that a sample's map is replaced by
+            zeros before the backbone, the classifier and the output skip see it (the
+            output's ``aux_map`` keeps it), so that the backbone also learns to segment from
+            the image alone instead of settling for copying the map.
 
     A fixed aux model has ``requires_grad`` switched off and stays in eval mode through
     ``.train()``; ``aux_trainable`` tells which case applies (e.g. for optimiser groups).
