@@ -411,6 +411,29 @@ def stage1_alone(report: dict, row: str, reference: str) -> str:
     return text
 
 
+# Stage-2 changes measured on the shared long stage 1, each against
+# <backbone>-frozen-aux-cached-long-both, which differs from it in that change only.
+LONG_PAIRS = {
+    "no-classelevate-long": "without the auxiliary map",
+    "aux-dropout-long-both": "half the training maps dropped",
+}
+
+
+def long_pairs(report: dict, by: dict[str, dict], backbone: str) -> list[str]:
+    """The LONG_PAIRS rows of a backbone, each as a seed-paired gap (test; validation) to
+    SemiSeg-CAW on the same long stage 1 and stage-2 schedule."""
+    reference = f"{backbone}-frozen-aux-cached-long-both"
+    gaps = []
+    for method, change in LONG_PAIRS.items():
+        name = f"{backbone}-{method}"
+        if name in by and (g := gap(report, name, reference)):
+            val = gap(report, name, reference, "val")
+            gaps.append(f"  - {name} ({change}): {g}" + (f"; validation {val}" if val else ""))
+    if not gaps:
+        return []
+    return [f"- Against {reference}, the seed-paired gap (test; validation):", *gaps]
+
+
 def controls(report: dict, by: dict[str, dict]) -> list[str]:
     """What the controls, variants and ablations say, each as a seed-paired gap to
     SemiSeg-CAW of the same backbone, on the test split and on validation (the split to
@@ -452,7 +475,7 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                     f"the same on a stage 1 of {report.get('long_stage1_epochs')} epochs"
                 )
                 named[f"{backbone}-aux-dropout-long-both"] = (
-                    "the same with half the training maps dropped (variant aux-dropout)"
+                    "the same, half the training maps dropped: variant aux-dropout"
                 )
             gaps = []
             for name, text in named.items():
@@ -469,6 +492,7 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                     "validation, the split settings are chosen on):",
                     *gaps,
                 ]
+        out += long_pairs(report, by, backbone)
     sources: dict[str, set[str]] = {}
     for r in report["runs"]:
         if r.get("stage1_from"):

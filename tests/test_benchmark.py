@@ -805,6 +805,12 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         "+0.070 (seed 0); its stage 1 alone 0.740" in text
     )
     assert "- malunet-frozen-aux-cached-long-both against the baselines trained 128" in text
+    # Stage-2 changes on the same long stage 1, paired against -long-both.
+    assert (
+        "- Against malunet-frozen-aux-cached-long-both, the seed-paired gap (test; validation):\n"
+        "  - malunet-no-classelevate-long (without the auxiliary map): -0.030 (seed 0)\n" in text
+    )
+    assert "unext-frozen-aux-cached-long-both, the seed-paired" not in text  # nothing to pair
     assert "the best validation epoch of malunet-reduced is the last one (8 epochs" in text
     assert (
         "malunet-full-long is the last" not in text
