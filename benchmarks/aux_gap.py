@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -102,6 +103,12 @@ def markdown(record: dict) -> str:
             for g in GROUPS
         ]
         lines.append(f"| `{row['checkpoint']}` | " + " | ".join(cells) + " |")
+    if len(record["rows"]) > 1:
+        means = []
+        for g in GROUPS:
+            values = [row["dice"][g] for row in record["rows"] if row["dice"][g] is not None]
+            means.append(f"{statistics.mean(values):.3f}" if values else "–")
+        lines.append("| mean | " + " | ".join(means) + " |")
     lines += ["", "In brackets: the number of images."]
     return "\n".join(lines) + "\n"
 

@@ -671,11 +671,13 @@ def test_aux_gap_scores_the_stage1_maps_on_each_group(
     ckpt = Path(stage1["best_checkpoint"])
     ckpt = ckpt if ckpt.is_absolute() else REPO / ckpt
     args = ["--image-size", "64", "--root", str(shared_data / "busi"), "--out", str(tmp_path)]
-    record = gap.main([*args, "--checkpoint", str(ckpt)])
+    record = gap.main([*args, "--checkpoint", str(ckpt), str(ckpt)])
     row = record["rows"][0]
     assert list(row["images"].values()) == [351, 100, 65, 129]
     assert all(0.0 <= d <= 1.0 for d in row["dice"].values())
-    assert "| train (class-only) |" in (tmp_path / "busi-aux-gap.md").read_text()
+    text = (tmp_path / "busi-aux-gap.md").read_text()
+    assert "| train (class-only) |" in text
+    assert f"| mean | {row['dice']['train (pixel-labelled)']:.3f} |" in text
     with pytest.raises(SystemExit):
         gap.main([*args, "--checkpoint", str(tmp_path / "missing.ckpt")])
 
