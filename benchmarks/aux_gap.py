@@ -64,8 +64,9 @@ def pooled_dice(model: ClassElevateSeg, dm: SemiSegDataModule, ids: list[str]) -
     return float(metric.compute()["dice"])
 
 
-def measure(checkpoint: Path, args: argparse.Namespace) -> dict:
-    model = ClassElevateSeg.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+def benchmark_data(args: argparse.Namespace) -> SemiSegDataModule:
+    """The benchmark's data (its split file and label budget), set up: ``args.dataset``,
+    ``root`` (None: ../shared/data/<dataset>), ``image_size``, ``class_only``."""
     dm = SemiSegDataModule(
         dataset=args.dataset,
         root=args.root or REPO.parent / "shared" / "data" / args.dataset,
@@ -74,6 +75,12 @@ def measure(checkpoint: Path, args: argparse.Namespace) -> dict:
         image_size=args.image_size,
     )
     dm.setup("fit")
+    return dm
+
+
+def measure(checkpoint: Path, args: argparse.Namespace) -> dict:
+    model = ClassElevateSeg.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    dm = benchmark_data(args)
     groups = sample_groups(dm)
     dice = {name: pooled_dice(model, dm, ids) for name, ids in groups.items()}
     return {
@@ -113,8 +120,9 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The options of this script and of ``map_reliance.py``: data, checkpoints, output."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--dataset", choices=["busi", "ddti"], default="busi")
     p.add_argument("--root", help="data folder (default ../shared/data/<dataset>)")
     p.add_argument("--image-size", type=int, default=96)
@@ -127,6 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     missing = [str(c) for c in a.checkpoint if not c.is_file()]
     if missing:
         p.error(f"no such checkpoint: {', '.join(missing)}")
+    a.out = a.out or RESULTS
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse(__doc__, argv)
     torch.set_grad_enabled(False)
     started = time.perf_counter()
     rows = [measure(c, a) for c in a.checkpoint]
@@ -140,10 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.perf_counter() - started,
     }
-    out = a.out or RESULTS
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{a.dataset}-aux-gap.json").write_text(json.dumps(record, indent=1))
-    (out / f"{a.dataset}-aux-gap.md").write_text(markdown(record))
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"{a.dataset}-aux-gap.json").write_text(json.dumps(record, indent=1))
+    (a.out / f"{a.dataset}-aux-gap.md").write_text(markdown(record))
     print(markdown(record))
     return record
 

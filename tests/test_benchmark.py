@@ -682,6 +682,28 @@ def test_aux_gap_scores_the_stage1_maps_on_each_group(
         gap.main([*args, "--checkpoint", str(tmp_path / "missing.ckpt")])
 
 
+def test_map_reliance_scores_the_core_model_with_and_without_its_map(
+    smoke: dict, shared_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/map_reliance.py on the smoke run's SemiSeg-CAW: its core Dice is the one the
+    benchmark's test loop measured; a baseline without a map is refused by name."""
+    reliance = load_script("map_reliance")
+
+    def checkpoint(method: str) -> Path:
+        ckpt = Path(next(r for r in smoke["runs"] if r["method"] == method)["best_checkpoint"])
+        return ckpt if ckpt.is_absolute() else REPO / ckpt
+
+    args = ["--image-size", "64", "--root", str(shared_data / "busi"), "--out", str(tmp_path)]
+    record = reliance.main([*args, "--checkpoint", str(checkpoint("semiseg-caw"))])
+    dice = record["rows"][0]["dice"]
+    semi = next(r for r in smoke["runs"] if r["method"] == "semiseg-caw")
+    assert dice["core"] == pytest.approx(semi["metrics"]["seg/dice"], abs=1e-4)
+    assert all(0.0 <= d <= 1.0 for d in dice.values())
+    assert "| core against map |" in (tmp_path / "busi-map-reliance.md").read_text()
+    with pytest.raises(SystemExit, match="without an auxiliary map"):
+        reliance.main([*args, "--checkpoint", str(checkpoint("full"))])
+
+
 def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
     """Runs without the real data: tiny synthetic fit, then test on PNGs named in a manifest."""
     rng = np.random.default_rng(0)
