@@ -78,9 +78,8 @@ def benchmark_data(args: argparse.Namespace) -> SemiSegDataModule:
     return dm
 
 
-def measure(checkpoint: Path, args: argparse.Namespace) -> dict:
+def measure(checkpoint: Path, dm: SemiSegDataModule) -> dict:
     model = ClassElevateSeg.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    dm = benchmark_data(args)
     groups = sample_groups(dm)
     dice = {name: pooled_dice(model, dm, ids) for name, ids in groups.items()}
     return {
@@ -139,11 +138,9 @@ def parse(doc: str, argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> dict:
-    a = parse(__doc__, argv)
-    torch.set_grad_enabled(False)
-    started = time.perf_counter()
-    rows = [measure(c, a) for c in a.checkpoint]
+def save(a: argparse.Namespace, stem: str, rows: list[dict], started: float, to_markdown) -> dict:
+    """Write ``<out>/<dataset>-<stem>.{json,md}``: the rows with the settings, the commit, the
+    machine and the wall time since ``started``; print the Markdown; return the record."""
     record = {
         "dataset": a.dataset,
         "image_size": a.image_size,
@@ -155,10 +152,18 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": time.perf_counter() - started,
     }
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.dataset}-aux-gap.json").write_text(json.dumps(record, indent=1))
-    (a.out / f"{a.dataset}-aux-gap.md").write_text(markdown(record))
-    print(markdown(record))
+    (a.out / f"{a.dataset}-{stem}.json").write_text(json.dumps(record, indent=1))
+    (a.out / f"{a.dataset}-{stem}.md").write_text(to_markdown(record))
+    print(to_markdown(record))
     return record
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse(__doc__, argv)
+    torch.set_grad_enabled(False)
+    started = time.perf_counter()
+    dm = benchmark_data(a)
+    return save(a, "aux-gap", [measure(c, dm) for c in a.checkpoint], started, markdown)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,15 @@ Writes ``benchmarks/results/<dataset>-map-reliance.{json,md}`` (one row per chec
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aux_gap import benchmark_data, parse  # noqa: E402
-from provenance import commit, describe, machine  # noqa: E402
+from aux_gap import benchmark_data, parse, save  # noqa: E402
+from provenance import describe  # noqa: E402
 
 from semiseg_caw import PooledSegMetrics, SemiSegCAW  # noqa: E402
 from semiseg_caw.data.transforms import normalize  # noqa: E402
@@ -85,21 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse(__doc__, argv)
     started = time.perf_counter()
     dm = benchmark_data(a)
-    rows = [measure(c, dm) for c in a.checkpoint]
-    record = {
-        "dataset": a.dataset,
-        "image_size": a.image_size,
-        "rows": rows,
-        "commit": commit(),
-        "hardware": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_s": time.perf_counter() - started,
-    }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.dataset}-map-reliance.json").write_text(json.dumps(record, indent=1))
-    (a.out / f"{a.dataset}-map-reliance.md").write_text(markdown(record))
-    print(markdown(record))
-    return record
+    return save(a, "map-reliance", [measure(c, dm) for c in a.checkpoint], started, markdown)
 
 
 if __name__ == "__main__":
