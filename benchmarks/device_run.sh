@@ -3,7 +3,11 @@
 # under $OUT, which comes back; whatever finished before a time limit comes back too.
 #
 # Here, once (pip works here, not there): bash benchmarks/device_prepare.sh
-# Then one device call, carrying the wheels and the shrunk data:
+# Then one device call, carrying the wheels and the shrunk data. A session's 15 minutes of
+# device time hold one full call: the GPU tests, the speed table and a short benchmark:
+#   run(command="bash benchmarks/device_run.sh all busi 560", timeout_s=600,
+#       carry=[".whl", ".device-data/busi", ".device-data/COMMIT"])
+# or one of the single-purpose calls:
 #   run(command="bash benchmarks/device_run.sh bench busi", timeout_s=600,
 #       carry=[".whl", ".device-data/busi", ".device-data/COMMIT"])
 #   run(command="bash benchmarks/device_run.sh speed", timeout_s=400,
@@ -15,7 +19,12 @@
 #   python -c "import sys; sys.path.insert(0, 'benchmarks'); import report; report.update_readme()"
 # The per-run records come back under <files_at>/runs/ (checkpoints stay there).
 #
-# Usage: device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
+# Usage: device_run.sh all [DATASET] [SECONDS] [BUDGET]    (default busi 560 gpu: the GPU
+#                                     tests, then speed.py's table with CUDA graphs and
+#                                     augmentation on the device (SPEED_SECONDS, 190), then
+#                                     run.py's BUDGET rows, 9 runs at once, with CUDA graphs
+#                                     if the tests passed, in what is left of SECONDS)
+#        device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
 #                                                        (default gpu 9 540; "graphs": run the
 #                                     GPU-only tests first and, if they pass, train with CUDA
 #                                     graphs, which the tables then say; ROWS="pattern ..."
@@ -59,26 +68,59 @@ gpu_tests() {  # CUDA graphs train like eager; augmentation on the device matche
     return "${PIPESTATUS[0]}"
 }
 
+# run.py for DATASET BUDGET with PARALLEL runs at once for at most SECONDS, then the tables
+# of the runs that finished. Results and run records come back packed in one file
+# ($OUT/bench.tgz: the call returns at most 8 files, 2 folders deep); checkpoints stay.
+bench() {
+    local dataset=$1 budget=$2 parallel=$3 seconds=$4; shift 4
+    local work=/tmp/bench-work
+    timeout -k 10 "$seconds" $py benchmarks/run.py --dataset "$dataset" --budget "$budget" \
+        --data-root ".device-data/$dataset" --work "$work" --out /tmp/bench-out/results \
+        --parallel "$parallel" --no-readme "$@" ${ROWS:+--rows $ROWS} ${BENCH_ARGS:-} 2>&1 \
+        | quiet | tee -a "$log"
+    echo "== run.py exit ${PIPESTATUS[0]}; tables from the runs that finished" | tee -a "$log"
+    $py benchmarks/run.py --dataset "$dataset" --budget "$budget" --work "$work" \
+        --out /tmp/bench-out/results --report-only --no-readme ${BENCH_ARGS:-} 2>&1 \
+        | quiet | tail -5 | tee -a "$log"
+    (cd "$work" && find . -name "*.json" -o -name "log.txt" -o -name "metrics.csv") \
+        | while read -r f; do mkdir -p "/tmp/bench-out/runs/$(dirname "$f")"; cp "$work/$f" "/tmp/bench-out/runs/$f"; done
+    tar -czf "$OUT/bench.tgz" -C /tmp/bench-out . && echo "== packed $OUT/bench.tgz" | tee -a "$log"
+}
+# speed.py on the GPU with CUDA graphs and augmentation on the device, for at most SECONDS
+# (the table is rewritten after every run, so a time limit loses only the run it stops).
+speed() {
+    local seconds=$1 name=$2; shift 2
+    timeout -k 5 "$seconds" $py benchmarks/speed.py --device cuda --epochs 2 --rounds 1 \
+        --busi-root .device-data/busi --cuda-graph --augment-on-device --worker-timeout 80 \
+        --out "$OUT/$name.md" "$@" ${SPEED_ARGS:-} 2>&1 | quiet | tee -a "$log"
+}
+
 case $mode in
 bench)
     dataset=${2:?dataset: busi or ddti}; budget=${3:-gpu}; parallel=${4:-9}; seconds=${5:-540}
-    work=/tmp/bench-work
     graphs=()
     if [ "${6:-}" = graphs ]; then
         start=$SECONDS
         if gpu_tests; then graphs=(--cuda-graphs); else echo "== eager: GPU tests failed" | tee -a "$log"; fi
         seconds=$((seconds - (SECONDS - start)))
     fi
-    # Checkpoints stay in $work (too big to come back); results and run records come back.
-    timeout -k 10 "$seconds" $py benchmarks/run.py --dataset "$dataset" --budget "$budget" \
-        --data-root ".device-data/$dataset" --work "$work" --out "$OUT/results" \
-        --parallel "$parallel" --no-readme "${graphs[@]}" ${ROWS:+--rows $ROWS} ${BENCH_ARGS:-} 2>&1 \
-        | quiet | tee -a "$log"
-    echo "== run.py exit ${PIPESTATUS[0]}; tables from the runs that finished" | tee -a "$log"
-    $py benchmarks/run.py --dataset "$dataset" --budget "$budget" --work "$work" \
-        --out "$OUT/results" --report-only --no-readme ${BENCH_ARGS:-} 2>&1 | quiet | tail -5 | tee -a "$log"
-    (cd "$work" && find . -name "*.json" -o -name "log.txt" -o -name "metrics.csv") \
-        | while read -r f; do mkdir -p "$OUT/runs/$(dirname "$f")"; cp "$work/$f" "$OUT/runs/$f"; done
+    bench "$dataset" "$budget" "$parallel" "$seconds" "${graphs[@]}"
+    ;;
+all)
+    # Everything one session's device time allows in one call: the GPU-only tests, the
+    # speed table (SPEED_SECONDS), then the benchmark in the time left of SECONDS
+    # (counted from the start of this script, the install included).
+    dataset=${2:-busi}; total=${3:-560}; budget=${4:-gpu}
+    graphs=()
+    if gpu_tests; then graphs=(--cuda-graphs); else echo "== eager: GPU tests failed" | tee -a "$log"; fi
+    echo "== speed (${SECONDS} s in)" | tee -a "$log"
+    speed "${SPEED_SECONDS:-190}" speed-h200-graphs-augment \
+        --variants malunet unext classelevate caw-finetune caw-cached
+    left=$((total - SECONDS - 25))  # 25 s to write the tables and pack them
+    echo "== bench: $left s left" | tee -a "$log"
+    if [ "$left" -ge 60 ]; then
+        bench "$dataset" "$budget" 9 "$left" "${graphs[@]}"
+    fi
     ;;
 speed|check)
     gpu_tests || echo "== GPU-only tests FAILED" | tee -a "$log"
@@ -91,25 +133,17 @@ check)
     ;;
 speed)
     seconds=${2:-330}
-    # Real BUSI when the shrunk copy came along, else synthetic images of the same count.
-    S="$py benchmarks/speed.py --device cuda --epochs 2 --rounds 1 --busi-root .device-data/busi"
     echo "== speed: CUDA graphs + augmentation on the device" | tee -a "$log"
-    timeout -k 5 $((seconds * 2 / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
-        --variants malunet unext caw-finetune caw-cached \
-        --out "$OUT/speed-h200-graphs-augment.md" 2>&1 | quiet | tee -a "$log"
+    speed $((seconds * 2 / 3)) speed-h200-graphs-augment --variants malunet unext caw-finetune caw-cached
     if [ "${3:-}" = host-guard ]; then
         echo "== speed: the non-finite guard on the host (a sync per step)" | tee -a "$log"
-        timeout -k 5 $((seconds / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
-            --host-guard --variants malunet caw-finetune \
-            --out "$OUT/speed-h200-host-guard.md" 2>&1 | quiet | tee -a "$log"
+        speed $((seconds / 3)) speed-h200-host-guard --host-guard --variants malunet caw-finetune
     else
         echo "== speed: three runs sharing the GPU" | tee -a "$log"
-        timeout -k 5 $((seconds / 3)) $S --cuda-graph --augment-on-device --worker-timeout 80 \
-            --rounds 0 --share 3 --variants malunet \
-            --out "$OUT/speed-h200-share3.md" 2>&1 | quiet | tee -a "$log"
+        speed $((seconds / 3)) speed-h200-share3 --rounds 0 --share 3 --variants malunet
     fi
     ;;
 *)
-    echo "unknown mode $mode (bench, speed or check)" >&2; exit 2 ;;
+    echo "unknown mode $mode (all, bench, speed or check)" >&2; exit 2 ;;
 esac
 ls -la "$OUT" | tee -a "$log"

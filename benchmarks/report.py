@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for protocol.py, how
 from protocol import (  # noqa: E402
     ABLATIONS,
     BASELINES,
+    BUDGETS,
     CLASS_ONLY,
     CLS_KEYS,
     CONTROLS,
@@ -144,8 +145,9 @@ def markdown(report: dict) -> str:
         lines += ["Failed runs: " + ", ".join(report["failed"]), ""]
     lines.append(
         "The `full` budget (256 px, 300 epochs, 3 seeds, every row) needs a GPU; "
-        "results/…-full.* appear only once it has been run there (the `gpu` budget, 40 "
-        "epochs, fits one lent device call: `benchmarks/device_run.sh`)."
+        "results/…-full.* appear only once it has been run there (the `gpu` budget, "
+        f"{BUDGETS['gpu']['epochs']} epochs, fits one lent device call: "
+        "`benchmarks/device_run.sh`)."
     )
     return "\n".join(lines) + "\n"
 
@@ -740,9 +742,10 @@ def update_readme() -> None:
             "The `full` budget (the protocol: 256 px, 300 epochs, 3 seeds, every row) has "
             "not been run yet: it needs a GPU for longer than one lent device call "
             "(`python benchmarks/run.py --dataset busi --budget full --parallel 3`). The "
-            "`gpu` budget (256 px, 40 epochs per stage, the three MALUNet rows, 3 seeds) is "
-            "sized for one 10-minute call on a lent H200: `benchmarks/device_prepare.sh` "
-            "here, then `benchmarks/device_run.sh bench busi` there.",
+            f"`gpu` budget (256 px, {BUDGETS['gpu']['epochs']} epochs per stage, the three "
+            "MALUNet rows, 3 seeds) is sized for one 10-minute call on a lent H200: "
+            "`benchmarks/device_prepare.sh` here, then `benchmarks/device_run.sh all busi` "
+            "there.",
             "",
         ]
     parts.append(END)

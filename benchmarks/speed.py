@@ -455,6 +455,7 @@ def report(
     shared: dict[str, list[dict]],
     failures: dict[str, list[str]],
     wall: float,
+    echo: bool = True,
 ) -> None:
     import albumentations
     import lightning
@@ -598,8 +599,9 @@ def report(
             {"args": vars(args), "data": data_info, "rounds": rounds, "shared": shared}, indent=1
         )
     )
-    sys.stdout.write(text)
-    print(f"wrote {out}")
+    if echo:
+        sys.stdout.write(text)
+        print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -672,7 +674,8 @@ def main(argv: list[str] | None = None) -> None:
             order = (
                 args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
             )
-            results = {}
+            results: dict[str, dict] = {}
+            rounds.append(results)
             for v in order:
                 result = _run_worker(args, v, data)
                 if "failed" in result:
@@ -684,7 +687,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"b1 {result['infer_b1_ms']:.1f} ms",
                     flush=True,
                 )
-            rounds.append(results)
+                # The table so far, rewritten after every run: a time limit loses nothing.
+                elapsed = time.perf_counter() - start
+                report(args, data_info, rounds, {}, failures, elapsed, echo=False)
         shared = {}
         if args.share > 1:
             for v in [v for v in ("malunet", "caw-cached") if v in args.variants]:

@@ -271,6 +271,29 @@ def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypa
     assert [r["job"] for r in results] == jobs
 
 
+def test_speed_table_keeps_the_runs_that_finished_before_a_kill(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A device call has a hard time limit: the table must be on disk after every run, so
+    # a run killed later loses only itself.
+    speed = load_script("speed")
+    info = {"name": "fake", "train": 472, "cached": 674}
+    monkeypatch.setattr(speed, "_prepare_data", lambda args, path: info)
+
+    def fake_worker(args, variant: str, data: Path) -> dict:
+        if variant == "caw-finetune":
+            raise KeyboardInterrupt  # what a time limit does to the parent
+        return {"epoch_s": 1.25, "infer_b1_ms": 2.0, "infer_big_ips": 100.0, "compile": "off"}
+
+    monkeypatch.setattr(speed, "_run_worker", fake_worker)
+    out = tmp_path / "speed.md"
+    with pytest.raises(KeyboardInterrupt):
+        speed.main(["--variants", "malunet", "caw-finetune", "--rounds", "1", "--out", str(out)])
+    table = out.read_text()
+    assert "| bare MALUNet (baseline) | 1.25 | 1.00 |" in table
+    assert "| SemiSeg-CAW, aux fine-tuned | – |" in table
+
+
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
     iou = dice / (2 - dice)
     metrics = {f"seg/{k}": 0.5 for k in protocol.SEG_KEYS}
