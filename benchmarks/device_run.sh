@@ -14,16 +14,16 @@
 #       carry=[".whl", ".device-data/busi", ".device-data/COMMIT"])
 #   run(command="bash benchmarks/device_run.sh check", timeout_s=300, carry=[".whl"])
 # (both data sets together would not fit the 64 MiB that travels: one per call). Back here,
-# copy <files_at>/results/* to benchmarks/results/ (the tables name the device's hardware)
-# and regenerate the README section:
+# unpack <files_at>/bench.tgz, copy its results/* and the speed tables to benchmarks/results/
+# (the tables name the device's hardware) and regenerate the README section:
 #   python -c "import sys; sys.path.insert(0, 'benchmarks'); import report; report.update_readme()"
-# The per-run records come back under <files_at>/runs/ (checkpoints stay there).
+# The per-run records come back in bench.tgz under runs/ (checkpoints stay there).
 #
 # Usage: device_run.sh all [DATASET] [SECONDS] [BUDGET]    (default busi 560 gpu: the GPU
-#                                     tests, then speed.py's table with CUDA graphs and
-#                                     augmentation on the device (SPEED_SECONDS, 190), then
-#                                     run.py's BUDGET rows, 9 runs at once, with CUDA graphs
-#                                     if the tests passed, in what is left of SECONDS)
+#                                     tests, then speed.py's table with augmentation on the
+#                                     device (SPEED_SECONDS, 190), then
+#                                     run.py's BUDGET rows, 9 runs at once, in what is left
+#                                     of SECONDS; both with CUDA graphs if the tests passed)
 #        device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
 #                                                        (default gpu 9 540; "graphs": run the
 #                                     GPU-only tests first and, if they pass, train with CUDA
@@ -86,12 +86,14 @@ bench() {
         | while read -r f; do mkdir -p "/tmp/bench-out/runs/$(dirname "$f")"; cp "$work/$f" "/tmp/bench-out/runs/$f"; done
     tar -czf "$OUT/bench.tgz" -C /tmp/bench-out . && echo "== packed $OUT/bench.tgz" | tee -a "$log"
 }
-# speed.py on the GPU with CUDA graphs and augmentation on the device, for at most SECONDS
-# (the table is rewritten after every run, so a time limit loses only the run it stops).
+# speed.py on the GPU with augmentation on the device, and CUDA graphs when the GPU tests
+# passed (speed_graphs), for at most SECONDS (the table is rewritten after every run, so a
+# time limit loses only the run it stops).
+speed_graphs=()
 speed() {
     local seconds=$1 name=$2; shift 2
     timeout -k 5 "$seconds" $py benchmarks/speed.py --device cuda --epochs 2 --rounds 1 \
-        --busi-root .device-data/busi --cuda-graph --augment-on-device --worker-timeout 80 \
+        --busi-root .device-data/busi "${speed_graphs[@]}" --augment-on-device --worker-timeout 80 \
         --out "$OUT/$name.md" "$@" ${SPEED_ARGS:-} 2>&1 | quiet | tee -a "$log"
 }
 
@@ -112,7 +114,11 @@ all)
     # (counted from the start of this script, the install included).
     dataset=${2:-busi}; total=${3:-560}; budget=${4:-gpu}
     graphs=()
-    if gpu_tests; then graphs=(--cuda-graphs); else echo "== eager: GPU tests failed" | tee -a "$log"; fi
+    if gpu_tests; then
+        graphs=(--cuda-graphs) speed_graphs=(--cuda-graph)
+    else
+        echo "== eager: GPU tests failed" | tee -a "$log"
+    fi
     echo "== speed (${SECONDS} s in)" | tee -a "$log"
     speed "${SPEED_SECONDS:-190}" speed-h200-graphs-augment \
         --variants malunet unext classelevate caw-finetune caw-cached
@@ -123,7 +129,7 @@ all)
     fi
     ;;
 speed|check)
-    gpu_tests || echo "== GPU-only tests FAILED" | tee -a "$log"
+    if gpu_tests; then speed_graphs=(--cuda-graph); else echo "== GPU-only tests FAILED" | tee -a "$log"; fi
     ;;&
 check)
     seconds=${2:-240}
@@ -133,7 +139,7 @@ check)
     ;;
 speed)
     seconds=${2:-330}
-    echo "== speed: CUDA graphs + augmentation on the device" | tee -a "$log"
+    echo "== speed: augmentation on the device, ${speed_graphs[*]:-eager}" | tee -a "$log"
     speed $((seconds * 2 / 3)) speed-h200-graphs-augment --variants malunet unext caw-finetune caw-cached
     if [ "${3:-}" = host-guard ]; then
         echo "== speed: the non-finite guard on the host (a sync per step)" | tee -a "$log"
