@@ -102,7 +102,7 @@ def markdown(report: dict) -> str:
         f"{sum(r.get('fit_wall_s') or 0 for r in report['runs']) / 60:.1f} min; this "
         f"invocation {report['wall_s'] / 60:.1f} min"
         f"{' (tables rebuilt from finished runs)' if report.get('report_only') else ''}.",
-        *graphs_note(report),
+        *levers_note(report),
         "",
         "| row | class-only | seeds | Dice | IoU | recall | precision | specificity | pixel acc. "
         "| Dice/img | IoU/img | cls acc. | cls bal. acc. | AUROC |",
@@ -361,15 +361,24 @@ def chosen_on_validation(report: dict, by: dict[str, dict], bb: str) -> list[str
     ]
 
 
-def graphs_note(report: dict) -> list[str]:
-    """A settings line when some runs trained with CUDA graphs (a speed lever)."""
-    graphed = [r for r in report["runs"] if r.get("cuda_graphs")]
-    if not graphed:
-        return []
-    return [
-        f"- CUDA graphs (`model.cuda_graphs`): on in {len(graphed)} of {len(report['runs'])} "
-        "runs; a speed lever that `benchmarks/speed_check.py` holds to the eager result."
-    ]
+# Speed levers a run may have trained with: its record's key, and the setting's name.
+LEVERS = {
+    "cuda_graphs": "CUDA graphs (`model.cuda_graphs`)",
+    "augment_on_device": "augmentation on the device (`data.augment_on_device`)",
+}
+
+
+def levers_note(report: dict) -> list[str]:
+    """A settings line for each speed lever some runs trained with."""
+    lines = []
+    for key, name in LEVERS.items():
+        used = [r for r in report["runs"] if r.get(key)]
+        if used:
+            lines.append(
+                f"- {name}: on in {len(used)} of {len(report['runs'])} runs; a speed lever "
+                "that `benchmarks/speed_check.py` holds to the result without it."
+            )
+    return lines
 
 
 def _dice(run: dict, split: str) -> float | None:

@@ -346,6 +346,8 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     ]
     if job.get("cuda_graphs"):  # a speed lever: the same training, replayed from CUDA graphs
         fit.append("--model.init_args.cuda_graphs=true")
+    if job.get("augment_on_device"):  # a speed lever: the same augmentations, batched on the GPU
+        fit.append("--data.augment_on_device=true")
     stage1 = shared_stage1(job)
     if stage1 is not None:
         fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
@@ -364,6 +366,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     tested = json.loads((rundir / "test.json").read_text())
     record = _record(job, row, tested, started_at, timing)
     record["cuda_graphs"] = bool(job.get("cuda_graphs"))
+    record["augment_on_device"] = bool(job.get("augment_on_device"))
     if stage1 is not None:
         record["stage1_from"] = str(
             stage1.relative_to(REPO) if stage1.is_relative_to(REPO) else stage1
@@ -438,6 +441,7 @@ def test_stage1(job: dict, threads: int) -> None:
     record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
     record["val_dice"] = best_val_dice(rundir / "stage1" / "logs")  # stage 1's, not stage 2's
     record["cuda_graphs"] = parent.get("cuda_graphs", False)
+    record["augment_on_device"] = parent.get("augment_on_device", False)
     record["derived_from"] = str(
         rundir.relative_to(REPO) if rundir.is_relative_to(REPO) else rundir
     )
@@ -499,6 +503,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="train with model.cuda_graphs (a speed lever; the tables say which runs used it)",
     )
+    p.add_argument(
+        "--augment-on-device",
+        action="store_true",
+        help="train with data.augment_on_device (a speed lever; the tables say which runs used it)",
+    )
     p.add_argument("--epochs", type=int, help="override the budget's epochs (both stages)")
     p.add_argument("--long-epochs", type=int, help="the -long rows' epochs (default: budget's)")
     p.add_argument(
@@ -549,6 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
             "data_root": a.data_root,
             "dir": work / r["name"] / f"seed{s}",
             "cuda_graphs": a.cuda_graphs,
+            "augment_on_device": a.augment_on_device,
         }
         for r in rows
         for s in seeds

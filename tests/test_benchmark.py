@@ -271,6 +271,28 @@ def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypa
     assert [r["job"] for r in results] == jobs
 
 
+def test_speed_levers_reach_the_fit_command(tmp_path: Path, monkeypatch) -> None:
+    specs = []
+
+    def fake_worker(rundir: Path, spec: dict, threads: int, name: str) -> None:
+        specs.append(spec)
+        raise InterruptedError  # the spec is all this test needs
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    row = next(r for r in protocol.all_rows("busi") if r["name"] == "malunet-full")
+    job = {"dataset": "busi", "row": row, "seed": 0, "budget": protocol.BUDGETS["smoke"]}
+    job |= {"data_root": None, "dir": tmp_path / "run"}
+    for levers in ({}, {"cuda_graphs": True, "augment_on_device": True}):
+        with pytest.raises(InterruptedError):
+            bench.run_one(job | levers, threads=1, force=False)
+    plain, fast = specs
+    assert not any("cuda_graphs" in a or "augment_on_device" in a for a in plain["fit"])
+    assert {"--model.init_args.cuda_graphs=true", "--data.augment_on_device=true"} <= set(
+        fast["fit"]
+    )
+    assert not any("augment_on_device" in a for a in fast["test"])
+
+
 def test_speed_table_keeps_the_runs_that_finished_before_a_kill(
     tmp_path: Path, monkeypatch
 ) -> None:
@@ -410,9 +432,11 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records[4]["val_dice"] = records[6]["val_dice"] = 0.60  # now nothing beats SemiSeg-CAW
     assert "among 2 settings): none gains, malunet-semiseg-caw stays." in tables.markdown(report)
     records[4]["val_dice"], records[6]["val_dice"] = 0.73, 0.75
-    records[0]["cuda_graphs"] = True
-    assert "CUDA graphs (`model.cuda_graphs`): on in 1 of 9 runs" in tables.markdown(report)
-    records[0]["cuda_graphs"] = False
+    records[0]["cuda_graphs"] = records[1]["augment_on_device"] = True
+    text_levers = tables.markdown(report)
+    assert "CUDA graphs (`model.cuda_graphs`): on in 1 of 9 runs" in text_levers
+    assert "augmentation on the device (`data.augment_on_device`): on in 1 of 9" in text_levers
+    records[0]["cuda_graphs"] = records[1]["augment_on_device"] = False
     assert "the most those images could add): 0.680, +0.030 (seed 0)" in text
     assert (
         "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0); validation +0.050"
