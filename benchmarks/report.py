@@ -715,9 +715,10 @@ def update_readme() -> None:
             "`-long` rows, which train them longer, and the section after these tables.",
         ]
     for rep in reports:
-        stem = f"{rep['dataset']}-{rep['budget']}"
+        stem = rep.get("stem", f"{rep['dataset']}-{rep['budget']}")
+        schedule = f", {rep['epochs']} epochs" if stem.endswith("ep") else ""
         parts += [
-            f"### {rep['dataset'].upper()}, budget `{rep['budget']}` "
+            f"### {rep['dataset'].upper()}, budget `{rep['budget']}`{schedule} "
             f"([table](benchmarks/results/{stem}.md))",
             "",
             f"{rep['note']}; commit `{rep['commit']}`; {rep['hardware']['cpu']}, "

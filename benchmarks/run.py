@@ -522,6 +522,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def table_stem(dataset: str, budget: str, epochs: int | None) -> str:
+    """The name of a table's files (and run folders): ``<dataset>-<budget>``, and the
+    epochs where ``--epochs`` changes the budget's schedule, so that runs of another length
+    never fill, or are taken for, the budget's own."""
+    default = BUDGETS[budget]
+    if epochs is None or epochs == default["epochs"] == default["stage1_epochs"]:
+        return f"{dataset}-{budget}"
+    return f"{dataset}-{budget}-{epochs}ep"
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_worker":  # internal: one run in its own process
@@ -532,6 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.epochs:
         budget["epochs"] = a.epochs
         budget["stage1_epochs"] = a.epochs
+        budget["note"] += f"; run with --epochs {a.epochs}: {a.epochs} epochs in each stage"
     budget["long_epochs"] = a.long_epochs or budget.get("long_epochs")
     budget["long_stage1_epochs"] = a.long_stage1_epochs or budget.get("long_stage1_epochs")
     rows = select_rows(
@@ -547,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
         for r in rows:
             print(r["name"], r["configs"], r["class_only"])
         return {}
-    stem = f"{a.dataset}-{a.budget}"
+    stem = table_stem(a.dataset, a.budget, a.epochs)
     work = a.work or REPO / "runs" / "bench" / stem
     jobs = [
         {
@@ -600,6 +611,7 @@ def main(argv: list[str] | None = None) -> dict:
         "kind": "semiseg-caw-benchmark",
         "dataset": a.dataset,
         "budget": a.budget,
+        "stem": stem,
         "note": budget["note"],
         "image_size": budget["image_size"],
         "epochs": budget["epochs"],

@@ -271,6 +271,14 @@ def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypa
     assert [r["job"] for r in results] == jobs
 
 
+def test_another_schedule_gets_its_own_table() -> None:
+    # --epochs that changes a budget's schedule must not mix its runs into the budget's table.
+    assert bench.table_stem("busi", "gpu", None) == "busi-gpu"
+    assert bench.table_stem("busi", "gpu", protocol.BUDGETS["gpu"]["epochs"]) == "busi-gpu"
+    assert bench.table_stem("busi", "gpu", 60) == "busi-gpu-60ep"
+    assert bench.table_stem("ddti", "cpu", 8) == "ddti-cpu-8ep"  # stage 1 was 6
+
+
 def test_speed_levers_reach_the_fit_command(tmp_path: Path, monkeypatch) -> None:
     specs = []
 
