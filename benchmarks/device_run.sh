@@ -24,7 +24,8 @@
 #                                     device (SPEED_SECONDS, 190; 0 skips it), then
 #                                     run.py's BUDGET rows, 9 runs at once, in what is left
 #                                     of SECONDS, augmenting on the device; both with CUDA
-#                                     graphs if the tests passed)
+#                                     graphs if the tests passed; BENCH_ARGS="--epochs 60":
+#                                     a longer schedule, in a table of its own)
 #        device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
 #                                                        (default gpu 9 540; "graphs": run the
 #                                     GPU-only tests first and, if they pass, train with CUDA
