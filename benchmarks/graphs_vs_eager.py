@@ -21,7 +21,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from test_speed_levers import graph_batch  # noqa: E402  (the GPU test's batches)
+from test_speed_levers import first_steps  # noqa: E402  (the GPU test's steps and batches)
 
 from semiseg_caw import SemiSegCAW  # noqa: E402
 
@@ -34,27 +34,6 @@ CASES = {
     "static": dict(weighting="static"),
     "bce-only": dict(classifier=False, loss_terms=["bce"]),
 }
-
-
-def losses_of(kwargs: dict, mode: str, steps: int) -> tuple[list[str], list[float], list]:
-    """(parts graphed, losses, loss terms) of ``steps`` AdamW steps from seed 0."""
-    batches = [graph_batch("cuda", seed=i) for i in range(steps)]
-    torch.manual_seed(0)
-    model = SemiSegCAW(**kwargs).cuda().train()
-    for module in model.modules():  # graphs draw their own random numbers
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    graphed = [] if mode == "eager" else model.capture_cuda_graphs(batches[0], mode == "objective")
-    losses, terms = [], []
-    for batch in batches:
-        loss, stacked = model.objective(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(round(loss.item(), 5))
-        terms.append([round(x, 4) for x in stacked.tolist()])
-    return graphed, losses, terms
 
 
 def main() -> None:
@@ -80,13 +59,13 @@ def main() -> None:
         modes = ["eager", "eager", "objective", "network"] if name == "default" else None
         for mode in modes or ["eager", "objective"]:
             try:
-                graphed, losses, terms = losses_of(CASES[name], mode, args.steps)
+                graphed, losses, terms = first_steps(SemiSegCAW, CASES[name], mode, args.steps)
             except Exception:
                 say(f"{name} {mode} FAILED {traceback.format_exc()[-800:]}")
                 continue
-            say(f"{name:14s} {mode:9s} {graphed} {losses}")
+            say(f"{name:14s} {mode:9s} {graphed} {[round(x, 5) for x in losses]}")
             if name == "default" or mode == "objective":
-                say(f"   terms {terms}")
+                say(f"   terms {[[round(x, 4) for x in t] for t in terms]}")
         say(f"  ({time.time() - start:.0f} s)")
 
 

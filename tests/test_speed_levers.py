@@ -275,37 +275,52 @@ def test_cuda_graphs_train_like_eager(task: type, kwargs: dict, whole_objective:
     chaotic. On an H200 two eager runs of it differed by up to 0.7% at the third step and
     ~1% at the fourth; with TF32, the graph's other convolution algorithms differed by
     ~1e-3 at the second. In fp32 the first two agreed to within 2e-4 in every run."""
+    network = "network" if task is ClassElevateSeg else "backbone"
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
-        losses = [
-            _losses_of_first_steps(task, kwargs, graphs, whole_objective) for graphs in (0, 1)
-        ]
+        _, eager, _ = first_steps(task, kwargs, "eager")
+        graphed, losses, _ = first_steps(task, kwargs, "objective" if whole_objective else network)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
-    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    assert graphed[:1] == (["objective"] if whole_objective else [network])
+    assert losses == pytest.approx(eager, rel=1e-3)
 
 
-def _losses_of_first_steps(task: type, kwargs: dict, graphs: bool, whole_objective: bool):
-    batches = [graph_batch("cuda", seed=i) for i in range(2)]
+def first_steps(
+    task: type, kwargs: dict, mode: str, steps: int = 2, device: str = "cuda"
+) -> tuple[list[str], list[float], list[list[float]]]:
+    """(parts graphed, losses, loss terms) of ``steps`` AdamW steps of ``task(**kwargs)``
+    from seed 0 on ``graph_batch`` batches: eager, or after ``capture_cuda_graphs`` with the whole
+    objective (mode "objective") or the networks alone (any other mode). Also used by
+    ``benchmarks/graphs_vs_eager.py``."""
+    batches = [graph_batch(device, seed=i) for i in range(steps)]
     torch.manual_seed(0)
-    model = task(**kwargs).cuda().train()
+    model = task(**kwargs).to(device).train()
     for module in model.modules():  # graphs draw their own random numbers
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    if graphs:
-        network = "network" if task is ClassElevateSeg else "backbone"
-        expected = ["objective"] if whole_objective else [network]
-        assert model.capture_cuda_graphs(batches[0], whole_objective)[:1] == expected
-    run = []
+    graphed = []
+    if mode != "eager":
+        graphed = model.capture_cuda_graphs(batches[0], mode == "objective")
+    losses, terms = [], []
     for batch in batches:
-        loss, _ = model.objective(batch)
+        loss, stacked = model.objective(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        run.append(loss.item())
-    return run
+        losses.append(loss.item())
+        terms.append(stacked.tolist())
+    return graphed, losses, terms
+
+
+def test_first_steps_on_a_cpu_are_reproducible_and_ungraphed() -> None:
+    # The GPU test's helper, run where CI runs: the same losses twice, nothing graphed.
+    with pytest.warns(UserWarning, match="cuda_graphs applies on CUDA only"):
+        graphed, losses, terms = first_steps(SemiSegCAW, {}, "objective", 3, "cpu")
+    assert graphed == [] and len(losses) == len(terms) == 3
+    assert first_steps(SemiSegCAW, {}, "eager", 3, "cpu")[1:] == (losses, terms)
 
 
 def test_a_graphed_objective_trains_through_lightning(
