@@ -749,12 +749,16 @@ def test_map_reliance_scores_the_core_model_with_and_without_its_map(
         return ckpt if ckpt.is_absolute() else REPO / ckpt
 
     args = ["--image-size", "64", "--root", str(shared_data / "busi"), "--out", str(tmp_path)]
-    record = reliance.main([*args, "--checkpoint", str(checkpoint("semiseg-caw"))])
+    ckpt = str(checkpoint("semiseg-caw"))
+    record = reliance.main([*args, "--checkpoint", ckpt, ckpt])
     dice = record["rows"][0]["dice"]
     semi = next(r for r in smoke["runs"] if r["method"] == "semiseg-caw")
-    assert dice["core"] == pytest.approx(semi["metrics"]["seg/dice"], abs=1e-4)
-    assert all(0.0 <= d <= 1.0 for d in dice.values())
-    assert "| core against map |" in (tmp_path / "busi-map-reliance.md").read_text()
+    assert dice["test"]["core"] == pytest.approx(semi["metrics"]["seg/dice"], abs=1e-4)
+    assert all(0.0 <= d <= 1.0 for split in dice.values() for d in split.values())
+    text = (tmp_path / "busi-map-reliance.md").read_text()
+    assert "| core against map |" in text and "## Validation" in text and "## Test" in text
+    run = reliance.run_of(ckpt)
+    assert f"| mean of `{run}` (2) | {dice['val']['core']:.3f} |" in text
     with pytest.raises(SystemExit, match="without an auxiliary map"):
         reliance.main([*args, "--checkpoint", str(checkpoint("full"))])
 
