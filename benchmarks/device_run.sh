@@ -19,13 +19,15 @@
 #   python -c "import sys; sys.path.insert(0, 'benchmarks'); import report; report.update_readme()"
 # The per-run records come back in bench.tgz under runs/ (checkpoints stay there).
 #
-# Usage: device_run.sh all [DATASET] [SECONDS] [BUDGET]    (default busi 560 gpu: the GPU
+# Usage: device_run.sh all [DATASETS] [SECONDS] [BUDGET]   (default busi 560 gpu: the GPU
 #                                     tests, then speed.py's table with augmentation on the
 #                                     device (SPEED_SECONDS, 190; 0 skips it), then
 #                                     run.py's BUDGET rows, 9 runs at once, in what is left
 #                                     of SECONDS, augmenting on the device; both with CUDA
 #                                     graphs if the tests passed; BENCH_ARGS="--epochs 60":
-#                                     a longer schedule, in a table of its own)
+#                                     a longer schedule, in a table of its own; DATASETS
+#                                     busi,ddti: DDTI in what BUSI leaves, both data sets
+#                                     carried, 59 MiB with the wheels)
 #        device_run.sh bench DATASET [BUDGET] [PARALLEL] [SECONDS] [graphs]
 #                                                        (default gpu 9 540; "graphs": run the
 #                                     GPU-only tests first and, if they pass, train with CUDA
@@ -71,11 +73,12 @@ gpu_tests() {  # CUDA graphs train like eager; augmentation on the device matche
 }
 
 # run.py for DATASET BUDGET with PARALLEL runs at once for at most SECONDS, then the tables
-# of the runs that finished. Results and run records come back packed in one file
-# ($OUT/bench.tgz: the call returns at most 8 files, 2 folders deep); checkpoints stay.
+# of the runs that finished. Results and run records (of every data set so far) come back
+# packed in one file ($OUT/bench.tgz: the call returns at most 8 files, 2 folders deep);
+# checkpoints stay.
 bench() {
     local dataset=$1 budget=$2 parallel=$3 seconds=$4; shift 4
-    local work=/tmp/bench-work
+    local work=/tmp/bench-work/$dataset  # one folder per data set: row names repeat
     timeout -k 10 "$seconds" $py benchmarks/run.py --dataset "$dataset" --budget "$budget" \
         --data-root ".device-data/$dataset" --work "$work" --out /tmp/bench-out/results \
         --parallel "$parallel" --no-readme "$@" ${ROWS:+--rows $ROWS} ${BENCH_ARGS:-} 2>&1 \
@@ -85,7 +88,10 @@ bench() {
         --out /tmp/bench-out/results --report-only --no-readme ${BENCH_ARGS:-} 2>&1 \
         | quiet | tail -5 | tee -a "$log"
     (cd "$work" && find . -name "*.json" -o -name "log.txt" -o -name "metrics.csv") \
-        | while read -r f; do mkdir -p "/tmp/bench-out/runs/$(dirname "$f")"; cp "$work/$f" "/tmp/bench-out/runs/$f"; done
+        | while read -r f; do
+            mkdir -p "/tmp/bench-out/runs/$dataset/$(dirname "$f")"
+            cp "$work/$f" "/tmp/bench-out/runs/$dataset/$f"
+        done
     tar -czf "$OUT/bench.tgz" -C /tmp/bench-out . && echo "== packed $OUT/bench.tgz" | tee -a "$log"
 }
 # speed.py on the GPU with augmentation on the device, and CUDA graphs when the GPU tests
@@ -114,7 +120,7 @@ all)
     # Everything one session's device time allows in one call: the GPU-only tests, the
     # speed table (SPEED_SECONDS), then the benchmark in the time left of SECONDS
     # (counted from the start of this script, the install included).
-    dataset=${2:-busi}; total=${3:-560}; budget=${4:-gpu}
+    datasets=${2:-busi}; total=${3:-560}; budget=${4:-gpu}
     graphs=()
     if gpu_tests; then
         graphs=(--cuda-graphs) speed_graphs=(--cuda-graph)
@@ -126,11 +132,12 @@ all)
         speed "${SPEED_SECONDS:-190}" speed-h200-graphs-augment \
             --variants malunet unext classelevate caw-finetune caw-cached
     fi
-    left=$((total - SECONDS - 25))  # 25 s to write the tables and pack them
-    echo "== bench: $left s left" | tee -a "$log"
-    if [ "$left" -ge 60 ]; then
+    for dataset in ${datasets//,/ }; do  # busi,ddti: the second in what the first leaves
+        left=$((total - SECONDS - 25))  # 25 s to write the tables and pack them
+        echo "== bench $dataset: $left s left" | tee -a "$log"
+        if [ "$left" -lt 60 ]; then break; fi
         bench "$dataset" "$budget" 9 "$left" --augment-on-device "${graphs[@]}"
-    fi
+    done
     ;;
 speed|check)
     if gpu_tests; then speed_graphs=(--cuda-graph); else echo "== GPU-only tests FAILED" | tee -a "$log"; fi
