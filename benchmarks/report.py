@@ -426,7 +426,9 @@ def stage1_alone(report: dict, row: str, reference: str) -> str:
 # <backbone>-frozen-aux-cached-long-both, which differs from it in that change only.
 LONG_PAIRS = {
     "no-classelevate-long": "without the auxiliary map",
+    "aux-dropout-0.25-long-both": "a quarter of the training maps dropped",
     "aux-dropout-long-both": "half the training maps dropped",
+    "aux-dropout-0.75-long-both": "three quarters of the training maps dropped",
 }
 
 

@@ -224,7 +224,9 @@ def _env(threads: int) -> dict[str, str]:
 
 def run_args(dataset: str, row: dict, budget: dict, data_root: str | None) -> list[str]:
     """Config and override arguments shared by a row's fit and test commands."""
-    args = [f"--config=configs/{dataset}.yaml", *[f"--config={c}" for c in row["configs"]]]
+    # A row's settings: config files, and options ("--...") that differ from them.
+    settings = [c if c.startswith("--") else f"--config={c}" for c in row["configs"]]
+    args = [f"--config=configs/{dataset}.yaml", *settings]
     if data_root:
         args.append(f"--data.root={data_root}")
     args += [

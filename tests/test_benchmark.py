@@ -82,17 +82,25 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-frozen-aux-cached-long-both",
         "malunet-no-classelevate-long",
         "malunet-aux-dropout-long-both",
+        "malunet-aux-dropout-0.25-long-both",
+        "malunet-aux-dropout-0.75-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
         "unext-frozen-aux-cached-long-both",
         "unext-no-classelevate-long",
         "unext-aux-dropout-long-both",
+        "unext-aux-dropout-0.25-long-both",
+        "unext-aux-dropout-0.75-long-both",
     ]
     assert long[5]["configs"] == [
         "configs/ablations/frozen-aux-cached.yaml",
         "configs/ablations/aux-dropout.yaml",
     ]
+    # An option in a row's settings reaches the command as itself, after the config files.
+    args = bench.run_args("ddti", long[6], cpu, None)
+    frozen = args.index("--config=configs/ablations/frozen-aux-cached.yaml")
+    assert args.index("--model.init_args.aux_dropout=0.25") == frozen + 1
     with pytest.raises(SystemExit, match=r"need a budget with long_epochs \(smoke, cpu\)"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))
     # Other budgets run them when given the epochs (the -long-both rows, stage 1's too).
