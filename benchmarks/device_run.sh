@@ -46,7 +46,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?OUT must name the folder whose files come back}"
-mode=${1:?mode: bench or speed}
+mode=${1:?mode: all, bench, speed or check}
 log=$OUT/log.txt
 
 py=${PYTHON:-python3}
