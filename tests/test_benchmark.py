@@ -49,8 +49,9 @@ def test_rows_cover_the_protocol() -> None:
             semi = [n for n in names if n.startswith(f"{bb}-semiseg-caw")]
             assert len(semi) == len(budgets)
         for row in protocol.all_rows(dataset):
-            for config in row["configs"]:
-                assert (REPO / config).is_file(), config
+            for setting in row["configs"]:  # config files, or options with a value
+                assert (REPO / setting).is_file() or setting.startswith("--model."), setting
+                assert not setting.startswith("--") or "=" in setting, setting
     smoke = protocol.select_rows("ddti", protocol.BUDGETS["smoke"]["rows"], True)
     assert [r["name"] for r in smoke] == [
         "malunet-full",
