@@ -717,8 +717,9 @@ def update_readme() -> None:
             "`-long` rows, which train them longer, and the section after these tables.",
         ]
     for rep in reports:
-        stem = rep.get("stem", f"{rep['dataset']}-{rep['budget']}")
-        schedule = f", {rep['epochs']} epochs" if stem.endswith("ep") else ""
+        budget_stem = f"{rep['dataset']}-{rep['budget']}"
+        stem = rep.get("stem", budget_stem)
+        schedule = f", {rep['epochs']} epochs" if stem != budget_stem else ""  # --epochs
         parts += [
             f"### {rep['dataset'].upper()}, budget `{rep['budget']}`{schedule} "
             f"([table](benchmarks/results/{stem}.md))",
