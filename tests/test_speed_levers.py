@@ -287,6 +287,17 @@ def test_cuda_graphs_train_like_eager(task: type, kwargs: dict, whole_objective:
     assert losses == pytest.approx(eager, rel=1e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_train_like_eager_in_bf16() -> None:
+    """Under bf16 autocast (as a bf16-mixed trainer captures and steps), the graphed
+    objective's first two losses are eager's to within bf16 rounding."""
+    with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
+        _, eager, _ = first_steps(SemiSegCAW, {}, "eager")
+        graphed, losses, _ = first_steps(SemiSegCAW, {}, "objective")
+    assert graphed == ["objective"]
+    assert losses == pytest.approx(eager, rel=2e-2)
+
+
 def first_steps(
     task: type, kwargs: dict, mode: str, steps: int = 2, device: str = "cuda"
 ) -> tuple[list[str], list[float], list[list[float]]]:
@@ -323,26 +334,29 @@ def test_first_steps_on_a_cpu_are_reproducible_and_ungraphed() -> None:
     assert first_steps(SemiSegCAW, {}, "eager", 3, "cpu")[1:] == (losses, terms)
 
 
+class StandIn(SemiSegCAW):
+    """SemiSeg-CAW whose objective is graphed on a CPU (with ``make_graphed_callables``
+    stood in by ``fake_make_graphed_callables``)."""
+
+    def capture_cuda_graphs(self, batch, whole_objective=True):
+        from semiseg_caw.lit.base import OBJECTIVE_KEYS
+        from semiseg_caw.lit.graphs import GraphedObjective
+
+        modules = {"net": self.net, "weighting": self.weighting}
+        self.__dict__["_graphed_objective"] = GraphedObjective(
+            modules, self.eager_objective, batch, OBJECTIVE_KEYS
+        )
+        return ["objective"]
+
+
 def test_a_graphed_objective_trains_through_lightning(
     monkeypatch: pytest.MonkeyPatch, make_trainer: MakeTrainer
 ) -> None:
     """The graphed path inside a real fit, with the capture stood in on a CPU: full-size
     batches replay, the smaller last batch of an epoch runs eager, validation runs eager,
     and the weights end where an eager fit puts them."""
-    from semiseg_caw.lit.base import OBJECTIVE_KEYS
-    from semiseg_caw.lit.graphs import GraphedObjective
-
     calls = {"replays": 0}
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed_callables(calls))
-
-    class StandIn(SemiSegCAW):
-        def capture_cuda_graphs(self, batch, whole_objective=True):  # no CUDA here
-            modules = {"net": self.net, "weighting": self.weighting}
-            self.__dict__["_graphed_objective"] = GraphedObjective(
-                modules, self.eager_objective, batch, OBJECTIVE_KEYS
-            )
-            return ["objective"]
-
     weights = {}
     for task in (SemiSegCAW, StandIn):
         L.seed_everything(0)
@@ -360,3 +374,23 @@ def test_a_graphed_objective_trains_through_lightning(
     assert calls["replays"] == 2 * (n_train // 8)  # full batches only, both epochs
     for key, value in weights[SemiSegCAW].items():
         torch.testing.assert_close(weights[StandIn][key], value, msg=key)
+
+
+def test_graphs_are_captured_under_the_trainers_precision(
+    monkeypatch: pytest.MonkeyPatch, make_trainer: MakeTrainer
+) -> None:
+    """A bf16-mixed run records its graph under autocast (as its eager steps run): a graph
+    recorded outside would replay float32 kernels for the whole run."""
+    make = fake_make_graphed_callables({"replays": 0})
+    seen = []
+
+    def recording_make(module, sample_args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return make(module, sample_args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", recording_make)
+    model = StandIn(cuda_graphs=True)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2, precision="bf16-mixed")
+    trainer.fit(model, datamodule=datamodule(batch_size=8))
+    assert model.cuda_graphed == ["objective"]
+    assert seen == [(True, torch.bfloat16)]

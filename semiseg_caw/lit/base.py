@@ -302,7 +302,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
                     stacklevel=2,
                 )
                 return
-            self.cuda_graphed = self.capture_cuda_graphs(batch)
+            # Under the precision of a training step: a graph captured outside autocast
+            # would replay float32 kernels in a bf16-mixed or 16-mixed run.
+            with self.trainer.precision_plugin.train_step_context():
+                self.cuda_graphed = self.capture_cuda_graphs(batch)
             if self._device_guard is not None:  # the capture's warm-up passes ran it too
                 self._device_guard.reset(self.bad_steps)
 
