@@ -334,19 +334,22 @@ def test_first_steps_on_a_cpu_are_reproducible_and_ungraphed() -> None:
     assert first_steps(SemiSegCAW, {}, "eager", 3, "cpu")[1:] == (losses, terms)
 
 
-class StandIn(SemiSegCAW):
+def stand_in_class() -> type:
     """SemiSeg-CAW whose objective is graphed on a CPU (with ``make_graphed_callables``
-    stood in by ``fake_make_graphed_callables``)."""
+    stood in by ``fake_make_graphed_callables``). Made inside a function: a subclass made
+    at import would show up in the CLI's list of tasks in other tests."""
+    from semiseg_caw.lit.base import OBJECTIVE_KEYS
+    from semiseg_caw.lit.graphs import GraphedObjective
 
-    def capture_cuda_graphs(self, batch, whole_objective=True):
-        from semiseg_caw.lit.base import OBJECTIVE_KEYS
-        from semiseg_caw.lit.graphs import GraphedObjective
+    class StandIn(SemiSegCAW):
+        def capture_cuda_graphs(self, batch, whole_objective=True):
+            modules = {"net": self.net, "weighting": self.weighting}
+            self.__dict__["_graphed_objective"] = GraphedObjective(
+                modules, self.eager_objective, batch, OBJECTIVE_KEYS
+            )
+            return ["objective"]
 
-        modules = {"net": self.net, "weighting": self.weighting}
-        self.__dict__["_graphed_objective"] = GraphedObjective(
-            modules, self.eager_objective, batch, OBJECTIVE_KEYS
-        )
-        return ["objective"]
+    return StandIn
 
 
 def test_a_graphed_objective_trains_through_lightning(
@@ -357,6 +360,7 @@ def test_a_graphed_objective_trains_through_lightning(
     and the weights end where an eager fit puts them."""
     calls = {"replays": 0}
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed_callables(calls))
+    StandIn = stand_in_class()
     weights = {}
     for task in (SemiSegCAW, StandIn):
         L.seed_everything(0)
@@ -389,7 +393,7 @@ def test_graphs_are_captured_under_the_trainers_precision(
         return make(module, sample_args, **kwargs)
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", recording_make)
-    model = StandIn(cuda_graphs=True)
+    model = stand_in_class()(cuda_graphs=True)
     trainer = make_trainer(max_epochs=1, limit_train_batches=2, precision="bf16-mixed")
     trainer.fit(model, datamodule=datamodule(batch_size=8))
     assert model.cuda_graphed == ["objective"]
