@@ -13,7 +13,9 @@
 #   run(command="bash benchmarks/device_run.sh speed", timeout_s=400,
 #       carry=[".whl", ".device-data/busi", ".device-data/COMMIT"])
 #   run(command="bash benchmarks/device_run.sh check", timeout_s=300, carry=[".whl"])
-# (both data sets together would not fit the 64 MiB that travels: one per call). Back here,
+# Give a call's timeout_s at least SECONDS + 40: the benchmark's tables are written and
+# packed after run.py stops, so a call cut off before that returns no runs at all.
+# Back here,
 # unpack <files_at>/bench.tgz, copy its results/* and the speed tables to benchmarks/results/
 # (the tables name the device's hardware) and regenerate the README section:
 #   python -c "import sys; sys.path.insert(0, 'benchmarks'); import report; report.update_readme()"
@@ -101,6 +103,9 @@ bench() {
 # passed (speed_graphs), for at most SECONDS (the table is rewritten after every run, so a
 # time limit loses only the run it stops).
 speed_graphs=()
+speed_name() {  # the table's file name says whether CUDA graphs were on
+    if [ ${#speed_graphs[@]} -gt 0 ]; then echo speed-h200-graphs-augment; else echo speed-h200-eager-augment; fi
+}
 speed() {
     local seconds=$1 name=$2; shift 2
     timeout -k 5 "$seconds" $py benchmarks/speed.py --device cuda --epochs 2 --rounds 1 \
@@ -142,7 +147,7 @@ all)
         echo "== speed (${SECONDS} s in)" | tee -a "$log"
         # SPEED_NAME, SPEED_VARIANTS and SPEED_ARGS (e.g. "--precision bf16-mixed
         # --channels-last") pick another table.
-        speed $((total - SECONDS)) "${SPEED_NAME:-speed-h200-graphs-augment}" \
+        speed $((total - SECONDS)) "${SPEED_NAME:-$(speed_name)}" \
             --variants ${SPEED_VARIANTS:-malunet unext classelevate caw-finetune caw-cached}
     fi
     ;;
@@ -158,7 +163,7 @@ check)
 speed)
     seconds=${2:-330}
     echo "== speed: augmentation on the device, ${speed_graphs[*]:-eager}" | tee -a "$log"
-    speed $((seconds * 2 / 3)) speed-h200-graphs-augment --variants malunet unext caw-finetune caw-cached
+    speed $((seconds * 2 / 3)) "$(speed_name)" --variants malunet unext caw-finetune caw-cached
     if [ "${3:-}" = host-guard ]; then
         echo "== speed: the non-finite guard on the host (a sync per step)" | tee -a "$log"
         speed $((seconds / 3)) speed-h200-host-guard --host-guard --variants malunet caw-finetune

@@ -160,8 +160,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "trainer": [],
         "first_budget_only": True,
         "note": "GPU budget: 256 px as in the protocol, but 20 epochs per stage instead of 300, "
-        "sized so that the nine runs (three rows, three seeds) share one GPU in what one "
-        "10-minute device call leaves after the GPU tests and the speed table "
+        "sized so that the nine runs (three rows, three seeds) share one GPU within one "
+        "10-minute device call beside the GPU tests and the speed table "
         "(benchmarks/device_run.sh all); not the paper's schedule",
     },
     "full": {

@@ -238,6 +238,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
+        benchmark=True if args.cudnn_benchmark else None,  # None: torch's default (off)
         **limits,
     )
     if device == "cuda":
@@ -405,6 +406,8 @@ def _run_worker(args: argparse.Namespace, variant: str, data: Path) -> dict[str,
         cmd.append("--cuda-graph")
     if args.host_guard:
         cmd.append("--host-guard")
+    if args.cudnn_benchmark:
+        cmd.append("--cudnn-benchmark")
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd += ["--json", str(out)]
@@ -496,6 +499,7 @@ def report(
         f"- training: batch {args.batch_size}, precision {args.precision}, "
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'} memory format, "
         f"compile {args.compile}, CUDA graphs {'on' if args.cuda_graph else 'off'}, "
+        f"cuDNN autotuning {'on' if args.cudnn_benchmark else 'off'}, "
         f"{args.workers} loader workers, "
         + (
             "augmentation on the device, "
@@ -642,6 +646,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="check each loss for non-finite values on the host (a sync per step), as the "
         "package did before its device guard: to time what the sync costs",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its convolution algorithms for each shape (trainer.benchmark)",
     )
     parser.add_argument("--share", type=int, default=0, help="also run N copies at once")
     parser.add_argument("--worker-timeout", type=float, default=0, help="seconds per run (0: none)")

@@ -333,6 +333,26 @@ def test_speed_table_keeps_the_runs_that_finished_before_a_kill(
     assert "| SemiSeg-CAW, aux fine-tuned | – |" in table
 
 
+def test_speed_passes_cudnn_autotuning_to_its_workers_and_says_so(
+    tmp_path: Path, monkeypatch
+) -> None:
+    speed = load_script("speed")
+    commands = []
+
+    def fake_run(cmd, **kwargs):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "no GPU here")
+
+    monkeypatch.setattr(speed.subprocess, "run", fake_run)
+    monkeypatch.setattr(
+        speed, "_prepare_data", lambda args, path: {"name": "fake", "train": 8, "cached": 8}
+    )
+    out = tmp_path / "speed.md"
+    speed.main(["--variants", "malunet", "--rounds", "1", "--cudnn-benchmark", "--out", str(out)])
+    assert "--cudnn-benchmark" in commands[0]
+    assert "cuDNN autotuning on" in out.read_text()
+
+
 def _fake_record(row: str, method: str, seed: int, dice: float) -> dict:
     iou = dice / (2 - dice)
     metrics = {f"seg/{k}": 0.5 for k in protocol.SEG_KEYS}
