@@ -562,6 +562,13 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     stem = table_stem(a.dataset, a.budget, a.epochs)
     work = a.work or REPO / "runs" / "bench" / stem
+    previous_file = a.out / f"{stem}.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
+    if a.report_only:
+        # A rebuilt table describes the runs it holds: their -long schedule (unless given
+        # again), and the machine they ran on, which may not be this one.
+        for key in ("long_epochs", "long_stage1_epochs"):
+            budget[key] = getattr(a, key) or previous.get(key) or budget.get(key)
     jobs = [
         {
             "dataset": a.dataset,
@@ -604,7 +611,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
         records = [r for r in pool.map(go, jobs) if r is not None]
-    records = gather_records(records, work, a.out / f"{stem}.json")
+    records = gather_records(records, work, previous_file)
     known = [r["name"] for r in all_rows(a.dataset)]
     order = [n for n in known if any(r["row"] == n for r in records)]
     seeds = sorted({r["seed"] for r in records}) or seeds
@@ -622,8 +629,8 @@ def main(argv: list[str] | None = None) -> dict:
         "long_stage1_epochs": budget.get("long_stage1_epochs"),
         "seeds": seeds,
         "trainer_overrides": budget["trainer"],
-        "commit": run_commits(records, a.out / f"{stem}.json"),
-        "hardware": machine(),
+        "commit": run_commits(records, previous_file),
+        "hardware": (a.report_only and previous.get("hardware")) or machine(),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.time() - started,
         "rows": summarise(records, order),

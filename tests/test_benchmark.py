@@ -402,6 +402,23 @@ def test_a_table_keeps_the_runs_of_its_previous_report(tmp_path: Path) -> None:
     ]
 
 
+def test_a_table_rebuilt_elsewhere_keeps_its_runs_machine_and_schedule(tmp_path: Path) -> None:
+    """Rebuilding a GPU table here (--report-only) must not relabel its runs with this
+    machine, nor forget the -long rows' epochs given when they ran."""
+    gpu = {"cpu": "Xeon", "cores": 16, "memory_gib": 126.0, "gpu": "NVIDIA H200", "torch": "x"}
+    runs = [_fake_record("malunet-full", "full", 0, 0.70)]
+    runs += [_fake_record("malunet-full-long", "full-long", 0, 0.72)]
+    previous = {"runs": runs, "hardware": gpu, "long_epochs": 60, "commit": "abc1234"}
+    (tmp_path / "busi-gpu.json").write_text(json.dumps(previous))
+    args = ["--dataset", "busi", "--budget", "gpu", "--report-only", "--no-readme"]
+    args += ["--work", str(tmp_path / "runs"), "--out", str(tmp_path)]
+    report = bench.main(args)
+    assert report["hardware"] == gpu and report["long_epochs"] == 60
+    table = (tmp_path / "busi-gpu.md").read_text()
+    assert "NVIDIA H200" in table and "-long rows: 60" in table
+    assert bench.main([*args, "--long-epochs", "80"])["long_epochs"] == 80
+
+
 def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = [_fake_record("malunet-full", "full", s, 0.60 + 0.01 * s) for s in range(3)]
     records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65)]
