@@ -157,7 +157,7 @@ speed|check)
 check)
     seconds=${2:-240}
     timeout -k 5 "$seconds" $py benchmarks/speed_check.py --device cuda --parallel 8 \
-        --runs "fused AdamW" "CUDA graphs" --out "$OUT/speed-check-h200-graphs.md" \
+        --runs "fused AdamW" "CUDA graphs" bf16 --out "$OUT/speed-check-h200-gpu-levers.md" \
         2>&1 | quiet | tee -a "$log"
     ;;
 speed)

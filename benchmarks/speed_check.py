@@ -3,12 +3,12 @@ run, never its result beyond seed noise.
 
 Trains the demo configuration (``configs/demo.yaml``: both stages, synthetic data) with and
 without each lever (fused AdamW, cached auxiliary maps, augmentation on the device, CUDA
-graphs) and with two seeds, and writes the validation Dice side by side
+graphs, bf16-mixed precision) and with two seeds, and writes the validation Dice side by side
 (``results/speed-check-<hardware>.md`` and ``.json``). Stage 1 is trained once and shared by
 every stage-2 run; each run is its own process, and ``--parallel N`` runs N at once.
 
     python benchmarks/speed_check.py                                  # CPU, every CPU lever
-    python benchmarks/speed_check.py --device cuda --parallel 8 --runs "fused AdamW" "CUDA graphs"
+    python benchmarks/speed_check.py --device cuda --parallel 8 --runs "fused AdamW" "CUDA graphs" bf16
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,27 +34,58 @@ from speed import ENV, REPO, RESULTS, VARIANTS, hardware_names  # noqa: E402
 
 DIRTY_PATHS = ["semiseg_caw", "benchmarks/speed_check.py", "configs/demo.yaml"]
 
-# (label, variant, seed, plain AdamW = the optimiser before the fused-AdamW lever,
-#  augmentation on the device, CUDA graphs)
-RUNS: list[tuple[str, str, int, bool, bool, bool]] = [
-    ("bare MALUNet, plain AdamW", "malunet", 42, True, False, False),
-    ("bare MALUNet, fused AdamW", "malunet", 42, False, False, False),
-    ("bare MALUNet, fused AdamW", "malunet", 43, False, False, False),
-    ("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, True, False, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42, False, False, False),
-    ("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43, False, False, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 42, False, False, False),
-    ("SemiSeg-CAW frozen, live maps", "caw-frozen", 43, False, False, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 42, False, False, False),
-    ("SemiSeg-CAW frozen, cached maps", "caw-cached", 43, False, False, False),
-    ("bare MALUNet, augmentation on the device", "malunet", 42, False, True, False),
-    ("bare MALUNet, augmentation on the device", "malunet", 43, False, True, False),
-    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, False, True, False),
-    ("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, False, True, False),
-    # CUDA graphs (a GPU only): against the fused-AdamW runs above.
-    ("bare MALUNet, CUDA graphs", "malunet", 42, False, False, True),
-    ("SemiSeg-CAW fine-tuned, CUDA graphs", "caw-finetune", 42, False, False, True),
-    ("SemiSeg-CAW frozen, cached maps, CUDA graphs", "caw-cached", 42, False, False, True),
+
+@dataclass(frozen=True)
+class Run:
+    """One stage-2 training of the check: a variant, a seed and the levers it uses."""
+
+    label: str
+    variant: str
+    seed: int
+    plain_adamw: bool = False  # the optimiser before the fused-AdamW lever
+    on_device: bool = False  # augmentation on the device
+    graphs: bool = False  # CUDA graphs
+    bf16: bool = False  # trainer precision bf16-mixed
+
+    @property
+    def gpu_only(self) -> bool:
+        return self.graphs or self.bf16
+
+    @property
+    def job(self) -> str:
+        """The worker's job string: ``variant:seed:plain:on_device:graphs:bf16``."""
+        flags = (self.plain_adamw, self.on_device, self.graphs, self.bf16)
+        return ":".join([self.variant, str(self.seed), *(str(int(f)) for f in flags)])
+
+
+RUNS: list[Run] = [
+    Run("bare MALUNet, plain AdamW", "malunet", 42, plain_adamw=True),
+    Run("bare MALUNet, fused AdamW", "malunet", 42),
+    Run("bare MALUNet, fused AdamW", "malunet", 43),
+    Run("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, plain_adamw=True),
+    Run("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42),
+    Run("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43),
+    Run("SemiSeg-CAW frozen, live maps", "caw-frozen", 42),
+    Run("SemiSeg-CAW frozen, live maps", "caw-frozen", 43),
+    Run("SemiSeg-CAW frozen, cached maps", "caw-cached", 42),
+    Run("SemiSeg-CAW frozen, cached maps", "caw-cached", 43),
+    Run("bare MALUNet, augmentation on the device", "malunet", 42, on_device=True),
+    Run("bare MALUNet, augmentation on the device", "malunet", 43, on_device=True),
+    Run("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, on_device=True),
+    Run("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, on_device=True),
+    # A GPU only: against the fused-AdamW runs above.
+    Run("bare MALUNet, CUDA graphs", "malunet", 42, graphs=True),
+    Run("SemiSeg-CAW fine-tuned, CUDA graphs", "caw-finetune", 42, graphs=True),
+    Run("SemiSeg-CAW frozen, cached maps, CUDA graphs", "caw-cached", 42, graphs=True),
+    Run("bare MALUNet, bf16-mixed", "malunet", 42, bf16=True),
+    Run("SemiSeg-CAW fine-tuned, bf16-mixed", "caw-finetune", 42, bf16=True),
+    Run(
+        "SemiSeg-CAW fine-tuned, bf16-mixed + CUDA graphs",
+        "caw-finetune",
+        42,
+        graphs=True,
+        bf16=True,
+    ),
 ]
 
 
@@ -84,11 +116,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from semiseg_caw.lit.stages import fit_stage1
 
     cfg = _demo_config(args)
-    # The job: "stage1", or "variant:seed:plain:on_device:graphs" (plain AdamW,
-    # augmentation on the device, CUDA graphs: 0 or 1).
+    # The job: "stage1", or Run.job (variant, seed, then each lever: 0 or 1).
     stage1_job = args.worker == "stage1"
-    variant, seed, plain, on_device, graphs = (
-        ("", "0", "0", "0", "0") if stage1_job else args.worker.split(":")
+    variant, seed, plain, on_device, graphs, bf16 = (
+        ("", "0", "0", "0", "0", "0") if stage1_job else args.worker.split(":")
     )
     dm = semiseg_caw.SemiSegDataModule(**cfg["data"], augment_on_device=on_device == "1")
     trainer_kwargs = dict(
@@ -139,6 +170,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         enable_checkpointing=False,
         callbacks=[history],
         default_root_dir=args.dir,
+        precision="bf16-mixed" if bf16 == "1" else "32-true",
         **trainer_kwargs,
     )
     with warnings.catch_warnings():
@@ -170,6 +202,12 @@ def _run_worker(args: argparse.Namespace, job: str, tmp: Path) -> dict[str, Any]
     return json.loads(out.read_text())
 
 
+def selected_runs(patterns: list[str], device: str) -> list[Run]:
+    """The runs whose label contains one of ``patterns``; on a CPU, not the GPU-only ones."""
+    runs = [r for r in RUNS if any(k in r.label for k in patterns)]
+    return runs if device == "cuda" else [r for r in runs if not r.gpu_only]
+
+
 def check(args: argparse.Namespace) -> None:
     """Demo-config trainings with and without each lever; validation Dice side by side."""
     import lightning
@@ -183,16 +221,15 @@ def check(args: argparse.Namespace) -> None:
         stage1 = _run_worker(args, "stage1", Path(tmp))
         args.stage1 = stage1["checkpoint"]
         print(f"stage 1: {stage1['wall_s']:.0f} s", flush=True)
-        runs = [r for r in RUNS if any(k in r[0] for k in args.runs)]
-        if args.device != "cuda":
-            runs = [r for r in runs if not r[5]]  # CUDA graphs: nothing to check on a CPU
+        runs = selected_runs(args.runs, args.device)
 
-        def one(run: tuple[str, str, int, bool, bool, bool]) -> dict[str, Any]:
-            label, variant, seed, plain, on_device, graphs = run
-            job = f"{variant}:{seed}:{int(plain)}:{int(on_device)}:{int(graphs)}"
-            r = _run_worker(args, job, Path(tmp))
-            print(f"{label}, seed {seed}: final {r['final']:.4f} best {r['best']:.4f}", flush=True)
-            return {"label": label, "variant": variant, "seed": seed, **r}
+        def one(run: Run) -> dict[str, Any]:
+            r = _run_worker(args, run.job, Path(tmp))
+            print(
+                f"{run.label}, seed {run.seed}: final {r['final']:.4f} best {r['best']:.4f}",
+                flush=True,
+            )
+            return {"label": run.label, "variant": run.variant, "seed": run.seed, **r}
 
         # Each run is its own process: a big machine can run several at once.
         with ThreadPoolExecutor(max(1, args.parallel)) as pool:
@@ -217,6 +254,7 @@ def check(args: argparse.Namespace) -> None:
         "the loader",
         "- CUDA graphs: `model.cuda_graphs` (the training objective replayed from a CUDA "
         "graph; a GPU only)",
+        "- bf16-mixed: `trainer.precision: bf16-mixed` (stage 2 only; a GPU only)",
         f"- runs at once: {args.parallel}",
         f"- wall time: {(time.perf_counter() - start) / 60:.1f} min",
         "",
