@@ -365,6 +365,7 @@ def chosen_on_validation(report: dict, by: dict[str, dict], bb: str) -> list[str
 LEVERS = {
     "cuda_graphs": "CUDA graphs (`model.cuda_graphs`)",
     "augment_on_device": "augmentation on the device (`data.augment_on_device`)",
+    "bf16": "bf16-mixed precision in training (`trainer.precision`; tested in float32)",
 }
 
 
@@ -375,8 +376,9 @@ def levers_note(report: dict) -> list[str]:
         used = [r for r in report["runs"] if r.get(key)]
         if used:
             lines.append(
-                f"- {name}: on in {len(used)} of {len(report['runs'])} runs; a speed lever "
-                "that `benchmarks/speed_check.py` holds to the result without it."
+                f"- {name}: on in {len(used)} of {len(report['runs'])} runs; a speed lever, "
+                "meant to leave the result as it is without it (`benchmarks/speed_check.py` "
+                "compares the two on the demo config; see its tables)."
             )
     return lines
 

@@ -240,6 +240,15 @@ def run_args(dataset: str, row: dict, budget: dict, data_root: str | None) -> li
     return args
 
 
+# Speed levers a run may train with (run.py's options of the same names): the fit option
+# each adds. The test always runs without them; the tables say which runs used which.
+SPEED_LEVERS = {
+    "cuda_graphs": "--model.init_args.cuda_graphs=true",  # the same steps, replayed
+    "augment_on_device": "--data.augment_on_device=true",  # the same augmentations, batched
+    "bf16": "--trainer.precision=bf16-mixed",  # both stages in mixed precision
+}
+
+
 def shared_stage1(job: dict) -> Path | None:
     """The best stage-1 checkpoint of the finished run this job may reuse (``stage1_source``)."""
     source = stage1_source(job["row"], job["dataset"])
@@ -346,10 +355,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
         f"--trainer.logger.init_args.save_dir={rundir}",
         *budget["trainer"],
     ]
-    if job.get("cuda_graphs"):  # a speed lever: the same training, replayed from CUDA graphs
-        fit.append("--model.init_args.cuda_graphs=true")
-    if job.get("augment_on_device"):  # a speed lever: the same augmentations, batched on the GPU
-        fit.append("--data.augment_on_device=true")
+    fit += [option for key, option in SPEED_LEVERS.items() if job.get(key)]
     stage1 = shared_stage1(job)
     if stage1 is not None:
         fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
@@ -367,8 +373,7 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     tested = json.loads((rundir / "test.json").read_text())
     record = _record(job, row, tested, started_at, timing)
-    record["cuda_graphs"] = bool(job.get("cuda_graphs"))
-    record["augment_on_device"] = bool(job.get("augment_on_device"))
+    record.update({key: bool(job.get(key)) for key in SPEED_LEVERS})
     if stage1 is not None:
         record["stage1_from"] = str(
             stage1.relative_to(REPO) if stage1.is_relative_to(REPO) else stage1
@@ -442,8 +447,7 @@ def test_stage1(job: dict, threads: int) -> None:
     record = _record(job, derived, tested, parent.get("commit"), {})
     record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
     record["val_dice"] = best_val_dice(rundir / "stage1" / "logs")  # stage 1's, not stage 2's
-    record["cuda_graphs"] = parent.get("cuda_graphs", False)
-    record["augment_on_device"] = parent.get("augment_on_device", False)
+    record.update({key: parent.get(key, False) for key in SPEED_LEVERS})
     record["derived_from"] = str(
         rundir.relative_to(REPO) if rundir.is_relative_to(REPO) else rundir
     )
@@ -509,6 +513,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--augment-on-device",
         action="store_true",
         help="train with data.augment_on_device (a speed lever; the tables say which runs used it)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train with trainer.precision bf16-mixed, test in float32 (a speed lever; the "
+        "tables say which runs used it)",
     )
     p.add_argument("--epochs", type=int, help="override the budget's epochs (both stages)")
     p.add_argument("--long-epochs", type=int, help="the -long rows' epochs (default: budget's)")
@@ -577,8 +587,7 @@ def main(argv: list[str] | None = None) -> dict:
             "budget": budget,
             "data_root": a.data_root,
             "dir": work / r["name"] / f"seed{s}",
-            "cuda_graphs": a.cuda_graphs,
-            "augment_on_device": a.augment_on_device,
+            **{key: getattr(a, key) for key in SPEED_LEVERS},
         }
         for r in rows
         for s in seeds

@@ -311,15 +311,19 @@ def test_speed_levers_reach_the_fit_command(tmp_path: Path, monkeypatch) -> None
     row = next(r for r in protocol.all_rows("busi") if r["name"] == "malunet-full")
     job = {"dataset": "busi", "row": row, "seed": 0, "budget": protocol.BUDGETS["smoke"]}
     job |= {"data_root": None, "dir": tmp_path / "run"}
-    for levers in ({}, {"cuda_graphs": True, "augment_on_device": True}):
+    for levers in ({}, {"cuda_graphs": True, "augment_on_device": True, "bf16": True}):
         with pytest.raises(InterruptedError):
             bench.run_one(job | levers, threads=1, force=False)
     plain, fast = specs
-    assert not any("cuda_graphs" in a or "augment_on_device" in a for a in plain["fit"])
-    assert {"--model.init_args.cuda_graphs=true", "--data.augment_on_device=true"} <= set(
-        fast["fit"]
-    )
-    assert not any("augment_on_device" in a for a in fast["test"])
+    levers = {
+        "--model.init_args.cuda_graphs=true",
+        "--data.augment_on_device=true",
+        "--trainer.precision=bf16-mixed",
+    }
+    assert not levers & set(plain["fit"])
+    assert levers <= set(fast["fit"])
+    assert not levers & set(fast["test"])  # evaluation as without them
+    assert set(bench.SPEED_LEVERS) == set(tables.LEVERS)  # the tables name each
 
 
 def test_speed_table_keeps_the_runs_that_finished_before_a_kill(
