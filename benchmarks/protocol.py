@@ -51,10 +51,11 @@ LONG = {
     "no-classelevate-long": ["configs/ablations/no-classelevate.yaml"],
     # -long-both with half the training maps dropped (variant aux-dropout): whether a core
     # model that must also segment without the map leans on it less; and with a quarter
-    # and three quarters dropped, to choose the rate on validation.
+    # three quarters and nine tenths dropped, to choose the rate on validation.
     "aux-dropout-long-both": [FROZEN_CACHED, "configs/ablations/aux-dropout.yaml"],
     "aux-dropout-0.25-long-both": [FROZEN_CACHED, "--model.init_args.aux_dropout=0.25"],
     "aux-dropout-0.75-long-both": [FROZEN_CACHED, "--model.init_args.aux_dropout=0.75"],
+    "aux-dropout-0.9-long-both": [FROZEN_CACHED, "--model.init_args.aux_dropout=0.9"],
 }
 # Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's.
 LONG_STAGE1 = {
@@ -62,6 +63,7 @@ LONG_STAGE1 = {
     "aux-dropout-long-both",
     "aux-dropout-0.25-long-both",
     "aux-dropout-0.75-long-both",
+    "aux-dropout-0.9-long-both",
 }
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model

@@ -431,6 +431,7 @@ LONG_PAIRS = {
     "aux-dropout-0.25-long-both": "a quarter of the training maps dropped",
     "aux-dropout-long-both": "half the training maps dropped",
     "aux-dropout-0.75-long-both": "three quarters of the training maps dropped",
+    "aux-dropout-0.9-long-both": "nine tenths of the training maps dropped",
 }
 
 

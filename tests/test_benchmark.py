@@ -85,6 +85,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-aux-dropout-long-both",
         "malunet-aux-dropout-0.25-long-both",
         "malunet-aux-dropout-0.75-long-both",
+        "malunet-aux-dropout-0.9-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
@@ -93,6 +94,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "unext-aux-dropout-long-both",
         "unext-aux-dropout-0.25-long-both",
         "unext-aux-dropout-0.75-long-both",
+        "unext-aux-dropout-0.9-long-both",
     ]
     assert long[5]["configs"] == [
         "configs/ablations/frozen-aux-cached.yaml",
