@@ -148,7 +148,7 @@ all)
         # SPEED_NAME, SPEED_VARIANTS and SPEED_ARGS (e.g. "--precision bf16-mixed
         # --channels-last") pick another table.
         speed $((total - SECONDS)) "${SPEED_NAME:-$(speed_name)}" \
-            --variants ${SPEED_VARIANTS:-malunet unext classelevate caw-finetune caw-cached}
+            --variants ${SPEED_VARIANTS:-malunet unext classelevate caw-finetune caw-decoder caw-cached}
     fi
     ;;
 speed|check)
@@ -163,7 +163,7 @@ check)
 speed)
     seconds=${2:-330}
     echo "== speed: augmentation on the device, ${speed_graphs[*]:-eager}" | tee -a "$log"
-    speed $((seconds * 2 / 3)) "$(speed_name)" --variants malunet unext caw-finetune caw-cached
+    speed $((seconds * 2 / 3)) "$(speed_name)" --variants malunet unext caw-finetune caw-decoder caw-cached
     if [ "${3:-}" = host-guard ]; then
         echo "== speed: the non-finite guard on the host (a sync per step)" | tee -a "$log"
         speed $((seconds / 3)) speed-h200-host-guard --host-guard --variants malunet caw-finetune

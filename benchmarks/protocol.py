@@ -70,7 +70,8 @@ BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a s
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
 # CAM target, without both class-to-pixel terms, or with a consistency term on class-only
 # images; the auxiliary map also added to the output logits; half the training maps
-# dropped; the auxiliary model fine-tuned at the full learning rate or at 0.3 of it; Focal
+# dropped; the auxiliary model fine-tuned at the full learning rate or at 0.3 of it, or
+# only its decoder and heads fine-tuned (the cheaper step, see benchmarks/speed.py); Focal
 # Tversky weighing false negatives and positives alike;
 # cross-entropy balanced by class frequency (both stages, so its stage 1 is its own; or
 # stage 2 only, on SemiSeg-CAW's stage 1).
@@ -84,6 +85,7 @@ VARIANTS = [
     "aux-dropout",
     "aux-full-lr",
     "aux-lr-0.3",
+    "aux-decoder",
     "ftv-balanced",
     "balanced-classes",
     "balanced-classes-stage2",
@@ -104,6 +106,7 @@ SHARES_STAGE1 = {
     "aux-dropout",
     "aux-full-lr",
     "aux-lr-0.3",
+    "aux-decoder",
     "ftv-balanced",
     "balanced-classes-stage2",
 }

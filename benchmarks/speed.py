@@ -85,6 +85,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),
     "classelevate": ("ClassElevateSeg alone (stage 1)", "ClassElevateSeg", {}),
     "caw-finetune": ("SemiSeg-CAW, aux fine-tuned", "SemiSegCAW", {}),
+    "caw-decoder": (
+        "SemiSeg-CAW, aux decoder fine-tuned",
+        "SemiSegCAW",
+        dict(aux_mode="decoder"),
+    ),
     "caw-frozen": ("SemiSeg-CAW, aux frozen, live maps", "SemiSegCAW", dict(aux_mode="frozen")),
     "caw-cached": (
         "SemiSeg-CAW, aux frozen, cached maps",

@@ -168,6 +168,28 @@ def test_finetuned_auxiliary_model_has_its_own_smaller_learning_rate() -> None:
     assert len(seen) == len(set(seen)) == sum(1 for _ in model.parameters())
 
 
+def test_decoder_mode_fine_tunes_the_auxiliary_decoder_and_keeps_its_encoder(
+    make_trainer: MakeTrainer,
+) -> None:
+    L.seed_everything(0)
+    model = SemiSegCAW(aux_mode="decoder", lr=1e-2)
+    aux = model.net.aux_model
+    encoder = {k: v.clone() for k, v in aux.encoder.state_dict().items()}
+    decoder = {k: v.clone() for k, v in aux.decoder.state_dict().items()}
+    (aux_group,) = [g for g in model.parameter_groups() if g.get("lr") == pytest.approx(1e-3)]
+    trainable = {
+        id(p) for m in (aux.decoder, aux.segmentation_head, aux.classifier) for p in m.parameters()
+    }
+    assert {id(p) for p in aux_group["params"]} == trainable
+    assert "aux" in model.terms  # the decoder still learns from the masks and labels
+    make_trainer().fit(model, datamodule=datamodule())
+    for key, value in aux.encoder.state_dict().items():
+        assert torch.equal(value, encoder[key]), key  # weights and BatchNorm statistics
+    assert any(not torch.equal(v, decoder[k]) for k, v in aux.decoder.state_dict().items())
+    with pytest.raises(ValueError, match="cache_aux_maps needs a fixed"):
+        SemiSegCAW(aux_mode="decoder", cache_aux_maps=True)
+
+
 def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     model = SemiSegCAW(lr=1e-2)

@@ -296,6 +296,20 @@ class TestSemiSegCAWNet:
         assert all(p.grad is not None for p in net.backbone.parameters())
         assert all(torch.equal(v, net.aux_model.state_dict()[k]) for k, v in before.items())
 
+    def test_aux_encoder_frozen_fine_tunes_the_decoder_and_heads_only(self) -> None:
+        net = build_semiseg_net("malunet", in_channels=1, aux_encoder_frozen=True).train()
+        encoder = net.aux_model.encoder
+        assert net.aux_trainable and net.aux_model.training and not encoder.training
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        all_outputs_loss(net(torch.randn(2, 1, SIZE, SIZE))).backward()
+        assert all(p.grad is None for p in encoder.parameters())
+        tuned = [net.aux_model.decoder, net.aux_model.segmentation_head, net.aux_model.classifier]
+        assert all(p.grad is not None for m in tuned for p in m.parameters())
+        # Eval-mode BatchNorm: a training step leaves the encoder's statistics alone.
+        assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
+        with pytest.raises(ValueError, match="aux_encoder_frozen"):
+            build_semiseg_net("malunet", aux_frozen=True, aux_encoder_frozen=True)
+
     def test_precomputed_aux_map(self) -> None:
         net = build_semiseg_net("malunet", in_channels=1, aux_frozen=True).eval()
         image = torch.randn(2, 1, SIZE, SIZE)

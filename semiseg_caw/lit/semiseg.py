@@ -43,7 +43,9 @@ class SemiSegCAW(SegmentationTask):
         aux_source: where the auxiliary map comes from: the ClassElevateSeg
             segmentation output, LayerCAM of its classifier, or none.
         aux_mode: ``finetune`` the auxiliary model jointly (own parameter group,
-            ``aux_lr_scale`` times the learning rate) or keep it ``frozen``.
+            ``aux_lr_scale`` times the learning rate), fine-tune only its ``decoder`` and
+            heads (its encoder fixed: no backward pass through it, a cheaper step), or keep
+            it ``frozen``.
         cache_aux_maps: with a fixed auxiliary model (``aux_mode: frozen``, or
             ``layercam``), compute every image's auxiliary map once at the start of
             ``fit`` and have the data module serve it (training maps get the images'
@@ -111,7 +113,7 @@ class SemiSegCAW(SegmentationTask):
         in_channels: int = 1,
         backbone: Literal["malunet", "unext"] = "malunet",
         aux_source: Literal["classelevate", "layercam", "none"] = "classelevate",
-        aux_mode: Literal["finetune", "frozen"] = "finetune",
+        aux_mode: Literal["finetune", "decoder", "frozen"] = "finetune",
         cache_aux_maps: bool = False,
         cuda_graphs: bool = False,
         aux_output_skip: bool = False,
@@ -185,6 +187,7 @@ class SemiSegCAW(SegmentationTask):
             classifier_hidden=hp.classifier_hidden,
             output_skip=hp.get("aux_output_skip", False),
             aux_dropout=hp.get("aux_dropout", 0.0),
+            aux_encoder_frozen=hp.aux_source == "classelevate" and hp.aux_mode == "decoder",
         )
         extra = {}
         if hp.weighting == "static" and hp.loss_weights:
@@ -198,7 +201,7 @@ class SemiSegCAW(SegmentationTask):
         terms = ["bce", "dice", "ftv"]
         if hp.classifier:
             terms.append("ce")
-        if hp.aux_source == "classelevate" and hp.aux_mode == "finetune":
+        if hp.aux_source == "classelevate" and hp.aux_mode != "frozen":
             terms.append("aux")
         return terms
 
@@ -389,14 +392,10 @@ class SemiSegCAW(SegmentationTask):
         if weighting:
             # Loss weights are not decayed: decay would pull every s_i towards zero.
             groups.append({"params": weighting, "weight_decay": 0.0})
-        if (
-            aux is not None
-            and self.hparams.aux_mode == "finetune"
-            and self.hparams.aux_source == "classelevate"
-        ):
+        if self.net.aux_trainable:
             groups.append(
                 {
-                    "params": list(aux.parameters()),
+                    "params": [p for p in aux.parameters() if p.requires_grad],
                     "lr": self.hparams.lr * self.hparams.aux_lr_scale,
                 }
             )

@@ -29,6 +29,9 @@ class SemiSegCAWNet(nn.Module):
         aux_frozen: with ``"classelevate"``, keep the aux model fixed (no gradient, always in
             eval mode) instead of fine-tuning it jointly. With ``"layercam"`` the aux model
             is always fixed.
+        aux_encoder_frozen: fine-tune the aux model's decoder and heads only: its encoder
+            keeps its weights and BatchNorm statistics (no gradient, always in eval mode), so
+            a step spends no backward pass and no optimiser state on it.
         layercam_layer: encoder stage(s) of the LayerCAM maps, see :func:`layercam`.
         output_skip: also add ``gain * logit(aux_map)`` to the backbone's mask logits, with
             one trainable ``gain`` that starts at 0 (so training starts from the plain
@@ -39,8 +42,9 @@ class SemiSegCAWNet(nn.Module):
             output's ``aux_map`` keeps it), so that the backbone also learns to segment from
             the image alone instead of settling for copying the map.
 
-    A fixed aux model has ``requires_grad`` switched off and stays in eval mode through
-    ``.train()``; ``aux_trainable`` tells which case applies (e.g. for optimiser groups).
+    A fixed aux model (or encoder) has ``requires_grad`` switched off and stays in eval mode
+    through ``.train()``; ``aux_trainable`` tells whether any of the aux model is fine-tuned
+    (e.g. for optimiser groups).
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class SemiSegCAWNet(nn.Module):
         layercam_layer: str = "deepest",
         output_skip: bool = False,
         aux_dropout: float = 0.0,
+        aux_encoder_frozen: bool = False,
     ) -> None:
         super().__init__()
         if aux_source not in AUX_SOURCES:
@@ -79,9 +84,23 @@ class SemiSegCAWNet(nn.Module):
         self.layercam_layer = layercam_layer
         self.aux_dropout = aux_dropout
         self.skip_gain = nn.Parameter(torch.zeros(())) if output_skip else None
-        if aux_model is not None and not self.aux_trainable:
-            aux_model.requires_grad_(False)
-            aux_model.eval()
+        if aux_encoder_frozen and not self.aux_trainable:
+            raise ValueError(
+                "aux_encoder_frozen fixes part of a fine-tuned ClassElevateSeg: it needs "
+                "aux_source='classelevate' and aux_frozen=False"
+            )
+        self.aux_encoder_frozen = aux_encoder_frozen
+        for part in self._fixed_aux_parts():
+            part.requires_grad_(False)
+            part.eval()
+
+    def _fixed_aux_parts(self) -> list[nn.Module]:
+        """The parts of the aux model that are not fine-tuned."""
+        if self.aux_model is None:
+            return []
+        if not self.aux_trainable:
+            return [self.aux_model]
+        return [self.aux_model.encoder] if self.aux_encoder_frozen else []
 
     @property
     def aux_trainable(self) -> bool:
@@ -89,10 +108,10 @@ class SemiSegCAWNet(nn.Module):
         return self.aux_source == "classelevate" and not self.aux_frozen
 
     def train(self, mode: bool = True) -> SemiSegCAWNet:
-        """Set train / eval mode; a fixed aux model always stays in eval mode."""
+        """Set train / eval mode; a fixed aux model (or encoder) always stays in eval mode."""
         super().train(mode)
-        if self.aux_model is not None and not self.aux_trainable:
-            self.aux_model.eval()
+        for part in self._fixed_aux_parts():
+            part.eval()
         return self
 
     def forward(self, image: Tensor, aux_map: Tensor | None = None) -> SemiSegOutput:
@@ -169,6 +188,7 @@ def build_semiseg_net(
     layercam_layer: str = "deepest",
     output_skip: bool = False,
     aux_dropout: float = 0.0,
+    aux_encoder_frozen: bool = False,
 ) -> SemiSegCAWNet:
     """Assemble the SemiSeg-CAW model from names (the paper's shape with the defaults).
 
@@ -192,5 +212,13 @@ def build_semiseg_net(
             net.feature_channels, num_classes, hidden=classifier_hidden
         )
     return SemiSegCAWNet(
-        net, classifier, aux_model, aux_source, aux_frozen, layercam_layer, output_skip, aux_dropout
+        net,
+        classifier,
+        aux_model,
+        aux_source,
+        aux_frozen,
+        layercam_layer,
+        output_skip,
+        aux_dropout,
+        aux_encoder_frozen,
     )
