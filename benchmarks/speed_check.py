@@ -65,6 +65,8 @@ RUNS: list[Run] = [
     Run("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, plain_adamw=True),
     Run("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42),
     Run("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43),
+    Run("SemiSeg-CAW aux decoder fine-tuned", "caw-decoder", 42),
+    Run("SemiSeg-CAW aux decoder fine-tuned", "caw-decoder", 43),
     Run("SemiSeg-CAW frozen, live maps", "caw-frozen", 42),
     Run("SemiSeg-CAW frozen, live maps", "caw-frozen", 43),
     Run("SemiSeg-CAW frozen, cached maps", "caw-cached", 42),
