@@ -103,6 +103,7 @@ def markdown(report: dict) -> str:
         f"invocation {report['wall_s'] / 60:.1f} min"
         f"{' (tables rebuilt from finished runs)' if report.get('report_only') else ''}.",
         *levers_note(report),
+        *machines_note(report),
         "",
         "| row | class-only | seeds | Dice | IoU | recall | precision | specificity | pixel acc. "
         "| Dice/img | IoU/img | cls acc. | cls bal. acc. | AUROC |",
@@ -367,6 +368,22 @@ LEVERS = {
     "augment_on_device": "augmentation on the device (`data.augment_on_device`)",
     "bf16": "bf16-mixed precision in training (`trainer.precision`; tested in float32)",
 }
+
+
+def machines_note(report: dict) -> list[str]:
+    """Where a table's runs ran on more than one machine, which rows ran where (the
+    hardware above is the machine that wrote the table)."""
+    found = report.get("machines") or []
+    if len(found) < 2:
+        return []
+    lines = [f"- The runs ran on {len(found)} machines:"]
+    for m in found:
+        hw = m["hardware"]
+        lines.append(
+            f"  - {hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'} (torch {hw['torch']}):"
+            f" {m['runs']} run{'s' if m['runs'] != 1 else ''} ({', '.join(m['rows'])})"
+        )
+    return lines
 
 
 def levers_note(report: dict) -> list[str]:

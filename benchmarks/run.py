@@ -314,6 +314,7 @@ def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -
         "epoch_s": statistics.mean(timing["epoch_s"]) if timing.get("epoch_s") else None,
         "stage1_epoch_s": timing.get("stage1_epoch_s"),
         "val_dice": best_val_dice(job["dir"]),
+        "hardware": run_machine(),
         **tested,
     }
     if best.is_relative_to(REPO):
@@ -460,17 +461,44 @@ def gather_records(records: list[dict], work: Path, previous: Path) -> list[dict
     one table: other rows, more seeds): this invocation's runs, then the others in ``work``,
     then those recorded in the previous report but absent here (a fresh checkout has no
     runs folder), so that adding rows never drops the results it had. One run per row and
-    seed, the newest source first."""
+    seed, the newest source first. A run recorded before runs named their machine is
+    given the previous report's (the machine that table said its runs ran on)."""
     found = list(records)
     done = {(r["row"], r["seed"]) for r in found}
     earlier = [load_record(f) for f in sorted(work.glob("*/seed*/result.json"))]
-    if previous.is_file():
-        earlier += json.loads(previous.read_text()).get("runs", [])
+    old = json.loads(previous.read_text()) if previous.is_file() else {}
+    earlier += old.get("runs", [])
     for rec in earlier:
         if (rec["row"], rec["seed"]) not in done:
             found.append(rec)
             done.add((rec["row"], rec["seed"]))
+    for rec in found:
+        if not rec.get("hardware") and old.get("hardware"):
+            rec["hardware"] = {k: old["hardware"].get(k) for k in MACHINE_KEYS}
     return found
+
+
+MACHINE_KEYS = ("cpu", "cores", "gpu", "torch")  # what tells machines apart (not their load)
+
+
+def run_machine() -> dict:
+    """The machine a run ran on, as its record keeps it."""
+    m = machine()
+    return {k: m[k] for k in MACHINE_KEYS}
+
+
+def machines(records: list[dict]) -> list[dict]:
+    """The machines a table's runs ran on, each with its rows, most runs first."""
+    by: dict[tuple, dict] = {}
+    for rec in records:
+        hw = rec.get("hardware")
+        if not hw:
+            continue
+        entry = by.setdefault(tuple(hw.get(k) for k in MACHINE_KEYS), {"hardware": hw, "runs": 0})
+        entry["runs"] += 1
+        entry.setdefault("rows", set()).add(rec["row"])
+    out = sorted(by.values(), key=lambda e: -e["runs"])
+    return [{**e, "rows": sorted(e["rows"])} for e in out]
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -640,6 +668,7 @@ def main(argv: list[str] | None = None) -> dict:
         "trainer_overrides": budget["trainer"],
         "commit": run_commits(records, previous_file),
         "hardware": (a.report_only and previous.get("hardware")) or machine(),
+        "machines": machines(records),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.time() - started,
         "rows": summarise(records, order),

@@ -437,6 +437,24 @@ def test_a_table_rebuilt_elsewhere_keeps_its_runs_machine_and_schedule(tmp_path:
     assert bench.main([*args, "--long-epochs", "80"])["long_epochs"] == 80
 
 
+def test_a_table_of_runs_from_two_machines_says_which_ran_where(tmp_path: Path) -> None:
+    """Runs recorded before records named their machine take the previous table's; a
+    table mixing machines lists each with its rows."""
+    gpu = {"cpu": "Xeon", "cores": 16, "memory_gib": 126.0, "gpu": "NVIDIA H200", "torch": "x"}
+    old = [_fake_record("malunet-full", "full", 0, 0.70)]  # no "hardware": the GPU table's
+    (tmp_path / "busi-gpu.json").write_text(json.dumps({"runs": old, "hardware": gpu}))
+    here = {"cpu": "EPYC", "cores": 2, "gpu": None, "torch": "y"}
+    new = _fake_record("malunet-reduced", "reduced", 0, 0.65) | {"hardware": here}
+    found = bench.gather_records([new], tmp_path / "runs", tmp_path / "busi-gpu.json")
+    assert found[1]["hardware"] == {"cpu": "Xeon", "cores": 16, "gpu": "NVIDIA H200", "torch": "x"}
+    listed = bench.machines(found)
+    assert [m["rows"] for m in listed] == [["malunet-reduced"], ["malunet-full"]]
+    note = tables.machines_note({"machines": listed})
+    assert note[0] == "- The runs ran on 2 machines:"
+    assert note[2] == "  - Xeon, 16 cores, NVIDIA H200 (torch x): 1 run (malunet-full)"
+    assert tables.machines_note({"machines": listed[:1]}) == []  # one machine: the header says it
+
+
 def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = [_fake_record("malunet-full", "full", s, 0.60 + 0.01 * s) for s in range(3)]
     records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.65)]
