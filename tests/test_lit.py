@@ -182,6 +182,8 @@ def test_decoder_mode_fine_tunes_the_auxiliary_decoder_and_keeps_its_encoder(
     }
     assert {id(p) for p in aux_group["params"]} == trainable
     assert "aux" in model.terms  # the decoder still learns from the masks and labels
+    guarded = {id(b) for b in model.train()._step_buffers()}
+    assert guarded and not guarded & {id(b) for b in aux.encoder.buffers()}
     make_trainer().fit(model, datamodule=datamodule())
     for key, value in aux.encoder.state_dict().items():
         assert torch.equal(value, encoder[key]), key  # weights and BatchNorm statistics
