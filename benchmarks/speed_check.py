@@ -80,8 +80,11 @@ RUNS: list[Run] = [
     Run("SemiSeg-CAW fine-tuned, CUDA graphs", "caw-finetune", 42, graphs=True),
     Run("SemiSeg-CAW frozen, cached maps, CUDA graphs", "caw-cached", 42, graphs=True),
     Run("bare MALUNet, bf16-mixed", "malunet", 42, bf16=True),
+    Run("bare MALUNet, bf16-mixed", "malunet", 43, bf16=True),
     Run("SemiSeg-CAW fine-tuned, bf16-mixed", "caw-finetune", 42, bf16=True),
+    Run("SemiSeg-CAW fine-tuned, bf16-mixed", "caw-finetune", 43, bf16=True),
     Run("SemiSeg-CAW aux decoder fine-tuned, bf16-mixed", "caw-decoder", 42, bf16=True),
+    Run("SemiSeg-CAW aux decoder fine-tuned, bf16-mixed", "caw-decoder", 43, bf16=True),
     Run(
         "SemiSeg-CAW fine-tuned, bf16-mixed + CUDA graphs",
         "caw-finetune",

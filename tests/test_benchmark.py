@@ -288,9 +288,11 @@ def test_check_runs_name_their_levers_and_keep_gpu_levers_off_a_cpu() -> None:
     assert cpu and not any(r.graphs for r in cpu) and any(r.bf16 for r in cpu)
     gpu = speed_check.selected_runs(["bf16"], "cuda")
     assert {r.job for r in gpu} == {
-        "malunet:42:0:0:0:1",
-        "caw-finetune:42:0:0:0:1",
-        "caw-decoder:42:0:0:0:1",
+        *(
+            f"{v}:{seed}:0:0:0:1"
+            for v in ("malunet", "caw-finetune", "caw-decoder")
+            for seed in (42, 43)
+        ),
         "caw-finetune:42:0:0:1:1",
     }
 
