@@ -263,6 +263,7 @@ def test_graphed_objective_plumbing(
     [
         (SemiSegCAW, dict(aux_source="none", classifier=False)),
         (SemiSegCAW, {}),
+        (SemiSegCAW, dict(aux_mode="decoder")),  # part of the aux model without gradients
         (ClassElevateSeg, {}),
     ],
 )
