@@ -494,9 +494,10 @@ def machines(records: list[dict]) -> list[dict]:
         hw = rec.get("hardware")
         if not hw:
             continue
-        entry = by.setdefault(tuple(hw.get(k) for k in MACHINE_KEYS), {"hardware": hw, "runs": 0})
+        key = tuple(hw.get(k) for k in MACHINE_KEYS)
+        entry = by.setdefault(key, {"hardware": hw, "runs": 0, "rows": set()})
         entry["runs"] += 1
-        entry.setdefault("rows", set()).add(rec["row"])
+        entry["rows"].add(rec["row"])
     out = sorted(by.values(), key=lambda e: -e["runs"])
     return [{**e, "rows": sorted(e["rows"])} for e in out]
 
