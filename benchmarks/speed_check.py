@@ -58,33 +58,30 @@ class Run:
         return ":".join([self.variant, str(self.seed), *(str(int(f)) for f in flags)])
 
 
+def both_seeds(label: str, variant: str, **levers: bool) -> list[Run]:
+    """The run at seeds 42 and 43: the spread between them is the check's seed noise."""
+    return [Run(label, variant, seed, **levers) for seed in (42, 43)]
+
+
 RUNS: list[Run] = [
     Run("bare MALUNet, plain AdamW", "malunet", 42, plain_adamw=True),
-    Run("bare MALUNet, fused AdamW", "malunet", 42),
-    Run("bare MALUNet, fused AdamW", "malunet", 43),
+    *both_seeds("bare MALUNet, fused AdamW", "malunet"),
     Run("SemiSeg-CAW fine-tuned, plain AdamW", "caw-finetune", 42, plain_adamw=True),
-    Run("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 42),
-    Run("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune", 43),
-    Run("SemiSeg-CAW aux decoder fine-tuned", "caw-decoder", 42),
-    Run("SemiSeg-CAW aux decoder fine-tuned", "caw-decoder", 43),
-    Run("SemiSeg-CAW frozen, live maps", "caw-frozen", 42),
-    Run("SemiSeg-CAW frozen, live maps", "caw-frozen", 43),
-    Run("SemiSeg-CAW frozen, cached maps", "caw-cached", 42),
-    Run("SemiSeg-CAW frozen, cached maps", "caw-cached", 43),
-    Run("bare MALUNet, augmentation on the device", "malunet", 42, on_device=True),
-    Run("bare MALUNet, augmentation on the device", "malunet", 43, on_device=True),
-    Run("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 42, on_device=True),
-    Run("SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", 43, on_device=True),
+    *both_seeds("SemiSeg-CAW fine-tuned, fused AdamW", "caw-finetune"),
+    *both_seeds("SemiSeg-CAW aux decoder fine-tuned", "caw-decoder"),
+    *both_seeds("SemiSeg-CAW frozen, live maps", "caw-frozen"),
+    *both_seeds("SemiSeg-CAW frozen, cached maps", "caw-cached"),
+    *both_seeds("bare MALUNet, augmentation on the device", "malunet", on_device=True),
+    *both_seeds(
+        "SemiSeg-CAW fine-tuned, augmentation on the device", "caw-finetune", on_device=True
+    ),
     # Against the fused-AdamW runs above; CUDA graphs on a GPU only.
     Run("bare MALUNet, CUDA graphs", "malunet", 42, graphs=True),
     Run("SemiSeg-CAW fine-tuned, CUDA graphs", "caw-finetune", 42, graphs=True),
     Run("SemiSeg-CAW frozen, cached maps, CUDA graphs", "caw-cached", 42, graphs=True),
-    Run("bare MALUNet, bf16-mixed", "malunet", 42, bf16=True),
-    Run("bare MALUNet, bf16-mixed", "malunet", 43, bf16=True),
-    Run("SemiSeg-CAW fine-tuned, bf16-mixed", "caw-finetune", 42, bf16=True),
-    Run("SemiSeg-CAW fine-tuned, bf16-mixed", "caw-finetune", 43, bf16=True),
-    Run("SemiSeg-CAW aux decoder fine-tuned, bf16-mixed", "caw-decoder", 42, bf16=True),
-    Run("SemiSeg-CAW aux decoder fine-tuned, bf16-mixed", "caw-decoder", 43, bf16=True),
+    *both_seeds("bare MALUNet, bf16-mixed", "malunet", bf16=True),
+    *both_seeds("SemiSeg-CAW fine-tuned, bf16-mixed", "caw-finetune", bf16=True),
+    *both_seeds("SemiSeg-CAW aux decoder fine-tuned, bf16-mixed", "caw-decoder", bf16=True),
     Run(
         "SemiSeg-CAW fine-tuned, bf16-mixed + CUDA graphs",
         "caw-finetune",
