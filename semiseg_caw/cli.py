@@ -241,6 +241,25 @@ class SemiSegCLI(LightningCLI):
                 stacklevel=2,
             )
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        # A fit that fails before writing anything (a missing data folder, a bad image)
+        # leaves none of the empty run folders it created; files, and folders that were
+        # there before, stay.
+        new = [f for f in self._run_folders() if not f.exists()] if subcommand == "fit" else []
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            for folder in new:
+                remove_empty_folders(folder)
+            raise
+
+    def _run_folders(self) -> list[Path]:
+        """The folders a fit creates: the run's, its checkpoint folders and stage 1's."""
+        config = self.config.fit
+        root = Path(config.trainer.default_root_dir or ".")
+        dirpaths = [config[k].dirpath for k in CHECKPOINT_KEYS if config.get(k)]
+        return [root, root / "stage1", *(Path(d) for d in dirpaths if d)]
+
     def before_fit(self) -> None:
         # Fail now when the run could not save its checkpoints, not after hours of training.
         config = self.config.fit
@@ -349,6 +368,17 @@ def no_last_checkpoint(folder: str | Path) -> CheckpointError:
         f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
         "of the run that wrote it, or the checkpoint's path"
     )
+
+
+def remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold no file, deepest first."""
+    if not folder.is_dir():
+        return
+    for path, _, _ in os.walk(folder, topdown=False):  # a folder's children come first
+        try:
+            os.rmdir(path)  # fails, and is left, when anything is still inside
+        except OSError:
+            pass
 
 
 def last_checkpoints_in(folder: str | Path) -> list[Path]:

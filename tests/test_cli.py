@@ -200,6 +200,20 @@ def test_the_command_names_a_user_error_without_a_traceback(tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr[-2000:]
     assert "semiseg-caw: error: BUSI root folder not found" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # the failed fit leaves no empty run folder
+
+
+def test_a_failed_fit_keeps_what_was_in_its_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "notes").mkdir(parents=True)
+    (run / "notes" / "plan.txt").write_text("kept")
+    (run / "empty").mkdir()
+    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", *tiny(run), "--data.dataset=busi"]
+    with pytest.raises(Exception, match="BUSI root folder not found"):
+        main([*args, f"--data.root={tmp_path / 'nowhere'}", "--trainer.logger=false"])
+    # The folders the fit created (checkpoints/, stage1/) are gone; what was there stays.
+    left = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    assert left == ["empty", "notes", "notes/plan.txt"]
 
 
 def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
