@@ -567,7 +567,16 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert text.startswith("# title\n\nkeep me\n")
     assert text.count(tables.START) == 1 and text.count(tables.END) == 1
     assert "| malunet-semiseg-caw | 100 | 1 | 0.650 |" in text
-    assert "trained without the class-only images): 0.620, -0.030 (seed 0)" in text  # controls
+    # The short table: the bar's rows and stage 1 alone; the ablations and controls, with
+    # their gaps, are in the full table it points to.
+    assert "| classelevate-alone |" in text and "| malunet-pseudo-labels |" not in text
+    assert "4 more rows (the paper's ablations, controls and variants)" in text
+    assert "n; commit `abc`; x, 2 cores, no GPU." in text
+    assert tables.commits_brief("a, b, c, d") == "runs from 4 commits (listed in the table)"
+    assert "trained without the class-only images): 0.620, -0.030 (seed 0)" not in text
+    assert "trained without the class-only images): 0.620, -0.030 (seed 0)" in tables.markdown(
+        report
+    )
     assert "`-long` rows" not in text  # none here: no pointer to them
     report["rows"] += [dict(report["rows"][0], row="malunet-full-long", method="full-long")]
     report["long_epochs"] = 128
@@ -690,7 +699,9 @@ def test_kept_settings_results_are_reused_from_any_checkout_until_the_checkpoint
     assert json.loads(cache.read_text())["checkpoint"] == record["best_checkpoint"]
 
 
-def test_flip_tta_tables_and_readme_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flip_tta_tables_and_their_line_in_the_benchmark_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tta = load_script("tta")
 
     def run(row: str, seed: int, val: float, val_tta: float, test: float, test_tta: float):
