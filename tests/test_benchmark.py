@@ -954,6 +954,8 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     )
     records[-1].update(backbone="unext", fit_wall_s=120.0)
     records[-2]["stage1_epoch_s"] = 15.0  # malunet-frozen-aux-cached-long-both's, 32 epochs
+    dropout = "aux-dropout-0.75-long-both"  # the rate validation picks: held to the bar too
+    records += [_fake_record(f"malunet-{dropout}", dropout, 0, 0.73)]
     order = [r["name"] for r in protocol.all_rows("busi")]
     rows = tables.summarise(records, order)
     report = {"dataset": "busi", "budget": "cpu", "note": "n", "image_size": 96, "epochs": 8}
@@ -984,6 +986,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         "+0.070 (seed 0); its stage 1 alone 0.740" in text
     )
     assert "- malunet-frozen-aux-cached-long-both against the baselines trained 128" in text
+    assert "- malunet-aux-dropout-0.75-long-both against the baselines trained 128" in text
     # Stage-2 changes on the same long stage 1, paired against -long-both.
     assert (
         "- Against malunet-frozen-aux-cached-long-both, the seed-paired gap (test; validation):\n"
