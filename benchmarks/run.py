@@ -456,25 +456,25 @@ def test_stage1(job: dict, threads: int) -> None:
     out.write_text(json.dumps(record, indent=1))
 
 
-def gather_records(records: list[dict], work: Path, previous: Path) -> list[dict]:
+def gather_records(records: list[dict], work: Path, previous: dict) -> list[dict]:
     """Every finished run of a table, not only this invocation's (several invocations fill
     one table: other rows, more seeds): this invocation's runs, then the others in ``work``,
     then those recorded in the previous report but absent here (a fresh checkout has no
     runs folder), so that adding rows never drops the results it had. One run per row and
     seed, the newest source first. A run recorded before runs named their machine is
-    given the previous report's (the machine that table said its runs ran on)."""
+    given the previous report's (the machine that table said its runs ran on).
+    ``previous``: the table's previous report ({} for none)."""
     found = list(records)
     done = {(r["row"], r["seed"]) for r in found}
     earlier = [load_record(f) for f in sorted(work.glob("*/seed*/result.json"))]
-    old = json.loads(previous.read_text()) if previous.is_file() else {}
-    earlier += old.get("runs", [])
+    earlier += previous.get("runs", [])
     for rec in earlier:
         if (rec["row"], rec["seed"]) not in done:
             found.append(rec)
             done.add((rec["row"], rec["seed"]))
     for rec in found:
-        if not rec.get("hardware") and old.get("hardware"):
-            rec["hardware"] = {k: old["hardware"].get(k) for k in MACHINE_KEYS}
+        if not rec.get("hardware") and previous.get("hardware"):
+            rec["hardware"] = {k: previous["hardware"].get(k) for k in MACHINE_KEYS}
     return found
 
 
@@ -505,12 +505,12 @@ def machines(records: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- provenance
 
 
-def run_commits(records: list[dict], previous: Path) -> str:
+def run_commits(records: list[dict], previous: dict) -> str:
     """The commit(s) the runs used; for runs that did not record one, the commit in the
     previous report of the same table, else the commit now."""
     found = sorted({r["commit"] for r in records if r.get("commit")})
-    if len(found) < len(records) and previous.is_file():
-        old = json.loads(previous.read_text()).get("commit") or ""
+    if len(found) < len(records):
+        old = previous.get("commit") or ""
         found = sorted({*found, *(c.split(" (")[0] for c in old.split(", ") if c)})
     return ", ".join(found) or f"{commit(*DIRTY_PATHS)} (at report time)"
 
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     stem = table_stem(a.dataset, a.budget, a.epochs)
     work = a.work or REPO / "runs" / "bench" / stem
-    previous_file = a.out / f"{stem}.json"
+    previous_file = a.out / f"{stem}.json"  # this table's last report: its runs are kept
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
     if a.report_only:
         # A rebuilt table describes the runs it holds: their -long schedule (unless given
@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
         records = [r for r in pool.map(go, jobs) if r is not None]
-    records = gather_records(records, work, previous_file)
+    records = gather_records(records, work, previous)
     known = [r["name"] for r in all_rows(a.dataset)]
     order = [n for n in known if any(r["row"] == n for r in records)]
     seeds = sorted({r["seed"] for r in records}) or seeds
@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict:
         "long_stage1_epochs": budget.get("long_stage1_epochs"),
         "seeds": seeds,
         "trainer_overrides": budget["trainer"],
-        "commit": run_commits(records, previous_file),
+        "commit": run_commits(records, previous),
         "hardware": (a.report_only and previous.get("hardware")) or machine(),
         "machines": machines(records),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

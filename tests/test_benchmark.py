@@ -408,7 +408,7 @@ def test_a_table_keeps_the_runs_of_its_previous_report(tmp_path: Path) -> None:
     rerun = json.dumps(_fake_record("malunet-full", "full", 1, 0.61))
     (work / "malunet-full" / "seed1" / "result.json").write_text(rerun)
     new = [_fake_record("malunet-semiseg-caw", "semiseg-caw", 0, 0.70)]
-    found = bench.gather_records(new, work, previous)
+    found = bench.gather_records(new, work, json.loads(previous.read_text()))
     dice = {(r["row"], r["seed"]): r["metrics"]["seg/dice"] for r in found}
     assert dice == {
         ("malunet-semiseg-caw", 0): 0.70,
@@ -416,7 +416,7 @@ def test_a_table_keeps_the_runs_of_its_previous_report(tmp_path: Path) -> None:
         ("malunet-full", 0): 0.60,
         ("malunet-reduced", 0): 0.55,
     }
-    without = bench.gather_records(new, work, tmp_path / "none.json")
+    without = bench.gather_records(new, work, {})
     assert [(r["row"], r["seed"]) for r in without] == [
         ("malunet-semiseg-caw", 0),
         ("malunet-full", 1),
@@ -445,10 +445,9 @@ def test_a_table_of_runs_from_two_machines_says_which_ran_where(tmp_path: Path) 
     table mixing machines lists each with its rows."""
     gpu = {"cpu": "Xeon", "cores": 16, "memory_gib": 126.0, "gpu": "NVIDIA H200", "torch": "x"}
     old = [_fake_record("malunet-full", "full", 0, 0.70)]  # no "hardware": the GPU table's
-    (tmp_path / "busi-gpu.json").write_text(json.dumps({"runs": old, "hardware": gpu}))
     here = {"cpu": "EPYC", "cores": 2, "gpu": None, "torch": "y"}
     new = _fake_record("malunet-reduced", "reduced", 0, 0.65) | {"hardware": here}
-    found = bench.gather_records([new], tmp_path / "runs", tmp_path / "busi-gpu.json")
+    found = bench.gather_records([new], tmp_path / "runs", {"runs": old, "hardware": gpu})
     assert found[1]["hardware"] == {"cpu": "Xeon", "cores": 16, "gpu": "NVIDIA H200", "torch": "x"}
     listed = bench.machines(found)
     assert [m["rows"] for m in listed] == [["malunet-reduced"], ["malunet-full"]]
