@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from semiseg_caw.models import class_elevate
+from semiseg_caw.models.cam import layercam
 from semiseg_caw.models.class_elevate import ClassElevateNet
 from semiseg_caw.models.heads import AuxGuidedClassifier
-from semiseg_caw.models.layercam import layercam
 from semiseg_caw.models.malunet import MALUNet
 from semiseg_caw.models.outputs import ClassElevateOutput, SegOutput, SemiSegOutput
 from semiseg_caw.models.semiseg import BACKBONES, SemiSegCAWNet, build_semiseg_net
@@ -245,8 +245,11 @@ class TestLayerCAM:
 
     def test_explicit_target_and_bad_layer(self) -> None:
         model = ClassElevateNet(in_channels=1)
-        cam = layercam(model, torch.randn(2, 1, SIZE, SIZE), target=torch.tensor([1, 0]))
+        images = torch.randn(2, 1, SIZE, SIZE)
+        cam = layercam(model, images, target=torch.tensor([1, 0]))
         assert cam.shape == (2, 1, SIZE, SIZE)
+        # The map is the named class's: the other class's differs.
+        assert not torch.allclose(cam, layercam(model, images, target=torch.tensor([0, 1])))
         with pytest.raises(ValueError, match="layer"):
             layercam(model, torch.randn(2, 1, SIZE, SIZE), layer="stem")
 

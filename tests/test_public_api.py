@@ -27,8 +27,23 @@ from semiseg_caw import (
 @pytest.mark.parametrize("name", semiseg_caw.__all__)
 def test_every_public_name_imports(name: str) -> None:
     value = getattr(semiseg_caw, name)
-    assert value is not None
-    assert name in dir(semiseg_caw)
+    # Loaded from the module _PUBLIC names (a package's own, or one below it).
+    assert value.__module__.startswith(semiseg_caw._PUBLIC[name]), value.__module__
+
+
+@pytest.mark.parametrize("package", ["semiseg_caw.models", "semiseg_caw.data", "semiseg_caw.lit"])
+def test_no_submodule_shadows_a_public_name(package: str) -> None:
+    # Importing a submodule sets it as an attribute of its package: one named like a
+    # function in __all__ (models/layercam.py once) would replace that function.
+    import importlib
+    import pkgutil
+    import types
+
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+    for name in module.__all__:
+        assert not isinstance(getattr(module, name), types.ModuleType), f"{package}.{name}"
 
 
 def test_unknown_name_raises_attribute_error() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 _WHERE = {
     "AUX_SOURCES": "semiseg",
     "BACKBONES": "semiseg",
-    "LAYERCAM_LAYERS": "layercam",
+    "LAYERCAM_LAYERS": "cam",
     "AuxGuidedClassifier": "heads",
     "ClassElevateNet": "class_elevate",
     "ClassElevateOutput": "outputs",
@@ -29,7 +29,7 @@ _WHERE = {
     "build_semiseg_net": "semiseg",
     "build_weighting": "wgm",
     "imtl_gradient_weights": "wgm",
-    "layercam": "layercam",
+    "layercam": "cam",  # a module named layercam would shadow the function
 }
 
 __all__ = sorted(_WHERE)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from semiseg_caw.models.cam import LAYERCAM_LAYERS, layercam
 from semiseg_caw.models.class_elevate import ClassElevateNet
 from semiseg_caw.models.heads import AuxGuidedClassifier
-from semiseg_caw.models.layercam import LAYERCAM_LAYERS, layercam
 from semiseg_caw.models.malunet import MALUNet
 from semiseg_caw.models.outputs import ClassElevateOutput, SemiSegOutput
 from semiseg_caw.models.unext import UNeXt
