@@ -94,7 +94,14 @@ def test_split_file_round_trip_and_format(tmp_path):
     assert record["dataset"] == "toy" and record["seed"] == 42
     assert record["fractions"] == [0.7, 0.1, 0.2]
     assert read_split_file(path) == split
-    assert path.read_text() == split_to_json(split, "toy")
+    # One id a line, for readable diffs of committed split files.
+    tiny = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    expected = (
+        '{\n  "dataset": "toy",\n  "seed": 42,\n  "fractions": [0.7, 0.1, 0.2],\n'
+        '  "train": [\n    "a",\n    "b"\n  ],\n  "val": [\n    "c"\n  ],\n'
+        '  "test": [\n    "d"\n  ]\n}\n'
+    )
+    assert split_to_json(tiny, "toy") == expected
 
 
 def test_split_file_errors(tmp_path):

@@ -177,7 +177,9 @@ def test_last_checkpoint_is_the_final_epoch_though_validation_stopped_improving(
 
 
 def test_epoch_seed_depends_on_seed_and_epoch_only():
-    assert epoch_seed(3, 1) == epoch_seed(3, 1)
+    # The same in every process and on every machine: a resumed run draws what the
+    # uninterrupted one drew (numpy's SeedSequence is stable across versions).
+    assert epoch_seed(3, 1) == 457190280
     assert len({epoch_seed(3, 0), epoch_seed(3, 1), epoch_seed(4, 0)}) == 3
 
 
