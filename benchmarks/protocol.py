@@ -56,6 +56,14 @@ LONG = {
     "aux-dropout-0.25-long-both": [FROZEN_CACHED, "--model.init_args.aux_dropout=0.25"],
     "aux-dropout-0.75-long-both": [FROZEN_CACHED, "--model.init_args.aux_dropout=0.75"],
     "aux-dropout-0.9-long-both": [FROZEN_CACHED, "--model.init_args.aux_dropout=0.9"],
+    # Three quarters dropped, plus pseudo-labels: BCE towards the map's confident pixels of
+    # the class-only images, so that the core model also learns to segment those images
+    # without their map (where it is given the map, copying it already meets the target).
+    "pseudo-aux-dropout-0.75-long-both": [
+        FROZEN_CACHED,
+        "--model.init_args.aux_dropout=0.75",
+        "--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]",
+    ],
 }
 # Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's.
 LONG_STAGE1 = {
@@ -64,6 +72,7 @@ LONG_STAGE1 = {
     "aux-dropout-0.25-long-both",
     "aux-dropout-0.75-long-both",
     "aux-dropout-0.9-long-both",
+    "pseudo-aux-dropout-0.75-long-both",
 }
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model

@@ -264,7 +264,8 @@ def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str
     if not any(name in by for name in long):
         return []
     out = []
-    both = [f"{bb}-{m}-long-both" for m in ("frozen-aux-cached", "aux-dropout", "aux-dropout-0.75")]
+    variants = ("frozen-aux-cached", "aux-dropout", "aux-dropout-0.75", "pseudo-aux-dropout-0.75")
+    both = [f"{bb}-{m}-long-both" for m in variants]
     for row in (semi, f"{bb}-frozen-aux-cached-long", *both):
         if parts := against_bar(report, by, row, *long):
             minutes = {name: fit_minutes(report, name) for name in (row, *long)}
@@ -450,6 +451,7 @@ LONG_PAIRS = {
     "aux-dropout-long-both": "half the training maps dropped",
     "aux-dropout-0.75-long-both": "three quarters of the training maps dropped",
     "aux-dropout-0.9-long-both": "nine tenths of the training maps dropped",
+    "pseudo-aux-dropout-0.75-long-both": "three quarters dropped, pseudo-labels on class-only images",
 }
 
 
