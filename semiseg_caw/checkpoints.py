@@ -31,6 +31,12 @@ class CheckpointError(RuntimeError):
 def read_checkpoint(path: str | Path) -> dict:
     """Read a Lightning checkpoint without executing code from it (``weights_only``)."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.rglob("*.ckpt"))[:3]
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; give a .ckpt file"
+            + (f", e.g. {', '.join(map(str, inside))}" if inside else " (it holds none)")
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

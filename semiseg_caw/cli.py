@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -17,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from semiseg_caw.checkpoints import (
     CheckpointError,
@@ -27,7 +29,7 @@ from semiseg_caw.checkpoints import (
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.data.io import DataValidationError
 from semiseg_caw.data.samples import class_names_for
-from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
+from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask, can_load
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
@@ -158,9 +160,8 @@ class SemiSegCLI(LightningCLI):
                 f"{path} holds weights only (a best checkpoint): resume a run with "
                 "--ckpt_path last, which has the optimiser's state too"
             )
-        self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters") or {})
-        self._ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
-        self._ckpt_class_names = list(ckpt.get("class_names") or [])
+        refuse_other_task(path, ckpt, self.config[sub].model.get("class_path"), sub)
+        self._remember_checkpoint(ckpt)
         hparams = dict(self._ckpt_hparams)
         hparams.pop("_instantiator", None)
         if not hparams:
@@ -182,6 +183,13 @@ class SemiSegCLI(LightningCLI):
             raise
         for key, value in given.items():
             self.config[sub].model.init_args[key] = value
+
+    def _remember_checkpoint(self, ckpt: dict) -> None:
+        """Keep what the data is checked against: the checkpoint's data options,
+        hyper-parameters and class names."""
+        self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters") or {})
+        self._ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
+        self._ckpt_class_names = list(ckpt.get("class_names") or [])
 
     def before_validate(self) -> None:
         self._check_evaluated_checkpoint()
@@ -232,6 +240,15 @@ class SemiSegCLI(LightningCLI):
                 f"[{', '.join(trained_names)}], in this order: label the data with these names "
                 f"(for a manifest: --data.classes '[{', '.join(trained_names)}]')"
             )
+        dataset = trained.get("dataset")
+        if data.dataset == "synthetic" and dataset not in (None, "synthetic"):
+            # Its classes match BUSI's, so nothing else would stop it scoring generated images.
+            raise CheckpointError(
+                f"{ckpt_path} was trained on {dataset} images but data.dataset is synthetic "
+                "(the default when no data options are given): give the data options it was "
+                f"trained with (--data.dataset {dataset} and its --data.root); without "
+                "--config, validate, test and predict take them from the checkpoint"
+            )
         size = trained.get("image_size")
         if size is not None and size != data.image_size:
             warnings.warn(
@@ -268,9 +285,18 @@ class SemiSegCLI(LightningCLI):
         for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath:
                 check_writable(config[key].dirpath, "checkpoint folder")
+        if self.trainer.max_epochs == 0:  # stage 1 alone may be what is wanted: a warning
+            warnings.warn(
+                "trainer.max_epochs is 0: this fit trains no epoch (of stage 2) and writes no "
+                "checkpoint of it",
+                UserWarning,
+                stacklevel=2,
+            )
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path is None and rank_zero_only.rank == 0:  # DDP's other ranks start later
+        # DDP's other ranks start later, when rank 0 may have written already.
+        if rank_zero_only.rank == 0 and not self._continues_own_run(ckpt_path, root):
             self._refuse_earlier_run(root)
+        self._check_resumed_checkpoint(ckpt_path)
         model = self.model
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
@@ -294,13 +320,45 @@ class SemiSegCLI(LightningCLI):
             resume=ckpt_path == "last",  # a run killed in stage 1 continues stage 1
         )
 
+    def _check_resumed_checkpoint(self, ckpt_path: str | None) -> None:
+        """A resumed run's data must be what its checkpoint was trained on, and its model
+        the checkpoint's, before anything (config.yaml, checkpoints) is written over."""
+        if ckpt_path == "last":
+            last = self._last_checkpoints()
+            if not last:
+                return  # stage 1 continues, or a new run starts: fit_stage1 checks its own
+            try:
+                ckpt = read_checkpoint(last[-1])
+            except CheckpointError as err:
+                raise CheckpointError(f"--ckpt_path last: {err}") from err
+            refuse_other_task(last[-1], ckpt, self.config.fit.model.get("class_path"), "fit")
+            self._remember_checkpoint(ckpt)
+            ckpt_path = str(last[-1])
+        if getattr(self, "_ckpt_data", None) or getattr(self, "_ckpt_class_names", None):
+            self._check_data_matches_checkpoint(ckpt_path)
+
+    def _continues_own_run(self, ckpt_path: str | None, root: str) -> bool:
+        """Whether ``--ckpt_path`` resumes the run in ``root`` (``last``, or a file in its
+        checkpoint folders): another run's file must not write into a folder holding an
+        earlier run."""
+        if ckpt_path is None:
+            return False
+        if ckpt_path == "last":
+            return True
+        return Path(ckpt_path).resolve().parent in {
+            f.resolve() for f in self._checkpoint_folders(root)
+        }
+
+    def _checkpoint_folders(self, root: str) -> list[Path]:
+        """Where this run keeps checkpoints: stage 2's folders and stage 1's."""
+        config = self.config.fit
+        folders = {config[k].dirpath for k in CHECKPOINT_KEYS if config.get(k)} - {None}
+        return [*(Path(f) for f in sorted(folders)), stage1_checkpoint_dir(root)]
+
     def _refuse_earlier_run(self, root: str) -> None:
         """A new run would overwrite an earlier one's last.ckpt (its only resumable state)
         and put its best checkpoints beside the other model's."""
-        config = self.config.fit
-        folders = {config[k].dirpath for k in CHECKPOINT_KEYS if config.get(k)} - {None}
-        folders.add(str(stage1_checkpoint_dir(root)))
-        earlier = sorted(p for f in folders for p in Path(f).glob("*.ckpt"))
+        earlier = sorted(p for f in self._checkpoint_folders(root) for p in f.glob("*.ckpt"))
         if earlier:
             raise FileExistsError(
                 f"{root} already holds the checkpoints of an earlier run ({earlier[0]}"
@@ -361,6 +419,35 @@ def missing_checkpoint(subcommand: str) -> CheckpointError:
         "RUN/checkpoints/best-epoch=NNN.ckpt, or `last` for the run in "
         "--trainer.default_root_dir)"
     )
+
+
+def refuse_other_task(path: Any, ckpt: dict, class_path: str | None, subcommand: str) -> None:
+    """Refuse a checkpoint written by another task than the configured one (``--model`` or
+    the config's): Lightning would otherwise use the checkpoint's class without a word."""
+    writer = ckpt.get(TASK_CLASS_KEY) or (ckpt.get("hyper_parameters") or {}).get("_class_path")
+    task = import_class(class_path) if class_path else None
+    if task is None or can_load(task, writer):
+        return
+    wrote = writer.rsplit(".", 1)[-1]
+    message = f"{path} was written by {wrote}, but the model is {task.__name__}"
+    if subcommand == "fit" and issubclass(task, SemiSegCAW):
+        raise CheckpointError(
+            f"{message}: to continue a run stopped in stage 1, give --ckpt_path last with "
+            "that run's --trainer.default_root_dir; to start stage 2 from these stage-1 "
+            f"weights, give --model.init_args.stage1_checkpoint {path}"
+        )
+    also = "" if subcommand == "fit" else ", or leave out --model and --config"
+    raise CheckpointError(f"{message}: pass --model {wrote}{also}")
+
+
+def import_class(class_path: str) -> type | None:
+    """The class a class path names; None when it cannot be imported (parsing says why)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
 
 
 def no_last_checkpoint(folder: str | Path) -> CheckpointError:
@@ -458,7 +545,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         return args
     path = _option_value(argv, "--ckpt_path")
     ckpt = None
-    if path == "last" and "--model" not in given:
+    if path == "last":
         # The file itself, so that it is read as a path is: its class, model and data options.
         path = str(newest_last_checkpoint(argv))
         argv = [*argv, f"--ckpt_path={path}"]  # the last one given wins
@@ -508,7 +595,17 @@ def model_options_given(args: Any) -> set[str]:
 
 # Errors that say what a user got wrong (a path, a file, a value, a checkpoint): the
 # command prints the message without a traceback, unless SEMISEG_CAW_TRACEBACK=1.
-USER_ERRORS = (CheckpointError, DataValidationError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (
+    CheckpointError,
+    DataValidationError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+    MisconfigurationException,  # Lightning's, for trainer options that cannot work
+)
 
 
 def _unwrapped(err: BaseException) -> BaseException:

@@ -392,3 +392,75 @@ def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another(
 def test_a_command_without_a_model_says_what_to_give(args: list[str], message: str) -> None:
     with pytest.raises((ValueError, CheckpointError), match=message):
         main(args)
+
+
+def test_a_checkpoint_of_another_model_data_or_run_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    demo = f"--config={CONFIGS / 'demo.yaml'}"
+    small = [*tiny(tmp_path / "a"), *stage1_epochs(CONFIGS / "demo.yaml")]
+    main(["fit", demo, *small])
+    run_a = tmp_path / "a"
+    best = next((run_a / "checkpoints").glob("best-*.ckpt"))
+    stage1_last = run_a / "stage1" / "checkpoints" / "last.ckpt"
+    quick = ["--trainer.limit_test_batches=1", "--trainer.accelerator=cpu"]
+    quick += ["--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_a}"]
+    # --model naming another task than the checkpoint's: not silently replaced by it.
+    with pytest.raises(CheckpointError, match="written by SemiSegCAW, but the model is Class"):
+        main(["test", "--model=ClassElevateSeg", f"--ckpt_path={best}", *quick])
+    with pytest.raises(CheckpointError, match=r"give --model.init_args.stage1_checkpoint .*last"):
+        main(["fit", demo, *tiny(tmp_path / "b"), f"--ckpt_path={stage1_last}"])
+    assert not (tmp_path / "b").exists()
+    # `last` with --model still takes the checkpoint's data options (32 px, not 256).
+    cli = main(["test", "--model=SemiSegCAW", "--ckpt_path=last", *quick])
+    assert cli.datamodule.image_size == 32
+    # A model trained on real images is not scored on generated ones.
+    raw = torch.load(best, weights_only=True)
+    raw["datamodule_hyper_parameters"]["dataset"] = "busi"
+    torch.save(raw, tmp_path / "busi.ckpt")
+    with pytest.raises(CheckpointError, match="trained on busi images but data.dataset is synth"):
+        main(["test", demo, *tiny(tmp_path / "c"), f"--ckpt_path={tmp_path / 'busi.ckpt'}"])
+    with pytest.raises(CheckpointError, match=r"is a folder; give a \.ckpt file, e\.g\. "):
+        main(["test", f"--ckpt_path={run_a}", *quick])
+    # Another run's last.ckpt does not continue into a folder holding an earlier run...
+    shutil.copytree(run_a, tmp_path / "copy")
+    config_a = (run_a / "config.yaml").read_text()
+    resume_copy = f"--ckpt_path={tmp_path / 'copy' / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(FileExistsError, match="already holds the checkpoints of an earlier run"):
+        main(["fit", demo, *tiny(run_a, epochs=2), resume_copy])
+    # ...and a resumed run's data must be its checkpoint's: refused before config.yaml is
+    # written over.
+    with pytest.raises(CheckpointError, match="data.in_channels is 3 but .*last.ckpt was trained"):
+        main(["fit", demo, *tiny(run_a, epochs=2), "--data.in_channels=3", "--ckpt_path=last"])
+    assert (run_a / "config.yaml").read_text() == config_a
+    # Its own last.ckpt, named by its path, continues the run.
+    own = f"--ckpt_path={run_a / 'checkpoints' / 'last.ckpt'}"
+    cli = main(["fit", demo, *tiny(run_a, epochs=2), own])
+    assert cli.trainer.current_epoch == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--trainer.default_root_dir=FILE", "run folder (trainer.default_root_dir) FILE is not"),
+        ("--trainer.max_epochs=-5", "`max_epochs` must be a non-negative integer or -1"),
+    ],
+)
+def test_os_and_lightning_option_errors_are_named_without_a_traceback(
+    option: str, message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import sys
+
+    from semiseg_caw.cli import run
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    argv = ["fit", f"--config={CONFIGS / 'demo.yaml'}", *tiny(tmp_path / "run")]
+    argv += [option.replace("FILE", str(afile)), "--trainer.logger=false"]
+    monkeypatch.setattr(sys, "argv", ["semiseg-caw", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2
+    assert f"semiseg-caw: error: {message.replace('FILE', str(afile))}" in capsys.readouterr().err

@@ -552,7 +552,8 @@ def test_run_killed_in_stage1_continues_stage1(tmp_path, monkeypatch):
         lambda self: (epochs_run.append(self.current_epoch), original(self)),
     )
     # The "killed" run: stage 1 got through its first epoch only (of two).
-    main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=0))
+    with pytest.warns(UserWarning, match="max_epochs is 0: this fit trains no epoch"):
+        main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=0))
     assert epochs_run == [0] and not list((tmp_path / "checkpoints").glob("*.ckpt"))
     epochs_run.clear()
     stage1 = "--model.init_args.stage1_epochs=2"

@@ -141,7 +141,7 @@ class SemiSegDataModule(L.LightningDataModule):
         self.skip_bad_files = skip_bad_files
         self.augment = augment
         self.augment_on_device = augment_on_device
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.classes = list(classes) if classes else None
         self._check_options()
         self.splits: dict[str, list[Sample]] | None = None
@@ -334,6 +334,8 @@ class SemiSegDataModule(L.LightningDataModule):
             )
         if self.dataset == "manifest" and not self.classes:
             raise ValueError("dataset='manifest' needs classes (the class names, in index order)")
+        if self.classes and (len(self.classes) < 2 or len(set(self.classes)) < len(self.classes)):
+            raise ValueError(f"classes must name at least 2 different classes, got {self.classes}")
         # Both would otherwise be ignored silently (training on generated images instead).
         if self.dataset == "synthetic" and self.root:
             raise ValueError(
@@ -352,7 +354,10 @@ class SemiSegDataModule(L.LightningDataModule):
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
+            raise ValueError(
+                f"batch_size and eval_batch_size must be >= 1, got {self.batch_size} and "
+                f"{self.eval_batch_size}"
+            )
         if self.batch_size < 2:
             raise ValueError(
                 "batch_size must be >= 2: BatchNorm needs at least 2 images per training batch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 import math
 import warnings
 from typing import Any
@@ -29,6 +30,20 @@ INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsamp
 OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 # Batch entries ``flip_tta`` mirrors: what ``evaluate_batch`` reads.
 MIRRORED_KEYS = ("image", AUX_MAP_KEY)
+
+
+def can_load(task: type, writer: str | None) -> bool:
+    """Whether ``task`` may load a checkpoint written by ``writer`` (a class path, in any
+    of its import forms): the same class or one it derives from. A checkpoint that names no
+    writer, or a class outside this package, is not judged here."""
+    if not writer or not writer.startswith("semiseg_caw."):
+        return True
+    module, _, name = writer.rpartition(".")
+    try:
+        written_by = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # a class this version does not have
+    return isinstance(written_by, type) and issubclass(task, written_by)
 
 
 class SegmentationTask(L.LightningModule, abc.ABC):
@@ -486,8 +501,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         # Called before the weights are loaded: name the right class instead of listing
         # thousands of unexpected keys. A subclass may load its base class's checkpoint.
         writer = checkpoint.get(TASK_CLASS_KEY)
-        lineage = {f"{c.__module__}.{c.__qualname__}" for c in type(self).__mro__}
-        if writer and writer.startswith("semiseg_caw.") and writer not in lineage:
+        if not can_load(type(self), writer):
             raise CheckpointError(
                 f"this checkpoint was written by {writer.rsplit('.', 1)[-1]}, not "
                 f"{type(self).__name__}: load it with {writer.rsplit('.', 1)[-1]}"
