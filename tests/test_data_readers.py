@@ -118,6 +118,48 @@ def test_decode_mask_label_index_colour_and_palette_masks(tmp_path):
     assert np.array_equal(decode_mask(tmp_path / "soft.png"), mask)
 
 
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_decode_image_wider_than_8_bits_keeps_its_grey_levels(tmp_path, bits):
+    gray = noise_image(2)
+    gray[0, 0] = 255  # the brightest value the bit depth holds, as real exports have
+    wide = (gray.astype(np.uint16) << (bits - 8)) | ((1 << (bits - 8)) - 1)  # 0..2**bits - 1
+    Image.fromarray(wide).save(tmp_path / "x.png")  # a 16-bit PNG
+    assert np.array_equal(decode_image(tmp_path / "x.png"), gray)
+
+
+def test_decode_image_16_bit_holding_8_bit_values_and_32_bit_integers(tmp_path):
+    gray = noise_image(3)
+    Image.fromarray(gray.astype(np.uint16)).save(tmp_path / "small.png")  # values 0..255
+    assert np.array_equal(decode_image(tmp_path / "small.png"), gray)
+    wide = gray.astype(np.int32) << 12  # 20 bits
+    wide[0, 0] = -5  # negative values are black
+    Image.fromarray(wide, "I").save(tmp_path / "wide.tif")
+    out = decode_image(tmp_path / "wide.tif")
+    assert out[0, 0] == 0 and np.array_equal(out.ravel()[1:], gray.ravel()[1:])
+
+
+def test_decode_image_float_images_are_scaled_not_clipped(tmp_path):
+    gray = noise_image(4).astype(np.float32)
+    gray[0, 0], gray[0, 1] = 0, 255
+    cases = {
+        "unit": (gray / 255, gray),  # [0, 1]: times 255, as before
+        "bytes": (gray, gray),  # [0, 255]: as it is, as before
+        "wide": (gray * 1000 / 255, gray),  # 0..1000: by its largest value
+        "decibel": (gray * 60 / 255 - 60, gray),  # -60..0: by its range
+    }
+    for name, (values, expected) in cases.items():
+        Image.fromarray(values.astype(np.float32), "F").save(tmp_path / f"{name}.tif")
+        out = decode_image(tmp_path / f"{name}.tif")
+        assert np.abs(out.astype(int) - expected).max() <= 1, name
+
+
+def test_decode_mask_of_16_bit_values(tmp_path):
+    mask = blob_mask(5)
+    for peak in (1, 255, 4095, 65535):
+        Image.fromarray(mask.astype(np.uint16) * peak).save(tmp_path / f"{peak}.png")
+        assert np.array_equal(decode_mask(tmp_path / f"{peak}.png"), mask), peak
+
+
 def test_truncated_and_corrupt_files_raise_naming_the_file(tmp_path):
     save(tmp_path / "good.png", noise_image(5))
     data = (tmp_path / "good.png").read_bytes()
@@ -265,6 +307,20 @@ def test_busi_image_without_mask_is_reported(tmp_path):
         scan_busi(tmp_path)
 
 
+def test_busi_two_images_with_the_same_name_are_refused_naming_both(tmp_path):
+    write_busi(tmp_path)
+    folder = tmp_path / BUSI_DIR / "benign"
+    Image.open(folder / "benign (2).png").convert("RGB").save(folder / "benign (2).jpg")
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_busi(tmp_path)
+    text = _problem_paths(excinfo)
+    assert "benign (2).jpg" in text and "benign (2).png" in text and "same name" in text
+    with pytest.warns(RuntimeWarning, match="same name"):
+        ids = {s.id for s in scan_busi(tmp_path, skip_bad_files=True)}
+    assert "benign/benign (2).png" not in ids and "benign/benign (2).jpg" not in ids
+    assert "benign/benign (3).png" in ids
+
+
 # ----------------------------------------------------------------------------- DDTI
 
 
@@ -300,6 +356,28 @@ def test_ddti_bad_label_value_names_the_line(tmp_path):
     (tmp_path / "labels.csv").write_text(text)
     with pytest.raises(DataValidationError, match=r"labels.csv:4: label 'maybe'"):
         scan_ddti(tmp_path)
+
+
+def test_ddti_two_files_with_the_same_name_are_refused_naming_both(tmp_path):
+    write_ddti(tmp_path, n=4)
+    save(tmp_path / "image" / "3.bmp", noise_image(5))
+    save(tmp_path / "mask" / "4.jpg", blob_mask(5))
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_ddti(tmp_path)
+    text = _problem_paths(excinfo)
+    assert "3.PNG" in text and "3.bmp" in text and "4.PNG" in text and "4.jpg" in text
+    assert text.count("same name") == 2
+
+
+def test_ddti_labels_not_in_utf8_name_the_file(tmp_path):
+    write_ddti(tmp_path, n=4)
+    text = (tmp_path / "labels.csv").read_text().replace("3.PNG,2,3,0", "3.PNG,2,3 (é),0")
+    (tmp_path / "labels.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_ddti(tmp_path)
+    assert "labels.csv" in _problem_paths(excinfo) and "UTF-8" in _problem_paths(excinfo)
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # BOM
+    assert len(scan_ddti(tmp_path)) == 4
 
 
 def test_ddti_missing_layout(tmp_path):
@@ -355,6 +433,32 @@ def test_manifest_bad_rows_name_the_line(tmp_path):
     assert "manifest.csv:7: row has neither a mask nor a label" in text
 
 
+def test_manifest_row_with_more_values_than_columns_is_refused(tmp_path):
+    path = write_manifest(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[1] += ",g9,extra"  # one more value than the header has columns, and another
+    lines[2] += ",,"  # empty extra values (a trailing comma) lose nothing
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_manifest(path, ["benign", "malignant"])
+    text = _problem_paths(excinfo)
+    assert "manifest.csv:2: 2 value(s) more than the 4 columns" in text and "'extra'" in text
+    assert len(excinfo.value.problems) == 1
+
+
+def test_manifest_not_in_utf8_names_the_file_and_a_bom_is_fine(tmp_path):
+    path = write_manifest(tmp_path)
+    text = path.read_text().replace("benign", "bénin")
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataValidationError, match="UTF-8") as excinfo:
+        scan_manifest(path, ["bénin", "malignant"])
+    assert "manifest.csv: not UTF-8 text" in _problem_paths(excinfo)
+    assert "line 2" in _problem_paths(excinfo)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # Excel's "CSV UTF-8"
+    samples = {s.id: s for s in scan_manifest(path, ["bénin", "malignant"])}
+    assert samples["imgs/0.png"].label == 0
+
+
 def test_manifest_column_names_are_normalised_and_unknown_ones_refused(tmp_path):
     path = write_manifest(tmp_path)
     text = path.read_text().splitlines()
@@ -390,6 +494,54 @@ def test_lesion_images_with_empty_masks_warn_or_raise(tmp_path):
     # a class named normal is lesion-free: its empty masks are expected
     _, messages = _load("manifest", tmp_path, image_size=32, classes=["normal", "malignant"])
     assert not [m for m in messages if "empty mask" in m]
+
+
+def _mask_warnings(messages: list[str]) -> list[str]:
+    return [m for m in messages if "not near-binary" in m or "on average" in m]
+
+
+def test_implausible_masks_warn_naming_the_data_and_an_example(tmp_path):
+    write_manifest(tmp_path)
+    classes = ["benign", "malignant"]
+    _, messages = _load("manifest", tmp_path, image_size=32, classes=classes)
+    assert not _mask_warnings(messages)  # plausible masks: quiet
+    for i in (0, 2, 3, 4, 5, 6, 7):  # inverted: lesion black, the rest white
+        save(tmp_path / "masks" / f"{i}.png", ~blob_mask(200 + i))
+    _, messages = _load("manifest", tmp_path, image_size=32, classes=classes)
+    [warning] = _mask_warnings(messages)
+    assert "on average" in warning and "inverted" in warning and "masks/0.png" in warning
+    assert str(tmp_path) in warning
+    write_manifest(tmp_path)
+    save(tmp_path / "masks" / "4.png", noise_image(9))  # grey noise
+    _, messages = _load("manifest", tmp_path, image_size=32, classes=classes)
+    [warning] = _mask_warnings(messages)
+    assert "1 of 7 masks are not near-binary" in warning and "masks/4.png" in warning
+
+
+def test_swapped_image_and_mask_columns_warn(tmp_path):
+    rows = []
+    for i in range(4):
+        save(tmp_path / f"{i}.png", noise_image(400 + i))
+        save(tmp_path / f"{i}_m.png", blob_mask(400 + i))
+        rows.append({"image": f"{i}_m.png", "mask": f"{i}.png", "label": str(i % 2)})
+    write_manifest(tmp_path, rows)
+    _, messages = _load("manifest", tmp_path, image_size=32, classes=["benign", "malignant"])
+    [warning] = [m for m in _mask_warnings(messages) if "not near-binary" in m]
+    assert "4 of 4 masks" in warning and "swapped" in warning
+
+
+def test_jpeg_and_antialiased_masks_are_near_binary(tmp_path):
+    write_busi(tmp_path)
+    for path in (tmp_path / BUSI_DIR / "malignant").glob("*_mask.png"):
+        mask = np.asarray(Image.open(path).convert("L"))
+        soft = Image.fromarray(mask).resize((SIZE[0] * 4, SIZE[1] * 4)).resize(SIZE)  # blurry
+        soft.save(path)
+    Image.open(tmp_path / BUSI_DIR / "benign" / "benign (2)_mask.png").convert("L").save(
+        tmp_path / BUSI_DIR / "benign" / "benign (2)_mask.jpg", quality=60
+    )
+    (tmp_path / BUSI_DIR / "benign" / "benign (2)_mask.png").unlink()
+    _, messages = _load("busi", tmp_path, image_size=32)
+    assert not _mask_warnings(messages)
 
 
 def test_manifest_needs_classes_and_existing_file(tmp_path):

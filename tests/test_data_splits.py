@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from data_fixtures import write_busi
 
 from semiseg_caw.data import (
     Sample,
@@ -16,7 +17,7 @@ from semiseg_caw.data import (
     stratified_group_split,
     write_split_file,
 )
-from semiseg_caw.data.splits import check_split_ids, split_to_json
+from semiseg_caw.data.splits import check_split_ids, main, split_to_json
 
 
 def make_samples(n: int = 300, seed: int = 0, unlabelled: int = 0) -> list[Sample]:
@@ -116,6 +117,80 @@ def test_split_file_errors(tmp_path):
         read_split_file(path)
     with pytest.raises(ValueError, match="2 id\\(s\\) not found.*'b'"):
         check_split_ids({"train": ["a", "b"], "val": [], "test": ["c"]}, ["a"], "x.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('["imgs/0.png"]', "must hold a JSON object .* got a list"),
+        ("null", "must hold a JSON object .* got null"),
+        (
+            '{"train": [["a"]], "val": [], "test": []}',
+            r"'train' must list id strings; item 0 is a list \(\[\"a\"\]\)",
+        ),
+        (
+            '{"train": ["a", 3], "val": [], "test": []}',
+            r"'train' must list id strings; item 1 is a number \(3\)",
+        ),
+    ],
+)
+def test_split_file_of_the_wrong_shape_is_named(tmp_path, content, problem):
+    path = tmp_path / "s.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=problem) as excinfo:
+        read_split_file(path)
+    assert str(path) in str(excinfo.value)
+
+
+def test_split_file_not_in_utf8_is_named_and_a_bom_is_fine(tmp_path):
+    path = tmp_path / "s.json"
+    text = json.dumps({"train": ["bénin (1).png"], "val": [], "test": []}, ensure_ascii=False)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8 text.*re-save it as UTF-8") as excinfo:
+        read_split_file(path)
+    assert str(path) in str(excinfo.value)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # saved by Windows Notepad
+    assert read_split_file(path)["train"] == ["bénin (1).png"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """Run the split command; returns its exit status and what it wrote to stderr."""
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def test_split_command_refuses_to_overwrite_unless_told(tmp_path, capsys):
+    root = write_busi(tmp_path / "busi")
+    out = tmp_path / "split.json"
+    out.write_text("committed split\n")
+    status, err = _main(capsys, "busi", root, out)
+    assert status == 2 and "split.json exists" in err and "--overwrite" in err
+    assert out.read_text() == "committed split\n"
+    status, _ = _main(capsys, "busi", root, out, "--overwrite")
+    assert status == 0 and len(read_split_file(out)["train"]) > 0
+    assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["busi", "{tmp}/nowhere", "{tmp}/s.json"], "BUSI root folder not found"),
+        (["manifest", "{tmp}/m.csv", "{tmp}/s.json"], "--classes"),
+        (["busi", "{tmp}", "{tmp}/s.json", "--fractions", "0", "0", "0"], "fractions must be"),
+    ],
+)
+def test_split_command_reports_user_errors_without_a_traceback(tmp_path, capsys, args, message):
+    status, err = _main(capsys, *(a.format(tmp=tmp_path) for a in args))
+    assert status == 2 and message in err
+    assert "Traceback" not in err and err.splitlines()[0].startswith("python -m")
+    assert not (tmp_path / "s.json").exists()
 
 
 # ----------------------------------------------------------------------------- budgets

@@ -1,7 +1,8 @@
 """Image decoding, validation and the in-memory cache of resized images and masks.
 
 Every image is decoded once, turned upright by its EXIF orientation, converted to 8-bit
-grayscale (ultrasound is single-channel), resized to ``image_size x image_size`` (image:
+grayscale (ultrasound is single-channel; 12/16-bit and float images keep the grey levels
+they use, see :func:`_scale_to_uint8`), resized to ``image_size x image_size`` (image:
 bilinear with PIL's antialiasing, which averages like area interpolation when shrinking;
 mask: nearest) and kept as ``uint8``.
 Problems (unreadable file, mask size differing from its image, ...) are collected as
@@ -30,6 +31,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 
 DHASH_SIZE = 16
 """Side of the difference hash used to find near-duplicate frames (16 x 16 = 256 bits)."""
+
+MASK_LEVELS_OF_LABELS = 16
+"""Masks with at most this many distinct grey values (binary masks, label indices) are never
+counted as grey: see :func:`mid_grey_share`."""
 
 
 class BadFile(NamedTuple):
@@ -71,16 +76,40 @@ def is_image_file(path: Path) -> bool:
 
 
 def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """16/32-bit or float grayscale to uint8 (16-bit: top byte; floats in [0, 1] scaled)."""
+    """16/32-bit integer or float grayscale to uint8, keeping the grey levels it uses.
+
+    Integers: values up to 255 are kept as they are (8-bit data or label indices stored
+    wide). Wider values keep their top 8 bits, the bit depth being the fewest bits that
+    hold the image's largest value: a 12-bit export (0..4095) is shifted by 4, a 16-bit
+    one (largest value >= 32768) by 8. Files do not say their bit depth, so a 12-bit image
+    whose brightest pixel is below 2048 is read as 11-bit (twice as bright). Negative
+    values are black.
+
+    Floats: values in [0, 1] are scaled by 255 and values in [0, 255] kept; any other
+    range is scaled linearly so that ``min(0, smallest)`` is black and the largest value
+    white (a float TIFF of 0..1000, or decibels -60..0). NaN is black.
+    """
     if arr.dtype == np.uint8:
         return arr
     if np.issubdtype(arr.dtype, np.floating):
-        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
-        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    peak = int(arr.max(initial=0))
-    if peak <= 255:
-        return np.clip(arr, 0, 255).astype(np.uint8)
-    return (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+        return _scale_float_to_uint8(arr)
+    arr = np.clip(arr.astype(np.int64), 0, None)
+    bits = int(arr.max(initial=0)).bit_length()
+    if bits <= 8:
+        return arr.astype(np.uint8)
+    return (arr >> (bits - 8)).astype(np.uint8)
+
+
+def _scale_float_to_uint8(arr: np.ndarray) -> np.ndarray:
+    finite = arr[np.isfinite(arr)]
+    low = min(float(finite.min(initial=0.0)), 0.0)
+    high = float(finite.max(initial=0.0))
+    if low == 0.0 and high <= 1.0:
+        arr = arr * 255.0
+    elif low < 0.0 or high > 255.0:
+        arr = (arr - low) * (255.0 / (high - low))
+    arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
 def to_gray(image: Image.Image, *, alpha_fallback: bool = False) -> np.ndarray:
@@ -132,13 +161,37 @@ def decode_mask(path: str | Path) -> np.ndarray:
     threshold would empty it. A palette ('P') mask whose index 0 is black is read by its
     palette index (foreground where > 0), whatever the colours of the other indices.
     """
-    image = _open(Path(path))
+    return _decode_mask_and_grey_share(Path(path))[0]
+
+
+def _decode_mask_and_grey_share(path: Path) -> tuple[np.ndarray, float]:
+    """The mask of :func:`decode_mask` and the :func:`mid_grey_share` of its grey values."""
+    image = _open(path)
     if image.mode == "P" and _palette_starts_black(image):
-        return np.asarray(image) > 0
+        return np.asarray(image) > 0, 0.0
     gray = to_gray(image, alpha_fallback=True)
     if 1 <= gray.max(initial=0) <= 127:
-        return gray > 0
-    return gray > 127
+        return gray > 0, mid_grey_share(gray)
+    return gray > 127, mid_grey_share(gray)
+
+
+def mid_grey_share(gray: np.ndarray) -> float:
+    """Share of a uint8 mask's pixels that are mid-grey: further than a quarter of its value
+    range from both its darkest and its brightest value.
+
+    About 0 for binary, anti-aliased or JPEG-compressed masks (grey only along edges), about
+    0.5 for grey noise and 0.1 or more for an ultrasound image given as a mask. Masks with
+    at most :data:`MASK_LEVELS_OF_LABELS` distinct values (label indices) count as 0.
+    """
+    counts = np.bincount(gray.ravel(), minlength=256)
+    levels = np.flatnonzero(counts)
+    if len(levels) <= MASK_LEVELS_OF_LABELS:
+        return 0.0
+    darkest, brightest = int(levels[0]), int(levels[-1])
+    quarter = (brightest - darkest) / 4
+    values = np.arange(counts.size)
+    mid = (values > darkest + quarter) & (values < brightest - quarter)
+    return float(counts[mid].sum() / gray.size)
 
 
 def _palette_starts_black(image: Image.Image) -> bool:
@@ -197,6 +250,8 @@ class ImageCache:
         dhashes: (N, DHASH_SIZE**2) bool difference hashes (near duplicates).
         mask_pixels: (N,) int64 foreground pixels of each full-resolution mask (0: empty
             or none), to find lesion images whose masks decode as empty.
+        mask_grey_shares: (N,) float32 largest :func:`mid_grey_share` of each sample's mask
+            files (0: binary or none), to find masks that are not masks (noise, an image).
     """
 
     image_size: int
@@ -207,6 +262,7 @@ class ImageCache:
     content_hashes: list[str]
     dhashes: np.ndarray
     mask_pixels: np.ndarray
+    mask_grey_shares: np.ndarray
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -235,6 +291,7 @@ class ImageCache:
             content_hashes=[self.content_hashes[r] for r in rows],
             dhashes=self.dhashes[rows],
             mask_pixels=self.mask_pixels[rows],
+            mask_grey_shares=self.mask_grey_shares[rows],
         )
 
     @classmethod
@@ -255,13 +312,14 @@ class ImageCache:
             dhashes.append(dhash(image))
             pixels.append(0 if mask is None else int(np.count_nonzero(mask)))
         orig_sizes = [image.shape[:2] for image in images]
+        greys = [0.0] * len(small_images)  # bool masks: binary
         return cls._stack(
-            image_size, ids, small_images, small_masks, orig_sizes, hashes, dhashes, pixels
+            image_size, ids, small_images, small_masks, orig_sizes, hashes, dhashes, pixels, greys
         )
 
     @classmethod
     def _stack(
-        cls, image_size, ids, images, masks, orig_sizes, hashes, dhashes, mask_pixels
+        cls, image_size, ids, images, masks, orig_sizes, hashes, dhashes, mask_pixels, greys
     ) -> ImageCache:
         n, s, bits = len(ids), image_size, DHASH_SIZE * DHASH_SIZE
         return cls(
@@ -273,6 +331,7 @@ class ImageCache:
             content_hashes=list(hashes),
             dhashes=np.stack(dhashes) if n else np.zeros((0, bits), bool),
             mask_pixels=np.asarray(mask_pixels, dtype=np.int64).reshape(n),
+            mask_grey_shares=np.asarray(greys, dtype=np.float32).reshape(n),
         )
 
 
@@ -283,6 +342,7 @@ class _Decoded(NamedTuple):
     content_hash: str
     dhash: np.ndarray
     mask_pixels: int  # foreground pixels at full resolution
+    mask_grey_share: float  # largest mid_grey_share of its mask files
 
 
 _TURNED_HINT = (
@@ -299,9 +359,10 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
     except (OSError, ValueError) as err:
         return BadFile(str(sample.image), describe_error(err))
     union = np.zeros(gray.shape, dtype=bool)
+    grey_share = 0.0
     for mask_path in sample.masks:
         try:
-            mask = decode_mask(mask_path)
+            mask, share = _decode_mask_and_grey_share(Path(mask_path))
         except (OSError, ValueError) as err:
             return BadFile(str(mask_path), describe_error(err))
         if mask.shape != gray.shape:
@@ -313,6 +374,7 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
                 + (_TURNED_HINT if turned else ""),
             )
         union |= mask
+        grey_share = max(grey_share, share)
     return _Decoded(
         image=resize_image(gray, image_size),
         mask=resize_mask(union, image_size),
@@ -320,6 +382,7 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
         content_hash=content_hash(gray),
         dhash=dhash(gray),
         mask_pixels=int(np.count_nonzero(union)),
+        mask_grey_share=grey_share,
     )
 
 
@@ -365,6 +428,7 @@ def decode_samples(
         [r.content_hash for _, r in good],
         [r.dhash for _, r in good],
         [r.mask_pixels for _, r in good],
+        [r.mask_grey_share for _, r in good],
     )
     return cache, problems
 

@@ -22,8 +22,17 @@ Layouts:
   Paths are relative to the manifest's folder (absolute paths are allowed); ``mask`` may
   list several files separated by ``;`` (their union is the mask). ``label`` is a class
   index (``0``, ``1``, ...) or a class name from ``classes`` (case-insensitive). A row
-  needs a mask or a label. Ids: the image path as written, with ``/`` separators.
+  needs a mask or a label; a row with more values than the header has columns is refused
+  (a value holding a comma must be quoted). Ids: the image path as written, with ``/``
+  separators.
 - **Synthetic**: generated in memory, see :mod:`semiseg_caw.data.synthetic`.
+
+CSV files must be UTF-8 (a byte order mark is fine). Two images whose names differ only
+in their extension (``x.png``, ``x.jpg``) are refused: masks are matched by name.
+
+Masks are checked once decoded: empty masks of lesion-class images warn (all empty:
+error); masks that are not near-binary (grey noise, images given as masks) or that cover
+more than half their image on average (inverted) warn, naming examples.
 
 Exact duplicates (same decoded pixels, whatever the file format) are removed with a
 warning naming the files: when their labels conflict (BUSI ``benign (433).png`` and
@@ -37,8 +46,9 @@ import csv
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +66,15 @@ from semiseg_caw.data.samples import BUSI_CLASSES, DDTI_CLASSES, Sample, class_n
 from semiseg_caw.data.splits import SPLITS
 
 BUSI_FOLDER = "Dataset_BUSI_with_GT"
+MEAN_FOREGROUND_LIMIT = 0.5
+"""Largest plausible mean share of an image that its (non-empty) masks cover. Lesions are
+the smaller part: BUSI and DDTI 10% on average, 56% at most; inverted masks (lesion
+black) cover most of their image."""
+
+GREY_MASK_SHARE = 0.05
+"""Largest plausible share of mid-grey pixels in a mask (see ``io.mid_grey_share``). BUSI's
+and DDTI's masks have none; an ultrasound image has 10% or more, grey noise about 50%."""
+
 BUSI_NEAR_DUPLICATE_DISTANCE = 64
 """Largest Hamming distance (of 256 bits) between difference hashes of BUSI frames grouped
 as near duplicates. Measured on BUSI: pairs of the same scan lie below ~70, unrelated
@@ -129,7 +148,7 @@ def _scan_busi(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
                 )
             )
             continue
-        images: dict[str, Path] = {}
+        image_files: list[Path] = []
         masks: dict[str, list[Path]] = defaultdict(list)
         for path in sorted(folder.iterdir()):
             if not (path.is_file() and is_image_file(path)):
@@ -138,9 +157,11 @@ def _scan_busi(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
             if match:
                 masks[match["stem"]].append(path)
             else:
-                images[path.stem] = path
+                image_files.append(path)
+        images, clashes = _unique_stems(image_files)
+        problems += _same_name_problems(clashes)
         for stem, paths in sorted(masks.items()):
-            if stem not in images:
+            if stem not in images and stem not in clashes:
                 problems += [BadFile(str(p), f"mask without an image ({stem}.*)") for p in paths]
         for stem, path in sorted(images.items()):
             if stem not in masks:
@@ -188,38 +209,40 @@ def _scan_ddti(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
             )
     problems: list[BadFile] = []
     rows: dict[str, tuple[int | None, str]] = {}
-    with open(labels_csv, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"image", "case", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataValidationError(
-                [BadFile(str(labels_csv), f"missing column(s) {', '.join(sorted(missing))}")]
-            )
-        for line, row in enumerate(reader, start=2):
-            where = f"{labels_csv}:{line}"
-            name = (row["image"] or "").strip()
-            try:
-                label = _parse_ddti_label(row["label"] or "")
-            except ValueError as err:
-                problems.append(BadFile(where, str(err)))
-                continue
-            if name in rows:
-                problems.append(BadFile(where, f"image {name!r} listed twice"))
-                continue
-            rows[name] = (label, (row["case"] or "").strip())
-    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.is_file() and is_image_file(p)}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and is_image_file(p)}
+    reader = csv.DictReader(StringIO(_read_csv_text(labels_csv), newline=""))
+    missing = {"image", "case", "label"} - set(reader.fieldnames or ())
+    if missing:
+        raise DataValidationError(
+            [BadFile(str(labels_csv), f"missing column(s) {', '.join(sorted(missing))}")]
+        )
+    for line, row in enumerate(reader, start=2):
+        where = f"{labels_csv}:{line}"
+        name = (row["image"] or "").strip()
+        try:
+            label = _parse_ddti_label(row["label"] or "")
+        except ValueError as err:
+            problems.append(BadFile(where, str(err)))
+            continue
+        if name in rows:
+            problems.append(BadFile(where, f"image {name!r} listed twice"))
+            continue
+        rows[name] = (label, (row["case"] or "").strip())
+    image_files, mask_files = _image_files_in(image_dir), _image_files_in(mask_dir)
+    images, image_clashes = _unique_stems(image_files)
+    masks, mask_clashes = _unique_stems(mask_files)
+    problems += _same_name_problems(image_clashes) + _same_name_problems(mask_clashes)
     for stem, path in masks.items():
-        if stem not in images:
+        if stem not in images and stem not in image_clashes:
             problems.append(BadFile(str(path), "mask without an image in image/"))
-    names = {p.name for p in images.values()}
+    names = {p.name for p in image_files}
     for name in rows:
         if name not in names:
             problems.append(BadFile(str(labels_csv), f"row for {name!r}: no such file in image/"))
     samples = []
     for stem, path in images.items():
         if stem not in masks:
-            problems.append(BadFile(str(path), "image without a mask in mask/"))
+            if stem not in mask_clashes:
+                problems.append(BadFile(str(path), "image without a mask in mask/"))
             continue
         label, case = rows.get(path.name, (None, ""))
         sample_id = f"image/{path.name}"
@@ -276,53 +299,70 @@ def _scan_manifest(root: str | Path, classes: Sequence[str]) -> tuple[list[Sampl
     problems: list[BadFile] = []
     samples: list[Sample] = []
     seen: set[str] = set()
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        reader.fieldnames = _manifest_columns(reader.fieldnames or [], manifest)
-        for line, row in enumerate(reader, start=2):
-            where = f"{manifest}:{line}"
-            written = (row.get("image") or "").strip()
-            if not written:
-                problems.append(BadFile(where, "empty image path"))
-                continue
-            image = base / written
-            mask_fields = [m.strip() for m in (row.get("mask") or "").split(";") if m.strip()]
-            masks = tuple(base / m for m in mask_fields)
-            missing = [str(p) for p in (image, *masks) if not p.is_file()]
-            if missing:
-                problems.append(BadFile(where, f"file(s) not found: {', '.join(missing)}"))
-                continue
-            try:
-                label = _parse_manifest_label(row.get("label") or "", classes)
-            except ValueError as err:
-                problems.append(BadFile(where, str(err)))
-                continue
-            if label is None and not masks:
-                problems.append(BadFile(where, "row has neither a mask nor a label"))
-                continue
-            sample_id = Path(written).as_posix()
-            if sample_id in seen:
-                problems.append(BadFile(where, f"image {written!r} listed twice"))
-                continue
-            split = (row.get("split") or "").strip().lower()
-            if split not in ("", *SPLITS):
-                problems.append(
-                    BadFile(where, f"split must be train, val, test or empty, got {split!r}")
-                )
-                continue
-            seen.add(sample_id)
-            group = (row.get("group") or "").strip()
-            samples.append(
-                Sample(
-                    id=sample_id,
-                    image=image,
-                    masks=masks,
-                    label=label,
-                    group=f"group/{group}" if group else sample_id,
-                    split=split,
-                )
+    reader = csv.DictReader(StringIO(_read_csv_text(manifest), newline=""))
+    reader.fieldnames = _manifest_columns(reader.fieldnames or [], manifest)
+    for line, row in enumerate(reader, start=2):
+        where = f"{manifest}:{line}"
+        beyond = _values_beyond_header(row, len(reader.fieldnames))
+        if beyond:
+            problems.append(BadFile(where, beyond))
+            continue
+        written = (row.get("image") or "").strip()
+        if not written:
+            problems.append(BadFile(where, "empty image path"))
+            continue
+        image = base / written
+        mask_fields = [m.strip() for m in (row.get("mask") or "").split(";") if m.strip()]
+        masks = tuple(base / m for m in mask_fields)
+        missing = [str(p) for p in (image, *masks) if not p.is_file()]
+        if missing:
+            problems.append(BadFile(where, f"file(s) not found: {', '.join(missing)}"))
+            continue
+        try:
+            label = _parse_manifest_label(row.get("label") or "", classes)
+        except ValueError as err:
+            problems.append(BadFile(where, str(err)))
+            continue
+        if label is None and not masks:
+            problems.append(BadFile(where, "row has neither a mask nor a label"))
+            continue
+        sample_id = Path(written).as_posix()
+        if sample_id in seen:
+            problems.append(BadFile(where, f"image {written!r} listed twice"))
+            continue
+        split = (row.get("split") or "").strip().lower()
+        if split not in ("", *SPLITS):
+            problems.append(
+                BadFile(where, f"split must be train, val, test or empty, got {split!r}")
             )
+            continue
+        seen.add(sample_id)
+        group = (row.get("group") or "").strip()
+        samples.append(
+            Sample(
+                id=sample_id,
+                image=image,
+                masks=masks,
+                label=label,
+                group=f"group/{group}" if group else sample_id,
+                split=split,
+            )
+        )
     return _checked(samples, problems, manifest)
+
+
+def _values_beyond_header(row: dict, columns: int) -> str:
+    """The problem of a row with more values than the header has columns ("" when none):
+    csv.DictReader files them under the key None, and they would silently be lost. Empty
+    extra values (a trailing comma) lose nothing and pass."""
+    extra = row.get(None) or []
+    if not any(value.strip() for value in extra):
+        return ""
+    listed = ", ".join(repr(value) for value in extra)
+    return (
+        f"{len(extra)} value(s) more than the {columns} columns of the header: {listed} "
+        "(quote a value that holds a comma)"
+    )
 
 
 def _manifest_columns(header: Sequence[str], manifest: Path) -> list[str]:
@@ -358,6 +398,47 @@ def scan_manifest(
 
 
 # ----------------------------------------------------------------------------- shared
+
+
+def _read_csv_text(path: Path) -> str:
+    """The text of a CSV file, UTF-8 with or without a byte order mark (Excel's "CSV UTF-8");
+    a DataValidationError naming the file and line when it is in another encoding."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        problem = (
+            f"not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); re-save it as "
+            "UTF-8 (in Excel: Save As, CSV UTF-8)"
+        )
+        raise DataValidationError([BadFile(str(path), problem)]) from err
+
+
+def _image_files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def _unique_stems(paths: Iterable[Path]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Image files by name without extension, and the names that several files share
+    (``x.png`` and ``x.jpg``): masks are matched by that name, so those are left out."""
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for path in paths:
+        by_stem[path.stem].append(path)
+    unique = {stem: found[0] for stem, found in by_stem.items() if len(found) == 1}
+    clashes = {stem: found for stem, found in by_stem.items() if len(found) > 1}
+    return unique, clashes
+
+
+def _same_name_problems(clashes: dict[str, list[Path]]) -> list[BadFile]:
+    return [
+        BadFile(
+            str(found[0]),
+            f"{len(found)} files have the same name {stem!r} "
+            f"({', '.join(p.name for p in found)}); keep one of them",
+        )
+        for stem, found in sorted(clashes.items())
+    ]
 
 
 def _checked(
@@ -473,6 +554,45 @@ def _check_lesion_masks(
     )
 
 
+def _check_grey_masks(samples: Sequence[Sample], cache: ImageCache, source: str) -> None:
+    """Warn about masks that are not near-binary: grey noise, or images given as masks (e.g.
+    swapped manifest columns). Thresholded, they would train a model on nonsense."""
+    with_mask = [s for s in samples if s.has_mask]
+    grey = [s for s in with_mask if cache.mask_grey_shares[cache.index[s.id]] > GREY_MASK_SHARE]
+    if grey:
+        warnings.warn(
+            f"{source}: {len(grey)} of {len(with_mask)} masks are not near-binary (many grey "
+            f"levels, e.g. {_mask_names(grey)}): are they images or noise, or are the image "
+            "and mask columns swapped? Masks should be black with the lesion white.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_mask_coverage(samples: Sequence[Sample], cache: ImageCache, source: str) -> None:
+    """Warn when non-empty masks cover most of their image on average: inverted masks (lesion
+    black on white) would teach the model to segment the background."""
+    covered = [s for s in samples if cache.mask_pixels[cache.index[s.id]] > 0]
+    if not covered:
+        return  # empty masks are _check_lesion_masks' concern
+    rows = [cache.index[s.id] for s in covered]
+    shares = cache.mask_pixels[rows] / cache.orig_sizes[rows].prod(axis=1)
+    if shares.mean() > MEAN_FOREGROUND_LIMIT:
+        example = covered[int(shares.argmax())]
+        warnings.warn(
+            f"{source}: masks cover {shares.mean():.0%} of their image on average (e.g. "
+            f"{_mask_names([example])}); lesions are usually the smaller part: are the masks "
+            "inverted (lesion black on white)?",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _mask_names(samples: Sequence[Sample], shown: int = 3) -> str:
+    names = [str(s.masks[0]) if s.masks else s.id for s in samples[:shown]]
+    return ", ".join(names) + (", ..." if len(samples) > shown else "")
+
+
 def load_dataset(
     dataset: str,
     root: str | Path | None = None,
@@ -529,6 +649,8 @@ def load_dataset(
         raise DataValidationError([BadFile(str(root), "no usable images left")])
     samples, excluded = remove_exact_duplicates(samples, cache)
     _check_lesion_masks(samples, cache, names)
+    _check_grey_masks(samples, cache, f"{dataset} data at {root}")
+    _check_mask_coverage(samples, cache, f"{dataset} data at {root}")
     if dataset == "busi":
         samples = group_near_duplicates(samples, cache, BUSI_NEAR_DUPLICATE_DISTANCE)
     if excluded:

@@ -17,19 +17,23 @@ Samples without a class label (mask-only) are only ever listed in ``train``: a g
 no labelled sample goes to train, and the unlabelled members of a labelled group in val
 or test are left out of the file. Val and test hold labelled images only.
 
-Regenerate the committed files (identical output for identical data)::
+Regenerate the committed files (identical output for identical data; an existing file is
+only replaced with ``--overwrite``)::
 
-    python -m semiseg_caw.data.splits busi ../shared/data/busi configs/splits/busi.json
-    python -m semiseg_caw.data.splits ddti ../shared/data/ddti configs/splits/ddti.json
+    python -m semiseg_caw.data.splits busi ../shared/data/busi configs/splits/busi.json --overwrite
+    python -m semiseg_caw.data.splits ddti ../shared/data/ddti configs/splits/ddti.json --overwrite
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -38,6 +42,21 @@ from semiseg_caw.data.samples import Sample
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 DEFAULT_SEED = 42
+
+PROG = "python -m semiseg_caw.data.splits"
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+"""Errors the split command reports in one line, as ``semiseg-caw`` does (``cli.USER_ERRORS``;
+DataValidationError is a ValueError)."""
+
+
+def check_fractions(fractions: Sequence[float]) -> None:
+    """A ValueError unless ``fractions`` are three non-negative numbers, not all zero."""
+    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(
+            f"fractions must be three non-negative numbers (train, val, test), not all zero; "
+            f"got {list(fractions)}"
+        )
 
 
 def stratified_group_split(
@@ -54,8 +73,7 @@ def stratified_group_split(
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` with sorted ids.
     """
-    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    check_fractions(fractions)
     frac = np.asarray(fractions, dtype=np.float64) / float(sum(fractions))
     groups: dict[str, list[Sample]] = defaultdict(list)
     for sample in sorted(samples, key=lambda s: s.id):
@@ -114,24 +132,34 @@ def split_to_json(
 
 
 def write_split_file(path: str | Path, split: dict[str, list[str]], dataset: str, **kwargs) -> None:
-    """Write a split file (see :func:`split_to_json`)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(split_to_json(split, dataset, **kwargs), encoding="utf-8")
+    """Write a split file (see :func:`split_to_json`), replacing any file there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_text(split_to_json(split, dataset, **kwargs), encoding="utf-8")
+        part.replace(path)  # never leave a half-written split under the final name
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def read_split_file(path: str | Path) -> dict[str, list[str]]:
-    """Read a split file; a ValueError when it is malformed or lists an id twice."""
+    """Read a split file (UTF-8, with or without a byte order mark); a ValueError naming the
+    file when it is malformed or lists an id twice."""
     path = Path(path)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (a relative path is read from {Path.cwd()})"
         raise FileNotFoundError(f"split file not found: {path}{where}")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"split file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+            f"offset {err.start}); re-save it as UTF-8"
+        ) from err
     except json.JSONDecodeError as err:
         raise ValueError(f"split file {path} is not valid JSON: {err}") from err
-    missing = [name for name in SPLITS if not isinstance(record.get(name), list)]
-    if missing:
-        raise ValueError(f"split file {path} lacks list(s): {', '.join(missing)}")
+    _check_split_record(record, path)
     seen: dict[str, str] = {}
     for name in SPLITS:
         for sample_id in record[name]:
@@ -141,6 +169,33 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
                 )
             seen[sample_id] = name
     return {name: list(record[name]) for name in SPLITS}
+
+
+def _check_split_record(record: object, path: Path) -> None:
+    """A ValueError naming ``path`` unless ``record`` is an object whose train, val and
+    test are lists of id strings."""
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"split file {path} must hold a JSON object with lists train, val and test; "
+            f"got {_json_kind(record)}"
+        )
+    missing = [name for name in SPLITS if not isinstance(record.get(name), list)]
+    if missing:
+        raise ValueError(f"split file {path} lacks list(s): {', '.join(missing)}")
+    for name in SPLITS:
+        for position, sample_id in enumerate(record[name]):
+            if not isinstance(sample_id, str):
+                raise ValueError(
+                    f"split file {path}: {name!r} must list id strings; item {position} is "
+                    f"{_json_kind(sample_id)} ({json.dumps(sample_id)})"
+                )
+
+
+def _json_kind(value: object) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return kinds.get(type(value), "a number")
 
 
 def check_split_ids(split: dict[str, list[str]], known: Sequence[str], source: str) -> None:
@@ -257,10 +312,17 @@ def make_split_file(
     seed: int = DEFAULT_SEED,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     classes: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, list[str]]:
-    """Read a data set, split it and write the split file; returns the split."""
+    """Read a data set, split it and write the split file; returns the split.
+
+    An existing file at ``out`` (a committed split) is refused with a FileExistsError
+    unless ``overwrite``; that and the fractions are checked before the data is read.
+    """
     from semiseg_caw.data.readers import load_dataset
 
+    check_fractions(fractions)
+    _check_output(Path(out), overwrite)
     # Image size does not matter to the split (hashes use full-resolution pixels).
     data = load_dataset(dataset, root, image_size=32, classes=classes)
     split = stratified_group_split(data.samples, fractions, seed)
@@ -268,26 +330,54 @@ def make_split_file(
     return split
 
 
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a folder: name the split file (.json) to write")
+    if out.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} exists: give another file name, or --overwrite (overwrite=True in Python)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m semiseg_caw.data.splits DATASET ROOT OUT``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Command line: ``python -m semiseg_caw.data.splits DATASET ROOT OUT``.
+
+    User errors (a missing folder, bad data, an existing OUT) end it with one ``error:``
+    line on stderr and exit status 2, as ``semiseg-caw`` does; SEMISEG_CAW_TRACEBACK=1
+    shows the traceback instead.
+    """
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=["busi", "ddti", "manifest"])
     parser.add_argument("root", help="data set folder, or the manifest file")
     parser.add_argument("out", help="split file to write (JSON)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--fractions", type=float, nargs=3, default=list(DEFAULT_FRACTIONS))
     parser.add_argument("--classes", nargs="+", help="class names (manifest only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = parser.parse_args(argv)
-    split = make_split_file(
-        args.dataset,
-        args.root,
-        args.out,
-        seed=args.seed,
-        fractions=args.fractions,
-        classes=args.classes,
-    )
+    if args.dataset == "manifest" and not args.classes:
+        _exit_with_error("a manifest needs its class names: --classes NAME [NAME ...]")
+    try:
+        split = make_split_file(
+            args.dataset,
+            args.root,
+            args.out,
+            seed=args.seed,
+            fractions=args.fractions,
+            classes=args.classes,
+            overwrite=args.overwrite,
+        )
+    except USER_ERRORS as err:
+        if os.environ.get("SEMISEG_CAW_TRACEBACK") == "1":
+            raise
+        _exit_with_error(f"{err}\n(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)")
     sizes = ", ".join(f"{name} {len(split[name])}" for name in SPLITS)
     print(f"wrote {args.out}: {sizes}")
+
+
+def _exit_with_error(message: str) -> NoReturn:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":
