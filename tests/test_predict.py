@@ -22,7 +22,7 @@ from semiseg_caw.cli import main
 from semiseg_caw.data.datamodule import PredictFolderDataset
 from semiseg_caw.data.io import decode_image
 from semiseg_caw.lit import writer as writer_module
-from semiseg_caw.lit.writer import CSV_NAME, MAX_STEM, safe_stem
+from semiseg_caw.lit.writer import CSV_NAME, MAX_STEM, STAGING_NAME, safe_stem
 
 MODEL = ["--model=semiseg_caw.SemiSegCAW", "--model.init_args.aux_encoder=resnet10t"]
 TRAINER = [
@@ -234,6 +234,66 @@ def test_overwrite_removes_the_earlier_runs_listed_outputs_only(checkpoint, tmp_
         CSV_NAME,
     ]
     assert list(read_csv(out / CSV_NAME)) == ["a.png"]
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Every file directly in ``folder`` (hidden ones too), by name: its bytes."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_an_overwrite_that_fails_its_checks_keeps_the_earlier_outputs(checkpoint, tmp_path):
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(scan(30, 40)).save(folder / "x.png")
+    predict(checkpoint, folder, out)
+    earlier = files_in(out)
+    assert {CSV_NAME, "x_mask.png", "x_overlay.png", "config-predict.yaml"} == set(earlier)
+    with pytest.raises(ValueError, match=r"data.image_size must be a multiple of 32"):
+        predict(checkpoint, folder, out, "--prediction.overwrite=true", "--data.image_size=48")
+    assert files_in(out) == earlier
+    assert sorted(p.name for p in out.iterdir()) == sorted(earlier)  # no folder left either
+
+
+def test_an_overwrite_that_fails_or_is_killed_midway_keeps_the_earlier_outputs(
+    checkpoint, tmp_path, monkeypatch
+):
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    for folder, names in ((first, ["a.png", "b.png"]), (second, ["a.png", "c.png", "d.png"])):
+        folder.mkdir()
+        for k, name in enumerate(names):
+            Image.fromarray(scan(30, 40, seed=k)).save(folder / name)
+    predict(checkpoint, first, out)
+    earlier = files_in(out)
+    real = writer_module.png_bytes
+    calls = []
+
+    def full_disk_at_the_third_png(array):
+        calls.append(1)
+        if len(calls) == 3:  # a.png's mask and overlay are written, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real(array)
+
+    monkeypatch.setattr(writer_module, "png_bytes", full_disk_at_the_third_png)
+    with pytest.raises(OSError, match="No space left"):
+        predict(checkpoint, second, out, "--prediction.overwrite=true")
+    assert files_in(out) == earlier
+    assert sorted(p.name for p in out.iterdir()) == sorted(earlier)  # nothing half-done left
+    # A killed run cleans nothing up: no exception handler runs.
+    calls.clear()
+    monkeypatch.setattr(writer_module.PredictionWriter, "on_exception", lambda *args: None)
+    with pytest.raises(OSError, match="No space left"):
+        predict(checkpoint, second, out, "--prediction.overwrite=true")
+    assert files_in(out) == earlier
+    assert (out / STAGING_NAME / "a_mask.png").is_file()  # its outputs, still set apart
+    # The next overwrite replaces the earlier run with its own, and tidies up after the
+    # killed one.
+    monkeypatch.setattr(writer_module, "png_bytes", real)
+    predict(checkpoint, second, out, "--prediction.overwrite=true")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [CSV_NAME, "config-predict.yaml"]
+        + [f"{stem}_{kind}.png" for stem in "acd" for kind in ("mask", "overlay")]
+    )
+    assert list(read_csv(out / CSV_NAME)) == ["a.png", "c.png", "d.png"]
 
 
 def test_the_csv_names_the_classes_the_model_was_trained_on(checkpoint, tmp_path):

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from semiseg_caw.checkpoints import LastCheckpoint
 from semiseg_caw.lit.class_elevate import ClassElevateSeg
@@ -73,6 +74,18 @@ def stage1_checkpoint_dir(root_dir: str | Path) -> Path:
     return Path(root_dir) / "stage1" / "checkpoints"
 
 
+def refuse_earlier_stage1(root_dir: str | Path) -> None:
+    """A new stage 1 would overwrite an earlier one's last.ckpt (its only resumable state)
+    and put its best checkpoint beside the other model's: raise FileExistsError instead."""
+    earlier = sorted(stage1_checkpoint_dir(root_dir).glob("*.ckpt"))
+    if earlier:
+        raise FileExistsError(
+            f"{root_dir} already holds the checkpoints of an earlier stage 1 ({earlier[0]}"
+            f"{', ...' if len(earlier) > 1 else ''}): continue it with "
+            "fit_stage1(..., resume=True), or give this run its own root_dir"
+        )
+
+
 def fit_stage1(
     model: SemiSegCAW,
     datamodule: L.LightningDataModule,
@@ -85,8 +98,11 @@ def fit_stage1(
     """Train ClassElevateSeg, load its best-on-validation weights into ``model``, return the file.
 
     With ``resume``, a stage 1 killed earlier under the same ``root_dir`` continues from its
-    ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again).
+    ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again); without
+    it, a ``root_dir`` holding an earlier stage 1's checkpoints is refused.
     """
+    if not resume and rank_zero_only.rank == 0:  # DDP's other ranks start during the fit
+        refuse_earlier_stage1(root_dir)
     root = Path(root_dir) / "stage1"
     folder = stage1_checkpoint_dir(root_dir)
     last = folder / "last.ckpt"

@@ -4,6 +4,10 @@ Every file appears whole or not at all (written to a hidden ``.part`` file, then
 renamed); the CSV grows on disk as batches arrive, so memory does not grow with the
 folder. An image that cannot be read gets a row with its reason in the ``error`` column
 and no PNGs, and the run goes on; one warning at the end lists every such file.
+
+A run that replaces an earlier one's outputs (``overwrite``) writes into a hidden staging
+folder inside the output folder and moves its files out only when it has finished: a run
+that fails its checks, fails midway or is killed leaves the earlier outputs as they were.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,6 +34,8 @@ from semiseg_caw.postprocess import largest_region
 CSV_NAME = "predictions.csv"
 OUTPUT_PATTERNS = (CSV_NAME, "*_mask.png", "*_overlay.png")
 """Files that mark a folder as holding an earlier run's predictions."""
+STAGING_NAME = ".predictions-in-progress"
+"""Where a run replacing an earlier one's outputs writes its own until it has finished."""
 MAX_STEM = 120
 """Longest stem of an output file (file names stay well below the usual 255 bytes)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -90,6 +97,29 @@ def safe_stem(name: str) -> str:
     return stem[:MAX_STEM] or "image"
 
 
+def _listed_outputs(out: Path) -> set[str]:
+    """The files the CSV in ``out`` lists (masks, their overlays) and the CSV itself; empty
+    without a CSV. Files it does not list (a killed run's, the user's own) are never removed."""
+    table = out / CSV_NAME
+    if not table.is_file():
+        return set()
+    listed = {CSV_NAME}
+    with open(table, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            mask = Path(row.get("mask_file") or "").name  # a bare name in `out`
+            if mask.endswith("_mask.png"):
+                listed |= {mask, mask[: -len("_mask.png")] + "_overlay.png"}
+    return listed
+
+
+def _remove_staging(out: Path) -> None:
+    staging = out / STAGING_NAME
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging)
+    else:
+        staging.unlink(missing_ok=True)
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes ``<name>_mask.png`` (binary, the image's original size), ``<name>_overlay.png``
     and one ``predictions.csv`` (class probabilities, lesion area, ``error``) into
@@ -97,7 +127,8 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output_dir: folder for the outputs (None: ``<default_root_dir>/predictions``).
-        overwrite: replace outputs of an earlier run instead of refusing to start.
+        overwrite: replace outputs of an earlier run instead of refusing to start; they
+            are kept until this run has finished.
         threshold: probability above which a pixel is lesion.
         overlays: also write the overlay PNGs.
     """
@@ -118,6 +149,7 @@ class PredictionWriter(BasePredictionWriter):
         self.overlays = overlays
         self.used: set[str] = set()
         self.failed: list[tuple[str, str]] = []
+        self._destination: Path | None = None  # where staged outputs go once the run ends
         self._csv: IO[str] | None = None
         self._csv_part: Path | None = None
         self._rows: csv.DictWriter | None = None
@@ -144,28 +176,38 @@ class PredictionWriter(BasePredictionWriter):
             )
         for stale in out.glob(".*.part"):  # left by a killed run
             stale.unlink(missing_ok=True)
-        if earlier:
-            self._remove_earlier_run(out)
+        _remove_staging(out)  # a killed overwrite's unfinished outputs
         self.used, self.failed = set(), []
         self._close_csv()
+        self._destination = None
+        if earlier:  # kept until this run has finished
+            self._destination = out
+            self.out = check_writable(out / STAGING_NAME, "prediction folder")
 
-    @staticmethod
-    def _remove_earlier_run(out: Path) -> None:
-        """With ``overwrite``: remove the files the earlier run's CSV lists (and the CSV), so
-        that none of its masks or overlays is left beside the new ones. Files it does not
-        list (a run killed before writing it, or the user's own) are left, with a warning."""
-        listed: set[str] = set()
-        table = out / CSV_NAME
-        if table.is_file():
-            with open(table, newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    mask = Path(row.get("mask_file") or "").name  # a bare name in `out`
-                    if mask.endswith("_mask.png"):
-                        listed |= {mask, mask[: -len("_mask.png")] + "_overlay.png"}
-            for name in listed:
-                (out / name).unlink(missing_ok=True)
-            table.unlink()
-        left = [p.name for pattern in OUTPUT_PATTERNS[1:] for p in sorted(out.glob(pattern))]
+    def _finish_overwrite(self) -> None:
+        """Move the staged outputs into the output folder, in place of the earlier run's."""
+        staging, out = self.out, self._destination
+        if out is None:
+            return
+        new = sorted(p.name for p in staging.iterdir())
+        stale = _listed_outputs(out) - set(new)
+        # The CSV last: until it is replaced, the earlier one lists the files still to
+        # remove, should this be cut short.
+        for name in new:
+            if name != CSV_NAME:
+                os.replace(staging / name, out / name)
+        for name in sorted(stale, key=lambda name: name == CSV_NAME):
+            (out / name).unlink(missing_ok=True)
+        if CSV_NAME in new:
+            os.replace(staging / CSV_NAME, out / CSV_NAME)
+        staging.rmdir()
+        self.out, self._destination = out, None
+        left = [
+            p.name
+            for pattern in OUTPUT_PATTERNS[1:]
+            for p in sorted(out.glob(pattern))
+            if p.name not in new
+        ]
         if left:
             warnings.warn(
                 f"--prediction.overwrite: {len(left)} file(s) in {out} that no earlier "
@@ -174,6 +216,12 @@ class PredictionWriter(BasePredictionWriter):
                 UserWarning,
                 stacklevel=2,
             )
+
+    def _abandon_overwrite(self) -> None:
+        """A failed overwrite: drop its staged outputs; the earlier run's stay as they were."""
+        if self._destination is not None:
+            _remove_staging(self._destination)
+            self.out, self._destination = self._destination, None
 
     def _unique(self, stem: str) -> str:
         name, n = stem, 1
@@ -275,6 +323,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._close_csv(keep=self._rows is not None)
+        self._finish_overwrite()
         if self.failed:
             listing = "\n".join(f"  {path}: {problem}" for path, problem in self.failed)
             warnings.warn(
@@ -288,3 +337,4 @@ class PredictionWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._close_csv()  # no partial CSV
+        self._abandon_overwrite()
