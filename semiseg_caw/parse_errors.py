@@ -22,6 +22,8 @@ NOT_ACCEPTED = re.compile(r"does not accept option '([^']+)'")
 CLASS_PROBLEM = re.compile(r"^([ \t]*)- Problem with given class_path '([^']+)':$", re.M)
 UNKNOWN_MODEL = re.compile(r'^Parser key "model":.*^  Given value: (\w+)$', re.M | re.S)
 OPTION_REFUSED = re.compile(r"Option '([^']+)' is not accepted")
+# A model option given before any class: jsonargparse tries it on the abstract base.
+EARLY_MODEL_OPTION = re.compile(r"SegmentationTask is abstract.*NestedArg\(key='([^']+)'", re.S)
 
 
 def explain(message: str, options: Iterable[str]) -> str:
@@ -34,6 +36,12 @@ def explain(message: str, options: Iterable[str]) -> str:
         refused = OPTION_REFUSED.search(said)
         hint = refused and _closest(refused.group(1), init_arguments(class_path))
         return f"model {class_path}: {said}" + (f" (did you mean '{hint}'?)" if hint else "")
+    early = EARLY_MODEL_OPTION.search(message)
+    if early:
+        return (
+            f"--model.init_args.{early.group(1)} came before the model's class: give --model "
+            "(or the --config that names it) first, then the model's options"
+        )
     model = UNKNOWN_MODEL.search(message)
     if model:
         return (

@@ -464,3 +464,26 @@ def test_os_and_lightning_option_errors_are_named_without_a_traceback(
         run()
     assert exit_info.value.code == 2
     assert f"semiseg-caw: error: {message.replace('FILE', str(afile))}" in capsys.readouterr().err
+
+
+def test_a_model_option_before_its_class_and_a_broken_yaml_file_are_named(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import sys
+
+    from semiseg_caw.cli import run
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: 3\n bad: [\n")
+    demo = f"--config={CONFIGS / 'demo.yaml'}"
+    cases = [
+        (["--model.init_args.stage1_epochs=1", demo], "--model.init_args.stage1_epochs came "),
+        ([demo, "--config", str(broken)], f"config file {broken} is not valid YAML: "),
+    ]
+    for args, message in cases:
+        monkeypatch.setattr(sys, "argv", ["semiseg-caw", "fit", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Union subtypes" not in err
+    assert f'in "{broken}", line 3' in err
