@@ -35,6 +35,7 @@ from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageL
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
 from semiseg_caw.lit.writer import PredictionWriter, check_writable
+from semiseg_caw.models.class_elevate import PretrainedWeightsError
 from semiseg_caw.parse_errors import explain
 
 DESCRIPTION = (
@@ -625,6 +626,7 @@ USER_ERRORS = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
+    PretrainedWeightsError,
     ValueError,
     MisconfigurationException,  # Lightning's, for trainer options that cannot work
 )

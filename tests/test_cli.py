@@ -487,3 +487,22 @@ def test_a_model_option_before_its_class_and_a_broken_yaml_file_are_named(
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and "Union subtypes" not in err
     assert f'in "{broken}", line 3' in err
+
+
+def test_unavailable_pretrained_weights_are_named_without_jsonargparse_s_wrapping(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import sys
+
+    from semiseg_caw.cli import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and no cached weights on a fresh machine
+    argv = ["fit", "--model=ClassElevateSeg", "--model.init_args.pretrained=true"]
+    argv += [f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    monkeypatch.setattr(sys, "argv", ["semiseg-caw", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("semiseg-caw: error: could not load pretrained weights for encoder")
+    assert "Union subtypes" not in err and "Namespace(" not in err

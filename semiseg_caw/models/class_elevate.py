@@ -178,8 +178,14 @@ class ClassElevateNet(nn.Module):
             nn.init.zeros_(head.bias)
 
 
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained encoder weights that could not be loaded (offline, no cache): a user's
+    setting to change, reported by the command without a traceback."""
+
+
 def _create_encoder(name: str, in_channels: int, pretrained: bool) -> nn.Module:
-    """A timm feature extractor; download failures become a RuntimeError naming the encoder."""
+    """A timm feature extractor; download failures become a PretrainedWeightsError naming
+    the encoder."""
     try:
         return timm.create_model(
             name, features_only=True, pretrained=pretrained, in_chans=in_channels
@@ -187,7 +193,7 @@ def _create_encoder(name: str, in_channels: int, pretrained: bool) -> nn.Module:
     except Exception as err:
         if not pretrained:
             raise
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"could not load pretrained weights for encoder {name!r} ({err}); "
             "check the network or the Hugging Face cache, or use pretrained=False"
         ) from err
