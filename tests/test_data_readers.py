@@ -380,6 +380,15 @@ def test_ddti_labels_not_in_utf8_name_the_file(tmp_path):
     assert len(scan_ddti(tmp_path)) == 4
 
 
+def test_ddti_labels_row_with_more_values_than_columns_is_refused(tmp_path):
+    write_ddti(tmp_path, n=4)
+    text = (tmp_path / "labels.csv").read_text().replace("3.PNG,2,3,0", "3.PNG,2,3,0,x")
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(DataValidationError) as excinfo:
+        scan_ddti(tmp_path)
+    assert "value(s) more than the 4 columns of the header: 'x'" in _problem_paths(excinfo)
+
+
 def test_ddti_missing_layout(tmp_path):
     (tmp_path / "image").mkdir()
     with pytest.raises(DataValidationError, match="mask"):

@@ -217,6 +217,10 @@ def _scan_ddti(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
         )
     for line, row in enumerate(reader, start=2):
         where = f"{labels_csv}:{line}"
+        beyond = _values_beyond_header(row, len(reader.fieldnames or ()))
+        if beyond:
+            problems.append(BadFile(where, beyond))
+            continue
         name = (row["image"] or "").strip()
         try:
             label = _parse_ddti_label(row["label"] or "")
