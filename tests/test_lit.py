@@ -237,11 +237,20 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(pseudo_threshold=0.3), "pseudo_threshold"),
         (dict(stage1_loss_weights={"camm": 0.0}), "stage1_loss_weights"),
         (dict(stage1_loss_weights={"cam": -1.0}), "stage1_loss_weights"),
+        (dict(aux_mode="freeze"), "aux_mode must be finetune, decoder or frozen, got 'freeze'"),
+        (dict(ftv_gamma=0.0), r"ftv_gamma a finite number > 0, got 0.7, 0.3 and 0.0"),
+        (dict(ftv_alpha=-1.0), "ftv_alpha and ftv_beta must be >= 0"),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SemiSegCAW(**kwargs)
+
+
+@pytest.mark.parametrize("normal_class", [2, -1])
+def test_stage1_normal_class_must_be_a_class_index(normal_class: int) -> None:
+    with pytest.raises(ValueError, match=r"normal_class must be a class index in \[0, 2\)"):
+        ClassElevateSeg(encoder="test_resnet", normal_class=normal_class)
 
 
 def test_stage1_consistency_term_is_off_by_default_and_needs_class_only_images() -> None:

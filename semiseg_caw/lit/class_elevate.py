@@ -97,6 +97,12 @@ class ClassElevateSeg(SegmentationTask):
         weights.update(given)
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"loss weights must be >= 0, got {weights}")
+        normal = self.hparams.normal_class
+        if normal is not None and not 0 <= normal < self.num_classes:
+            raise ValueError(
+                f"normal_class must be a class index in [0, {self.num_classes}) or None, "
+                f"got {normal}"
+            )
         self.term_weights = {k: w for k, w in weights.items() if w > 0}
         self.net = ClassElevateNet(
             encoder=self.hparams.encoder,

@@ -157,6 +157,13 @@ class SemiSegCAW(SegmentationTask):
             raise ValueError("loss terms 'pseudo' and 'aux' need an auxiliary model")
         if "aux" in terms and (hp.aux_mode == "frozen" or hp.aux_source != "classelevate"):
             raise ValueError("loss term 'aux' supervises a fine-tuned ClassElevateSeg only")
+        if hp.aux_mode not in ("finetune", "decoder", "frozen"):
+            raise ValueError(f"aux_mode must be finetune, decoder or frozen, got {hp.aux_mode!r}")
+        if min(hp.ftv_alpha, hp.ftv_beta) < 0 or not 0 < hp.ftv_gamma < float("inf"):
+            raise ValueError(
+                "ftv_alpha and ftv_beta must be >= 0 and ftv_gamma a finite number > 0, got "
+                f"{hp.ftv_alpha}, {hp.ftv_beta} and {hp.ftv_gamma}"
+            )
         if not 0.5 < hp.pseudo_threshold < 1:
             raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp.pseudo_threshold}")
         stage1_weights = hp.get("stage1_loss_weights") or {}
@@ -237,9 +244,23 @@ class SemiSegCAW(SegmentationTask):
 
     def on_test_start(self) -> None:
         self.load_stage1_once()
+        self.warn_without_stage1("testing")
 
     def on_predict_start(self) -> None:
         self.load_stage1_once()
+        self.warn_without_stage1("predicting")
+
+    def warn_without_stage1(self, doing: str) -> None:
+        """Evaluating a model whose auxiliary network never got weights (a fresh SemiSegCAW
+        from Python: the CLI refuses untrained weights) gives maps of noise."""
+        if self.net.aux_model is not None and not self.stage1_loaded:
+            warnings.warn(
+                f"{doing} a SemiSegCAW whose auxiliary ClassElevateSeg has no weights (no "
+                "stage-1 checkpoint and no trained SemiSegCAW checkpoint loaded): load one with "
+                "SemiSegCAW.load_from_checkpoint, or train it first",
+                UserWarning,
+                stacklevel=2,
+            )
 
     # -- cached auxiliary maps -------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,29 @@ def refuse_earlier_stage1(root_dir: str | Path) -> None:
         )
 
 
+def check_stage1_request(
+    model: Any, max_epochs: int, trainer_kwargs: dict[str, Any] | None
+) -> None:
+    """Name what cannot work before stage 1 trains, not after: a model without an auxiliary
+    ClassElevateSeg, a stage 1 without an end, a trainer option that does not exist."""
+    if not isinstance(model, SemiSegCAW):
+        raise TypeError(
+            f"fit_stage1 trains the auxiliary model of a SemiSegCAW, got {type(model).__name__}"
+            " (a ClassElevateSeg alone trains with lightning.Trainer.fit)"
+        )
+    if model.net.aux_model is None:
+        raise ValueError("aux_source is 'none': this SemiSegCAW has no stage 1 to train")
+    if not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(
+            f"stage 1 needs a number of epochs >= 1, got {max_epochs} (on the command line: "
+            "--model.init_args.stage1_epochs; stage 2's max_steps or max_time do not bound it)"
+        )
+    given = {key.split(".")[0] for key in trainer_kwargs or {}}  # a Namespace's: "logger.x"
+    unknown = given - set(inspect.signature(L.Trainer).parameters)
+    if unknown:
+        raise ValueError(f"trainer_kwargs holds options Trainer does not take: {sorted(unknown)}")
+
+
 def fit_stage1(
     model: SemiSegCAW,
     datamodule: L.LightningDataModule,
@@ -101,6 +126,7 @@ def fit_stage1(
     ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again); without
     it, a ``root_dir`` holding an earlier stage 1's checkpoints is refused.
     """
+    check_stage1_request(model, max_epochs, trainer_kwargs)
     if not resume and rank_zero_only.rank == 0:  # DDP's other ranks start during the fit
         refuse_earlier_stage1(root_dir)
     root = Path(root_dir) / "stage1"
@@ -115,7 +141,13 @@ def fit_stage1(
         save_weights_only=True,  # as the CLI's best checkpoints; last.ckpt resumes
     )
     logger = (
-        WandbLogger(project="semiseg-caw", name="stage1", save_dir=str(root), job_type="stage1")
+        WandbLogger(
+            project="semiseg-caw",
+            name="stage1",
+            save_dir=str(root),
+            job_type="stage1",
+            offline=os.environ.get("WANDB_MODE") is None,  # offline unless asked, as the CLI
+        )
         if wandb
         else CSVLogger(root, name="logs")
     )
