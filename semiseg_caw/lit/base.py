@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import abc
+import difflib
 import importlib
+import inspect
 import math
 import warnings
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from semiseg_caw.checkpoints import CheckpointError
+from semiseg_caw.checkpoints import CheckpointError, read_checkpoint
 from semiseg_caw.data.transforms import AUX_MAP_KEY
-from semiseg_caw.lit.batches import EVAL_KEYS, TRAIN_KEYS, check_batch
+from semiseg_caw.lit.batches import EVAL_KEYS, PREDICT_KEYS, TRAIN_KEYS, check_batch
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.lit.guard import DeviceStepGuard
 from semiseg_caw.losses import balanced_class_weights, bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
 from semiseg_caw.postprocess import keep_largest_region
+
+try:  # Lightning's: refuses a call on an instance, which would not load into it
+    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+except ImportError:  # a private name; without it, a plain classmethod
+    _restricted_classmethod = classmethod
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 STAGES = ("val", "test")
 
@@ -30,6 +43,8 @@ INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsamp
 OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 # Batch entries ``flip_tta`` mirrors: what ``evaluate_batch`` reads.
 MIRRORED_KEYS = ("image", AUX_MAP_KEY)
+# ``load_from_checkpoint``'s own keyword arguments; every other one overrides a setting.
+LIGHTNING_LOAD_OPTIONS = ("map_location", "hparams_file", "strict", "weights_only")
 
 
 def can_load(task: type, writer: str | None) -> bool:
@@ -130,14 +145,37 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         """What validation, test, prediction and export read: ``evaluate_batch`` with the
         inference settings among the hyper-parameters: ``flip_tta`` (see ``mirror_mean``)
         and, unless ``postprocess`` is False (export: it runs on the host),
-        ``keep_largest_lesion`` (see ``semiseg_caw.postprocess``)."""
-        if self.hparams.get("flip_tta"):
-            mask_logits, class_logits = self.mirror_mean(batch)
-        else:
-            mask_logits, class_logits = self.evaluate_batch(batch)
-        if postprocess and self.hparams.get("keep_largest_lesion"):
-            mask_logits = keep_largest_region(mask_logits)
+        ``keep_largest_lesion`` (see ``semiseg_caw.postprocess``).
+
+        Always an inference pass, without gradients and in eval mode: a model in training
+        mode (as ``load_from_checkpoint`` and ``trainer.fit`` hand it back) is evaluated in
+        eval mode and handed back as it was, its BatchNorm statistics untouched.
+        """
+        with self.eval_mode(), torch.no_grad():
+            if self.hparams.get("flip_tta"):
+                mask_logits, class_logits = self.mirror_mean(batch)
+            else:
+                mask_logits, class_logits = self.evaluate_batch(batch)
+            if postprocess and self.hparams.get("keep_largest_lesion"):
+                mask_logits = keep_largest_region(mask_logits)
         return mask_logits, class_logits
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Eval mode inside the block, and every module's own mode back after it (a frozen
+        auxiliary model stays in eval mode when the rest trains). Nothing to do in eval mode,
+        as in validation, test and prediction."""
+        if not self.training:
+            yield
+            return
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+            self._buffer_modules = None  # as after train(): found again when needed
 
     def mirror_mean(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """The mean of ``evaluate_batch``'s predictions for the image and for its left-right
@@ -201,6 +239,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         return out
 
     def setup(self, stage: str) -> None:
+        # Every fit, validate, test and predict checks its loops' first batches again: a
+        # model fitted before may now get another loader. (Here, as subclasses take the
+        # on_*_start hooks.)
+        self._checked_loops.clear()
         # A data module that does not fit the model: say so before the first batch, naming
         # the options rather than a layer deep in the step.
         data = getattr(self._trainer, "datamodule", None)
@@ -291,7 +333,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
     # -- the first batch of each loop is checked ------------------------------------------
     def _check_first_batch(self, batch: Any, loop: str, keys: tuple[str, ...]) -> None:
         if loop not in self._checked_loops:
-            check_batch(batch, keys, self.in_channels)
+            check_batch(batch, keys, self.in_channels, self.num_classes, self.dtype)
             self._checked_loops.add(loop)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0):
@@ -299,6 +341,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._check_first_batch(batch, "test", EVAL_KEYS)
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0):
+        self._check_first_batch(batch, "predict", PREDICT_KEYS)
 
     # -- CUDA graphs ----------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -497,6 +542,51 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         # a plain Trainer): their hyper-parameters don't name a class, and the CLI needs one.
         checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **settings: Any,
+    ) -> Self:
+        """Lightning's ``load_from_checkpoint`` (``settings`` override the saved
+        hyper-parameters, e.g. ``flip_tta=True``), with clear errors instead of raw ones: a
+        setting that is no init argument of the class is refused, not silently dropped, and
+        a local file that is not a Lightning checkpoint is named (``CheckpointError``).
+
+        The check reads the file once more (as ``weights_only``); a file loaded with
+        ``weights_only=False``, which may hold any object, is left to Lightning."""
+        cls._refuse_unknown_settings(settings)
+        if weights_only is not False and _is_local_path(checkpoint_path):
+            check_lightning_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=weights_only,
+            **settings,
+        )
+
+    @classmethod
+    def _refuse_unknown_settings(cls, settings: dict[str, Any]) -> None:
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return  # a subclass that takes any keyword
+        known = [name for name in parameters if name != "self"]
+        for name in settings:
+            if name not in known:
+                close = difflib.get_close_matches(name, [*known, *LIGHTNING_LOAD_OPTIONS], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(
+                    f"{cls.__name__}.load_from_checkpoint got the keyword {name!r}, which is "
+                    f"not a setting of {cls.__name__}{hint}; its settings are the arguments "
+                    f"of {cls.__name__}(...)"
+                )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the weights are loaded: name the right class instead of listing
         # thousands of unexpected keys. A subclass may load its base class's checkpoint.
@@ -540,6 +630,22 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def _is_local_path(path: Any) -> bool:
+    """A file path, not a URL (``https://``, ``s3://``: fsspec's) nor an open file."""
+    return isinstance(path, (str, Path)) and "://" not in str(path)
+
+
+def check_lightning_checkpoint(path: str | Path) -> None:
+    """Raise a ``CheckpointError`` naming the file unless it is a Lightning checkpoint."""
+    checkpoint = read_checkpoint(path)  # a folder, a missing, corrupt or foreign file
+    if "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning checkpoint (no 'pytorch-lightning_version'): "
+            "write one with trainer.save_checkpoint or a ModelCheckpoint; a bare state dict "
+            "loads with model.load_state_dict(...)"
+        )
 
 
 def warn_capture_failed(what: str, err: Exception) -> None:
