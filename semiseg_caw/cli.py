@@ -383,6 +383,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
     # run=False the caller's trainer logs later, and needs it still).
     ours = run and "WANDB_MODE" not in os.environ
     os.environ.setdefault("WANDB_MODE", "offline")
+    earlier_run = _active_wandb_run()
     try:
         cli = SemiSegCLI(
             SegmentationTask,
@@ -396,14 +397,22 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
             args=args,
             run=run,
         )
-        if run and isinstance(cli.trainer.logger, WandbLogger):
-            import wandb
-
-            wandb.finish()  # one W&B run per command, also when main() runs again here
     finally:
+        # One W&B run per command, also when main() runs again here: the run this command
+        # started ends with it, whether it succeeded or failed (a failed command's run left
+        # open would take the next command's logs); a caller's own run is left alone.
+        started = _active_wandb_run()
+        if run and started is not None and started is not earlier_run:
+            sys.modules["wandb"].finish()
         if ours:
             os.environ.pop("WANDB_MODE", None)
     return cli
+
+
+def _active_wandb_run() -> Any:
+    """The W&B run in progress in this process, if W&B is loaded at all."""
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
 
 
 def command_line(args: Any) -> list[str] | None:

@@ -71,14 +71,29 @@ def test_stage1_that_cannot_work_is_refused_before_it_trains(
     assert not (tmp_path / "stage1").exists()  # nothing trained, nothing written
 
 
-def test_stage1_logs_to_wandb_offline_unless_told_otherwise(tmp_path: Path, monkeypatch) -> None:
-    # As the CLI: no account needed (online, wandb would ask for an API key here).
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+@pytest.mark.parametrize(("mode", "offline"), [(None, True), ("online", False)])
+def test_stage1_logs_to_wandb_offline_unless_told_otherwise(
+    mode: str | None, offline: bool, tmp_path: Path, monkeypatch
+) -> None:
+    # As the CLI: no account needed (online, wandb would ask for an API key here). The
+    # logger's settings are checked: W&B itself keeps process-wide state from earlier tests.
+    from semiseg_caw.lit import stages
+
+    made: list[dict] = []
+
+    def recorded(**kwargs):
+        made.append(kwargs)
+        return stages.CSVLogger(kwargs["save_dir"])  # no W&B run from a test
+
+    monkeypatch.setattr(stages, "WandbLogger", recorded)
+    if mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", mode)
     data = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, class_only=6)
     model = SemiSegCAW(num_classes=data.num_classes, aux_encoder="test_resnet")
     fit_stage1(model, data, tmp_path / "run", max_epochs=1, trainer_kwargs=TINY, wandb=True)
-    assert list((tmp_path / "run" / "stage1" / "wandb").glob("offline-run-*"))
+    assert [m["offline"] for m in made] == [offline]
 
 
 def test_evaluating_a_semiseg_caw_without_stage1_weights_warns(tmp_path: Path) -> None:

@@ -162,3 +162,18 @@ def test_the_offline_default_is_not_left_in_the_callers_environment(monkeypatch,
     with pytest.raises(SystemExit):
         main(["fit", "--print_config"])
     assert "WANDB_MODE" not in os.environ
+
+
+def test_a_failed_command_ends_the_wandb_run_it_started(tmp_path: Path, monkeypatch) -> None:
+    """Left open, it would take the next command's logs (a notebook running main() again)."""
+    import wandb
+
+    from semiseg_caw.lit.semiseg import SemiSegCAW
+
+    def fail(self) -> None:
+        raise RuntimeError("stage 2 failed")
+
+    monkeypatch.setattr(SemiSegCAW, "on_train_start", fail)
+    with pytest.raises(RuntimeError, match="stage 2 failed"):
+        cli_module.main(["fit", *tiny(tmp_path)])
+    assert wandb.run is None
