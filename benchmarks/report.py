@@ -264,8 +264,7 @@ def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str
     if not any(name in by for name in long):
         return []
     out = []
-    variants = ("frozen-aux-cached", "aux-dropout", "aux-dropout-0.75", "pseudo-aux-dropout-0.75")
-    both = [f"{bb}-{m}-long-both" for m in variants]
+    both = [f"{bb}-{m}-long-both" for m in ("frozen-aux-cached", "aux-dropout", "aux-dropout-0.75")]
     for row in (semi, f"{bb}-frozen-aux-cached-long", *both):
         if parts := against_bar(report, by, row, *long):
             minutes = {name: fit_minutes(report, name) for name in (row, *long)}
