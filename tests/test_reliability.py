@@ -468,7 +468,11 @@ def test_a_new_run_never_overwrites_an_earlier_runs_files(tmp_path, stage1_ckpt)
     # ... and test/predict keep their config beside the run's, not over it.
     main(eval_args("test", tmp_path, f"--ckpt_path={last}"))
     assert {p: p.read_bytes() for p in before} == before
-    assert (tmp_path / "config-test.yaml").is_file()
+    first_test = (tmp_path / "config-test.yaml").read_bytes()
+    # A second test keeps the first one's record.
+    main(eval_args("test", tmp_path, f"--ckpt_path={last}", "--model.init_args.flip_tta=true"))
+    assert (tmp_path / "config-test.yaml").read_bytes() == first_test
+    assert "flip_tta: true" in (tmp_path / "config-test-2.yaml").read_text()
     # Resuming (the finished run: nothing left to train) is what `--ckpt_path last` is for.
     main(fit_args(tmp_path, s1, "--ckpt_path=last", epochs=1))
 

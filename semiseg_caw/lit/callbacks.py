@@ -121,6 +121,15 @@ class ValidationImageLogger(Callback):
         self.samples = []
 
 
+def unused_name(folder: Path, stem: str, suffix: str = ".yaml") -> str:
+    """``stem.yaml`` when ``folder`` has none, else the first free ``stem-2.yaml``, ..."""
+    name, n = f"{stem}{suffix}", 1
+    while (folder / name).exists():
+        n += 1
+        name = f"{stem}-{n}{suffix}"
+    return name
+
+
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Save the resolved CLI config to the log folder and into every logger's hyper-parameters.
 
@@ -137,6 +146,9 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             self.config_filename = f"config-{stage}.yaml"
         if stage == "predict" and _prediction_writer(trainer) is not None:
             return  # saved beside the predictions, once their folder is checked
+        if stage in ("validate", "test") and not self.already_saved and trainer.log_dir:
+            # Each evaluation keeps its record: a second test writes config-test-2.yaml.
+            self.config_filename = unused_name(Path(trainer.log_dir), f"config-{stage}")
         super().setup(trainer, pl_module, stage)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
