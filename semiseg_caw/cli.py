@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+
+try:
+    import fcntl  # POSIX: the lock that keeps a second fit out of a run folder
+except ImportError:  # Windows: no lock
+    fcntl = None
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from semiseg_caw.checkpoints import (
     CheckpointError,
@@ -272,6 +277,10 @@ class SemiSegCLI(LightningCLI):
             for folder in new:
                 remove_empty_folders(folder)
             raise
+        finally:
+            if getattr(self, "_folder_lock", None) is not None:
+                os.close(self._folder_lock)  # closing the folder releases its lock
+                self._folder_lock = None
 
     def _run_folders(self) -> list[Path]:
         """The folders a fit creates: the run's, its checkpoint folders and stage 1's."""
@@ -285,6 +294,8 @@ class SemiSegCLI(LightningCLI):
         config = self.config.fit
         root = config.trainer.default_root_dir or "."
         check_writable(root, "run folder (trainer.default_root_dir)")
+        if rank_zero_only.rank == 0:  # DDP's other ranks run in the same folder
+            self._folder_lock = lock_run_folder(root)
         for key in CHECKPOINT_KEYS:
             if config.get(key) and config[key].dirpath:
                 check_writable(config[key].dirpath, "checkpoint folder")
@@ -300,11 +311,16 @@ class SemiSegCLI(LightningCLI):
         if rank_zero_only.rank == 0 and not self._continues_own_run(ckpt_path, root):
             self._refuse_earlier_run(root)
         self._check_resumed_checkpoint(ckpt_path)
+        # A run continued from its (stage-2) checkpoint, not one that starts stage 2 afresh.
+        resumes = bool(ckpt_path) and (ckpt_path != "last" or bool(self._last_checkpoints()))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, LoggerSaveConfigCallback):
+                callback.resumes = resumes
         model = self.model
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
-        if ckpt_path and (ckpt_path != "last" or self._last_checkpoints()):
-            return  # a stage-2 run being resumed: its checkpoint holds the auxiliary model
+        if resumes:
+            return  # its checkpoint holds the auxiliary model
         # `--ckpt_path last` before stage 2 saved anything (a new run, or one killed in
         # stage 1): Lightning starts stage 2 afresh, so stage 1 runs first, continuing from
         # its own last checkpoint when it has one.
@@ -329,7 +345,8 @@ class SemiSegCLI(LightningCLI):
         if ckpt_path == "last":
             last = self._last_checkpoints()
             if not last:
-                return  # stage 1 continues, or a new run starts: fit_stage1 checks its own
+                self._check_stage1_resumable()  # stage 1 continues, or a new run starts
+                return
             try:
                 ckpt = read_checkpoint(last[-1])
             except CheckpointError as err:
@@ -339,6 +356,29 @@ class SemiSegCLI(LightningCLI):
             ckpt_path = str(last[-1])
         if getattr(self, "_ckpt_data", None) or getattr(self, "_ckpt_class_names", None):
             self._check_data_matches_checkpoint(ckpt_path)
+
+    def _check_stage1_resumable(self) -> None:
+        """``--ckpt_path last`` before stage 2 saved a last.ckpt: stage 2 starts afresh and
+        stage 1 continues from its own last.ckpt. Best checkpoints without a last one would
+        be trained over from scratch beside them: refused, as a new fit in the folder is."""
+        root = self.config.fit.trainer.default_root_dir or "."
+        folders = self._checkpoint_folders(root)[:-1]  # stage 2's
+        model = self.model
+        if isinstance(model, SemiSegCAW) and model.hparams.aux_source != "none":
+            if not model.hparams.stage1_checkpoint:
+                folders.append(stage1_checkpoint_dir(root))
+        for folder in folders:
+            last = last_checkpoints_in(folder)
+            if last:
+                read_checkpoint(last[-1])  # a truncated file is named, not a traceback
+                continue
+            best = sorted(folder.glob("*.ckpt"))
+            if best:
+                raise CheckpointError(
+                    f"--ckpt_path last: {folder} holds {best[0].name} but no last.ckpt to "
+                    "continue from; reuse a stage-1 model with --model.init_args."
+                    "stage1_checkpoint, or give this run its own --trainer.default_root_dir"
+                )
 
     def _continues_own_run(self, ckpt_path: str | None, root: str) -> bool:
         """Whether ``--ckpt_path`` resumes the run in ``root`` (``last``, or a file in its
@@ -467,6 +507,24 @@ def no_last_checkpoint(folder: str | Path) -> CheckpointError:
         f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
         "of the run that wrote it, or the checkpoint's path"
     )
+
+
+def lock_run_folder(root: str | Path) -> int | None:
+    """Hold an exclusive lock on the run folder until the command ends (the returned
+    descriptor is closed): a second fit in it would mix its checkpoints and config with
+    this one's. None where the platform has no lock."""
+    if fcntl is None:
+        return None
+    descriptor = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise FileExistsError(
+            f"another fit is running in {root}: wait for it to end, or give this run its own "
+            "--trainer.default_root_dir"
+        ) from None
+    return descriptor
 
 
 def remove_empty_folders(folder: Path) -> None:
@@ -659,6 +717,12 @@ def run() -> None:
     """Entry point of ``semiseg-caw`` and ``python -m semiseg_caw``."""
     try:
         main()
+    except SIGTERMException:  # a SystemExit of status 0: a script would take it for success
+        sys.stderr.write(
+            "semiseg-caw: stopped by SIGTERM; continue the run with --ckpt_path last and the "
+            "same --trainer.default_root_dir\n"
+        )
+        sys.exit(143)  # 128 + SIGTERM, as a shell reports it
     except USER_ERRORS as caught:
         if os.environ.get("SEMISEG_CAW_TRACEBACK") == "1":
             raise

@@ -565,8 +565,68 @@ def test_run_killed_in_stage1_continues_stage1(tmp_path, monkeypatch):
     assert epochs_run == [1]  # the second epoch only
     assert cli.model.stage1_loaded and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     # Killed after stage 1 finished but before stage 2 saved: stage 1 is not trained again.
-    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    for written in (tmp_path / "checkpoints").glob("*.ckpt"):
+        written.unlink()
     epochs_run.clear()
     cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
     assert epochs_run == []
     assert cli.model.stage1_loaded
+
+
+def test_resuming_keeps_the_run_s_files_and_refuses_what_it_cannot_continue(tmp_path):
+    """A resumed fit keeps the continued run's config; a second fit in a folder while one
+    runs, best checkpoints without a last.ckpt, and an unreadable stage-1 last.ckpt are
+    refused before anything is trained or written."""
+    import shutil
+
+    from semiseg_caw.cli import lock_run_folder
+
+    stage1 = "--model.init_args.stage1_epochs=1"
+    main(fit_args(tmp_path, stage1, epochs=1))
+    config = (tmp_path / "config.yaml").read_text()
+    main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=2))
+    assert (tmp_path / "config.yaml").read_text() == config
+    assert "max_epochs: 2" in (tmp_path / "config-resume.yaml").read_text()
+    # Another fit while one runs in the folder (the lock is what a running fit holds).
+    held = lock_run_folder(tmp_path)
+    try:
+        with pytest.raises(FileExistsError, match="another fit is running in"):
+            main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=3))
+    finally:
+        os.close(held)
+    # Best checkpoints but no last.ckpt: not trained over from scratch beside them.
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "checkpoints", copy / "checkpoints")
+    shutil.copytree(tmp_path / "stage1", copy / "stage1")
+    (copy / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(CheckpointError, match=r"holds best-epoch=\d+\.ckpt but no last\.ckpt"):
+        main(fit_args(copy, stage1, "--ckpt_path=last", epochs=3))
+    # Killed between the stages, its stage-1 last.ckpt cut short: named, not a traceback.
+    for written in (copy / "checkpoints").glob("*.ckpt"):
+        written.unlink()
+    last1 = copy / "stage1" / "checkpoints" / "last.ckpt"
+    last1.write_bytes(last1.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"last\.ckpt could not be read"):
+        main(fit_args(copy, stage1, "--ckpt_path=last", epochs=3))
+
+
+def test_sigterm_ends_the_command_with_status_143_and_says_how_to_continue(
+    tmp_path, monkeypatch, capsys
+):
+    """Lightning's SIGTERM exit is a SystemExit of status 0: `fit && test` would go on."""
+    import sys
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from semiseg_caw.cli import run
+
+    def stopped(self) -> None:
+        raise SIGTERMException
+
+    monkeypatch.setattr(SemiSegCAW, "on_train_start", stopped)
+    argv = fit_args(tmp_path, "--model.init_args.stage1_epochs=1")
+    monkeypatch.setattr(sys, "argv", ["semiseg-caw", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 143
+    assert "stopped by SIGTERM; continue the run with --ckpt_path last" in capsys.readouterr().err

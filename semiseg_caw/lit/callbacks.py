@@ -138,6 +138,8 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     (``files/cli_config.yaml``), so that ``wandb sync`` uploads it with the run.
     """
 
+    resumes = False  # set by the CLI when the fit continues a run from its checkpoint
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # config.yaml is the training run's record: validate/test/predict in the same folder
         # write theirs beside it (config-test.yaml, ...) instead of over it.
@@ -149,6 +151,9 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         if stage in ("validate", "test") and not self.already_saved and trainer.log_dir:
             # Each evaluation keeps its record: a second test writes config-test-2.yaml.
             self.config_filename = unused_name(Path(trainer.log_dir), f"config-{stage}")
+        if stage == "fit" and self.resumes and not self.already_saved and trainer.log_dir:
+            # A resumed fit keeps the record of the run it continues (config-resume.yaml).
+            self.config_filename = unused_name(Path(trainer.log_dir), "config-resume")
         super().setup(trainer, pl_module, stage)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
