@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import inspect
-import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
-
-import yaml
 
 try:
     import fcntl  # POSIX: the lock that keeps a second fit out of a run folder
@@ -32,9 +27,17 @@ from semiseg_caw.checkpoints import (
     LastCheckpoint,
     read_checkpoint,
 )
+from semiseg_caw.command_line import (
+    check_config_files,
+    checkpoint_defaults,
+    last_checkpoints_in,
+    missing_checkpoint,
+    model_options_given,
+    no_last_checkpoint,
+    require_a_model,
+)
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.data.io import DataValidationError
-from semiseg_caw.data.samples import class_names_for
 from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask, can_load
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
@@ -455,24 +458,6 @@ def _active_wandb_run() -> Any:
     return getattr(wandb, "run", None) if wandb is not None else None
 
 
-def command_line(args: Any) -> list[str] | None:
-    """The arguments as a list (``sys.argv``'s when None); None for a dict of settings."""
-    return None if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
-
-
-def options_named(argv: list[str]) -> set[str]:
-    """The options on a command line, without their values: ``--data.root``, ``-c``, ..."""
-    return {str(a).split("=", 1)[0] for a in argv if str(a).startswith("-")}
-
-
-def missing_checkpoint(subcommand: str) -> CheckpointError:
-    return CheckpointError(
-        f"`semiseg-caw {subcommand}` needs --ckpt_path: a checkpoint written by `fit` (e.g. "
-        "RUN/checkpoints/best-epoch=NNN.ckpt, or `last` for the run in "
-        "--trainer.default_root_dir)"
-    )
-
-
 def refuse_other_task(path: Any, ckpt: dict, class_path: str | None, subcommand: str) -> None:
     """Refuse a checkpoint written by another task than the configured one (``--model`` or
     the config's): Lightning would otherwise use the checkpoint's class without a word."""
@@ -502,13 +487,6 @@ def import_class(class_path: str) -> type | None:
     return found if isinstance(found, type) else None
 
 
-def no_last_checkpoint(folder: str | Path) -> CheckpointError:
-    return CheckpointError(
-        f"--ckpt_path last: no last*.ckpt in {folder}; give --trainer.default_root_dir "
-        "of the run that wrote it, or the checkpoint's path"
-    )
-
-
 def lock_run_folder(root: str | Path) -> int | None:
     """Hold an exclusive lock on the run folder until the command ends (the returned
     descriptor is closed): a second fit in it would mix its checkpoints and config with
@@ -536,151 +514,6 @@ def remove_empty_folders(folder: Path) -> None:
             os.rmdir(path)  # fails, and is left, when anything is still inside
         except OSError:
             pass
-
-
-def last_checkpoints_in(folder: str | Path) -> list[Path]:
-    """The ``last*.ckpt`` files ``--ckpt_path last`` chooses from, oldest first (Lightning
-    takes the newest)."""
-    return sorted(Path(folder).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-
-
-def newest_last_checkpoint(argv: list[str]) -> Path:
-    """The file ``--ckpt_path last`` means, in the checkpoint folder (by default
-    ``<trainer.default_root_dir>/checkpoints``)."""
-    root = _option_value(argv, "--trainer.default_root_dir") or "."
-    folder = _option_value(argv, "--last_checkpoint.dirpath") or Path(root) / "checkpoints"
-    found = last_checkpoints_in(folder)
-    if not found:
-        raise no_last_checkpoint(folder)
-    return found[-1]
-
-
-def check_config_files(args: Any) -> None:
-    """Name the config file that is not valid YAML: the parser's message says only
-    ``in "<unicode string>", line 3``, which does not tell two configs apart."""
-    argv = command_line(args) or []
-    for option, value in zip(argv, [*argv[1:], None], strict=True):
-        if option in ("--config", "-c"):
-            path = value
-        elif option.startswith("--config="):
-            path = option.split("=", 1)[1]
-        else:
-            continue
-        if path is None or not Path(path).is_file():
-            continue  # missing files are named by the parser
-        with open(path, encoding="utf-8") as handle:
-            try:
-                yaml.safe_load(handle)
-            except yaml.YAMLError as err:  # its marks name the file, line and column
-                raise ValueError(f"config file {path} is not valid YAML: {err}") from err
-
-
-def require_a_model(args: Any) -> None:
-    """Name what is missing where parsing would only say ``required: fit.model``: a command
-    given no config, no ``--model`` and (to evaluate) no checkpoint to take the model from."""
-    argv = command_line(args)
-    if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
-        return
-    given = options_named(argv)
-    enough = {"-h", "--help", "--print_config", "-c", "--config", "--ckpt_path"}
-    if given & enough or any(g.startswith("--model") for g in given):
-        return
-    if argv[0] != "fit":
-        raise missing_checkpoint(argv[0])
-    raise ValueError(
-        "`semiseg-caw fit` needs a model: a config (--config configs/busi.yaml; "
-        "configs/demo.yaml to try it on synthetic images) or --model SemiSegCAW (or "
-        "ClassElevateSeg) with --data options"
-    )
-
-
-# Data options that belong to the data set a checkpoint was trained on: not carried over
-# when the command names another data set (e.g. a manifest of external test images).
-DATASET_OPTIONS = {
-    "root",
-    "split_file",
-    "classes",
-    "include_normal",
-    "ddti_unlabelled",
-    "class_only",
-    "budget_mode",
-    "synthetic_samples",
-}
-
-
-def _option_value(argv: list[str], name: str) -> str | None:
-    """The value of ``name`` given as ``name=value`` or ``name value`` (the last one wins)."""
-    value = None
-    for arg, following in zip(argv, [*argv[1:], None], strict=True):
-        if arg == name:
-            value = following
-        elif arg.startswith(f"{name}="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint) -> Any:
-    """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and no ``--config``: the
-    task class (unless ``--model`` names one) and the data options come from the checkpoint
-    (what it was trained with), each unless given on the command line; for ``last``, the
-    run's newest last checkpoint is put in its place and read. When
-    ``--data.dataset`` names another data set, that set's own options (root, split file,
-    label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
-    Other arguments unchanged. ``read`` reads the checkpoint."""
-    argv = command_line(args)
-    if not argv or argv[0] not in ("validate", "test", "predict"):
-        return args
-    given = options_named(argv)
-    if given & {"--config", "-c"}:
-        return args
-    path = _option_value(argv, "--ckpt_path")
-    ckpt = None
-    if path == "last":
-        # The file itself, so that it is read as a path is: its class, model and data options.
-        path = str(newest_last_checkpoint(argv))
-        argv = [*argv, f"--ckpt_path={path}"]  # the last one given wins
-    if path and path != "last":
-        try:
-            ckpt = read(path)
-        except CheckpointError:
-            if "--model" not in given:
-                raise  # parsing would only say that --model is missing
-            # else named when the checkpoint is read again, after parsing
-    class_path = ckpt and (
-        (ckpt.get("hyper_parameters") or {}).get("_class_path") or ckpt.get(TASK_CLASS_KEY)
-    )
-    if not class_path:
-        return argv
-    extra = [] if "--model" in given else [f"--model={class_path}"]
-    trained = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    dataset = _option_value(argv, "--data.dataset")
-    if dataset is not None and dataset != trained.get("dataset"):
-        names = list(ckpt.get("class_names") or trained.get("classes") or [])
-        if not names and trained.get("dataset"):
-            names = class_names_for(trained["dataset"], bool(trained.get("include_normal")))
-        trained = {k: v for k, v in trained.items() if k not in DATASET_OPTIONS}
-        if dataset == "manifest" and names:
-            trained["classes"] = names
-    options = inspect.signature(SemiSegDataModule).parameters  # an older checkpoint's may not be
-    for key, value in trained.items():
-        if key in options and f"--data.{key}" not in given:
-            extra.append(f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return [argv[0], *extra, *argv[1:]]
-
-
-def model_options_given(args: Any) -> set[str]:
-    """The model's init arguments named on the command line: ``--model.init_args.NAME`` or
-    ``--model.NAME`` (with ``=value`` or a separate value)."""
-    argv = command_line(args)
-    if argv is None:
-        return set()
-    names = set()
-    for key in options_named(argv):
-        for prefix in ("--model.init_args.", "--model."):
-            if key.startswith(prefix):
-                names.add(key.removeprefix(prefix).split(".", 1)[0])
-                break
-    return names - {"class_path", "init_args", "dict_kwargs"}
 
 
 # Errors that say what a user got wrong (a path, a file, a value, a checkpoint): the
