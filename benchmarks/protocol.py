@@ -64,6 +64,15 @@ LONG = {
         "--model.init_args.aux_dropout=0.75",
         "--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]",
     ],
+    # The same with a mean teacher instead of the map: the targets are the confident pixels
+    # of an exponential moving average of the core backbone (given the whole map), a teacher
+    # that improves as the core model does, where the map stays at stage 1's quality.
+    "mean-teacher-aux-dropout-0.75-long-both": [
+        FROZEN_CACHED,
+        "--model.init_args.aux_dropout=0.75",
+        "--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]",
+        "--model.init_args.pseudo_teacher=ema",
+    ],
 }
 # Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's.
 LONG_STAGE1 = {
@@ -73,6 +82,7 @@ LONG_STAGE1 = {
     "aux-dropout-0.75-long-both",
     "aux-dropout-0.9-long-both",
     "pseudo-aux-dropout-0.75-long-both",
+    "mean-teacher-aux-dropout-0.75-long-both",
 }
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model

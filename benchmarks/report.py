@@ -451,6 +451,7 @@ LONG_PAIRS = {
     "aux-dropout-0.75-long-both": "three quarters of the training maps dropped",
     "aux-dropout-0.9-long-both": "nine tenths of the training maps dropped",
     "pseudo-aux-dropout-0.75-long-both": "three quarters dropped, pseudo-labels on class-only images",
+    "mean-teacher-aux-dropout-0.75-long-both": "three quarters dropped, mean-teacher pseudo-labels",
 }
 
 

@@ -87,6 +87,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-aux-dropout-0.75-long-both",
         "malunet-aux-dropout-0.9-long-both",
         "malunet-pseudo-aux-dropout-0.75-long-both",
+        "malunet-mean-teacher-aux-dropout-0.75-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
@@ -97,6 +98,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "unext-aux-dropout-0.75-long-both",
         "unext-aux-dropout-0.9-long-both",
         "unext-pseudo-aux-dropout-0.75-long-both",
+        "unext-mean-teacher-aux-dropout-0.75-long-both",
     ]
     assert long[5]["configs"] == [
         "configs/ablations/frozen-aux-cached.yaml",
@@ -106,9 +108,13 @@ def test_long_baselines_train_the_budgets_long_epochs(
     args = bench.run_args("ddti", long[6], cpu, None)
     frozen = args.index("--config=configs/ablations/frozen-aux-cached.yaml")
     assert args.index("--model.init_args.aux_dropout=0.25") == frozen + 1
-    pseudo = bench.run_args("ddti", long[-1], cpu, None)
+    pseudo = bench.run_args("ddti", long[-2], cpu, None)
     assert pseudo.index("--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]") == (
         pseudo.index("--model.init_args.aux_dropout=0.75") + 1
+    )
+    teacher = bench.run_args("ddti", long[-1], cpu, None)
+    assert teacher.index("--model.init_args.pseudo_teacher=ema") == (
+        teacher.index("--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]") + 1
     )
     with pytest.raises(SystemExit, match=r"need a budget with long_epochs \(smoke, cpu\)"):
         protocol.select_rows("busi", ["*-long"], False, protocol.BUDGETS["full"].get("long_epochs"))

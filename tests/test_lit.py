@@ -156,6 +156,57 @@ def test_frozen_auxiliary_model_does_not_change(make_trainer: MakeTrainer) -> No
         assert torch.equal(value, before[key]), key
 
 
+def test_the_mean_teacher_averages_the_backbone_after_every_step(
+    tmp_path: Path, make_trainer: MakeTrainer
+) -> None:
+    """teacher = backbone after the first step, then decay * teacher + (1 - decay) * backbone
+    after each step; it is saved and loaded with the model."""
+    L.seed_everything(0)
+    terms = ["bce", "dice", "ce", "pseudo"]
+    model = SemiSegCAW(aux_mode="frozen", loss_terms=terms, pseudo_teacher="ema", ema_decay=0.5)
+    after_steps = []
+
+    class Record(L.Callback):  # callbacks' hooks run before the module's (the update)
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            after_steps.append(
+                {k: v.clone() for k, v in pl_module.net.backbone.state_dict().items()}
+            )
+
+    trainer = make_trainer(callbacks=[Record()], limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule())
+    assert len(after_steps) == 3
+    expected = dict(after_steps[0])
+    for state in after_steps[1:]:
+        for key, value in state.items():
+            if value.is_floating_point():
+                expected[key] = 0.5 * expected[key] + 0.5 * value
+    teacher = model.teacher.module.state_dict()
+    for key, value in expected.items():
+        assert torch.allclose(teacher[key], value, atol=1e-6), key
+    assert int(model.teacher.n_averaged) == 3
+
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    again = SemiSegCAW.load_from_checkpoint(path, weights_only=True)
+    for key, value in again.teacher.state_dict().items():
+        assert torch.equal(value, model.teacher.state_dict()[key]), key
+
+
+def test_the_mean_teacher_predicts_in_eval_mode_from_the_whole_map() -> None:
+    L.seed_everything(0)
+    model = SemiSegCAW(
+        aux_mode="frozen", loss_terms=["bce", "pseudo"], pseudo_teacher="ema", aux_dropout=0.9
+    ).train()
+    image, aux_map = torch.randn(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+    targets = model.pseudo_targets(image, aux_map)
+    assert not model.teacher.training
+    backbone = model.net.backbone.eval()  # the teacher starts as a copy of it
+    with torch.no_grad():
+        expected = torch.sigmoid(backbone(torch.cat([image, aux_map], 1)).mask_logits)
+    assert torch.allclose(targets, expected, atol=1e-6)
+    assert SemiSegCAW(loss_terms=["bce", "pseudo"]).pseudo_targets(image, aux_map) is not None
+
+
 def test_finetuned_auxiliary_model_has_its_own_smaller_learning_rate() -> None:
     model = SemiSegCAW(lr=1e-3, aux_lr_scale=0.1)
     groups = model.parameter_groups()
@@ -240,6 +291,13 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(aux_mode="freeze"), "aux_mode must be finetune, decoder or frozen, got 'freeze'"),
         (dict(ftv_gamma=0.0), r"ftv_gamma a finite number > 0, got 0.7, 0.3 and 0.0"),
         (dict(ftv_alpha=-1.0), "ftv_alpha and ftv_beta must be >= 0"),
+        (dict(pseudo_teacher="ema"), "teaches the 'pseudo' loss term: add it"),
+        (dict(pseudo_teacher="student", loss_terms=["bce", "pseudo"]), "pseudo_teacher"),
+        (dict(pseudo_teacher="ema", loss_terms=["bce", "pseudo"], ema_decay=1.0), "ema_decay"),
+        (
+            dict(pseudo_teacher="ema", loss_terms=["bce", "pseudo"], aux_output_skip=True),
+            "cannot take aux_output_skip",
+        ),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:

@@ -442,7 +442,7 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         if whole_objective:
             try:
                 self.__dict__["_graphed_objective"] = GraphedObjective(
-                    {"net": self.net, "weighting": self.weighting},
+                    self.graphed_modules(),
                     self.eager_objective,
                     batch,
                     OBJECTIVE_KEYS,
@@ -451,6 +451,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             except Exception as err:  # capture fails in many ways; the fallbacks still work
                 warn_capture_failed("the objective", err)
         return self.graph_networks(image)
+
+    def graphed_modules(self) -> dict[str, torch.nn.Module]:
+        """Every module the training objective runs: their weights are the graph's inputs."""
+        return {"net": self.net, "weighting": self.weighting}
 
     def graph_networks(self, image: Tensor) -> list[str]:
         """The fallback scope: graph ``self.net`` for inputs shaped like ``image``."""

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from semiseg_caw.checkpoints import load_submodule
 from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
@@ -86,8 +87,13 @@ class SemiSegCAW(SegmentationTask):
         ftv_alpha: Focal Tversky weight of false negatives.
         ftv_beta: Focal Tversky weight of false positives.
         ftv_gamma: Focal Tversky exponent.
-        pseudo_threshold: auxiliary probability above which (or below one minus
-            which) a pixel of a class-only image becomes a pseudo-label.
+        pseudo_threshold: teacher probability above which (or below one minus which) a
+            pixel of a class-only image becomes a pseudo-label.
+        pseudo_teacher: where the ``pseudo`` term's targets come from: the auxiliary
+            map (``aux``), or a mean teacher (``ema``): an exponential moving average of the
+            backbone's weights, given the full auxiliary map, in eval mode. The map is
+            only as good as stage 1; the averaged backbone improves with the core model.
+        ema_decay: the mean teacher's decay per training step (``pseudo_teacher: ema``).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
@@ -132,6 +138,8 @@ class SemiSegCAW(SegmentationTask):
         ftv_beta: float = 0.3,
         ftv_gamma: float = 0.75,
         pseudo_threshold: float = 0.9,
+        pseudo_teacher: Literal["aux", "ema"] = "aux",
+        ema_decay: float = 0.99,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         min_lr: float = 1e-5,
@@ -166,6 +174,13 @@ class SemiSegCAW(SegmentationTask):
             )
         if not 0.5 < hp.pseudo_threshold < 1:
             raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp.pseudo_threshold}")
+        teacher = hp.get("pseudo_teacher", "aux")
+        if teacher not in ("aux", "ema"):
+            raise ValueError(f"pseudo_teacher must be aux or ema, got {teacher!r}")
+        if teacher == "ema" and "pseudo" not in terms:
+            raise ValueError("pseudo_teacher 'ema' teaches the 'pseudo' loss term: add it")
+        if teacher == "ema" and not 0 < hp.get("ema_decay", 0.99) < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {hp.ema_decay}")
         stage1_weights = hp.get("stage1_loss_weights") or {}
         if set(stage1_weights) - set(STAGE1_TERMS) or any(w < 0 for w in stage1_weights.values()):
             raise ValueError(
@@ -196,6 +211,11 @@ class SemiSegCAW(SegmentationTask):
             aux_dropout=hp.get("aux_dropout", 0.0),
             aux_encoder_frozen=hp.aux_source == "classelevate" and hp.aux_mode == "decoder",
         )
+        if teacher == "ema" and self.net.skip_gain is not None:
+            raise ValueError(
+                "pseudo_teacher 'ema' averages the backbone: it cannot take aux_output_skip"
+            )
+        self.teacher = mean_teacher(self.net.backbone, hp.ema_decay) if teacher == "ema" else None
         extra = {}
         if hp.weighting == "static" and hp.loss_weights:
             extra["weights"] = hp.loss_weights
@@ -374,7 +394,10 @@ class SemiSegCAW(SegmentationTask):
         if "pseudo" in self.terms:
             class_only = batch["has_label"] & ~has_mask
             terms["pseudo"] = pseudo_label_loss(
-                logits, out.aux_map.detach(), class_only, threshold=hp.pseudo_threshold
+                logits,
+                self.pseudo_targets(batch["image"], out.aux_map),
+                class_only,
+                threshold=hp.pseudo_threshold,
             )
         if "aux" in self.terms:
             aux = out.aux_output
@@ -384,6 +407,27 @@ class SemiSegCAW(SegmentationTask):
                 + cross_entropy_loss(aux.class_logits, label, weight=self.ce_weight())
             )
         return terms
+
+    @torch.no_grad()
+    def pseudo_targets(self, image: Tensor, aux_map: Tensor) -> Tensor:
+        """The probabilities the ``pseudo`` term learns from: the auxiliary map itself, or
+        the mean teacher's prediction given the image and the whole (never dropped) map."""
+        if self.teacher is None:
+            return aux_map.detach()
+        self.teacher.eval()  # the module's train() switches it back every epoch
+        x = torch.cat([image, aux_map.to(image.dtype)], dim=1)
+        return torch.sigmoid(self.teacher(x).mask_logits)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.teacher is not None:
+            self.teacher.update_parameters(self.net.backbone)
+
+    def graphed_modules(self) -> dict[str, torch.nn.Module]:
+        modules = super().graphed_modules()
+        if self.teacher is not None:  # read inside the objective: its weights are inputs too
+            modules["teacher"] = self.teacher
+        return modules
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss = super().training_step(batch, batch_idx)
@@ -421,6 +465,13 @@ class SemiSegCAW(SegmentationTask):
                 }
             )
         return groups
+
+
+def mean_teacher(backbone: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``backbone``'s weights and buffers (BatchNorm
+    statistics included), updated by ``update_parameters`` after each step; no gradients."""
+    teacher = AveragedModel(backbone, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return teacher.requires_grad_(False)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
