@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import RandomSampler
 
@@ -109,6 +111,9 @@ class LastCheckpoint(ModelCheckpoint):
             the final epoch is always written. For fast epochs: a SemiSeg-CAW checkpoint
             (auxiliary model and its AdamW moments) is 175 MB, ~0.5 s to write: much of
             the sub-second GPU epoch issue 6 aims for.
+
+    A fit stopped by Ctrl-C or SIGTERM is told (on stderr) which epoch ``last.ckpt`` holds,
+    so that the user knows what resuming will repeat.
     """
 
     def __init__(self, dirpath: str | Path | None = None, min_interval_s: float = 30.0) -> None:
@@ -123,6 +128,7 @@ class LastCheckpoint(ModelCheckpoint):
         )
         self.min_interval_s = min_interval_s
         self._written_at = -math.inf
+        self.written_epochs: int | None = None  # epochs done in the last write of this fit
 
     def _save_none_monitor_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         recent = time.monotonic() - self._written_at < self.min_interval_s
@@ -131,6 +137,16 @@ class LastCheckpoint(ModelCheckpoint):
             return
         super()._save_none_monitor_checkpoint(trainer, monitor_candidates)
         self._written_at = time.monotonic()
+        self.written_epochs = trainer.current_epoch + 1
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if trainer.is_global_zero and isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            sys.stderr.write(
+                stop_notice(trainer, Path(self.dirpath) / "last.ckpt", self.written_epochs)
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A stop the last epoch's end did not foresee (e.g. max_time): write the state now.
@@ -138,6 +154,18 @@ class LastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):  # skips a state already written
             self._written_at = -math.inf
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def stop_notice(trainer: L.Trainer, last: Path, written_epochs: int | None) -> str:
+    """What a fit stopped by the user or the system leaves to continue from."""
+    where = f"training stopped in epoch {trainer.current_epoch + 1} of {trainer.max_epochs}"
+    if written_epochs is not None:
+        kept = f"{last} holds the state after epoch {written_epochs}"
+    elif last.is_file():
+        kept = f"{last} holds the state this fit started from"
+    else:
+        return f"semiseg-caw: {where}; no {last.name} was written yet: a new fit starts over\n"
+    return f"semiseg-caw: {where}; {kept}: --ckpt_path last continues from there\n"
 
 
 def _last_epoch(trainer: L.Trainer) -> bool:

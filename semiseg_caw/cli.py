@@ -59,6 +59,7 @@ WANDB_LOGGER = {
 
 # The two checkpoint callbacks: the best on val/dice, and last.ckpt for resuming.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
+STAGE1_SETTINGS = ("stage1_epochs", "stage1_loss_weights")  # used by a stage 1 run in fit
 
 
 class SemiSegArgumentParser(LightningArgumentParser):
@@ -323,6 +324,7 @@ class SemiSegCLI(LightningCLI):
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
         if resumes:
+            self._warn_stage1_settings_unused(model)
             return  # its checkpoint holds the auxiliary model
         # `--ckpt_path last` before stage 2 saved anything (a new run, or one killed in
         # stage 1): Lightning starts stage 2 afresh, so stage 1 runs first, continuing from
@@ -340,7 +342,26 @@ class SemiSegCLI(LightningCLI):
             trainer_kwargs=dict(trainer_cfg),
             wandb=isinstance(self.trainer.logger, WandbLogger),
             resume=ckpt_path == "last",  # a run killed in stage 1 continues stage 1
+            last_checkpoint_interval_s=self.config.fit.last_checkpoint.min_interval_s,
         )
+
+    def _warn_stage1_settings_unused(self, model: SemiSegCAW) -> None:
+        """A resumed stage 2 does not train stage 1 again: stage-1 settings changed since
+        the run started do nothing, and the run's hyper-parameters would say otherwise."""
+        trained = getattr(self, "_ckpt_hparams", {})
+        changed = [
+            f"{key} {trained[key]} -> {model.hparams.get(key)}"
+            for key in STAGE1_SETTINGS
+            if key in trained and trained[key] != model.hparams.get(key)
+        ]
+        if changed:
+            warnings.warn(
+                f"this fit continues stage 2; its stage 1 has finished, so changed stage-1 "
+                f"settings are not used ({', '.join(changed)}): start a new run (its own "
+                "--trainer.default_root_dir) to train stage 1 with them",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _check_resumed_checkpoint(self, ckpt_path: str | None) -> None:
         """A resumed run's data must be what its checkpoint was trained on, and its model

@@ -630,3 +630,55 @@ def test_sigterm_ends_the_command_with_status_143_and_says_how_to_continue(
         run()
     assert exit_info.value.code == 143
     assert "stopped by SIGTERM; continue the run with --ckpt_path last" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_fit_says_which_epoch_last_ckpt_holds(tmp_path, monkeypatch, capsys):
+    def interrupted_in_the_second_epoch(self) -> None:
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SemiSegCAW, "on_train_epoch_start", interrupted_in_the_second_epoch)
+    with pytest.raises(SystemExit):  # Lightning's exit after a Ctrl-C
+        main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=3))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (
+        f"training stopped in epoch 2 of 3; {last} holds the state after epoch 1: --ckpt_path "
+        "last continues from there"
+    ) in capsys.readouterr().err
+
+
+def test_stage1_in_a_fit_keeps_its_last_ckpt_on_the_cli_s_interval(tmp_path, monkeypatch):
+    import semiseg_caw.lit.stages as stages
+
+    intervals = []
+
+    class Recording(stages.LastCheckpoint):
+        def __init__(self, dirpath, min_interval_s=30.0) -> None:
+            intervals.append(min_interval_s)
+            super().__init__(dirpath, min_interval_s)
+
+    monkeypatch.setattr(stages, "LastCheckpoint", Recording)
+    stage1 = "--model.init_args.stage1_epochs=1"
+    main(fit_args(tmp_path, stage1, "--last_checkpoint.min_interval_s=0", epochs=1))
+    assert intervals == [0.0]
+
+
+def test_a_resumed_stage1_whose_recorded_best_is_gone_takes_the_newest_best(tmp_path):
+    from semiseg_caw.lit.stages import best_on_disk
+
+    folder = tmp_path / "stage1" / "checkpoints"
+    with pytest.raises(FileNotFoundError, match="is gone, and .* holds no other"):
+        best_on_disk(tmp_path, "gone.ckpt")
+    folder.mkdir(parents=True)
+    for epoch in (3, 12):
+        (folder / f"best-epoch={epoch:03d}.ckpt").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"best checkpoint old\.ckpt is gone .* best-epoch=012"):
+        assert best_on_disk(folder, "old.ckpt") == str(folder / "best-epoch=012.ckpt")
+
+
+def test_a_resumed_fit_says_that_changed_stage1_settings_are_not_used(tmp_path):
+    main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=1))
+    with pytest.warns(
+        UserWarning, match=r"changed stage-1 settings are not used \(stage1_epochs 1 -> 3\)"
+    ):
+        main(fit_args(tmp_path, "--model.init_args.stage1_epochs=3", "--ckpt_path=last", epochs=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +120,15 @@ def fit_stage1(
     trainer_kwargs: dict[str, Any] | None = None,
     wandb: bool = False,
     resume: bool = False,
+    last_checkpoint_interval_s: float = 30.0,
 ) -> Path:
     """Train ClassElevateSeg, load its best-on-validation weights into ``model``, return the file.
 
     With ``resume``, a stage 1 killed earlier under the same ``root_dir`` continues from its
     ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again); without
     it, a ``root_dir`` holding an earlier stage 1's checkpoints is refused.
+    ``last_checkpoint_interval_s`` is its ``last.ckpt``'s ``LastCheckpoint.min_interval_s``
+    (the CLI passes its ``--last_checkpoint.min_interval_s``).
     """
     check_stage1_request(model, max_epochs, trainer_kwargs)
     if not resume and rank_zero_only.rank == 0:  # DDP's other ranks start during the fit
@@ -157,7 +161,7 @@ def fit_stage1(
     trainer = L.Trainer(
         max_epochs=max_epochs,
         default_root_dir=root,
-        callbacks=[checkpoint, LastCheckpoint(folder)],
+        callbacks=[checkpoint, LastCheckpoint(folder, last_checkpoint_interval_s)],
         logger=logger,
         **kwargs,
     )
@@ -169,7 +173,27 @@ def fit_stage1(
 
         wandb_lib.finish()  # stage 2 starts a run of its own
     best = checkpoint.best_model_path or checkpoint.last_model_path
+    if best and not Path(best).is_file():
+        best = best_on_disk(folder, best)
     if not best:
         raise RuntimeError(f"stage 1 wrote no checkpoint under {root}")
     model.load_stage1(best)
     return Path(best)
+
+
+def best_on_disk(folder: Path, recorded: str) -> str:
+    """The best checkpoint when the one a resumed stage 1 restored is gone: a run killed
+    after writing a new best (which deletes the previous one) but before its last.ckpt
+    recorded it. That newer file is the best the folder holds."""
+    found = sorted(folder.glob("best-*.ckpt"))
+    if not found:
+        raise FileNotFoundError(
+            f"stage 1's best checkpoint {recorded} is gone, and {folder} holds no other"
+        )
+    warnings.warn(
+        f"stage 1's best checkpoint {recorded} is gone (a run killed after replacing it): "
+        f"using {found[-1].name}, the newest best checkpoint in {folder}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return str(found[-1])
