@@ -13,7 +13,10 @@ row); the test columns say what it then gives. Without it, the numbers must repr
 benchmark's (its test Dice, and the validation Dice its checkpoint was chosen on): the
 table shows the largest difference, as a check that the same model and data were loaded.
 Each run's result is kept beside its checkpoints (``settings-<name>.json``), so an
-interrupted re-evaluation resumes where it stopped; ``--force`` evaluates again.
+interrupted re-evaluation resumes where it stopped; ``--force`` evaluates again. A table
+written before keeps its other rows, and the results of runs whose folders are gone from
+this machine (while the benchmark's result of the run is the same), so a call for a few
+rows adds them to it.
 
     python benchmarks/tta.py --dataset busi --budget cpu --rows 'malunet-*' classelevate-alone
     python benchmarks/tta.py --dataset ddti --setting largest
@@ -92,6 +95,21 @@ def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> t
     result = {**evaluate_run(record, setting), "commit": code}
     cache.write_text(json.dumps({**stamp, "result": result}, indent=1))
     return result, True
+
+
+def earlier_results(path: Path, bench: dict) -> dict[tuple[str, int], dict]:
+    """The runs of an earlier table at ``path`` that are still the benchmark's (the same
+    test Dice: not retrained since), by (row, seed). A call evaluates the rows asked for and
+    keeps these for the others, and for runs whose folders are gone from this machine."""
+    if not path.is_file():
+        return {}
+    now = {(r["row"], r["seed"]): r["metrics"]["seg/dice"] for r in bench["runs"]}
+    kept = {}
+    for run in json.loads(path.read_text())["runs"]:
+        key = (run["row"], run["seed"])
+        if key in now and abs(run["test"]["dice"] - run["test_diff"] - now[key]) < 1e-9:
+            kept[key] = run
+    return kept
 
 
 def _metrics(logged: dict, stage: str) -> dict[str, float]:
@@ -215,10 +233,22 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
     order = {row["row"]: i for i, row in enumerate(bench.get("rows", []))}  # the table's
     chosen.sort(key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
+    stem = args.out / f"{args.dataset}-{args.budget}-{SETTINGS[args.setting][1]}"
+    earlier = earlier_results(stem.with_suffix(".json"), bench)
     started, runs, evaluated = time.perf_counter(), [], 0
     code = commit("semiseg_caw", "benchmarks/tta.py")
     for record in chosen:
-        result, fresh = cached_or_evaluated(record, args.setting, code, args.force)
+        key = (record["row"], record["seed"])
+        if (REPO / record["best_checkpoint"]).is_file():
+            result, fresh = cached_or_evaluated(record, args.setting, code, args.force)
+        elif key in earlier:  # its run folder is gone from this machine; its result is not
+            result, fresh = earlier.pop(key), False
+        else:
+            raise SystemExit(
+                f"{record['row']} seed {record['seed']}: {record['best_checkpoint']} is gone "
+                f"and {stem.name}.json holds no earlier result of it"
+            )
+        earlier.pop(key, None)
         evaluated += fresh
         result.update(row=record["row"], seed=record["seed"])
         result["val_diff"] = result["val"]["dice"] - record["val_dice"]
@@ -230,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"{result['test_tta']['dice']:.4f}",
             flush=True,
         )
+    runs += earlier.values()  # rows not asked for this time stay in the table
+    runs.sort(key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
     report = {
         "kind": "semiseg-caw-tta",
         "setting": args.setting,
@@ -245,7 +277,6 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.dataset}-{args.budget}-{SETTINGS[args.setting][1]}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {stem}.md")

@@ -684,6 +684,38 @@ def test_test_time_settings_reevaluate_the_smoke_runs(
     assert "| malunet-reduced | 1 |" in table and "Validation favours both on" in table
 
 
+def test_a_settings_table_keeps_its_rows_and_runs_whose_folders_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tta = load_script("tta")
+    monkeypatch.setattr(tta, "REPO", tmp_path)
+    monkeypatch.setattr(tta, "evaluate_run", lambda *a: pytest.fail("nothing to evaluate"))
+
+    def record(row: str, test: float) -> dict:
+        ckpt = f"runs/{row}/seed0/checkpoints/best.ckpt"  # never written: the folder is gone
+        return {"row": row, "seed": 0, "best_checkpoint": ckpt, "val_dice": 0.5,
+                "metrics": {"seg/dice": test}}  # fmt: skip
+
+    def result(row: str, test: float) -> dict:
+        split = {"dice": test}
+        return {"row": row, "seed": 0, "val": split, "val_tta": split, "test": split,
+                "test_tta": split, "val_diff": 0.0, "test_diff": 0.0, "commit": "abc"}  # fmt: skip
+
+    bench = {"rows": [{"row": "a"}, {"row": "b"}], "runs": [record("a", 0.7), record("b", 0.6)]}
+    source = tmp_path / "busi-cpu.json"
+    source.write_text(json.dumps(bench))
+    table = tmp_path / "busi-cpu-tta.json"
+    table.write_text(json.dumps({"runs": [result("a", 0.7), result("b", 0.6)]}))
+    args = ["--dataset", "busi", "--source", str(source), "--out", str(tmp_path)]
+    report = tta.main([*args, "--rows", "a"])
+    assert [r["row"] for r in report["rows"]] == ["a", "b"] and report["evaluated"] == 0
+    # A run retrained since the table was written: its old result is not reused.
+    bench["runs"][0]["metrics"]["seg/dice"] = 0.71
+    source.write_text(json.dumps(bench))
+    with pytest.raises(SystemExit, match="a seed 0: runs/a/seed0/.* is gone and busi-cpu-tta"):
+        tta.main([*args, "--rows", "a"])
+
+
 def test_kept_settings_results_are_reused_from_any_checkout_until_the_checkpoint_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
