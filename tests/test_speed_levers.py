@@ -210,6 +210,7 @@ def fake_make_graphed_callables(calls: dict[str, int]):
     [
         (SemiSegCAW, dict(weighting="dwa")),
         (SemiSegCAW, dict(loss_terms=["bce", "pseudo"])),
+        (SemiSegCAW, dict(loss_terms=["bce", "pseudo"], pseudo_teacher="ema")),
         (ClassElevateSeg, dict(loss_weights={"consistency": 0.5})),
     ],
 )
@@ -231,7 +232,10 @@ def test_graphed_objective_plumbing(
             module.p = 0.0
     batch = graph_batch()
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    modules = {"net": model.net, "weighting": model.weighting}
+    modules = model.graphed_modules()
+    assert set(modules) == {"net", "weighting"} | (
+        {"teacher"} if kwargs.get("pseudo_teacher") else set()
+    )
     graphed = GraphedObjective(modules, model.eager_objective, batch, OBJECTIVE_KEYS)
     assert graphed.keys == ("image", "mask", "has_mask", "label", "has_label")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
@@ -264,6 +268,8 @@ def test_graphed_objective_plumbing(
         (SemiSegCAW, dict(aux_source="none", classifier=False)),
         (SemiSegCAW, {}),
         (SemiSegCAW, dict(aux_mode="decoder")),  # part of the aux model without gradients
+        # A mean teacher read inside the objective (its weights are graph inputs too).
+        (SemiSegCAW, dict(loss_terms=["bce", "dice", "ce", "pseudo"], pseudo_teacher="ema")),
         (ClassElevateSeg, {}),
     ],
 )
