@@ -1077,3 +1077,38 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         ],
         "unext": ["SemiSeg-CAW", "SemiSeg-CAW, 128 epochs on a 32-epoch stage 1"],
     }
+
+
+def test_a_run_tested_again_counts_the_model_alone_and_keeps_its_fit_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mean teacher is a training aid, not part of the model a table counts; re-testing a
+    run (its result.json removed) keeps the fit time its first test recorded."""
+    from types import SimpleNamespace
+
+    from semiseg_caw import SemiSegCAW
+
+    model = SemiSegCAW(aux_mode="frozen", loss_terms=["bce", "pseudo"], pseudo_teacher="ema")
+    cli = SimpleNamespace(
+        model=model,
+        datamodule=SimpleNamespace(splits={"train": []}),
+        trainer=SimpleNamespace(callback_metrics={}),
+    )
+    monkeypatch.setattr(bench, "_with_callbacks", lambda callbacks, args: cli)
+    result = bench._test([], tmp_path / "best.ckpt")
+    counted = sum(p.numel() for p in model.parameters())
+    assert result["params"] == counted - sum(p.numel() for p in model.teacher.parameters())
+    assert result["params"] - result["params_core"] == sum(
+        p.numel() for p in model.net.aux_model.parameters()
+    )
+
+    rundir = tmp_path / "run"
+    (rundir / "checkpoints").mkdir(parents=True)
+    (rundir / "checkpoints" / "best-epoch=003.ckpt").write_bytes(b"")
+    (rundir / "fit.done").touch()
+    (rundir / "test.json").write_text(json.dumps({"fit_wall_s": 123.0, "params": 1}))
+    spec = rundir / "spec.json"
+    spec.write_text(json.dumps({"dir": str(rundir), "test": []}))
+    monkeypatch.setattr(bench, "_test", lambda args, ckpt: {"params": 2})
+    bench._worker(spec)
+    assert json.loads((rundir / "test.json").read_text()) == {"params": 2, "fit_wall_s": 123.0}
