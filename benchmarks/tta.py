@@ -28,6 +28,7 @@ import argparse
 import fnmatch
 import json
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,19 +63,22 @@ def evaluate_run(record: dict, setting: str = "flip") -> dict[str, dict[str, flo
 
     ckpt = REPO / record["best_checkpoint"]
     args = [a for a in spec_of(record)["test"] if not a.startswith("--trainer.default_root_dir")]
-    cli = main(["validate", *args, "--trainer.default_root_dir=/tmp/semiseg-caw-tta",
-                f"--ckpt_path={ckpt}"])  # fmt: skip
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
     out: dict[str, dict[str, float]] = {}
-    for on in (False, True):
-        for name in SETTINGS[setting][0]:
-            model.hparams[name] = on
-        suffix = "_tta" if on else ""
-        if on:  # the first pass ran inside main(), from the checkpoint
-            trainer.validate(model, datamodule=data, verbose=False)
-        out["val" + suffix] = _metrics(trainer.callback_metrics, "val")
-        trainer.test(model, datamodule=data, verbose=False)
-        out["test" + suffix] = _metrics(trainer.callback_metrics, "test")
+    # A folder of its own for the command's config record: none is kept, and calls running
+    # at once do not share one.
+    with tempfile.TemporaryDirectory(prefix="semiseg-caw-tta-") as scratch:
+        cli = main(["validate", *args, f"--trainer.default_root_dir={scratch}",
+                    f"--ckpt_path={ckpt}"])  # fmt: skip
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        for on in (False, True):
+            for name in SETTINGS[setting][0]:
+                model.hparams[name] = on
+            suffix = "_tta" if on else ""
+            if on:  # the first pass ran inside main(), from the checkpoint
+                trainer.validate(model, datamodule=data, verbose=False)
+            out["val" + suffix] = _metrics(trainer.callback_metrics, "val")
+            trainer.test(model, datamodule=data, verbose=False)
+            out["test" + suffix] = _metrics(trainer.callback_metrics, "test")
     return out
 
 
