@@ -110,7 +110,7 @@ class LastCheckpoint(ModelCheckpoint):
         min_interval_s: Least seconds between two writes at epoch ends (0: every epoch);
             the final epoch is always written. For fast epochs: a SemiSeg-CAW checkpoint
             (auxiliary model and its AdamW moments) is 175 MB, ~0.5 s to write: much of
-            the sub-second GPU epoch issue 6 aims for.
+            a sub-second GPU epoch.
 
     A fit stopped by Ctrl-C or SIGTERM is told (on stderr) which epoch ``last.ckpt`` holds,
     so that the user knows what resuming will repeat.

@@ -116,7 +116,12 @@ class SemiSegCLI(LightningCLI):
         self._model_given = model_options_given(args)
         require_a_model(args)
         check_config_files(args)
-        super().parse_arguments(parser, checkpoint_defaults(args, read))
+        with warnings.catch_warnings():
+            # Lightning warns when both sys.argv and args hold arguments: here args are
+            # sys.argv's own, with a checkpoint's defaults added (or a caller's, e.g. from
+            # a notebook whose sys.argv holds the kernel's), so the warning only misleads.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, checkpoint_defaults(args, read))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # A rich progress bar, unless the config turns bars off or chooses its own.

@@ -506,3 +506,15 @@ def test_unavailable_pretrained_weights_are_named_without_jsonargparse_s_wrappin
     assert exit_info.value.code == 2
     assert err.startswith("semiseg-caw: error: could not load pretrained weights for encoder")
     assert "Union subtypes" not in err and "Namespace(" not in err
+
+
+def test_arguments_given_from_python_do_not_warn_about_sys_argv(tmp_path, monkeypatch) -> None:
+    """A notebook's sys.argv holds the kernel's arguments; the CLI's own re-parse adds a
+    checkpoint's defaults to sys.argv's: neither is the mistake Lightning warns about."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel.json"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["--config", str(CONFIGS / "demo.yaml"), *tiny(tmp_path)], run=False)
+    assert not [w for w in caught if "args parameter" in str(w.message)]
