@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -132,6 +133,8 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     run's newest last checkpoint is put in its place and read. When
     ``--data.dataset`` names another data set, that set's own options (root, split file,
     label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
+    A checkpoint in a run's ``checkpoints/`` folder also gives ``trainer.default_root_dir``
+    (the run's folder, when writable), so that the command's records go beside the run's.
     Other arguments unchanged. ``read`` reads the checkpoint."""
     argv = command_line(args)
     if not argv or argv[0] not in ("validate", "test", "predict"):
@@ -158,6 +161,12 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     if not class_path:
         return argv
     extra = [] if "--model" in given else [f"--model={class_path}"]
+    run_folder = Path(path).resolve().parent.parent  # <run>/checkpoints/<file>
+    in_a_run = Path(path).resolve().parent.name == "checkpoints"
+    if "--trainer.default_root_dir" not in given and in_a_run and os.access(run_folder, os.W_OK):
+        # The command's config record and logs go beside the run's own, not into the
+        # working directory.
+        extra.append(f"--trainer.default_root_dir={run_folder}")
     trained = dict(ckpt.get("datamodule_hyper_parameters") or {})
     dataset = _option_value(argv, "--data.dataset")
     if dataset is not None and dataset != trained.get("dataset"):

@@ -682,3 +682,24 @@ def test_a_resumed_fit_says_that_changed_stage1_settings_are_not_used(tmp_path):
         UserWarning, match=r"changed stage-1 settings are not used \(stage1_epochs 1 -> 3\)"
     ):
         main(fit_args(tmp_path, "--model.init_args.stage1_epochs=3", "--ckpt_path=last", epochs=2))
+
+
+def test_evaluating_a_run_s_checkpoint_keeps_its_records_in_the_run_folder(
+    tmp_path, stage1_ckpt, monkeypatch
+):
+    """`test --ckpt_path <run>/checkpoints/x.ckpt` without a root folder: the config record
+    goes beside the run's, not into the working directory."""
+    run = tmp_path / "run"
+    main(fit_args(run, f"--model.init_args.stage1_checkpoint={stage1_ckpt}", epochs=1))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    last = run / "checkpoints" / "last.ckpt"
+    main(
+        ["test", f"--ckpt_path={last}", "--trainer.limit_test_batches=1", "--trainer.logger=false"]
+    )
+    assert (run / "config-test.yaml").is_file() and not list(elsewhere.iterdir())
+    # A root folder given on the command line wins.
+    main(["test", f"--ckpt_path={last}", "--trainer.limit_test_batches=1",
+          "--trainer.logger=false", f"--trainer.default_root_dir={elsewhere}"])  # fmt: skip
+    assert (elsewhere / "config-test.yaml").is_file()
