@@ -207,6 +207,7 @@ class SemiSegCLI(LightningCLI):
         self._ckpt_data = dict(ckpt.get("datamodule_hyper_parameters") or {})
         self._ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
         self._ckpt_class_names = list(ckpt.get("class_names") or [])
+        self._ckpt_epoch = ckpt.get("epoch")  # the epoch it was written in (from 0)
 
     def before_validate(self) -> None:
         self._check_evaluated_checkpoint()
@@ -322,6 +323,8 @@ class SemiSegCLI(LightningCLI):
         self._check_resumed_checkpoint(ckpt_path)
         # A run continued from its (stage-2) checkpoint, not one that starts stage 2 afresh.
         resumes = bool(ckpt_path) and (ckpt_path != "last" or bool(self._last_checkpoints()))
+        if resumes:
+            self._check_epochs_left()
         for callback in self.trainer.callbacks:
             if isinstance(callback, LoggerSaveConfigCallback):
                 callback.resumes = resumes
@@ -348,6 +351,18 @@ class SemiSegCLI(LightningCLI):
             wandb=isinstance(self.trainer.logger, WandbLogger),
             resume=ckpt_path == "last",  # a run killed in stage 1 continues stage 1
             last_checkpoint_interval_s=self.config.fit.last_checkpoint.min_interval_s,
+        )
+
+    def _check_epochs_left(self) -> None:
+        """A run resumed with fewer max_epochs than it has trained: Lightning's error counts
+        epochs from 0 and does not say what to give."""
+        written_in, max_epochs = getattr(self, "_ckpt_epoch", None), self.trainer.max_epochs
+        if written_in is None or max_epochs in (None, -1) or max_epochs >= written_in:
+            return
+        raise ValueError(
+            f"the checkpoint to continue was written in epoch {written_in + 1}, more than "
+            f"--trainer.max_epochs={max_epochs}: give the run's max_epochs (or more) to "
+            "continue it"
         )
 
     def _warn_stage1_settings_unused(self, model: SemiSegCAW) -> None:

@@ -703,3 +703,11 @@ def test_evaluating_a_run_s_checkpoint_keeps_its_records_in_the_run_folder(
     main(["test", f"--ckpt_path={last}", "--trainer.limit_test_batches=1",
           "--trainer.logger=false", f"--trainer.default_root_dir={elsewhere}"])  # fmt: skip
     assert (elsewhere / "config-test.yaml").is_file()
+
+
+def test_resuming_with_fewer_epochs_than_trained_says_what_to_give(tmp_path):
+    stage1 = "--model.init_args.stage1_epochs=1"
+    main(fit_args(tmp_path, stage1, epochs=3))
+    with pytest.raises(ValueError, match=r"written in epoch 3, more than --trainer.max_epochs=1"):
+        main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=3))  # as many: nothing left
