@@ -143,10 +143,10 @@ class LastCheckpoint(ModelCheckpoint):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         super().on_exception(trainer, pl_module, exception)
-        if trainer.is_global_zero and isinstance(exception, KeyboardInterrupt | SIGTERMException):
-            sys.stderr.write(
-                stop_notice(trainer, Path(self.dirpath) / "last.ckpt", self.written_epochs)
-            )
+        stopped = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        if stopped and trainer.is_global_zero and self.dirpath is not None:
+            last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            sys.stderr.write(stop_notice(trainer, last, self.written_epochs))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A stop the last epoch's end did not foresee (e.g. max_time): write the state now.
@@ -158,7 +158,9 @@ class LastCheckpoint(ModelCheckpoint):
 
 def stop_notice(trainer: L.Trainer, last: Path, written_epochs: int | None) -> str:
     """What a fit stopped by the user or the system leaves to continue from."""
-    where = f"training stopped in epoch {trainer.current_epoch + 1} of {trainer.max_epochs}"
+    where = f"training stopped in epoch {trainer.current_epoch + 1}"
+    if trainer.max_epochs not in (None, -1):
+        where += f" of {trainer.max_epochs}"
     if written_epochs is not None:
         kept = f"{last} holds the state after epoch {written_epochs}"
     elif last.is_file():

@@ -93,7 +93,7 @@ class SemiSegCAW(SegmentationTask):
             map (``aux``), or a mean teacher (``ema``): an exponential moving average of the
             backbone's weights, given the full auxiliary map, in eval mode. The map is
             only as good as stage 1; the averaged backbone improves with the core model.
-        ema_decay: the mean teacher's decay per training step (``pseudo_teacher: ema``).
+        ema_decay: the mean teacher's decay per training batch (``pseudo_teacher: ema``).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         min_lr: final learning rate of the cosine schedule.
