@@ -53,10 +53,13 @@ class InferenceModel(nn.Module):
 
 
 def export_onnx(
-    task: nn.Module, path: str | Path, image_size: int = 256, overwrite: bool = False
+    task: nn.Module, path: str | Path, image_size: int | None = None, overwrite: bool = False
 ) -> Path:
     """Write ``task``'s inference model to ``path`` as ONNX with a dynamic batch size.
 
+    ``image_size`` defaults to the size the model was fitted at (``trained_image_size``:
+    known for a model loaded from a checkpoint of the data module, or fitted with it in
+    this process); a model that does not know it needs one (``ValueError``).
     Checked before exporting: ``image_size`` (a positive multiple of 32, ``ValueError``),
     the model (not LayerCAM, ``ValueError``) and ``path`` (see ``check_output``: an
     existing file is refused with ``FileExistsError`` unless ``overwrite``). The caller's
@@ -69,6 +72,13 @@ def export_onnx(
         raise ImportError(
             "ONNX export needs the export extra: pip install 'semiseg-caw[export]'"
         ) from err
+    if image_size is None:
+        image_size = getattr(task, "trained_image_size", None)
+        if image_size is None:
+            raise ValueError(
+                "give image_size: this model does not record the image size it was fitted at "
+                "(fitted on your own loaders, or not loaded from a checkpoint)"
+            )
     check_image_size(image_size)
     check_exportable(task.hparams)
     path = check_output(path, overwrite)

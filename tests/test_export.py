@@ -339,3 +339,18 @@ def test_export_command_errors_are_prefixed_with_the_command(
 ) -> None:
     error = refused([str(tmp_path / "nothing.ckpt"), str(tmp_path / "m.onnx")], capsys)
     assert error.startswith("python -m semiseg_caw.export: error: checkpoint ")
+
+
+def test_export_from_python_takes_the_size_the_model_was_fitted_at(
+    tmp_path: Path, fake_export: list[dict[str, object]]
+) -> None:
+    """export_onnx used to export at 256 px whatever the model had trained at."""
+    with pytest.raises(ValueError, match="give image_size: this model does not record"):
+        export_onnx(SemiSegCAW(aux_source="none", classifier=False), tmp_path / "a.onnx")
+    model = SemiSegCAW(aux_source="none", classifier=False)
+    data = {"datamodule_hyper_parameters": {"image_size": 64}}
+    ckpt = save_checkpoint(model, tmp_path / "m.ckpt", **data)
+    task = SemiSegCAW.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    export_onnx(task, tmp_path / "b.onnx")
+    export_onnx(task, tmp_path / "c.onnx", image_size=SIZE)  # a size given wins
+    assert [call["shape"][-1] for call in fake_export] == [64, SIZE]

@@ -31,6 +31,7 @@ def fit_semiseg(make_trainer: MakeTrainer, seed: int = 0, **model_kwargs) -> Sem
 def test_two_runs_with_one_seed_match(make_trainer: MakeTrainer) -> None:
     a = fit_semiseg(make_trainer)
     b = fit_semiseg(make_trainer)
+    assert a.trained_image_size == 32  # the data module's (what export_onnx exports at)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 

@@ -98,6 +98,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self.bad_steps = 0
         # The names of the class outputs, as trained (saved in checkpoints; None: unknown).
         self.class_names: list[str] | None = None
+        # The data module's image size it was fitted at (from its checkpoint, or a fit here;
+        # None: unknown): what export_onnx exports at unless told otherwise.
+        self.trained_image_size: int | None = None
         self._graphs_tried = False
         self._checked_loops: set[str] = set()  # loops whose first batch was checked
         self.cuda_graphed: list[str] = []  # parts of the step running from CUDA graphs
@@ -265,6 +268,8 @@ class SegmentationTask(L.LightningModule, abc.ABC):
                 f"({', '.join(getattr(data, 'class_names', []))}), the model num_classes="
                 f"{self.num_classes}"
             )
+        if stage == "fit" and isinstance(size, int):
+            self.trained_image_size = size
         if stage == "fit" and self.hparams.get("balance_classes"):
             self._set_class_weights(data)
 
@@ -603,6 +608,8 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             )
         self.bad_steps = int(checkpoint.get("bad_steps", 0))
         self.class_names = checkpoint.get("class_names") or self.class_names
+        size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
+        self.trained_image_size = size if isinstance(size, int) else self.trained_image_size
 
     def configure_optimizers(self) -> dict[str, Any]:
         options = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay}
