@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from test_speed_levers import first_steps  # noqa: E402  (the GPU test's steps and batches)
-
+sys.path.insert(0, str(REPO))
 from semiseg_caw import SemiSegCAW  # noqa: E402
 
 CASES = {
@@ -34,6 +32,50 @@ CASES = {
     "static": dict(weighting="static"),
     "bce-only": dict(classifier=False, loss_terms=["bce"]),
 }
+
+
+def graph_batch(device: str = "cpu", batch: int = 4, size: int = 64, seed: int = 0) -> dict:
+    """A random batch whose every four samples are two with mask and label, one with
+    neither, and one class-only (``batch`` a multiple of 4)."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(batch, 1, size, size, generator=gen) > 0.7).float()
+    out = {
+        "image": torch.randn(batch, 1, size, size, generator=gen),
+        "mask": mask,
+        "label": torch.tensor([0, 1, -1, 1] * (batch // 4)),
+        "has_mask": torch.tensor([True, True, False, False] * (batch // 4)),
+        "has_label": torch.tensor([True, True, False, True] * (batch // 4)),
+        "id": [f"s{i}" for i in range(batch)],
+    }
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+
+def first_steps(
+    task: type, kwargs: dict, mode: str, steps: int = 2, device: str = "cuda"
+) -> tuple[list[str], list[float], list[list[float]]]:
+    """(parts graphed, losses, loss terms) of ``steps`` AdamW steps of ``task(**kwargs)``
+    from seed 0 on ``graph_batch`` batches: eager, or after ``capture_cuda_graphs`` with the whole
+    objective (mode "objective") or the networks alone (any other mode). The GPU tests of
+    ``tests/test_speed_levers.py`` take their steps from here too."""
+    batches = [graph_batch(device, seed=i) for i in range(steps)]
+    torch.manual_seed(0)
+    model = task(**kwargs).to(device).train()
+    for module in model.modules():  # graphs draw their own random numbers
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    graphed = []
+    if mode != "eager":
+        graphed = model.capture_cuda_graphs(batches[0], mode == "objective")
+    losses, terms = [], []
+    for batch in batches:
+        loss, stacked = model.objective(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        terms.append(stacked.tolist())
+    return graphed, losses, terms
 
 
 def main() -> None:

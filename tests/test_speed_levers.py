@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from scripts import load_script
 
 from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
 from semiseg_caw.data.datasets import SegmentationDataset
@@ -16,6 +17,9 @@ from semiseg_caw.data.transforms import build_train_transform
 from semiseg_caw.lit.stages import stage1_module
 
 MakeTrainer = Callable[..., L.Trainer]  # the ``make_trainer`` fixture of conftest.py
+# The GPU comparison's batches and steps, shared with benchmarks/graphs_vs_eager.py.
+graphs_vs_eager = load_script("graphs_vs_eager")
+graph_batch, first_steps = graphs_vs_eager.graph_batch, graphs_vs_eager.first_steps
 
 
 def datamodule(**kwargs) -> SemiSegDataModule:
@@ -172,20 +176,6 @@ def test_cuda_graphs_do_nothing_on_cpu(make_trainer: MakeTrainer) -> None:
     assert stage1_module(SemiSegCAW(cuda_graphs=True)).hparams.cuda_graphs
 
 
-def graph_batch(device: str = "cpu", batch: int = 4, size: int = 64, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(batch, 1, size, size, generator=gen) > 0.7).float()
-    out = {
-        "image": torch.randn(batch, 1, size, size, generator=gen),
-        "mask": mask,
-        "label": torch.tensor([0, 1, -1, 1] * (batch // 4)),
-        "has_mask": torch.tensor([True, True, False, False] * (batch // 4)),
-        "has_label": torch.tensor([True, True, False, True] * (batch // 4)),
-        "id": [f"s{i}" for i in range(batch)],
-    }
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-
-
 def fake_make_graphed_callables(calls: dict[str, int]):
     """Stand-in for ``torch.cuda.make_graphed_callables`` on a CPU: warm-up passes (which
     update BatchNorm statistics, as the real ones do), then a forward that counts replays."""
@@ -303,34 +293,6 @@ def test_cuda_graphs_train_like_eager_in_bf16() -> None:
         graphed, losses, _ = first_steps(SemiSegCAW, {}, "objective")
     assert graphed == ["objective"]
     assert losses == pytest.approx(eager, rel=2e-2)
-
-
-def first_steps(
-    task: type, kwargs: dict, mode: str, steps: int = 2, device: str = "cuda"
-) -> tuple[list[str], list[float], list[list[float]]]:
-    """(parts graphed, losses, loss terms) of ``steps`` AdamW steps of ``task(**kwargs)``
-    from seed 0 on ``graph_batch`` batches: eager, or after ``capture_cuda_graphs`` with the whole
-    objective (mode "objective") or the networks alone (any other mode). Also used by
-    ``benchmarks/graphs_vs_eager.py``."""
-    batches = [graph_batch(device, seed=i) for i in range(steps)]
-    torch.manual_seed(0)
-    model = task(**kwargs).to(device).train()
-    for module in model.modules():  # graphs draw their own random numbers
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    graphed = []
-    if mode != "eager":
-        graphed = model.capture_cuda_graphs(batches[0], mode == "objective")
-    losses, terms = [], []
-    for batch in batches:
-        loss, stacked = model.objective(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        terms.append(stacked.tolist())
-    return graphed, losses, terms
 
 
 def test_first_steps_on_a_cpu_are_reproducible_and_ungraphed() -> None:
