@@ -6,7 +6,7 @@ label budget, and the training budgets. ``run.py`` runs them; ``report.py`` tabu
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Any, NamedTuple
 
 # The paper's pooled test figures (their splits, 256 px, 300 epochs). UNeXt rows: the
 # paper's backbone table ("UNeXt" read as the full-data baseline; DDTI SemiSeg-CAW at 48).
@@ -322,3 +322,26 @@ def select_rows(
         names = ", ".join(r["name"] for r in all_rows(dataset))
         raise SystemExit(f"no row matches {patterns}; rows: {names}")
     return chosen
+
+
+class TestTimeSetting(NamedTuple):
+    """A test-time setting that ``tta.py`` evaluates on the benchmark's trained runs."""
+
+    flags: tuple[str, ...]  # the model's boolean hyper-parameters it switches on
+    part: str  # file name part: results/<dataset>-<budget>-<part>.{json,md}
+    label: str  # in its own table's title
+    title: str  # in the README's lines about it
+
+
+TEST_TIME_SETTINGS = {
+    "flip": TestTimeSetting(("flip_tta",), "tta", "flip TTA", "Flip TTA"),
+    "largest": TestTimeSetting(
+        ("keep_largest_lesion",), "largest", "largest lesion", "Keeping the largest lesion"
+    ),
+    "flip+largest": TestTimeSetting(
+        ("flip_tta", "keep_largest_lesion"),
+        "tta-largest",
+        "both",
+        "Flip TTA, then the largest lesion",
+    ),
+}

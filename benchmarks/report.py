@@ -24,6 +24,7 @@ from protocol import (  # noqa: E402
     LONG_STAGE1,
     PAPER,
     SEG_KEYS,
+    TEST_TIME_SETTINGS,
     VARIANTS,
     suffix,
 )
@@ -688,11 +689,10 @@ def tta_lines(stem: str) -> list[str]:
     """What ``benchmarks/tta.py`` found re-evaluating this table's checkpoints with each
     test-time setting (flip TTA, the largest lesion, both)."""
     lines = []
-    for name, label, option in (
-        ("tta", "Flip TTA", "`model.init_args.flip_tta`"),
-        ("largest", "Keeping the largest lesion", "`model.init_args.keep_largest_lesion`"),
-        ("tta-largest", "Flip TTA, then the largest lesion", "both options"),
-    ):
+    for setting in TEST_TIME_SETTINGS.values():
+        name, label = setting.part, setting.title
+        flags = setting.flags
+        option = f"`model.init_args.{flags[0]}`" if len(flags) == 1 else "both options"
         path = RESULTS / f"{stem}-{name}.json"
         if not path.is_file():
             continue

@@ -35,17 +35,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from protocol import TEST_TIME_SETTINGS  # noqa: E402
 from provenance import commit, machine  # noqa: E402
 from report import RESULTS, _stats, favoured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("dice", "iou", "dice_per_image", "cls_auroc")
-# Setting: (boolean hyper-parameters it switches on, file name part, label in tables).
-SETTINGS = {
-    "flip": (("flip_tta",), "tta", "flip TTA"),
-    "largest": (("keep_largest_lesion",), "largest", "largest lesion"),
-    "flip+largest": (("flip_tta", "keep_largest_lesion"), "tta-largest", "both"),
-}
 
 
 def spec_of(record: dict) -> dict:
@@ -71,7 +66,7 @@ def evaluate_run(record: dict, setting: str = "flip") -> dict[str, dict[str, flo
                     f"--ckpt_path={ckpt}"])  # fmt: skip
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         for on in (False, True):
-            for name in SETTINGS[setting][0]:
+            for name in TEST_TIME_SETTINGS[setting].flags:
                 model.hparams[name] = on
             suffix = "_tta" if on else ""
             if on:  # the first pass ran inside main(), from the checkpoint
@@ -87,7 +82,7 @@ def cached_or_evaluated(record: dict, setting: str, code: str, force: bool) -> t
     re-evaluation resumes where it stopped; reused while the checkpoint file is the same.
     Also whether it was evaluated now."""
     ckpt = REPO / record["best_checkpoint"]
-    cache = ckpt.parents[1] / f"settings-{SETTINGS[setting][1]}.json"
+    cache = ckpt.parents[1] / f"settings-{TEST_TIME_SETTINGS[setting].part}.json"
     stamp = {"checkpoint": record["best_checkpoint"], "mtime_ns": ckpt.stat().st_mtime_ns}
     if cache.is_file() and not force:
         kept = json.loads(cache.read_text())
@@ -171,7 +166,7 @@ def _evaluated_now(report: dict) -> str:
 def markdown(report: dict) -> str:
     hw = report["hardware"]
     setting = report.get("setting", "flip")  # tables written before settings were named
-    label = SETTINGS[setting][2]
+    label = TEST_TIME_SETTINGS[setting].label
     lines = [
         f"# {label[0].upper() + label[1:]} on {report['dataset'].upper()}, budget "
         f"`{report['budget']}`",
@@ -214,7 +209,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", default="cpu")
     p.add_argument("--rows", nargs="+", default=["*"], help="row names or glob patterns")
     p.add_argument("--seeds", nargs="+", type=int, default=None)
-    p.add_argument("--setting", choices=list(SETTINGS), default="flip")
+    p.add_argument("--setting", choices=list(TEST_TIME_SETTINGS), default="flip")
     p.add_argument(
         "--source", type=Path, default=None, help="default: results/<dataset>-<budget>.json"
     )
@@ -237,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
     order = {row["row"]: i for i, row in enumerate(bench.get("rows", []))}  # the table's
     chosen.sort(key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
-    stem = args.out / f"{args.dataset}-{args.budget}-{SETTINGS[args.setting][1]}"
+    stem = args.out / f"{args.dataset}-{args.budget}-{TEST_TIME_SETTINGS[args.setting].part}"
     earlier = earlier_results(stem.with_suffix(".json"), bench)
     started, runs, evaluated = time.perf_counter(), [], 0
     code = commit("semiseg_caw", "benchmarks/tta.py")
