@@ -9,6 +9,7 @@ checkpoints alone do not (they hold no random state).
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import pickle
@@ -28,6 +29,25 @@ from torch.utils.data import RandomSampler
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, unreadable, foreign or of another shape."""
+
+
+TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task that wrote it
+
+
+def checkpoint_writer(ckpt: dict) -> str | None:
+    """The class path of the task that wrote ``ckpt``: its own entry, else the CLI's record
+    of the model (``_class_path`` among the hyper-parameters)."""
+    return ckpt.get(TASK_CLASS_KEY) or (ckpt.get("hyper_parameters") or {}).get("_class_path")
+
+
+def import_class(class_path: str) -> type | None:
+    """The class a class path names; None when it cannot be imported."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):  # ValueError: no module part
+        return None
+    return found if isinstance(found, type) else None
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import warnings
@@ -25,6 +24,8 @@ from semiseg_caw.checkpoints import (
     CheckpointError,
     EpochSeeding,
     LastCheckpoint,
+    checkpoint_writer,
+    import_class,
     read_checkpoint,
 )
 from semiseg_caw.command_line import (
@@ -38,7 +39,7 @@ from semiseg_caw.command_line import (
 )
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.data.io import DataValidationError
-from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask, can_load
+from semiseg_caw.lit.base import SegmentationTask, can_load
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
@@ -183,11 +184,8 @@ class SemiSegCLI(LightningCLI):
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        class_path = (
-            hparams.pop("_class_path", None)
-            or ckpt.get(TASK_CLASS_KEY)
-            or self.config[sub].model.get("class_path")
-        )
+        hparams.pop("_class_path", None)
+        class_path = checkpoint_writer(ckpt) or self.config[sub].model.get("class_path")
         model = {"class_path": class_path, "dict_kwargs": hparams}
         # Model options given on the command line (e.g. --model.init_args.flip_tta true) win
         # over the checkpoint's, as data options do in checkpoint_defaults.
@@ -502,7 +500,7 @@ def _active_wandb_run() -> Any:
 def refuse_other_task(path: Any, ckpt: dict, class_path: str | None, subcommand: str) -> None:
     """Refuse a checkpoint written by another task than the configured one (``--model`` or
     the config's): Lightning would otherwise use the checkpoint's class without a word."""
-    writer = ckpt.get(TASK_CLASS_KEY) or (ckpt.get("hyper_parameters") or {}).get("_class_path")
+    writer = checkpoint_writer(ckpt)
     task = import_class(class_path) if class_path else None
     if task is None or can_load(task, writer):
         return
@@ -516,16 +514,6 @@ def refuse_other_task(path: Any, ckpt: dict, class_path: str | None, subcommand:
         )
     also = "" if subcommand == "fit" else ", or leave out --model and --config"
     raise CheckpointError(f"{message}: pass --model {wrote}{also}")
-
-
-def import_class(class_path: str) -> type | None:
-    """The class a class path names; None when it cannot be imported (parsing says why)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return found if isinstance(found, type) else None
 
 
 def lock_run_folder(root: str | Path) -> int | None:

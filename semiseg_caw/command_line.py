@@ -14,10 +14,9 @@ from typing import Any
 
 import yaml
 
-from semiseg_caw.checkpoints import CheckpointError, read_checkpoint
+from semiseg_caw.checkpoints import CheckpointError, checkpoint_writer, read_checkpoint
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.data.samples import class_names_for
-from semiseg_caw.lit.base import TASK_CLASS_KEY
 
 
 def command_line(args: Any) -> list[str] | None:
@@ -89,15 +88,22 @@ def require_a_model(args: Any) -> None:
     if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
         return
     given = options_named(argv)
-    enough = {"-h", "--help", "--print_config", "-c", "--config", "--ckpt_path"}
+    enough = {"-h", "--help", "--print_config", "-c", "--config"}
+    if argv[0] != "fit":
+        enough.add("--ckpt_path")  # only evaluating takes its model from the checkpoint
     if given & enough or any(g.startswith("--model") for g in given):
         return
     if argv[0] != "fit":
         raise missing_checkpoint(argv[0])
+    resume = (
+        "; to continue a run, give its config too (--config <run>/config.yaml --ckpt_path last)"
+        if "--ckpt_path" in given
+        else ""
+    )
     raise ValueError(
         "`semiseg-caw fit` needs a model: a config (--config configs/busi.yaml; "
         "configs/demo.yaml to try it on synthetic images) or --model SemiSegCAW (or "
-        "ClassElevateSeg) with --data options"
+        f"ClassElevateSeg) with --data options{resume}"
     )
 
 
@@ -155,9 +161,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
             if "--model" not in given:
                 raise  # parsing would only say that --model is missing
             # else named when the checkpoint is read again, after parsing
-    class_path = ckpt and (
-        (ckpt.get("hyper_parameters") or {}).get("_class_path") or ckpt.get(TASK_CLASS_KEY)
-    )
+    class_path = ckpt and checkpoint_writer(ckpt)
     if not class_path:
         return argv
     extra = [] if "--model" in given else [f"--model={class_path}"]

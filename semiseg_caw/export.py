@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import os
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -70,7 +69,8 @@ def export_onnx(
         import onnxscript  # noqa: F401  (needed by torch's ONNX exporter)
     except ImportError as err:
         raise ImportError(
-            "ONNX export needs the export extra: pip install 'semiseg-caw[export]'"
+            "ONNX export needs the export extra: pip install -e '.[export]' in a checkout "
+            "(onnx, onnxruntime and onnxscript)"
         ) from err
     if image_size is None:
         image_size = getattr(task, "trained_image_size", None)
@@ -144,13 +144,13 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"output {path} is a folder: name the .onnx file to write")
-    if path.exists() and not overwrite:
-        raise FileExistsError(refusal(path))
     if path.is_file() and zipfile.is_zipfile(path):  # what torch.save writes: a checkpoint
         raise FileExistsError(
             f"{path} is a PyTorch file (a checkpoint?), not an earlier export: it is not "
             "overwritten; give another file name"
         )
+    if path.exists() and not overwrite:
+        raise FileExistsError(refusal(path))
     _check_writable(path)
     return path
 
@@ -300,14 +300,14 @@ def checkpoint_task(path: str | Path, ckpt: dict) -> type:
     A checkpoint names its writer (``TASK_CLASS_KEY``, or the CLI's ``_class_path``);
     one older than that mark is known by a hyper-parameter of the task's own.
     """
-    from semiseg_caw.checkpoints import CheckpointError
+    from semiseg_caw.checkpoints import CheckpointError, checkpoint_writer, import_class
     from semiseg_caw.lit import ClassElevateSeg, SemiSegCAW
-    from semiseg_caw.lit.base import TASK_CLASS_KEY, SegmentationTask
+    from semiseg_caw.lit.base import SegmentationTask
 
     hparams = ckpt.get("hyper_parameters") or {}
-    writer = ckpt.get(TASK_CLASS_KEY) or hparams.get("_class_path")
+    writer = checkpoint_writer(ckpt)
     if writer:
-        task = _imported(writer)
+        task = import_class(writer)
     elif "aux_source" in hparams:
         task = SemiSegCAW
     elif "presence_topk" in hparams:
@@ -321,15 +321,6 @@ def checkpoint_task(path: str | Path, ckpt: dict) -> type:
         f"{path} is not a semiseg-caw checkpoint{by}: export takes a ClassElevateSeg or "
         "SemiSegCAW checkpoint, written by `semiseg-caw fit` or a Trainer fitting one"
     )
-
-
-def _imported(class_path: str) -> Any:
-    """What ``class_path`` names; None when it cannot be imported."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):  # ValueError: no module part
-        return None
 
 
 if __name__ == "__main__":

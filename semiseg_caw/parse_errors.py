@@ -9,7 +9,6 @@ what was wrong.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import re
 import textwrap
@@ -69,10 +68,10 @@ def _indented_below(message: str, header: re.Match) -> str:
 
 def init_arguments(class_path: str) -> list[str]:
     """The keyword arguments ``class_path``'s class takes; none when it cannot be imported."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    from semiseg_caw.checkpoints import import_class  # (torch, lightning: only when needed)
+
+    cls = import_class(class_path)
+    if cls is None:
         return []
     return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
 

@@ -380,6 +380,7 @@ def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another(
     [
         (["fit"], r"`semiseg-caw fit` needs a model: a config \(--config configs/busi.yaml"),
         (["fit", "--data.dataset=busi"], "needs a model"),
+        (["fit", "--ckpt_path=last"], r"to continue a run, give its config too \(--config <run>"),
         (["test", "--data.image_size=32"], r"`semiseg-caw test` needs --ckpt_path"),
         (["predict"], r"`semiseg-caw predict` needs --ckpt_path"),
         (

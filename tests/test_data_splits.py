@@ -193,6 +193,13 @@ def test_split_command_reports_user_errors_without_a_traceback(tmp_path, capsys,
     assert not (tmp_path / "s.json").exists()
 
 
+def test_split_command_names_an_output_it_cannot_write_before_reading_any_data(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "s.json"  # its folder is a file: nothing can be written there
+    status, err = _main(capsys, "busi", tmp_path / "nowhere", out)
+    assert status == 2 and f"{out} cannot be written" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- budgets
 
 

@@ -18,10 +18,10 @@ import onnx  # noqa: E402
 from lightning.pytorch.demos.boring_classes import BoringModel  # noqa: E402
 
 from semiseg_caw import SemiSegCAW  # noqa: E402
+from semiseg_caw.checkpoints import TASK_CLASS_KEY  # noqa: E402
 from semiseg_caw.cli import main  # noqa: E402
 from semiseg_caw.export import InferenceModel, export_onnx  # noqa: E402
 from semiseg_caw.export import main as export_main  # noqa: E402
-from semiseg_caw.lit.base import TASK_CLASS_KEY  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZE = 32
@@ -207,8 +207,9 @@ def test_export_command_never_writes_over_its_checkpoint(
         assert f"output {output} is the checkpoint {ckpt} itself" in error
     # From Python, which is not given the checkpoint: no PyTorch file is replaced.
     task = SemiSegCAW.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    with pytest.raises(FileExistsError, match="m.ckpt is a PyTorch file"):
-        export_onnx(task, ckpt, image_size=SIZE, overwrite=True)
+    for overwrite in (True, False):  # not told to give --overwrite, which would not help
+        with pytest.raises(FileExistsError, match="m.ckpt is a PyTorch file"):
+            export_onnx(task, ckpt, image_size=SIZE, overwrite=overwrite)
     assert ckpt.read_bytes() == before
 
 

@@ -45,7 +45,14 @@ DEFAULT_SEED = 42
 
 PROG = "python -m semiseg_caw.data.splits"
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)
 """Errors the split command reports in one line, as ``semiseg-caw`` does (``cli.USER_ERRORS``;
 DataValidationError is a ValueError)."""
 
@@ -337,6 +344,15 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{out} exists: give another file name, or --overwrite (overwrite=True in Python)"
         )
+    # Tried now with the file written first: not after the whole data set has been decoded.
+    part = out.with_name(out.name + ".part")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part.touch()
+        part.unlink()
+    except OSError as err:
+        where = err.filename or out.parent
+        raise PermissionError(f"{out} cannot be written: {where}: {err.strerror or err}") from err
 
 
 def main(argv: Sequence[str] | None = None) -> None:

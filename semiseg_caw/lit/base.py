@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import difflib
-import importlib
 import inspect
 import math
 import warnings
@@ -17,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from semiseg_caw.checkpoints import CheckpointError, read_checkpoint
+from semiseg_caw.checkpoints import TASK_CLASS_KEY, CheckpointError, import_class, read_checkpoint
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, PREDICT_KEYS, TRAIN_KEYS, check_batch
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 STAGES = ("val", "test")
 
 
-TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task
 INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsample 2^5
 # Batch entries a training objective may read (the inputs of its CUDA graph).
 OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
@@ -53,12 +51,8 @@ def can_load(task: type, writer: str | None) -> bool:
     writer, or a class outside this package, is not judged here."""
     if not writer or not writer.startswith("semiseg_caw."):
         return True
-    module, _, name = writer.rpartition(".")
-    try:
-        written_by = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return False  # a class this version does not have
-    return isinstance(written_by, type) and issubclass(task, written_by)
+    written_by = import_class(writer)  # None: a class this version does not have
+    return written_by is not None and issubclass(task, written_by)
 
 
 class SegmentationTask(L.LightningModule, abc.ABC):
