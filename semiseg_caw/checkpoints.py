@@ -75,11 +75,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> dict:
+def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> None:
     """Load the weights stored under ``prefix`` in a Lightning checkpoint into ``module``.
 
-    Returns the checkpoint's hyper-parameters. Raises ``CheckpointError`` when the
-    checkpoint holds no such weights or their names or shapes don't fit.
+    Raises ``CheckpointError`` when the checkpoint holds no such weights or their names or
+    shapes don't fit.
     """
     ckpt = read_checkpoint(path)
     state = {
@@ -113,7 +113,6 @@ def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> dict:
             f"channels or classes?): {'; '.join(wrong[:3])}"
         )
     module.load_state_dict(state)
-    return dict(ckpt.get("hyper_parameters", {}))
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -121,7 +120,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     Written at the end of an epoch unless the previous write is less than
     ``min_interval_s`` old, and always when training ends, so a killed run trains again at
-    most that much. Needed because beside a monitored ``ModelCheckpoint(save_last=True)``,
+    most about ``min_interval_s`` plus the epoch it was in. Needed because beside a monitored ``ModelCheckpoint(save_last=True)``,
     Lightning 2.6 writes ``last.ckpt`` only when the monitored metric improves: a resumed
     run went back to its best epoch and trained everything after it again.
 
@@ -217,9 +216,6 @@ class EpochSeeding(Callback):
     stream. A resume from a mid-epoch checkpoint (``every_n_train_steps``) continues
     with other random draws for the rest of that epoch.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @staticmethod
     def _seed(trainer: L.Trainer) -> int | None:

@@ -207,6 +207,10 @@ class SemiSegCLI(LightningCLI):
         self._ckpt_class_names = list(ckpt.get("class_names") or [])
         self._ckpt_epoch = ckpt.get("epoch")  # the epoch it was written in (from 0)
 
+    def _read_a_checkpoint(self) -> bool:
+        """Whether a checkpoint was read that the data can be checked against."""
+        return bool(getattr(self, "_ckpt_data", None) or getattr(self, "_ckpt_class_names", None))
+
     def before_validate(self) -> None:
         self._check_evaluated_checkpoint()
 
@@ -228,7 +232,8 @@ class SemiSegCLI(LightningCLI):
             raise missing_checkpoint(sub)
         if ckpt_path == "last" and not self._last_checkpoints():
             raise no_last_checkpoint(self.config[sub].get("last_checkpoint").dirpath)
-        if self._ckpt_data:  # read by _parse_ckpt_path (not for `last`: the same run's)
+        # Read by _parse_ckpt_path; not a `last` given with --config, the run's own config.
+        if self._read_a_checkpoint():
             self._check_data_matches_checkpoint(ckpt_path)
 
     def _check_data_matches_checkpoint(self, ckpt_path: str) -> None:
@@ -295,7 +300,7 @@ class SemiSegCLI(LightningCLI):
         config = self.config.fit
         root = Path(config.trainer.default_root_dir or ".")
         dirpaths = [config[k].dirpath for k in CHECKPOINT_KEYS if config.get(k)]
-        return [root, root / "stage1", *(Path(d) for d in dirpaths if d)]
+        return [root, stage1_checkpoint_dir(root).parent, *(Path(d) for d in dirpaths if d)]
 
     def before_fit(self) -> None:
         # Fail now when the run could not save its checkpoints, not after hours of training.
@@ -396,7 +401,7 @@ class SemiSegCLI(LightningCLI):
             refuse_other_task(last[-1], ckpt, self.config.fit.model.get("class_path"), "fit")
             self._remember_checkpoint(ckpt)
             ckpt_path = str(last[-1])
-        if getattr(self, "_ckpt_data", None) or getattr(self, "_ckpt_class_names", None):
+        if self._read_a_checkpoint():
             self._check_data_matches_checkpoint(ckpt_path)
 
     def _check_stage1_resumable(self) -> None:

@@ -137,8 +137,8 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     task class (unless ``--model`` names one) and the data options come from the checkpoint
     (what it was trained with), each unless given on the command line; for ``last``, the
     run's newest last checkpoint is put in its place and read. When
-    ``--data.dataset`` names another data set, that set's own options (root, split file,
-    label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
+    ``--data.dataset`` names another data set, the checkpoint's data-set options (root,
+    split file, label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
     A checkpoint in a run's ``checkpoints/`` folder also gives ``trainer.default_root_dir``
     (the run's folder, when writable), so that the command's records go beside the run's.
     Other arguments unchanged. ``read`` reads the checkpoint."""
@@ -154,7 +154,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         # The file itself, so that it is read as a path is: its class, model and data options.
         path = str(newest_last_checkpoint(argv))
         argv = [*argv, f"--ckpt_path={path}"]  # the last one given wins
-    if path and path != "last":
+    if path:
         try:
             ckpt = read(path)
         except CheckpointError:
@@ -180,7 +180,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         trained = {k: v for k, v in trained.items() if k not in DATASET_OPTIONS}
         if dataset == "manifest" and names:
             trained["classes"] = names
-    options = inspect.signature(SemiSegDataModule).parameters  # an older checkpoint's may not be
+    options = inspect.signature(SemiSegDataModule).parameters  # a checkpoint's may be gone
     for key, value in trained.items():
         if key in options and f"--data.{key}" not in given:
             extra.append(f"--data.{key}={value if isinstance(value, str) else json.dumps(value)}")

@@ -91,8 +91,8 @@ def test_class_names_known_without_reading_data(options, names):
         ({"class_only_per_batch": 0}, "class_only_per_batch"),
         ({"class_only_per_batch": 1.0}, r"class_only_per_batch must be in \(0, 1\)"),
         ({"budget_mode": "half"}, "budget_mode"),
-        ({"batch_size": 0}, "batch_size and eval_batch_size must be >= 1, got 0 and 0"),
-        ({"eval_batch_size": 0}, "batch_size and eval_batch_size must be >= 1, got 8 and 0"),
+        ({"batch_size": 0}, "batch_size must be >= 2"),
+        ({"eval_batch_size": 0}, "eval_batch_size must be >= 1, got 0"),
         (
             {"dataset": "manifest", "root": "m.csv", "classes": ["benign"]},
             r"classes must name at least 2 different classes, got \['benign'\]",

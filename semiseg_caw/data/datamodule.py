@@ -81,8 +81,9 @@ class SemiSegDataModule(L.LightningDataModule):
             training samples (they never enter val or test).
         synthetic_samples: Number of synthetic images.
         num_workers: DataLoader worker processes (they share the in-memory cache).
-        seed: Data seed (>= 0): the in-memory split and the class-only selection (keep it fixed
-            across runs; shuffling and augmentation follow the global seed).
+        seed: Data seed (>= 0): the generated images (synthetic), the in-memory split and the
+            class-only selection (keep it fixed across runs; shuffling and augmentation follow
+            the global seed).
         predict_dir: Folder of images (png, jpg, bmp, tif) for ``predict``; files named like masks
             (``*_mask.png``) are skipped with a warning.
         skip_bad_files: Skip unreadable or inconsistent files with one warning instead of raising
@@ -353,15 +354,13 @@ class SemiSegDataModule(L.LightningDataModule):
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(
-                f"batch_size and eval_batch_size must be >= 1, got {self.batch_size} and "
-                f"{self.eval_batch_size}"
-            )
         if self.batch_size < 2:
             raise ValueError(
-                "batch_size must be >= 2: BatchNorm needs at least 2 images per training batch"
+                f"batch_size must be >= 2 (BatchNorm needs at least 2 images per training batch), "
+                f"got {self.batch_size}"
             )
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         check_class_only(self.class_only)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0 (a numpy seed), got {self.seed}")

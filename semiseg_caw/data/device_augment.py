@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from semiseg_caw.data.transforms import AUX_MAP_KEY, MEAN, STD, build_train_transform
+from semiseg_caw.data.transforms import (
+    AUX_MAP_KEY,
+    MEAN,
+    STD,
+    build_train_transform,
+    denormalize,
+)
 
 # The ranges and probabilities of the loader's pipeline: one source for both.
 DEFAULTS = {
@@ -97,7 +103,7 @@ def augment_batch(batch: dict[str, Any], **settings: Any) -> dict[str, Any]:
 
     out = dict(batch)
     # Intensities in [0, 1], so that the area warped in from outside is black (fill 0).
-    pixels = resample(image * STD + MEAN, "bilinear")
+    pixels = resample(denormalize(image), "bilinear")
     on = coin(0.5)[:, None, None, None]
     contrast = uniform(1 - brightness_contrast, 1 + brightness_contrast)[:, None, None, None]
     brightness = uniform(-brightness_contrast, brightness_contrast)[:, None, None, None]

@@ -37,7 +37,7 @@ more than half their image on average (inverted) warn, naming examples.
 Exact duplicates (same decoded pixels, whatever the file format) are removed with a
 warning naming the files: when their labels conflict (BUSI ``benign (433).png`` and
 ``malignant (145).png``) every copy is removed; otherwise one copy is kept (preferring a
-labelled one, then the first id).
+labelled one, then one with a mask, then the first id).
 """
 
 from __future__ import annotations
@@ -458,8 +458,8 @@ def remove_exact_duplicates(
 ) -> tuple[list[Sample], list[str]]:
     """Drop samples whose decoded pixels equal another's; warn naming every file.
 
-    Copies with conflicting labels are all dropped; otherwise the first labelled copy
-    (then the first by id) is kept. Returns the kept samples and the dropped ids.
+    Copies with conflicting labels are all dropped; otherwise one is kept: a labelled copy,
+    then one with a mask, then the first by id. Returns the kept samples and the dropped ids.
     """
     by_hash: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
@@ -539,19 +539,23 @@ def _check_lesion_masks(
     empty = [s for s in lesion if cache.mask_pixels[cache.index[s.id]] == 0]
     if not empty:
         return
-    names = [str(s.masks[0]) if s.masks else s.id for s in empty]
     rule = (
         "masks are read as foreground where the gray value is > 127, or > 0 when the "
         "largest value is at most 127 (palette masks: index > 0)"
     )
     if len(empty) == len(lesion):
         raise DataValidationError(
-            [BadFile(names[0], f"empty, like all {len(lesion)} masks of lesion-class images")],
+            [
+                BadFile(
+                    _mask_name(empty[0]),
+                    f"empty, like all {len(lesion)} masks of lesion-class images",
+                )
+            ],
             hint=f"Check the mask encoding: {rule}.",
         )
-    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     warnings.warn(
-        f"{len(empty)} of {len(lesion)} lesion-class images have an empty mask ({shown}); "
+        f"{len(empty)} of {len(lesion)} lesion-class images have an empty mask "
+        f"({_mask_names(empty, 5)}); "
         f"check their mask encoding ({rule})",
         UserWarning,
         stacklevel=3,
@@ -592,8 +596,12 @@ def _check_mask_coverage(samples: Sequence[Sample], cache: ImageCache, source: s
         )
 
 
+def _mask_name(sample: Sample) -> str:
+    return str(sample.masks[0]) if sample.masks else sample.id
+
+
 def _mask_names(samples: Sequence[Sample], shown: int = 3) -> str:
-    names = [str(s.masks[0]) if s.masks else s.id for s in samples[:shown]]
+    names = [_mask_name(s) for s in samples[:shown]]
     return ", ".join(names) + (", ..." if len(samples) > shown else "")
 
 
@@ -673,7 +681,7 @@ def load_image_folder(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {folder}")
+        raise FileNotFoundError(f"image folder not found: {folder}")
     paths = list_image_files(folder)
     if not paths:
         raise DataValidationError([BadFile(str(folder), "no images found")])

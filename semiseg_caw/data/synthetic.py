@@ -12,7 +12,8 @@ mask. The lesion's shape follows its class, the way radiologists read breast les
 
 Sizes, contrast, margins and distractors (a dark fat layer, shadows) vary and the class
 cues overlap, so neither segmentation nor classification is trivial. Sample ``i`` depends
-only on ``(seed, i)`` and the image size, not on how many samples are generated.
+only on ``(seed, i)``, ``include_normal`` and the image size, not on how many samples are
+generated.
 """
 
 from __future__ import annotations
