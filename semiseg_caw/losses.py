@@ -130,7 +130,8 @@ def focal_tversky_loss(
     ``TI = (TP + s) / (TP + alpha*FN + beta*FP + s)`` on soft per-sample counts;
     ``alpha`` weighs false negatives, ``beta`` false positives. With
     ``alpha = beta = 0.5`` and ``gamma = 1`` it is the soft Dice loss (with Dice
-    smoothing ``2s``); ``gamma < 1`` raises the loss of hard samples.
+    smoothing ``2s``). ``gamma < 1`` (the authors' 0.75) raises every sample's loss
+    (``x**gamma >= x`` on [0, 1]) and steepens it near a perfect prediction.
     """
     _check_nonneg(alpha=alpha, beta=beta, smooth=smooth)
     if not (gamma > 0 and math.isfinite(gamma)):
@@ -302,7 +303,8 @@ class FocalTverskyLoss(nn.Module):
     Args:
         alpha: weight of false negatives.
         beta: weight of false positives.
-        gamma: focal exponent; below 1 it emphasises hard samples.
+        gamma: focal exponent; below 1 (the authors' 0.75) it raises every sample's loss
+            and steepens it near a perfect prediction.
         smooth: added to numerator and denominator of the Tversky index.
     """
 

@@ -177,13 +177,12 @@ class ClassificationMetrics(MetricCollection):
     a batch with none left. ``compute()`` returns ``{"accuracy", "balanced_accuracy",
     "auroc"}`` (prefixed), or an empty dict if no labelled sample was ever seen; under
     DDP every rank must have seen one. AUROC is one-vs-rest, macro-averaged, on
-    softmax probabilities; for two classes that equals the binary AUROC.
+    softmax probabilities, exact (it keeps every score); for two classes that equals the
+    binary AUROC.
 
     Args:
         num_classes: number of classes ``K`` (at least 2).
         ignore_index: label value meaning "no class label".
-        auroc_thresholds: None for the exact AUROC (keeps every score), or a number
-            of bins for a constant-memory approximation.
         prefix: prepended to every key of ``compute``.
     """
 
@@ -191,7 +190,6 @@ class ClassificationMetrics(MetricCollection):
         self,
         num_classes: int,
         ignore_index: int = IGNORE_INDEX,
-        auroc_thresholds: int | None = None,
         prefix: str | None = None,
     ) -> None:
         if num_classes < 2:
@@ -200,7 +198,7 @@ class ClassificationMetrics(MetricCollection):
             {
                 "accuracy": MulticlassAccuracy(num_classes, average="micro"),
                 "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
-                "auroc": MulticlassAUROC(num_classes, average="macro", thresholds=auroc_thresholds),
+                "auroc": MulticlassAUROC(num_classes, average="macro"),
             },
             prefix=prefix,
             compute_groups=False,

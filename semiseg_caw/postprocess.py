@@ -28,13 +28,14 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
 
 
 def keep_largest_region(mask_logits: Tensor) -> Tensor:
-    """Mask logits (B, 1, H, W) where, per image, every predicted region (logit > 0, i.e.
-    probability > 0.5; 8-connected) but the largest is set to ``REMOVED_LOGIT``.
+    """Mask logits (B, 1, H, W) where, per image, every predicted region (logit >= 0, i.e.
+    probability >= 0.5, as the metrics count a lesion pixel; 8-connected) but the largest is
+    set to ``REMOVED_LOGIT``.
 
     Pixels below the threshold keep their logits, as do masks with one region or none. Runs
     on the host (OpenCV's connected components): one copy of the masks per batch.
     """
-    foreground = (mask_logits[:, 0] > 0).cpu().numpy()
+    foreground = (mask_logits[:, 0] >= 0).cpu().numpy()
     keep = np.stack([largest_region(mask) | ~mask for mask in foreground])
     keep_t = torch.from_numpy(keep).to(mask_logits.device).unsqueeze(1)
     return torch.where(keep_t, mask_logits, torch.full_like(mask_logits, REMOVED_LOGIT))

@@ -244,6 +244,42 @@ def test_decoder_mode_fine_tunes_the_auxiliary_decoder_and_keeps_its_encoder(
         SemiSegCAW(aux_mode="decoder", cache_aux_maps=True)
 
 
+def test_a_run_bounded_by_max_steps_anneals_the_lr_over_its_steps(
+    make_trainer: MakeTrainer,
+) -> None:
+    import math
+
+    lrs: list[float] = []  # at the start of each step
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = SemiSegCAW(aux_source="none", classifier=False, lr=1e-2, min_lr=1e-4)
+    # max_epochs=-1: the old per-epoch schedule of length 1 hit min_lr after one epoch.
+    trainer = make_trainer(
+        max_epochs=None,
+        max_steps=4,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        callbacks=[RecordLR()],
+    )
+    trainer.fit(model, datamodule=datamodule())
+    ratio = 1e-4 / 1e-2  # min_lr / lr
+    cosine = [ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx([1e-2 * c for c in cosine])
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    # Without a trainer (a module built to inspect) the lr stays constant.
+    config = SemiSegCAW(aux_source="none", lr=1e-2).configure_optimizers()
+    assert config["lr_scheduler"]["scheduler"].lr_lambdas[0](100) == 1.0
+    # A run with no length (max_time only: Lightning sets max_epochs -1) keeps lr, says why.
+    model = SemiSegCAW(aux_source="none", classifier=False, lr=1e-2)
+    model.trainer = make_trainer(max_epochs=-1, max_time={"seconds": 1})
+    with pytest.warns(UserWarning, match="no max_epochs or max_steps"):
+        config = model.configure_optimizers()
+    assert config["lr_scheduler"]["scheduler"].lr_lambdas[0](100) == 1.0
+
+
 def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
     L.seed_everything(0)
     model = SemiSegCAW(lr=1e-2)
@@ -299,11 +335,51 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
             dict(pseudo_teacher="ema", loss_terms=["bce", "pseudo"], aux_output_skip=True),
             "cannot take aux_output_skip",
         ),
+        (dict(layercam_layer="fused"), "layercam_layer chooses the LayerCAM maps"),
+        (dict(aux_source="layercam", layercam_layer="stem"), "layercam_layer must be one of"),
     ],
 )
 def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SemiSegCAW(**kwargs)
+
+
+def test_layercam_layer_reaches_the_network() -> None:
+    from semiseg_caw.models.cam import layercam
+
+    L.seed_everything(0)
+    model = SemiSegCAW(aux_source="layercam", layercam_layer="fused").eval()
+    assert model.net.layercam_layer == "fused"
+    image = torch.randn(2, 1, 32, 32)
+    aux_map, _ = model.net.auxiliary(image)
+    torch.testing.assert_close(aux_map, layercam(model.net.aux_model, image, layer="fused"))
+    assert SemiSegCAW(aux_source="layercam").net.layercam_layer == "deepest"
+
+
+def test_the_validation_image_panel_shows_what_the_metrics_score() -> None:
+    from lightning.pytorch.plugins.precision import Precision
+
+    from semiseg_caw.lit.callbacks import panel_samples
+
+    L.seed_everything(0)
+    model = SemiSegCAW(aux_mode="frozen", flip_tta=True, keep_largest_lesion=True).eval()
+    dm = datamodule()
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        scored = torch.sigmoid(model.evaluate(batch)[0]) >= 0.5
+        aux = model.net.auxiliary(batch["image"])[0] >= 0.5
+    samples = panel_samples(model, batch, Precision(), limit=3)
+    assert len(samples) == 3
+    for i, sample in enumerate(samples):
+        assert torch.equal(torch.from_numpy(sample["pred"]).bool(), scored[i, 0])
+        assert torch.equal(torch.from_numpy(sample["aux"]).bool(), aux[i, 0])
+    # Whatever evaluate returns is what the panel shows (not the raw forward pass).
+    logits = torch.full((len(batch["image"]), 1, 32, 32), -5.0)
+    logits[:, :, :8, :8] = 5.0
+    model.evaluate = lambda batch, postprocess=True: (logits, None)
+    (sample,) = panel_samples(model, batch, Precision(), limit=1)
+    assert sample["pred"].sum() == 64 and sample["pred"][:8, :8].all()
 
 
 @pytest.mark.parametrize("normal_class", [2, -1])
@@ -324,6 +400,27 @@ def test_stage1_consistency_term_is_off_by_default_and_needs_class_only_images()
     # A batch without class-only images: a graph-connected zero.
     masked = {**batch, "has_mask": torch.ones_like(batch["has_mask"])}
     assert model.loss_terms(masked)["consistency"] == 0
+
+
+def test_stage1_cam_term_leaves_normal_class_only_images_out() -> None:
+    # A normal image's mask is known to be empty: only the presence term supervises it.
+    L.seed_everything(0)
+    model = ClassElevateSeg(
+        encoder="test_resnet", normal_class=0, loss_weights={"ce": 0, "bce": 0, "dice": 0}
+    ).eval()
+    batch = {
+        "image": torch.randn(2, 1, 32, 32),
+        "mask": torch.zeros(2, 1, 32, 32),
+        "has_mask": torch.zeros(2, dtype=torch.bool),
+        "has_label": torch.ones(2, dtype=torch.bool),
+    }
+    normal = model.loss_terms({**batch, "label": torch.tensor([0, 0])})
+    assert normal["cam"] == 0 and normal["presence"] > 0
+    # In a mixed batch the term is that of the lesion image alone.
+    mixed = model.loss_terms({**batch, "label": torch.tensor([0, 1])})["cam"]
+    lesion = model.loss_terms({k: v[1:] for k, v in batch.items()} | {"label": torch.tensor([1])})
+    assert mixed > 0
+    torch.testing.assert_close(mixed, lesion["cam"])
 
 
 def test_fitting_without_stage1_weights_warns(make_trainer: MakeTrainer) -> None:

@@ -149,6 +149,14 @@ class TestUNeXt(BaseSegModelTest):
         with torch.no_grad():
             assert torch.equal(model(x).mask_logits, model(x).mask_logits)
 
+    def test_stochastic_depth_follows_the_reference_spread(self) -> None:
+        # The reference's linspace(0, rate, 3) over depths [1, 1, 1]: blocks take 0 and rate/2.
+        model = UNeXt(in_channels=1, drop_path_rate=0.4)
+        for block in (model.block1, model.dblock1):
+            assert isinstance(block.drop_path, torch.nn.Identity)
+        for block in (model.block2, model.dblock2):
+            assert block.drop_path.drop_prob == pytest.approx(0.2)
+
     def test_invalid_options(self) -> None:
         with pytest.raises(ValueError, match="embed_dims"):
             UNeXt(embed_dims=(128, 160))

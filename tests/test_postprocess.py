@@ -33,6 +33,15 @@ def test_only_the_largest_region_of_each_mask_stays() -> None:
     assert out.dtype == logits.dtype and out.shape == logits.shape
 
 
+def test_a_pixel_at_probability_one_half_is_part_of_a_region() -> None:
+    # The metrics count probability >= 0.5 as lesion: so does the region search.
+    logits = logits_of(["##....", "##..##", "....##", "....##"])
+    logits[0, 0, :2, :2] = 0.0  # the small region, exactly at 0.5
+    out = keep_largest_region(logits)
+    assert (out[0, 0, :2, :2] == REMOVED_LOGIT).all()
+    assert torch.equal(out[0, 0, :, 2:], logits[0, 0, :, 2:])
+
+
 def test_evaluation_keeps_the_largest_lesion_when_asked_but_export_does_not() -> None:
     torch.manual_seed(0)
     model = SemiSegCAW(aux_encoder="resnet10t", keep_largest_lesion=True).eval()

@@ -33,7 +33,7 @@ except ImportError:  # a private name; without it, a plain classmethod
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-STAGES = ("val", "test")
+EVAL_LOOPS = ("val", "test")  # the loops that keep metrics
 
 
 INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsample 2^5
@@ -131,9 +131,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
 
     # -- metrics ------------------------------------------------------------------------
     def configure_metrics(self) -> None:
-        self.seg_metrics = torch.nn.ModuleDict({s: SegmentationMetrics() for s in STAGES})
+        self.seg_metrics = torch.nn.ModuleDict({s: SegmentationMetrics() for s in EVAL_LOOPS})
         self.cls_metrics = torch.nn.ModuleDict(
-            {s: build_classification_metrics(self.num_classes) for s in STAGES}
+            {s: build_classification_metrics(self.num_classes) for s in EVAL_LOOPS}
         )
 
     def evaluate(
@@ -386,8 +386,9 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         return DeviceStepGuard(self._step_buffers(), optimizers, self.device, self.bad_steps)
 
     def on_train_start(self) -> None:
-        self._close_device_guard()  # one left by a fit that failed: it holds its optimiser
-        # (built at the first batch, when every module that trains is in training mode)
+        # Close one left by a fit that failed: it holds its optimiser. (A new one is built at
+        # the first batch, when every module that trains is in training mode.)
+        self._close_device_guard()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._device_guard is not None:
@@ -416,15 +417,20 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             return
         if log:
             self.log("train/skipped_steps", float(total))
-        msg = (
+        self._report_bad_steps(
             f"{new} non-finite training loss(es) by global step {self.global_step}; those "
-            f"steps were skipped ({total}/{self.hparams.max_bad_steps} allowed)"
+            "steps were skipped",
+            total,
         )
+
+    def _report_bad_steps(self, what: str, total: int) -> None:
+        """Warn about skipped steps (``total`` in the run so far); stop after too many."""
+        msg = f"{what} ({total}/{self.hparams.max_bad_steps} allowed)"
         if total > self.hparams.max_bad_steps:
             raise FloatingPointError(
                 f"{msg}. Stopping: lower the learning rate, check the data, or raise max_bad_steps."
             )
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:
         """Graph the training objective for batches shaped like ``batch`` (or, when that
@@ -482,15 +488,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         self.bad_steps += 1
         self._restore_buffers()
         self.log("train/skipped_steps", float(self.bad_steps))
-        msg = (
-            f"non-finite training loss at global step {self.global_step}; step skipped "
-            f"({self.bad_steps}/{self.hparams.max_bad_steps} allowed)"
+        self._report_bad_steps(
+            f"non-finite training loss at global step {self.global_step}; step skipped",
+            self.bad_steps,
         )
-        if self.bad_steps > self.hparams.max_bad_steps:
-            raise FloatingPointError(
-                f"{msg}. Stopping: lower the learning rate, check the data, or raise max_bad_steps."
-            )
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return None
 
     def train(self, mode: bool = True) -> SegmentationTask:
@@ -619,22 +620,45 @@ class SegmentationTask(L.LightningModule, abc.ABC):
                 optimizer = None
         if optimizer is None:
             optimizer = torch.optim.AdamW(self.parameter_groups(), foreach=True, **options)
-        t_max = self.trainer.max_epochs if self.trainer and self.trainer.max_epochs else 1
-        t_max = max(1, t_max if t_max > 0 else 1)
-        # Cosine annealing from lr to min_lr over the run, once per epoch. A LambdaLR (not
-        # CosineAnnealingLR) so that every group, e.g. the auxiliary model's smaller lr,
-        # anneals in proportion.
+        t_max, interval = self._schedule_length()
+        # Cosine annealing from lr to min_lr over the run, once per epoch (or per step). A
+        # LambdaLR (not CosineAnnealingLR) so that every group, e.g. the auxiliary model's
+        # smaller lr, anneals in proportion.
         lr_min_ratio = self.hparams.min_lr / self.hparams.lr
 
         def cosine(epoch: int) -> float:
+            if t_max is None:
+                return 1.0
             progress = min(epoch, t_max) / t_max
             return lr_min_ratio + (1 - lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+    def _schedule_length(self) -> tuple[int | None, str]:
+        """The cosine schedule's length and unit: ``max_epochs`` epochs where the trainer has
+        them, else its optimiser steps (a run bounded by ``max_steps`` has ``max_epochs``
+        -1); None (a constant lr) when neither is known."""
+        trainer = self._trainer
+        if trainer is None:
+            return None, "epoch"  # no run to anneal over, e.g. a module built to inspect
+        epochs = trainer.max_epochs  # None until a fit resolves it
+        if epochs is not None and epochs > 0:
+            return epochs, "epoch"
+        steps = trainer.estimated_stepping_batches if epochs == -1 else math.inf
+        if math.isfinite(steps) and steps > 0:
+            return int(steps), "step"
+        warnings.warn(
+            "the run has no max_epochs or max_steps (e.g. only max_time), so the cosine "
+            "schedule has no length: the learning rate stays at lr; set max_epochs or "
+            "max_steps to anneal it to min_lr",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None, "epoch"
 
 
 def _is_local_path(path: Any) -> bool:

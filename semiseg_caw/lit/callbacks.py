@@ -74,24 +74,8 @@ class ValidationImageLogger(Callback):
     ) -> None:
         if not self._active(trainer) or len(self.samples) >= self.num_images:
             return
-        precision = trainer.precision_plugin
-        with precision.forward_context():  # the same autocast / dtype as validation_step
-            out = pl_module(precision.convert_input(batch["image"]))
-        pred = (torch.sigmoid(out.mask_logits.float()) >= 0.5).float()  # (B, 1, H, W)
-        aux = getattr(out, "aux_map", None)
-        for i in range(batch["image"].shape[0]):
-            if len(self.samples) >= self.num_images:
-                break
-            sample = {
-                "id": batch["id"][i],
-                "image": _to_uint8(batch["image"][i]),
-                "truth": batch["mask"][i, 0].byte().cpu().numpy(),
-                "pred": pred[i, 0].byte().cpu().numpy(),
-                "dice": _dice(pred[i], batch["mask"][i]),
-            }
-            if aux is not None:
-                sample["aux"] = (aux[i, 0].float() >= 0.5).byte().cpu().numpy()
-            self.samples.append(sample)
+        limit = self.num_images - len(self.samples)
+        self.samples += panel_samples(pl_module, batch, trainer.precision_plugin, limit)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer) or not self.samples:
@@ -119,6 +103,37 @@ class ValidationImageLogger(Callback):
             }
         )
         self.samples = []
+
+
+@torch.no_grad()
+def panel_samples(
+    pl_module: L.LightningModule, batch: dict[str, Any], precision: Any, limit: int
+) -> list[dict[str, Any]]:
+    """The panel entries of a validation batch's first ``limit`` images: image, ground truth,
+    prediction and Dice, and the thresholded auxiliary map where the model has one.
+
+    The prediction is the one the validation metrics score (``evaluate``: ``flip_tta`` and
+    ``keep_largest_lesion`` applied), under ``precision`` (the trainer's plugin) as in a
+    validation step."""
+    inputs = precision.convert_input(batch)
+    aux_map = getattr(pl_module, "aux_map", None)  # SemiSegCAW's
+    with precision.forward_context():
+        mask_logits, _ = pl_module.evaluate(inputs)
+        aux = aux_map(inputs) if aux_map is not None else None
+    pred = (torch.sigmoid(mask_logits.float()) >= 0.5).float()  # (B, 1, H, W)
+    samples = []
+    for i in range(min(limit, batch["image"].shape[0])):
+        sample = {
+            "id": batch["id"][i],
+            "image": _to_uint8(batch["image"][i]),
+            "truth": batch["mask"][i, 0].byte().cpu().numpy(),
+            "pred": pred[i, 0].byte().cpu().numpy(),
+            "dice": _dice(pred[i], batch["mask"][i]),
+        }
+        if aux is not None:
+            sample["aux"] = (aux[i, 0].float() >= 0.5).byte().cpu().numpy()
+        samples.append(sample)
+    return samples
 
 
 def unused_name(folder: Path, stem: str, suffix: str = ".yaml") -> str:

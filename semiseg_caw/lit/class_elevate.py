@@ -125,6 +125,9 @@ class ClassElevateSeg(SegmentationTask):
         out = self.net(batch["image"])
         mask, has_mask, label = batch["mask"], batch["has_mask"], batch["label"]
         class_only = batch["has_label"] & ~has_mask
+        # A lesion class: a normal image's mask is known to be empty, so no CAM target.
+        normal = self.hparams.normal_class
+        present = label >= 0 if normal is None else (label >= 0) & (label != normal)
         terms: dict[str, Tensor] = {}
         if "ce" in self.term_weights:
             terms["ce"] = cross_entropy_loss(out.class_logits, label, weight=self.ce_weight())
@@ -134,10 +137,8 @@ class ClassElevateSeg(SegmentationTask):
             terms["dice"] = dice_loss(out.mask_logits, mask, has_mask)
         if "cam" in self.term_weights:
             cam = self.net.cam(out.features, label.clamp(min=0), tuple(mask.shape[-2:]))
-            terms["cam"] = cam_consistency_loss(out.mask_logits, cam.detach(), class_only)
+            terms["cam"] = cam_consistency_loss(out.mask_logits, cam.detach(), class_only & present)
         if "presence" in self.term_weights:
-            normal = self.hparams.normal_class
-            present = label != normal if normal is not None else label >= 0
             terms["presence"] = lesion_presence_loss(
                 out.mask_logits, present, class_only, topk_fraction=self.hparams.presence_topk
             )

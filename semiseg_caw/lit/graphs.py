@@ -11,8 +11,9 @@ backward with one launch. Two scopes, both through ``torch.cuda.make_graphed_cal
   captured, and the way to graph ClassElevateSeg alone).
 
 A graph holds fixed shapes and addresses: other batch shapes, evaluation and
-``no_grad`` run eager. Capture runs warm-up passes on the first batch; buffers they
-update (BatchNorm statistics, DWA sums) are put back afterwards.
+``no_grad`` run eager. Capture runs warm-up passes (the objective's on the first batch, a
+network's on random inputs of its shape); buffers they update (BatchNorm statistics, DWA
+sums) are put back afterwards.
 """
 
 from __future__ import annotations

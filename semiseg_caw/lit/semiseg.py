@@ -47,6 +47,9 @@ class SemiSegCAW(SegmentationTask):
             ``aux_lr_scale`` times the learning rate), fine-tune only its ``decoder`` and
             heads (its encoder fixed: no backward pass through it, a cheaper step), or keep
             it ``frozen``.
+        layercam_layer: with ``aux_source: layercam``, the encoder stage(s) of the LayerCAM
+            maps: the ``deepest``, the ``penultimate`` (finer), or both ``fused`` (see
+            ``semiseg_caw.models.cam.layercam``); refused with another ``aux_source``.
         cache_aux_maps: with a fixed auxiliary model (``aux_mode: frozen``, or
             ``layercam``), compute every image's auxiliary map once at the start of
             ``fit`` and have the data module serve it (training maps get the images'
@@ -57,8 +60,8 @@ class SemiSegCAW(SegmentationTask):
             training step, which removes most kernel-launch overhead of small networks
             like MALUNet. When that capture fails, graph the backbone (and a fine-tuned
             auxiliary model) alone; when that fails too, run eager; each with a warning.
-            Static shapes: other batch shapes and evaluation run eager; graphed parts run
-            in float32 whatever the trainer's precision. Does nothing on a CPU or with
+            Static shapes: other batch shapes and evaluation run eager; graphs are captured
+            under the trainer's precision (as a training step runs). Does nothing on a CPU or with
             gradient accumulation (a warning says so). The stage-1 run inside ``fit``
             inherits it.
         aux_output_skip: also add a trainable multiple (starting at 0) of the auxiliary
@@ -120,6 +123,7 @@ class SemiSegCAW(SegmentationTask):
         backbone: Literal["malunet", "unext"] = "malunet",
         aux_source: Literal["classelevate", "layercam", "none"] = "classelevate",
         aux_mode: Literal["finetune", "decoder", "frozen"] = "finetune",
+        layercam_layer: Literal["deepest", "penultimate", "fused"] = "deepest",
         cache_aux_maps: bool = False,
         cuda_graphs: bool = False,
         aux_output_skip: bool = False,
@@ -167,6 +171,10 @@ class SemiSegCAW(SegmentationTask):
             raise ValueError("loss term 'aux' supervises a fine-tuned ClassElevateSeg only")
         if hp.aux_mode not in ("finetune", "decoder", "frozen"):
             raise ValueError(f"aux_mode must be finetune, decoder or frozen, got {hp.aux_mode!r}")
+        if hp.layercam_layer != "deepest" and hp.aux_source != "layercam":
+            raise ValueError(
+                "layercam_layer chooses the LayerCAM maps: it needs aux_source 'layercam'"
+            )
         if min(hp.ftv_alpha, hp.ftv_beta) < 0 or not 0 < hp.ftv_gamma < float("inf"):
             raise ValueError(
                 "ftv_alpha and ftv_beta must be >= 0 and ftv_gamma a finite number > 0, got "
@@ -174,14 +182,14 @@ class SemiSegCAW(SegmentationTask):
             )
         if not 0.5 < hp.pseudo_threshold < 1:
             raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp.pseudo_threshold}")
-        teacher = hp.get("pseudo_teacher", "aux")
+        teacher = hp.pseudo_teacher
         if teacher not in ("aux", "ema"):
             raise ValueError(f"pseudo_teacher must be aux or ema, got {teacher!r}")
         if teacher == "ema" and "pseudo" not in terms:
             raise ValueError("pseudo_teacher 'ema' teaches the 'pseudo' loss term: add it")
-        if teacher == "ema" and not 0 < hp.get("ema_decay", 0.99) < 1:
+        if teacher == "ema" and not 0 < hp.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1), got {hp.ema_decay}")
-        stage1_weights = hp.get("stage1_loss_weights") or {}
+        stage1_weights = hp.stage1_loss_weights or {}
         if set(stage1_weights) - set(STAGE1_TERMS) or any(w < 0 for w in stage1_weights.values()):
             raise ValueError(
                 f"stage1_loss_weights takes weights >= 0 of {STAGE1_TERMS}, got {stage1_weights}"
@@ -207,8 +215,9 @@ class SemiSegCAW(SegmentationTask):
             aux_frozen=hp.aux_mode == "frozen" or hp.aux_source == "layercam",
             use_classifier=hp.classifier,
             classifier_hidden=hp.classifier_hidden,
-            output_skip=hp.get("aux_output_skip", False),
-            aux_dropout=hp.get("aux_dropout", 0.0),
+            layercam_layer=hp.layercam_layer,
+            output_skip=hp.aux_output_skip,
+            aux_dropout=hp.aux_dropout,
             aux_encoder_frozen=hp.aux_source == "classelevate" and hp.aux_mode == "decoder",
         )
         if teacher == "ema" and self.net.skip_gain is not None:
@@ -346,8 +355,8 @@ class SemiSegCAW(SegmentationTask):
         net = self.net
         b, c, h, w = image.shape
         extra = 0 if net.aux_source == "none" else 1
-        # (name, network, example input); a fine-tuned aux map carries a gradient into the
-        # backbone's input, a fixed or cached one does not.
+        # (name, network, input shape, whether the input needs grad): a fine-tuned aux map
+        # carries a gradient into the backbone's input, a fixed or cached one does not.
         targets = [("backbone", net.backbone, (b, c + extra, h, w), net.aux_trainable)]
         if net.aux_trainable:
             targets.append(("aux model", net.aux_model, (b, c, h, w), False))
@@ -365,6 +374,15 @@ class SemiSegCAW(SegmentationTask):
         if not self.aux_maps_cached:
             return None
         return batch.get(AUX_MAP_KEY)
+
+    @torch.no_grad()
+    def aux_map(self, batch: dict[str, Any]) -> Tensor | None:
+        """The auxiliary map (B, 1, H, W) the networks see for ``batch``: the cached one, or
+        the auxiliary model's; None without an auxiliary model."""
+        if self.net.aux_model is None:
+            return None
+        cached = self._batch_aux_map(batch)
+        return cached if cached is not None else self.net.auxiliary(batch["image"])[0]
 
     # -- steps ----------------------------------------------------------------------------
     def forward(self, image: Tensor, aux_map: Tensor | None = None):
@@ -472,8 +490,3 @@ def mean_teacher(backbone: torch.nn.Module, decay: float) -> AveragedModel:
     statistics included), updated by ``update_parameters`` after each step; no gradients."""
     teacher = AveragedModel(backbone, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     return teacher.requires_grad_(False)
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of parameters of a module, trainable or not."""
-    return sum(p.numel() for p in module.parameters())

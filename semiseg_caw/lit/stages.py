@@ -49,15 +49,15 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         in_channels=hp.in_channels,
         encoder=hp.aux_encoder,
         normal_class=normal_class,
-        loss_weights=hp.get("stage1_loss_weights"),
-        cuda_graphs=hp.get("cuda_graphs", False),
+        loss_weights=hp.stage1_loss_weights,
+        cuda_graphs=hp.cuda_graphs,
         lr=hp.lr,
         weight_decay=hp.weight_decay,
         min_lr=hp.min_lr,
         max_bad_steps=hp.max_bad_steps,
-        balance_classes=hp.get("balance_classes", False),
-        flip_tta=hp.get("flip_tta", False),
-        keep_largest_lesion=hp.get("keep_largest_lesion", False),
+        balance_classes=hp.balance_classes,
+        flip_tta=hp.flip_tta,
+        keep_largest_lesion=hp.keep_largest_lesion,
     )
 
 

@@ -129,7 +129,7 @@ class PredictionWriter(BasePredictionWriter):
         output_dir: folder for the outputs (None: ``<default_root_dir>/predictions``).
         overwrite: replace outputs of an earlier run instead of refusing to start; they
             are kept until this run has finished.
-        threshold: probability above which a pixel is lesion.
+        threshold: probability at or above which a pixel is lesion.
         overlays: also write the overlay PNGs.
     """
 

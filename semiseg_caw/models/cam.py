@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from semiseg_caw.models.class_elevate import ClassElevateNet
+from semiseg_caw.models.class_elevate import ClassElevateNet, normalise_max
 
 LAYERCAM_LAYERS = ("deepest", "penultimate", "fused")
 _STAGES = {"deepest": (-1,), "penultimate": (-2,), "fused": (-2, -1)}
@@ -67,6 +67,6 @@ def layercam(
                 f"layer {layer!r} does not feed the classifier of {model.encoder_name}"
             )
         cam = F.relu((F.relu(grad) * act).sum(dim=1, keepdim=True))  # (B, 1, h, w)
-        cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-7)
+        cam = normalise_max(cam)
         maps.append(F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False))
     return torch.stack(maps).amax(dim=0).detach()  # (B, 1, H, W)

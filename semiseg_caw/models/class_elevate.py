@@ -118,11 +118,6 @@ class ClassElevateNet(nn.Module):
         """Channels of the deepest encoder features (512 for resnet18)."""
         return self.classifier.in_features
 
-    @property
-    def encoder_channels(self) -> list[int]:
-        """Channels of every encoder stage, shallowest first."""
-        return list(self.encoder.feature_info.channels())
-
     def forward(self, x: Tensor) -> ClassElevateOutput:
         """Mask logits (B, 1, H, W), class logits (B, num_classes) and deepest features."""
         stages = self.encode(x)
@@ -162,7 +157,7 @@ class ClassElevateNet(nn.Module):
             raise ValueError(f"target must have shape (B,), got {tuple(target.shape)}")
         weights = self.classifier.weight[target.long()]  # (B, C)
         cam = F.relu(torch.einsum("bc,bchw->bhw", weights, features)).unsqueeze(1)  # (B, 1, h, w)
-        cam = _normalise_max(cam)
+        cam = normalise_max(cam)
         return F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _init_decoder_and_heads(self) -> None:
@@ -199,6 +194,6 @@ def _create_encoder(name: str, in_channels: int, pretrained: bool) -> nn.Module:
         ) from err
 
 
-def _normalise_max(x: Tensor, eps: float = 1e-7) -> Tensor:
+def normalise_max(x: Tensor, eps: float = 1e-7) -> Tensor:
     """Divide each sample of a non-negative (B, 1, h, w) map by its maximum (eps-safe)."""
     return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)

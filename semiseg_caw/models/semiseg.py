@@ -184,7 +184,6 @@ def build_semiseg_net(
     aux_frozen: bool = False,
     use_classifier: bool = True,
     classifier_hidden: int = 64,
-    pretrained_aux: bool = False,
     layercam_layer: str = "deepest",
     output_skip: bool = False,
     aux_dropout: float = 0.0,
@@ -203,9 +202,7 @@ def build_semiseg_net(
     net = BACKBONES[backbone](in_channels=in_channels + extra, num_classes=1)
     aux_model = None
     if aux_source != "none":
-        aux_model = ClassElevateNet(
-            aux_encoder, in_channels=in_channels, num_classes=num_classes, pretrained=pretrained_aux
-        )
+        aux_model = ClassElevateNet(aux_encoder, in_channels=in_channels, num_classes=num_classes)
     classifier = None
     if use_classifier:
         classifier = AuxGuidedClassifier(

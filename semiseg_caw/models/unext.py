@@ -97,7 +97,9 @@ class UNeXt(nn.Module):
         embed_dims: widths of the third conv stage / first token stage / bottleneck.
         conv_dims: widths of the first two conv stages (the reference's 16, 32).
         drop_rate: dropout inside the tokenised MLPs.
-        drop_path_rate: stochastic depth, spread over the two token levels as in the reference.
+        drop_path_rate: stochastic depth, spread as in the reference: linearly from 0 over
+            its three levels (0, rate/2, rate), of which the two token levels take the
+            first two (the decoder's blocks mirror the encoder's).
         shift_size: number of channel groups shifted in the tokenised MLPs.
 
     Inputs must have height and width divisible by 32.
@@ -146,7 +148,9 @@ class UNeXt(nn.Module):
         self.ebn3 = nn.BatchNorm2d(e0)
 
         # Tokenised MLP stages (stage 4 and bottleneck) and their decoder mirrors.
-        dpr = torch.linspace(0, drop_path_rate, 2).tolist()
+        # The reference's linspace(0, rate, sum(depths)) with depths [1, 1, 1]: 0, rate/2,
+        # rate, of which only the first two are used.
+        dpr = torch.linspace(0, drop_path_rate, 3).tolist()
         self.patch_embed3 = OverlapPatchEmbed(e0, e1)
         self.patch_embed4 = OverlapPatchEmbed(e1, e2)
         self.block1 = ShiftedBlock(e1, drop_rate, dpr[0], shift_size)
@@ -171,8 +175,15 @@ class UNeXt(nn.Module):
         self.final = nn.Conv2d(c0, num_classes, 1)
 
         # The reference initialises only its token-stage modules this way.
-        token_stages = (self.patch_embed3, self.patch_embed4, self.block1, self.block2)
-        for m in (*token_stages, self.dblock1, self.dblock2):
+        token_stages = (
+            self.patch_embed3,
+            self.patch_embed4,
+            self.block1,
+            self.block2,
+            self.dblock1,
+            self.dblock2,
+        )
+        for m in token_stages:
             m.apply(_init_weights)
 
     def forward(self, x: Tensor) -> SegOutput:

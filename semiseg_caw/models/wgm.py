@@ -6,8 +6,9 @@ Every scheme sits behind :class:`LossWeighting`, so a config switch picks one:
 - ``uncertainty`` (alias ``wgm``, the default): trainable ``s_i``, objective
   ``sum_i exp(-s_i) * L_i + s_i`` (Kendall et al. 2018, without the 1/2 factors);
 - ``imtl``: IMTL-L loss scaling, objective ``sum_i exp(s_i) * L_i - s_i``
-  (Liu et al. 2021); :func:`imtl_gradient_weights` gives the IMTL-G combination
-  of shared-parameter gradients;
+  (Liu et al. 2021). :func:`imtl_gradient_weights` implements IMTL-G, the combination
+  of shared-parameter gradients, but no training option uses it yet: ``imtl`` trains
+  with IMTL-L alone;
 - ``dwa``: dynamic weight average (Liu et al. 2019) from the ratio of recent
   epoch-mean losses.
 
@@ -218,6 +219,7 @@ def imtl_gradient_weights(grads: Sequence[Tensor], eps: float = 1e-12) -> Tensor
     unit gradient ``u_i = g_i / |g_i|`` (Liu et al., ICLR 2021, closed form
     ``alpha_{2..t} = g_1 U^T (D U^T)^{-1}`` with rows ``D_i = g_1 - g_i``,
     ``U_i = u_1 - u_i``). A pseudo-inverse covers degenerate (parallel) gradients.
+    No training option calls it yet (``weighting: imtl`` is IMTL-L only).
 
     Args:
         grads: one gradient per task over the same shared parameters (any shape).
