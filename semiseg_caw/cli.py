@@ -60,7 +60,11 @@ WANDB_LOGGER = {
 
 # The two checkpoint callbacks: the best on val/dice, and last.ckpt for resuming.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
-STAGE1_SETTINGS = ("stage1_epochs", "stage1_loss_weights")  # used by a stage 1 run in fit
+STAGE1_SETTINGS = (
+    "stage1_epochs",
+    "stage1_loss_weights",
+    "stage1_pretrained",
+)  # used by a stage 1 run in fit
 
 
 class SemiSegArgumentParser(LightningArgumentParser):

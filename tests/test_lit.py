@@ -115,6 +115,24 @@ def test_stage1_run_takes_its_loss_weights_from_the_model() -> None:
     assert "cam" not in no_cam.term_weights and no_cam.term_weights["presence"] == 0.5
 
 
+def test_stage1_run_starts_from_imagenet_weights_when_asked(monkeypatch) -> None:
+    from semiseg_caw.lit.stages import stage1_module
+    from semiseg_caw.models import class_elevate
+
+    asked = []
+    create = class_elevate.timm.create_model
+
+    def recording(*args, pretrained=False, **kwargs):  # no download: record, build random
+        asked.append(pretrained)
+        return create(*args, pretrained=False, **kwargs)
+
+    models = [SemiSegCAW(aux_encoder="resnet10t", stage1_pretrained=p) for p in (False, True)]
+    monkeypatch.setattr(class_elevate.timm, "create_model", recording)
+    for model in models:
+        stage1_module(model)
+    assert asked == [False, True]
+
+
 def test_balance_classes_weighs_cross_entropy_by_the_training_split(
     make_trainer: MakeTrainer,
 ) -> None:

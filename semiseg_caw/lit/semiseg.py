@@ -78,6 +78,8 @@ class SemiSegCAW(SegmentationTask):
         stage1_loss_weights: loss weights of that stage-1 run, by term (``ce, bce,
             dice, cam, presence, consistency``; see ``ClassElevateSeg``); None keeps
             its defaults.
+        stage1_pretrained: that stage-1 run starts its encoder from ImageNet weights
+            (timm's; they must be downloadable or in the Hugging Face cache).
         aux_lr_scale: learning-rate factor of the auxiliary model when fine-tuned.
         classifier: add the auxiliary-map-guided classification head.
         classifier_hidden: width of the classification head's hidden layer.
@@ -132,6 +134,7 @@ class SemiSegCAW(SegmentationTask):
         stage1_checkpoint: str | None = None,
         stage1_epochs: int | None = None,
         stage1_loss_weights: dict[str, float] | None = None,
+        stage1_pretrained: bool = False,
         aux_lr_scale: float = 0.1,
         classifier: bool = True,
         classifier_hidden: int = 64,
