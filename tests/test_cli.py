@@ -144,13 +144,17 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         ["validate", f"--config={demo}", *small, f"--ckpt_path={ckpt}", "--model.flip_tta", "true"]
     )
     assert cli.model.hparams.flip_tta is True and cli.model.hparams.stage1_epochs == 1
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    for key, value in cli.model.state_dict().items():
+        torch.testing.assert_close(value, saved[key], msg=key)
     # The best checkpoint has the weights only (no AdamW moments: a third of the bytes) and
     # tests the same way; last.ckpt has everything a resumed run needs.
     (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
     assert "optimizer_states" not in torch.load(best, weights_only=True)
     assert "optimizer_states" in torch.load(ckpt, weights_only=True)
     cli = main(["test", f"--config={demo}", *small, f"--ckpt_path={best}"])
-    assert 0.0 <= float(cli.trainer.callback_metrics["test/dice"]) <= 1.0
+    best_metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert best_metrics == pytest.approx(metrics)  # one epoch: the same weights as last.ckpt
     # With neither a config nor a model, the checkpoint's class and data options are taken.
     quick = [
         "--trainer.limit_test_batches=1",

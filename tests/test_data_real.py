@@ -116,6 +116,6 @@ def test_ddti_datamodule_with_committed_split_and_budget(shared_data):
         dm.setup("fit")
     kinds = Counter(s.kind for s in dm.splits["train"])
     assert kinds == {"full": 294 - 48, "class_only": 48, "mask_only": 209}
-    assert {len(dm.splits["val"]), len(dm.splits["test"])} == {42, 85}
+    assert (len(dm.splits["val"]), len(dm.splits["test"])) == (42, 85)
     batch = next(iter(dm.train_dataloader()))
     assert (batch["has_label"] & ~batch["has_mask"]).sum() == 2

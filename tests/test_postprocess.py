@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from semiseg_caw import SemiSegCAW
-from semiseg_caw.export import _metadata
+from semiseg_caw.export import InferenceModel, _metadata
 from semiseg_caw.lit.stages import stage1_module
 from semiseg_caw.lit.writer import PredictionWriter
 from semiseg_caw.postprocess import REMOVED_LOGIT, keep_largest_region
@@ -50,9 +50,11 @@ def test_evaluation_keeps_the_largest_lesion_when_asked_but_export_does_not() ->
         raw, raw_class = model.evaluate_batch({"image": image})
         kept, kept_class = model.evaluate({"image": image})
         exported, _ = model.evaluate({"image": image}, postprocess=False)
+        traced = InferenceModel(model)(image)[0]  # what the ONNX export traces
     assert not torch.equal(kept, raw)  # the untrained model's masks have many regions
     assert torch.equal(kept, keep_largest_region(raw)) and torch.equal(kept_class, raw_class)
     assert torch.equal(exported, raw)
+    assert torch.equal(traced, torch.sigmoid(raw))
     assert _metadata(model, 32)["keep_largest_lesion"] == "true"
     assert stage1_module(model).hparams.keep_largest_lesion
     assert SemiSegCAW(aux_encoder="resnet10t").hparams.keep_largest_lesion is False
