@@ -23,5 +23,10 @@ for dataset in busi ddti; do
         "$python" benchmarks/shrink_data.py "$dataset" "$data/$dataset" ".device-data/$dataset" --size 256
     fi
 done
-git rev-parse --short HEAD > .device-data/COMMIT  # no .git travels to the device
+# No .git travels to the device; "-dirty" where the code the runs use has changes.
+rev=$(git rev-parse --short HEAD)
+if [ -n "$(git status --porcelain -- semiseg_caw configs benchmarks ':!benchmarks/results')" ]; then
+    rev=$rev-dirty
+fi
+echo "$rev" > .device-data/COMMIT
 du -sh .whl .device-data

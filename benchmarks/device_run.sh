@@ -19,7 +19,8 @@
 # unpack <files_at>/bench.tgz, copy its results/* and the speed tables to benchmarks/results/
 # (the tables name the device's hardware) and regenerate the README section:
 #   python -c "import sys; sys.path.insert(0, 'benchmarks'); import report; report.update_readme()"
-# The per-run records come back in bench.tgz under runs/ (checkpoints stay there).
+# The per-run records come back in bench.tgz under runs/<dataset>-<budget>[-<options>]/
+# (checkpoints stay there).
 #
 # Usage: device_run.sh all [DATASETS] [SECONDS] [BUDGET]   (default busi 560 gpu: the GPU
 #                                     tests, then run.py's BUDGET rows, 9 runs at once,
@@ -80,7 +81,12 @@ gpu_tests() {  # CUDA graphs train like eager; augmentation on the device matche
 # checkpoints stay.
 bench() {
     local dataset=$1 budget=$2 parallel=$3 seconds=$4; shift 4
-    local work=/tmp/bench-work/$dataset  # one folder per data set: row names repeat
+    # One folder per data set, budget and settings (row names repeat; run.py refuses a run
+    # fitted with other settings): calls with other options on one warm machine never share.
+    local settings
+    settings=$(echo "$* ${BENCH_ARGS:-}" | tr -cs 'A-Za-z0-9.=' '_' | sed 's/^_*//; s/_*$//')
+    local name=$dataset-$budget${settings:+-$settings}
+    local work=/tmp/bench-work/$name
     # The committed tables' runs stay in the new tables where this call does not rerun them.
     mkdir -p /tmp/bench-out/results
     cp -n benchmarks/results/"$dataset-$budget"*.json /tmp/bench-out/results/ 2>/dev/null
@@ -94,8 +100,8 @@ bench() {
         | quiet | tail -5 | tee -a "$log"
     (cd "$work" && find . -name "*.json" -o -name "log.txt" -o -name "metrics.csv") \
         | while read -r f; do
-            mkdir -p "/tmp/bench-out/runs/$dataset/$(dirname "$f")"
-            cp "$work/$f" "/tmp/bench-out/runs/$dataset/$f"
+            mkdir -p "/tmp/bench-out/runs/$name/$(dirname "$f")"
+            cp "$work/$f" "/tmp/bench-out/runs/$name/$f"
         done
     tar -czf "$OUT/bench.tgz" -C /tmp/bench-out . && echo "== packed $OUT/bench.tgz" | tee -a "$log"
 }

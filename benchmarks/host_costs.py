@@ -2,8 +2,9 @@
 
 - Logging: the median training-step time of SemiSeg-CAW (aux model off, 32 px, batch 8) with
   its loss terms and WGM weights logged on every step (``log_every_n_steps=1``) against only
-  on the steps a logger writes (``log_every_n_steps=50``, the default; no step in the timed
-  window is one). The difference is what logging the skipped values would cost.
+  on the steps a logger writes (``log_every_n_steps=50``, the default; with the default
+  ``--steps 60`` one step of the timed window, the 50th, is one, and the median over the
+  window's steps absorbs it). The difference is what logging the skipped values would cost.
 - Checkpoints: the size of a SemiSeg-CAW checkpoint with a fine-tuned ResNet-18 auxiliary
   model (weights and AdamW moments, as ``last.ckpt``; weights only, as a best checkpoint)
   and the seconds ``Trainer.save_checkpoint`` takes to write it.
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         f"- hardware: {describe(machine())} at the end (the CPU may be shared)",
         f"- software: Python {sys.version.split()[0]}, torch {torch.__version__}, 1 torch thread",
         f"- logging: SemiSeg-CAW without auxiliary model (terms bce, dice, ce; WGM), 32 px, "
-        f"batch 8, {args.steps} steps per run, median gap between step ends after 5 steps; "
+        f"batch 8, {args.steps} steps per run, median gap between step ends after 5 steps "
+        "(the median absorbs the logger steps, every 50th, of the second column's runs); "
         f"{RUNS} interleaved pairs",
         "- checkpoint: SemiSeg-CAW with a fine-tuned ResNet-18 ClassElevateSeg, after one "
         "AdamW step; `Trainer.save_checkpoint` to a local temporary folder, median of 3",

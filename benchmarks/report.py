@@ -26,6 +26,7 @@ from protocol import (  # noqa: E402
     SEG_KEYS,
     TEST_TIME_SETTINGS,
     VARIANTS,
+    stage1_source,
     suffix,
 )
 
@@ -64,6 +65,8 @@ def summarise(records: list[dict], order: list[str]) -> list[dict]:
             continue
         entry = {k: runs[0][k] for k in ("row", "method", "backbone", "class_only")}
         entry["seeds"] = sorted(r["seed"] for r in runs)
+        commits = sorted({r["commit"] for r in runs if r.get("commit")})
+        entry["commits"] = commits + ["?"] * any(not r.get("commit") for r in runs)
         for key, short in METRICS:
             entry[short] = _stats([r["metrics"].get(key) for r in runs])
         for key in COSTS:
@@ -94,12 +97,13 @@ def markdown(report: dict) -> str:
         f"{long_note(report)}); seeds {report['seeds']};"
         " data split and class-only selection fixed (seed 42, "
         f"`configs/splits/{ds}.json`).",
-        "- Checkpoint: best on validation Dice (`val/dice`); every number below is on the"
-        " **test** split. Pooled metrics: one confusion matrix over all test pixels at the"
+        "- Checkpoint: best on validation Dice (`val/dice`); the metrics are those of the"
+        " **test** split (gaps marked validation excepted; the second table gives costs)."
+        " Pooled metrics: one confusion matrix over all test pixels at the"
         " run's resolution; per image: mean over test images. Mean ± std over seeds.",
         f"- Commit `{report['commit']}`; hardware: {hw['cpu']}, {hw['cores']} cores, "
-        f"{hw['gpu'] or 'no GPU'} (torch {hw['torch']}; the CPU was shared with other jobs, "
-        "so times are upper bounds); fit wall time summed over the runs "
+        f"{hw['gpu'] or 'no GPU'} (torch {hw['torch']}{shared_cpu_note(hw)}); fit wall time "
+        "summed over the runs "
         f"{sum(r.get('fit_wall_s') or 0 for r in report['runs']) / 60:.1f} min; this "
         f"invocation {report['wall_s'] / 60:.1f} min"
         f"{' (tables rebuilt from finished runs)' if report.get('report_only') else ''}.",
@@ -120,8 +124,8 @@ def markdown(report: dict) -> str:
         "| row | params (total) | params (core, without ClassElevateSeg) | s / epoch (stage 2,"
         " train) | s / epoch (stage 2, with val) | s / epoch (stage 1, with val, data setup"
         " spread over the epochs) | inference ms / image"
-        " (test loop) | best epoch | fit wall (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " (test loop) | best epoch | fit wall (min) | commits |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         p, pc = r["params"]["mean"], r["params_core"]["mean"]
@@ -133,10 +137,11 @@ def markdown(report: dict) -> str:
             _fmt(r["epoch_s"], 1),
             _fmt(r["stage1_epoch_s"], 1),
             _fmt(r["infer_ms_per_image"], 1),
-            _fmt(r["best_epoch"], 0),
+            _fmt(r["best_epoch"], 1),
         ]
         wall = r["fit_wall_s"]["mean"]
         cells.append(f"{wall / 60:.1f}" if wall else "–")
+        cells.append(", ".join(r.get("commits") or ["?"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *comparison(report), ""]
     if report.get("plot"):
@@ -154,9 +159,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shared_cpu_note(hw: dict) -> str:
+    """On a machine without a GPU the benchmark shared the CPU with other jobs."""
+    return (
+        "" if hw.get("gpu") else "; the CPU was shared with other jobs, so times are upper bounds"
+    )
+
+
 def epochs_of(report: dict, row: dict) -> int:
-    """The epochs a table row trained for: the budget's, or its long_epochs for a long row."""
-    return (report.get("long_epochs") or 0) if row["method"] in LONG else report["epochs"]
+    """The epochs a table row trained for: the budget's, its long_epochs for a long row, or
+    stage 1's for a stage 1 tested alone."""
+    if row["method"] in LONG:
+        return report.get("long_epochs") or 0
+    if row["method"] == "classelevate-alone":
+        return report["stage1_epochs"] or report["epochs"]
+    return report["epochs"]
 
 
 def long_note(report: dict) -> str:
@@ -197,9 +214,12 @@ def comparison(report: dict) -> list[str]:
         and epochs_of(report, r) < 100
     ]
     if stalled:
+        alone = any(by[name]["method"] == "classelevate-alone" for name in stalled)
+        stage1 = f"; stage 1 alone: {report['stage1_epochs'] or report['epochs']}" if alone else ""
         out.append(
             f"- Caution: the best validation epoch of {', '.join(stalled)} is the last "
-            f"one ({report['epochs']} epochs{long_note(report)}): still improving when stopped."
+            f"one ({report['epochs']} epochs{long_note(report)}{stage1}): still improving "
+            "when stopped."
         )
     semi = [r for r in report["rows"] if r["method"] == "semiseg-caw"]
     if semi and report["epochs"] < 100 and semi[0]["params"]["mean"]:
@@ -259,8 +279,9 @@ def bar_lines(report: dict, by: dict[str, dict]) -> list[str]:
 
 
 def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str) -> list[str]:
-    """SemiSeg-CAW, and its long frozen-aux-cached variants, against the baselines trained
-    ``long_epochs``, with the fit minutes of each: the bar once no baseline is short of training."""
+    """SemiSeg-CAW, its long frozen-aux-cached variants and its long-both aux-dropout rows
+    against the baselines trained ``long_epochs``, with the fit minutes of each: the bar once
+    no baseline is short of training."""
     long = (f"{bb}-reduced{sfx}-long", f"{bb}-full-long")
     if not any(name in by for name in long):
         return []
@@ -303,27 +324,78 @@ def stage1_row(record: dict) -> str | None:
     return Path(record["stage1_from"]).parts[-5] if record.get("stage1_from") else None
 
 
+def own_stage1(report: dict, by: dict[str, dict], name: str) -> str:
+    """For a row meant to reuse another's stage 1 (``stage1_source``), whose runs trained
+    their own instead (their source had not finished): they differ from it in stage 1 too."""
+    row = by[name]
+    meant = {"name": name, "method": row["method"], "class_only": row["class_only"]}
+    if stage1_source(meant, report["dataset"]) is None:
+        return ""
+    own = sorted(r["seed"] for r in report["runs"] if r["row"] == name and not r.get("stage1_from"))
+    if not own:
+        return ""
+    if own == row["seeds"]:
+        return "; trained its own stage 1 (not shared)"
+    return f"; seed{'s' if len(own) > 1 else ''} {_seeds(own)} trained its own stage 1 (not shared)"
+
+
+def other_stage1(report: dict, row: str, reference: str) -> list[int]:
+    """The seeds at which the runs of ``row`` and ``reference`` stand on different stage 1s."""
+    source = {
+        (r["row"], r["seed"]): stage1_row(r) or r["row"]
+        for r in report["runs"]
+        if r["row"] in (row, reference)
+    }
+    return sorted(
+        seed
+        for (name, seed), used in source.items()
+        if name == row and source.get((reference, seed), used) != used
+    )
+
+
 def against_bar(report: dict, by: dict[str, dict], row: str, reduced: str, full: str) -> list[str]:
-    """How ``row`` stands against the bar: above the ``reduced`` row, level with ``full``."""
+    """How ``row`` stands against the bar: above the ``reduced`` row, level with ``full``;
+    each decided on the Dice gap as printed (see ``bar_gap``)."""
     semi, red, full = by.get(row), by.get(reduced), by.get(full)
     if not semi or semi["dice"]["mean"] is None:
         return []
-    s = semi["dice"]["mean"]
     parts = []
     if red and red["dice"]["mean"] is not None:
-        d = s - red["dice"]["mean"]
-        parts.append(
-            f"{'above' if d > 0 else 'NOT above'} {red['row']} ({d:+.3f} Dice; "
-            f"paired {gap(report, row, red['row'])})"
-        )
+        d, text = bar_gap(report, by, row, reduced)
+        parts.append(f"{'above' if d > 0 else 'NOT above'} {reduced} ({text})")
     if full and full["dice"]["mean"] is not None:
-        d = s - full["dice"]["mean"]
+        d, text = bar_gap(report, by, row, full["row"])
         level = "level with or above" if d >= -0.01 else "below"
-        parts.append(
-            f"{level} {full['row']} ({d:+.3f} Dice; paired "
-            f"{gap(report, row, full['row'])}; 'level' = within 0.01)"
-        )
+        parts.append(f"{level} {full['row']} ({text}; 'level' = within 0.01)")
     return parts
+
+
+def bar_gap(report: dict, by: dict[str, dict], row: str, other: str) -> tuple[float, str]:
+    """The Dice gap of ``row`` over ``other`` that a verdict is decided on, and its text:
+    paired by seed over the seeds both ran, with the row means beside it where their seeds
+    differ; the row means alone, said so, where none is common. Verdicts take the unrounded
+    gap: printed to 3 decimals, or to 4 where 3 would round it across a threshold."""
+    # Six decimals: float noise (0.65 - 0.66 is -0.0100000000000000089) decides nothing.
+    means = round(by[row]["dice"]["mean"] - by[other]["dice"]["mean"], 6)
+    counts = f"{len(by[row]['seeds'])} and {len(by[other]['seeds'])} seeds"
+    if (found := paired(report, row, other)) is None:
+        return means, f"Dice row means {_signed(means)}, unpaired: no seed in common"
+    d, seeds = round(found[0], 6), found[1]
+    text = f"Dice paired {_signed(d)} over seed{'s' if len(seeds) > 1 else ''} {_seeds(seeds)}"
+    if not seeds == by[row]["seeds"] == by[other]["seeds"]:
+        text += f"; row means {_signed(means)} over {counts}"
+    return d, text
+
+
+def _signed(gap: float) -> str:
+    """``gap`` to 3 decimals, or 4 where 3 would move it across 0 or -0.01 (the bar's
+    thresholds), so that the printed number never contradicts the verdict."""
+    for threshold in (0.0, -0.01):
+        if (gap > threshold) != (round(gap, 3) > threshold) or (gap >= threshold) != (
+            round(gap, 3) >= threshold
+        ):
+            return f"{gap:+.4f}"
+    return f"{gap:+.3f}"
 
 
 def chosen_on_validation(report: dict, by: dict[str, dict], bb: str) -> list[str]:
@@ -406,10 +478,12 @@ def _dice(run: dict, split: str) -> float | None:
     return run["metrics"].get("seg/dice") if split == "test" else run.get("val_dice")
 
 
-def gap(report: dict, row: str, other: str, split: str = "test") -> str | None:
+def paired(
+    report: dict, row: str, other: str, split: str = "test"
+) -> tuple[float, list[int]] | None:
     """Dice of ``row`` minus ``other`` on ``split`` (test, or val: each run's best
-    validation Dice), paired by seed: the mean of the per-seed differences over the seeds
-    both rows ran (rows of different seeds are not compared)."""
+    validation Dice), paired by seed: the mean of the per-seed differences, and the seeds
+    both rows ran (rows of different seeds are not compared); None where they share none."""
     dice = {}
     for r in report["runs"]:
         value = _dice(r, split)
@@ -420,8 +494,19 @@ def gap(report: dict, row: str, other: str, split: str = "test") -> str | None:
     )
     if not seeds:
         return None
-    mean = statistics.mean(dice[row, s] - dice[other, s] for s in seeds)
-    return f"{mean:+.3f} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    return statistics.mean(dice[row, s] - dice[other, s] for s in seeds), seeds
+
+
+def _seeds(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def gap(report: dict, row: str, other: str, split: str = "test") -> str | None:
+    """``paired`` as text: "+0.012 (seeds 0, 1, 2)"."""
+    if (found := paired(report, row, other, split)) is None:
+        return None
+    mean, seeds = found
+    return f"{mean:+.3f} (seed{'s' if len(seeds) > 1 else ''} {_seeds(seeds)})"
 
 
 def stage1_alone(report: dict, row: str, reference: str) -> str:
@@ -458,14 +543,25 @@ LONG_PAIRS = {
 
 def long_pairs(report: dict, by: dict[str, dict], backbone: str) -> list[str]:
     """The LONG_PAIRS rows of a backbone, each as a seed-paired gap (test; validation) to
-    SemiSeg-CAW on the same long stage 1 and stage-2 schedule."""
+    SemiSeg-CAW on the same long stage 1 and stage-2 schedule; where some seeds' runs stand
+    on different stage 1s, the line says so."""
     reference = f"{backbone}-frozen-aux-cached-long-both"
     gaps = []
     for method, change in LONG_PAIRS.items():
         name = f"{backbone}-{method}"
         if name in by and (g := gap(report, name, reference)):
             val = gap(report, name, reference, "val")
-            gaps.append(f"  - {name} ({change}): {g}" + (f"; validation {val}" if val else ""))
+            other = other_stage1(report, name, reference) if method in LONG_STAGE1 else []
+            gaps.append(
+                f"  - {name} ({change}): {g}"
+                + (f"; validation {val}" if val else "")
+                + (
+                    f"; not on the same stage 1 at seed{'s' if len(other) > 1 else ''} "
+                    f"{_seeds(other)} (a stage-1 difference too)"
+                    if other
+                    else ""
+                )
+            )
     if not gaps:
         return []
     return [f"- Against {reference}, the seed-paired gap (test; validation):", *gaps]
@@ -522,6 +618,7 @@ def controls(report: dict, by: dict[str, dict]) -> list[str]:
                         f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}"
                         + (f"; validation {val}" if val else "")
                         + stage1_alone(report, name, f"classelevate-alone{sfx}")
+                        + own_stage1(report, by, name)
                     )
             if gaps:
                 out += [
@@ -572,7 +669,7 @@ def plot(report: dict, path: Path) -> str | None:
     ax.set_ylabel("test Dice (pooled)")
     ax.set_title(
         f"{report['dataset'].upper()} — budget {report['budget']} "
-        f"({report['image_size']} px, {report['epochs']} ep.); red: paper",
+        f"({report['image_size']} px, {report['epochs']} ep.{long_note(report)}); red: paper",
         fontsize=9,
     )
     ax.set_ylim(0, 1)

@@ -35,6 +35,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -48,6 +49,8 @@ from protocol import (  # noqa: E402
     BASELINES,
     BUDGETS,
     CLASS_ONLY,
+    LONG,
+    LONG_STAGE1,
     PAPER,
     all_rows,
     select_rows,
@@ -267,6 +270,12 @@ def shared_stage1(job: dict) -> Path | None:
     return best[-1] if best else None
 
 
+def source_stage1_epochs(ckpt: Path, default: int) -> int:
+    """The epochs of the reused stage 1 ``ckpt``: its run's spec's (``default`` if unknown)."""
+    spec = ckpt.parents[2] / "spec.json"
+    return json.loads(spec.read_text()).get("stage1_epochs", default) if spec.is_file() else default
+
+
 def _run_worker(rundir: Path, spec: dict, threads: int, name: str) -> None:
     spec_file = rundir / name
     spec_file.write_text(json.dumps(spec, indent=1))
@@ -338,20 +347,10 @@ def stage1_epochs_of(row: dict, budget: dict) -> int | None:
     return budget["long_stage1_epochs"] if row.get("long_stage1") else budget["stage1_epochs"]
 
 
-def run_one(job: dict, threads: int, force: bool) -> dict:
-    """Fit (unless done) and test one row and seed in a subprocess; returns its record."""
-    rundir: Path = job["dir"]
-    result_file = rundir / "result.json"
-    if result_file.is_file() and not force:
-        test_stage1(job, threads)
-        return json.loads(result_file.read_text())  # as test_stage1 may have added to it
-    if force and rundir.exists():
-        import shutil
-
-        shutil.rmtree(rundir)
-    rundir.mkdir(parents=True, exist_ok=True)
-    started_at = commit(*DIRTY_PATHS)  # the code the run used (the tree may change while it runs)
-    budget, row = job["budget"], job["row"]
+def worker_spec(job: dict, stage1: Path | None) -> dict:
+    """The worker's spec of a run: its fit and test arguments; ``stage1`` the checkpoint of
+    a stage 1 it reuses (None: it trains its own, if it has one)."""
+    rundir, budget, row = job["dir"], job["budget"], job["row"]
     common = run_args(job["dataset"], row, budget, job["data_root"])
     fit = [
         *common,
@@ -363,18 +362,82 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
         *budget["trainer"],
     ]
     fit += [option for key, option in SPEED_LEVERS.items() if job.get(key)]
-    stage1 = shared_stage1(job)
     if stage1 is not None:
         fit.append(f"--model.init_args.stage1_checkpoint={stage1}")
     elif row["method"] not in BASELINES and stage1_epochs_of(row, budget):
         fit.append(f"--model.init_args.stage1_epochs={stage1_epochs_of(row, budget)}")
     test = [*common, f"--trainer.default_root_dir={rundir / 'test'}", "--trainer.logger=false"]
-    spec = {
+    return {
         "dir": str(rundir),
         "fit": fit,
         "test": test,
         "stage1_epochs": stage1_epochs_of(row, budget) or budget["epochs"],
     }
+
+
+# Fit options that say where a run lies, not how it trains (they differ between checkouts
+# and machines); and how it gets its stage 1 (trained, or reused from a run of the same
+# settings), compared through the spec's stage1_epochs instead.
+WHERE = (
+    "--trainer.default_root_dir=",
+    "--trainer.logger.init_args.save_dir=",
+    "--data.root=",
+    "--model.init_args.stage1_checkpoint=",
+    "--model.init_args.stage1_epochs=",
+)
+
+
+def fit_settings(spec: dict) -> list[str]:
+    """How a spec's run trains: its fit arguments but those in WHERE, and its stage-1 epochs."""
+    return [a for a in spec["fit"] if not a.startswith(WHERE)] + [
+        f"stage 1: {spec.get('stage1_epochs')} epochs"
+    ]
+
+
+def reuse_conflict(job: dict) -> str | None:
+    """Why the run already in ``job["dir"]`` (finished, or to resume) cannot be reused for
+    ``job``: it was fitted with other settings (e.g. another --long-epochs, which the folder
+    name does not hold). None when it can, or when there is none."""
+    spec_file = job["dir"] / "spec.json"
+    if not spec_file.is_file():
+        return None
+    before, now = (
+        fit_settings(json.loads(spec_file.read_text())),
+        fit_settings(worker_spec(job, None)),
+    )
+    if before == now:
+        return None
+    changed = [f"-{a}" for a in before if a not in now] + [f"+{a}" for a in now if a not in before]
+    return f"{job['dir']} was fitted with other settings ({', '.join(changed) or 'their order'})"
+
+
+def refuse_reuse(conflicts: list[str]) -> None:
+    if conflicts:
+        raise SystemExit(
+            "\n".join(conflicts) + "\ngive --force to train them again, or another --work"
+        )
+
+
+def run_one(job: dict, threads: int, force: bool) -> dict:
+    """Fit (unless done) and test one row and seed in a subprocess; returns its record."""
+    rundir: Path = job["dir"]
+    result_file = rundir / "result.json"
+    if not force:
+        refuse_reuse([c] if (c := reuse_conflict(job)) else [])
+    if result_file.is_file() and not force:
+        test_stage1(job, threads)
+        return json.loads(result_file.read_text())  # as test_stage1 may have added to it
+    if force and rundir.exists():
+        import shutil
+
+        shutil.rmtree(rundir)
+    rundir.mkdir(parents=True, exist_ok=True)
+    started_at = commit(*DIRTY_PATHS)  # the code the run used (the tree may change while it runs)
+    row = job["row"]
+    stage1 = shared_stage1(job)
+    if stage1 is None and (source := stage1_source(row, job["dataset"])):
+        print(f"{row['name']}: no finished {source} run to share stage 1 with: trains its own")
+    spec = worker_spec(job, stage1)
     _run_worker(rundir, spec, threads, "spec.json")
     timing_file = rundir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
@@ -385,6 +448,9 @@ def run_one(job: dict, threads: int, force: bool) -> dict:
         record["stage1_from"] = str(
             stage1.relative_to(REPO) if stage1.is_relative_to(REPO) else stage1
         )
+        record["stage1_epochs"] = source_stage1_epochs(stage1, spec["stage1_epochs"])
+    elif (rundir / "stage1").is_dir():  # trained its own
+        record["stage1_epochs"] = spec["stage1_epochs"]
     result_file.write_text(json.dumps(record, indent=1))
     drop_resume_checkpoints(rundir)
     test_stage1(job, threads)
@@ -452,6 +518,7 @@ def test_stage1(job: dict, threads: int) -> None:
     timing_file = rundir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     record = _record(job, derived, tested, parent.get("commit"), {})
+    record["epochs"] = stage1_epochs_of(row, job["budget"]) or job["budget"]["epochs"]  # stage 1's
     record["stage1_epoch_s"] = timing.get("stage1_epoch_s")
     record["val_dice"] = best_val_dice(rundir / "stage1" / "logs")  # stage 1's, not stage 2's
     record.update({key: parent.get(key, False) for key in SPEED_LEVERS})
@@ -508,6 +575,51 @@ def machines(records: list[dict]) -> list[dict]:
     return [{**e, "rows": sorted(e["rows"])} for e in out]
 
 
+# ----------------------------------------------------------------------------- schedule
+
+# The -long rows' schedule, each as its report key, the record's field and the rows it is of.
+LONG_SCHEDULE = (
+    ("long_epochs", "epochs", LONG),
+    ("long_stage1_epochs", "stage1_epochs", LONG_STAGE1),
+)
+
+
+def long_schedule(records: list[dict], given: dict, fallback: dict) -> dict:
+    """The epochs a table's -long rows trained (and their stage 1's): those their records
+    hold, which must agree with each other and with ``given`` (the options' values, None
+    where not given); else ``given``'s, else ``fallback``'s (for runs recorded before their
+    records held them)."""
+    out = {}
+    for key, field, methods in LONG_SCHEDULE:
+        found = sorted({r[field] for r in records if r["method"] in methods and r.get(field)})
+        option = "--" + key.replace("_", "-")
+        if len(found) > 1:
+            raise SystemExit(
+                f"this table's -long runs trained {', '.join(map(str, found))} epochs ({field}): "
+                "one table holds one schedule; keep the others apart (--work and --out)"
+            )
+        if found and given.get(key) and given[key] != found[0]:
+            raise SystemExit(
+                f"{option} {given[key]}, but this table's -long runs trained {found[0]} "
+                f"epochs ({field}): give {found[0]}, or keep the others apart (--work and --out)"
+            )
+        out[key] = found[0] if found else given.get(key) or fallback.get(key)
+    return out
+
+
+def job_order(jobs: list[dict]) -> list[dict]:
+    """Rows that share another's stage 1 after every row that trains its own (so that their
+    source has started before them: ``go`` waits for it); within each, the longest first
+    (two-stage rows), so that parallel slots finish together."""
+    return sorted(
+        jobs,
+        key=lambda j: (
+            stage1_source(j["row"], j["dataset"]) is not None,
+            j["row"]["method"] in BASELINES,
+        ),
+    )
+
+
 # ----------------------------------------------------------------------------- provenance
 
 
@@ -515,9 +627,9 @@ def run_commits(records: list[dict], previous: dict) -> str:
     """The commit(s) the runs used; for runs that did not record one, the commit in the
     previous report of the same table, else the commit now."""
     found = sorted({r["commit"] for r in records if r.get("commit")})
-    if len(found) < len(records):
+    if any(not r.get("commit") for r in records):  # theirs is only in the previous report
         old = previous.get("commit") or ""
-        found = sorted({*found, *(c.split(" (")[0] for c in old.split(", ") if c)})
+        found = sorted({*found, *(c for c in old.split(", ") if c)})
     return ", ".join(found) or f"{commit(*DIRTY_PATHS)} (at report time)"
 
 
@@ -609,11 +721,6 @@ def main(argv: list[str] | None = None) -> dict:
     work = a.work or REPO / "runs" / "bench" / stem
     previous_file = a.out / f"{stem}.json"  # this table's last report: its runs are kept
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
-    if a.report_only:
-        # A rebuilt table describes the runs it holds: their -long schedule (unless given
-        # again), and the machine they ran on, which may not be this one.
-        for key in ("long_epochs", "long_stage1_epochs"):
-            budget[key] = getattr(a, key) or previous.get(key) or budget.get(key)
     jobs = [
         {
             "dataset": a.dataset,
@@ -627,17 +734,46 @@ def main(argv: list[str] | None = None) -> dict:
         for r in rows
         for s in seeds
     ]
-    # Longest first (two-stage rows), so that parallel slots finish together.
-    jobs.sort(key=lambda j: j["row"]["method"] in ("full", "reduced"))
+    # A table describes the runs it holds (a rebuilt one too): their -long schedule, which
+    # new runs must share, and the machine they ran on, which may not be this one.
+    given = {key: getattr(a, key) for key, _, _ in LONG_SCHEDULE}
+    fallback = {key: previous.get(key) or budget.get(key) for key, _, _ in LONG_SCHEDULE}
+    if not a.report_only:
+        planned = {(j["row"]["name"], j["seed"]) for j in jobs}
+        kept = [
+            r
+            for r in gather_records([], work, previous)
+            if not (a.force and (r["row"], r["seed"]) in planned)  # retrained
+        ]
+        # The schedule the new -long runs get (the budget's unless given) must be the table's.
+        new = dict(given)
+        if any(r.get("long") for r in rows):
+            new["long_epochs"] = budget["long_epochs"]
+        if any(r.get("long_stage1") for r in rows):
+            new["long_stage1_epochs"] = budget["long_stage1_epochs"]
+        long_schedule(kept, new, fallback)
+        if not a.force:
+            refuse_reuse([c for j in jobs if (c := reuse_conflict(j))])
+    jobs = job_order(jobs)
     threads = a.threads or max(1, usable_cores() // max(1, a.parallel))
     started = time.time()
     records, failed = [], []
+    finished = {(j["row"]["name"], j["seed"]): threading.Event() for j in jobs}
 
     def go(job: dict) -> dict | None:
+        try:
+            return attempt(job)
+        finally:
+            finished[job["row"]["name"], job["seed"]].set()
+
+    def attempt(job: dict) -> dict | None:
         name = f"{job['row']['name']}/seed{job['seed']}"
         if a.report_only:
             f = job["dir"] / "result.json"
             return load_record(f) if f.is_file() else None
+        source = finished.get((stage1_source(job["row"], a.dataset), job["seed"]))
+        if source is not None:  # its stage 1 comes from a run of this call: wait for it
+            source.wait()
         t0 = time.time()
         print(f"[{time.strftime('%H:%M:%S')}] start {name} -> {job['dir']}", flush=True)
         try:
@@ -656,6 +792,7 @@ def main(argv: list[str] | None = None) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, a.parallel)) as pool:
         records = [r for r in pool.map(go, jobs) if r is not None]
     records = gather_records(records, work, previous)
+    budget.update(long_schedule(records, given, fallback))
     known = [r["name"] for r in all_rows(a.dataset)]
     order = [n for n in known if any(r["row"] == n for r in records)]
     seeds = sorted({r["seed"] for r in records}) or seeds

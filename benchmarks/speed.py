@@ -4,8 +4,9 @@ One run measures, on one machine and with the same data:
 
 - bare MALUNet (the baseline config: ``aux_source none``, no classifier, BCE + Dice, static
   weights), bare UNeXt, ClassElevateSeg alone (stage 1), SemiSeg-CAW with the auxiliary
-  model fine-tuned, frozen (maps computed live in every step) and frozen with its maps
-  computed once and cached (``cache_aux_maps``);
+  model fine-tuned, only its decoder fine-tuned (``aux_mode decoder``), frozen (maps
+  computed live in every step) and frozen with its maps computed once and cached
+  (``cache_aux_maps``);
 - training seconds per 472-image epoch (the real Lightning fit loop: data loading,
   augmentation, forward, backward, optimiser, logging; no validation), the loader alone,
   inference ms per image at batch 1 and images/s at a large batch, peak memory;
@@ -17,7 +18,7 @@ ratios taken within each round first. The data set is loaded once and handed to 
 workers pickled.
 
     python benchmarks/speed.py --threads 1                       # CPU: 128 px, timed steps
-    python benchmarks/speed.py --device cuda --epochs 2 --rounds 1                 # ~3.5 min
+    python benchmarks/speed.py --device cuda --epochs 2 --rounds 1                   # ~4 min
     python benchmarks/speed.py --device cuda --epochs 2 --rounds 1 --cuda-graph --tag graphs
     python benchmarks/speed.py --device cuda --epochs 2 --rounds 1 --precision bf16-mixed \
         --channels-last --variants malunet caw-finetune caw-cached --tag bf16-cl
@@ -28,8 +29,8 @@ workers pickled.
         --variants malunet --worker-timeout 300 --tag compile
 
 On the H200 a worker process needs about 30 s (imports, CUDA start) before its first step,
-so one round of all six variants takes about 3.5 min: size ``--rounds`` and the device
-call to that.
+so a round takes about 35 s a variant (3.3 min for the six of ``results/speed-h200.md``;
+about 4 min for all seven): size ``--rounds`` and the device call to that.
 
 Writes ``benchmarks/results/speed-<hardware>.md`` (and ``.json``).
 
@@ -63,7 +64,6 @@ RESULTS = REPO / "benchmarks" / "results"
 DIRTY_PATHS = ["semiseg_caw", "benchmarks/speed.py"]  # changes here make the commit "-dirty"
 ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 EPOCH_IMAGES = 472  # the reference epoch (BUSI benign + malignant train images)
-BARE = ["aux_source=none", "classifier=false", "loss_terms=[bce,dice]", "weighting=static"]
 
 # name: (label, LightningModule, init arguments)
 VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -476,14 +476,13 @@ def report(
     def per_round(key: str, v: str) -> list[float]:
         return [r[v][key] for r in rounds if v in r and r[v].get(key) is not None]
 
-    def ratio(key: str, v: str, invert: bool = False) -> float:
+    def ratio(key: str, v: str) -> float:
         if base not in names:
             return float("nan")
         values = []
         for r in rounds:
             if v in r and base in r:
-                a, b = r[v][key], r[base][key]
-                values.append(b / a if invert else a / b)
+                values.append(r[v][key] / r[base][key])
         return _median(values)
 
     cuda = args.device == "cuda"
@@ -708,7 +707,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.share > 1:
             for v in [v for v in ("malunet", "caw-cached") if v in args.variants]:
                 results = _share(args, v, data, args.share)
-                failures.update({v: [r["failed"] for r in results if "failed" in r]})
+                failures.setdefault(v, []).extend(r["failed"] for r in results if "failed" in r)
                 shared[v] = [r for r in results if "failed" not in r]
     report(args, data_info, rounds, shared, failures, time.perf_counter() - start)
 

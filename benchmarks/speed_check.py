@@ -143,13 +143,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             )
         return {"checkpoint": str(path), "wall_s": time.perf_counter() - start}
 
-    if plain == "1":  # the optimiser as it was before the lever: AdamW's default loop
+    if plain == "1":  # against the fused lever: AdamW's per-tensor loop
         adamw = torch.optim.AdamW
 
         class PlainAdamW(adamw):
             def __init__(self, params, **kwargs) -> None:
                 kwargs.pop("fused", None)
-                kwargs.pop("foreach", None)
+                kwargs["foreach"] = False  # else CUDA would take the foreach kernels
                 super().__init__(params, **kwargs)
 
         torch.optim.AdamW = PlainAdamW
@@ -250,8 +250,8 @@ def check(args: argparse.Namespace) -> None:
         f"- settings: `configs/demo.yaml` (synthetic data {cfg['data']}, model "
         f"{cfg['model']}); stage 1 once ({cfg['stage1_epochs']} epochs, seed 42), shared by "
         f"every stage-2 run; stage 2 {cfg['epochs']} epochs, seed as listed",
-        "- plain AdamW: `torch.optim.AdamW` with its default per-tensor loop (the optimiser "
-        "before the lever); fused AdamW: `fused=True` (what `configure_optimizers` now picks)",
+        "- plain AdamW: `torch.optim.AdamW` with `foreach=False`, its per-tensor loop; "
+        "fused AdamW: `fused=True` (what `configure_optimizers` now picks)",
         "- augmentation on the device: `data.augment_on_device` (the same augmentation as "
         "batched torch ops after the transfer to the device) instead of albumentations in "
         "the loader",

@@ -58,6 +58,8 @@ def evaluate_run(record: dict, setting: str = "flip") -> dict[str, dict[str, flo
 
     ckpt = REPO / record["best_checkpoint"]
     args = [a for a in spec_of(record)["test"] if not a.startswith("--trainer.default_root_dir")]
+    # Off for the first pass, whatever the checkpoint trained with (options given win).
+    args += [f"--model.init_args.{name}=false" for name in TEST_TIME_SETTINGS[setting].flags]
     out: dict[str, dict[str, float]] = {}
     # A folder of its own for the command's config record: none is kept, and calls running
     # at once do not share one.
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no run of {source} matches rows {args.rows} and seeds {args.seeds}")
     order = {row["row"]: i for i, row in enumerate(bench.get("rows", []))}  # the table's
     chosen.sort(key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
-    stem = args.out / f"{args.dataset}-{args.budget}-{TEST_TIME_SETTINGS[args.setting].part}"
+    stem = args.out / f"{source.stem}-{TEST_TIME_SETTINGS[args.setting].part}"  # its table's
     earlier = earlier_results(stem.with_suffix(".json"), bench)
     started, runs, evaluated = time.perf_counter(), [], 0
     code = commit("semiseg_caw", "benchmarks/tta.py")

@@ -198,6 +198,79 @@ def test_a_row_with_its_own_stage1_keeps_its_stage1_test_in_its_record(
     assert not (tmp_path / "classelevate-alone").exists()  # not filed as the derived row
 
 
+def test_a_run_fitted_with_other_settings_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run is reused only if it was fitted as asked: another -long schedule or a
+    speed lever (which its folder's name does not hold) is refused, before anything trains;
+    where the folders lie, and a stage 1 reused instead of trained, are no settings."""
+    row = next(r for r in protocol.all_rows("busi") if r["name"] == "malunet-aux-dropout-long-both")
+    cpu = protocol.BUDGETS["cpu"]
+    rundir = tmp_path / "work" / row["name"] / "seed0"
+    job = {"dataset": "busi", "row": row, "seed": 0, "budget": cpu, "data_root": None}
+    job["dir"] = rundir
+    # Fitted in another checkout, on the stage 1 of its source run.
+    elsewhere = job | {"dir": Path("/elsewhere") / row["name"] / "seed0", "data_root": "/d"}
+    stage1 = Path("/elsewhere/source/seed0/stage1/checkpoints/best-epoch=030.ckpt")
+    rundir.mkdir(parents=True)
+    (rundir / "spec.json").write_text(json.dumps(bench.worker_spec(elsewhere, stage1)))
+    record = _fake_record(row["name"], row["method"], 0, 0.7) | {"epochs": 128}
+    (rundir / "result.json").write_text(json.dumps(record))
+    monkeypatch.setattr(bench, "test_stage1", lambda job, threads: None)
+    assert bench.run_one(job, threads=1, force=False) == record
+    longer = job | {"budget": cpu | {"long_epochs": 256}}
+    with pytest.raises(SystemExit, match=r"-.*max_epochs=128, \+.*max_epochs=256\).*\n.*--force"):
+        bench.run_one(longer, threads=1, force=False)
+    other_stage1 = job | {"budget": cpu | {"long_stage1_epochs": 64}}
+    with pytest.raises(SystemExit, match="-stage 1: 32 epochs, \\+stage 1: 64 epochs"):
+        bench.run_one(other_stage1, threads=1, force=False)
+    monkeypatch.setattr(bench, "run_one", lambda *a: pytest.fail("trained"))
+    args = ["--dataset", "busi", "--budget", "cpu", "--rows", row["name"], "--seeds", "0"]
+    args += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-readme"]
+    with pytest.raises(SystemExit, match=f"{rundir} was fitted with other settings "):
+        bench.main([*args, "--bf16"])
+
+
+def test_rows_that_share_a_stage1_start_after_their_source_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    events = []
+
+    def fake_run_one(job: dict, threads: int, force: bool) -> dict:
+        name = job["row"]["name"]
+        events.append(("start", name))
+        time.sleep(0.3 if name == "malunet-semiseg-caw" else 0.0)
+        events.append(("end", name))
+        return _fake_record(name, job["row"]["method"], job["seed"], 0.6)
+
+    monkeypatch.setattr(bench, "run_one", fake_run_one)
+    rows = ["unext-semiseg-caw", "malunet-imtl", "malunet-full", "malunet-semiseg-caw"]
+    args = ["--dataset", "busi", "--budget", "cpu", "--rows", *rows, "--seeds", "0"]
+    args += ["--parallel", "4", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]
+    bench.main([*args, "--no-readme"])
+    source_done = events.index(("end", "malunet-semiseg-caw"))
+    assert events.index(("start", "unext-semiseg-caw")) > source_done
+    assert events.index(("start", "malunet-imtl")) > source_done
+    assert events.index(("start", "malunet-full")) < source_done  # nothing to wait for
+
+
+def test_stage1_tested_alone_records_the_epochs_of_stage_1(tmp_path: Path) -> None:
+    row = next(r for r in protocol.all_rows("busi") if r["name"] == "malunet-semiseg-caw")
+    rundir = tmp_path / row["name"] / "seed0"
+    ckpt = rundir / "stage1" / "checkpoints" / "best-epoch=004.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    (rundir / "result.json").write_text(json.dumps({"row": row["name"], "seed": 0}))
+    tested = {"best_checkpoint": str(ckpt), "metrics": {"seg/dice": 0.5}}
+    (rundir / "stage1_test.json").write_text(json.dumps(tested))
+    job = {"dataset": "busi", "row": row, "seed": 0, "dir": rundir, "data_root": None}
+    bench.test_stage1(job | {"budget": protocol.BUDGETS["cpu"]}, threads=1)
+    record = json.loads((tmp_path / "classelevate-alone" / "seed0" / "result.json").read_text())
+    assert (record["epochs"], record["best_epoch"]) == (6, 4)  # stage 1's 6, not stage 2's 8
+
+
 def test_a_recorded_run_drops_only_its_resume_checkpoints(tmp_path: Path) -> None:
     names = ("checkpoints/last.ckpt", "checkpoints/best-epoch=003.ckpt")
     files = [tmp_path / n for n in names] + [tmp_path / "stage1" / n for n in names]
@@ -366,6 +439,24 @@ def test_speed_table_keeps_the_runs_that_finished_before_a_kill(
     assert "| SemiSeg-CAW, aux fine-tuned | – |" in table
 
 
+def test_speed_keeps_every_failure_of_a_variant(tmp_path: Path, monkeypatch) -> None:
+    # --share after the rounds: its failures are added to the rounds', not put in their place.
+    speed = load_script("speed")
+    monkeypatch.setattr(
+        speed, "_prepare_data", lambda args, path: {"name": "fake", "train": 8, "cached": 8}
+    )
+    attempts: list[str] = []
+
+    def fake_worker(args, variant: str, data: Path) -> dict:
+        attempts.append(f"failure {len(attempts)}")
+        return {"failed": attempts[-1]}
+
+    monkeypatch.setattr(speed, "_run_worker", fake_worker)
+    out = tmp_path / "speed.md"
+    speed.main(["--variants", "malunet", "--rounds", "1", "--share", "2", "--out", str(out)])
+    assert "- malunet: failure 0; failure 1; failure 2" in out.read_text()
+
+
 def test_speed_passes_cudnn_autotuning_to_its_workers_and_says_so(
     tmp_path: Path, monkeypatch
 ) -> None:
@@ -435,21 +526,44 @@ def test_a_table_keeps_the_runs_of_its_previous_report(tmp_path: Path) -> None:
     ]
 
 
-def test_a_table_rebuilt_elsewhere_keeps_its_runs_machine_and_schedule(tmp_path: Path) -> None:
+def test_a_table_rebuilt_elsewhere_keeps_its_runs_machine_and_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rebuilding a GPU table here (--report-only) must not relabel its runs with this
-    machine, nor forget the -long rows' epochs given when they ran."""
+    machine, nor forget the -long rows' epochs given when they ran; nor must a new run of a
+    budget without -long rows; another --long-epochs than theirs is refused."""
     gpu = {"cpu": "Xeon", "cores": 16, "memory_gib": 126.0, "gpu": "NVIDIA H200", "torch": "x"}
     runs = [_fake_record("malunet-full", "full", 0, 0.70)]
-    runs += [_fake_record("malunet-full-long", "full-long", 0, 0.72)]
+    runs += [_fake_record("malunet-full-long", "full-long", 0, 0.72) | {"epochs": 60}]
     previous = {"runs": runs, "hardware": gpu, "long_epochs": 60, "commit": "abc1234"}
     (tmp_path / "busi-gpu.json").write_text(json.dumps(previous))
-    args = ["--dataset", "busi", "--budget", "gpu", "--report-only", "--no-readme"]
-    args += ["--work", str(tmp_path / "runs"), "--out", str(tmp_path)]
+    common = ["--dataset", "busi", "--budget", "gpu", "--no-readme"]
+    common += ["--work", str(tmp_path / "runs"), "--out", str(tmp_path)]
+    args = [*common, "--report-only"]
     report = bench.main(args)
     assert report["hardware"] == gpu and report["long_epochs"] == 60
     table = (tmp_path / "busi-gpu.md").read_text()
     assert "NVIDIA H200" in table and "-long rows: 60" in table
-    assert bench.main([*args, "--long-epochs", "80"])["long_epochs"] == 80
+    with pytest.raises(
+        SystemExit, match="--long-epochs 80, but this table's -long runs trained 60"
+    ):
+        bench.main([*args, "--long-epochs", "80"])
+    # A new run of the budget's rows (gpu has no long_epochs): the kept runs' 60 stay.
+    monkeypatch.setattr(
+        bench, "run_one", lambda job, threads, force: _fake_record("malunet-full", "full", 1, 0.7)
+    )
+    report = bench.main([*common, "--rows", "malunet-full", "--seeds", "1"])
+    assert (
+        report["long_epochs"] == 60 and "-long rows: 60" in (tmp_path / "busi-gpu.md").read_text()
+    )
+    # Refused before anything trains: long runs of another length, or runs that disagree.
+    monkeypatch.setattr(bench, "run_one", lambda *a: pytest.fail("trained"))
+    with pytest.raises(SystemExit, match="--long-epochs 80, but"):
+        bench.main([*common, "--rows", "malunet-full-long", "--long-epochs", "80"])
+    runs.append(_fake_record("malunet-reduced-long", "reduced-long", 0, 0.7) | {"epochs": 80})
+    (tmp_path / "busi-gpu.json").write_text(json.dumps(previous))
+    with pytest.raises(SystemExit, match="-long runs trained 60, 80 epochs"):
+        bench.main(args)
 
 
 def test_a_table_of_runs_from_two_machines_says_which_ran_where(tmp_path: Path) -> None:
@@ -530,8 +644,8 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (
         "- Chosen on validation (malunet; the largest seed-paired validation gain over "
         "malunet-semiseg-caw among 2 settings): malunet-pseudo-labels (validation +0.050 "
-        "(seed 0)); on test level with or above malunet-full (+0.050 Dice; paired +0.060 "
-        "(seed 0)" in text
+        "(seed 0)); on test level with or above malunet-full (Dice paired +0.060 over seed 0; "
+        "row means +0.050 over 1 and 3 seeds; 'level' = within 0.01)" in text
     )
     records[4]["val_dice"] = records[6]["val_dice"] = 0.60  # now nothing beats SemiSeg-CAW
     assert "among 2 settings): none gains, malunet-semiseg-caw stays." in tables.markdown(report)
@@ -546,7 +660,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "malunet-pseudo-labels (variant pseudo-labels): 0.660, +0.010 (seed 0); validation +0.050"
         in text
     )
-    assert "paired +0.050 (seed 0)" in text  # against malunet-full at seed 0, not its mean
+    assert "paired +0.050 over seed 0; row means +0.040" in text  # malunet-full's seed 0
     assert (
         "malunet-stage1-no-cam (variant stage1-no-cam): 0.670, +0.020 (seed 0); its stage 1 "
         "alone 0.660, +0.020 against classelevate-alone (seeds 0)" in text
@@ -702,17 +816,20 @@ def test_a_settings_table_keeps_its_rows_and_runs_whose_folders_are_gone(
                 "test_tta": split, "val_diff": 0.0, "test_diff": 0.0, "commit": "abc"}  # fmt: skip
 
     bench = {"rows": [{"row": "a"}, {"row": "b"}], "runs": [record("a", 0.7), record("b", 0.6)]}
-    source = tmp_path / "busi-cpu.json"
+    # A table of another schedule than the budget's: the settings table is named after it.
+    source = tmp_path / "busi-gpu-60ep.json"
     source.write_text(json.dumps(bench))
-    table = tmp_path / "busi-cpu-tta.json"
+    table = tmp_path / "busi-gpu-60ep-tta.json"
     table.write_text(json.dumps({"runs": [result("a", 0.7), result("b", 0.6)]}))
     args = ["--dataset", "busi", "--source", str(source), "--out", str(tmp_path)]
     report = tta.main([*args, "--rows", "a"])
     assert [r["row"] for r in report["rows"]] == ["a", "b"] and report["evaluated"] == 0
+    assert (tmp_path / "busi-gpu-60ep-tta.md").is_file()
+    assert not (tmp_path / "busi-cpu-tta.json").exists()
     # A run retrained since the table was written: its old result is not reused.
     bench["runs"][0]["metrics"]["seg/dice"] = 0.71
     source.write_text(json.dumps(bench))
-    with pytest.raises(SystemExit, match="a seed 0: runs/a/seed0/.* is gone and busi-cpu-tta"):
+    with pytest.raises(SystemExit, match="a seed 0: runs/a/seed0/.* is gone and busi-gpu-60ep-tta"):
         tta.main([*args, "--rows", "a"])
 
 
@@ -740,6 +857,34 @@ def test_kept_settings_results_are_reused_from_any_checkout_until_the_checkpoint
     os.utime(ckpt, ns=(0, ckpt.stat().st_mtime_ns + 1))  # retrained since
     assert tta.cached_or_evaluated(record, "flip", "abc", force=False)[0]["new"] == 1
     assert json.loads(cache.read_text())["checkpoint"] == record["best_checkpoint"]
+
+
+def test_a_setting_is_off_in_the_pass_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pass is without the setting even for a checkpoint trained with it on: the
+    command names each of its options false (options given win over the checkpoint's)."""
+    import semiseg_caw.cli
+
+    tta = load_script("tta")
+    monkeypatch.setattr(tta, "REPO", tmp_path)
+    run = tmp_path / "runs" / "a" / "seed0"
+    run.mkdir(parents=True)
+    spec = {"test": ["--config=configs/busi.yaml", "--trainer.default_root_dir=old"]}
+    (run / "spec.json").write_text(json.dumps(spec))
+    commands = []
+
+    def fake_main(args: list[str]):
+        commands.append(args)
+        raise InterruptedError  # the command is all this test needs
+
+    monkeypatch.setattr(semiseg_caw.cli, "main", fake_main)
+    with pytest.raises(InterruptedError):
+        tta.evaluate_run({"best_checkpoint": "runs/a/seed0/checkpoints/b.ckpt"}, "flip+largest")
+    (command,) = commands
+    assert "--model.init_args.flip_tta=false" in command
+    assert "--model.init_args.keep_largest_lesion=false" in command
+    assert "--trainer.default_root_dir=old" not in command
 
 
 def test_flip_tta_tables_and_their_line_in_the_benchmark_table(
@@ -1012,15 +1157,15 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     assert (
         "- malunet-semiseg-caw against the baselines trained 128 epochs (fit minutes, median "
         "over runs, stage 1 included: malunet-semiseg-caw 10.0, malunet-reduced-long 8.3, "
-        "malunet-full-long 10.3): NOT above malunet-reduced-long (-0.010 Dice; paired -0.010 "
-        "(seed 0)); below malunet-full-long (-0.050 Dice;" in text
+        "malunet-full-long 10.3): NOT above malunet-reduced-long (Dice paired -0.010 over "
+        "seed 0); below malunet-full-long (Dice paired -0.050 over seed 0;" in text
     )
     assert "malunet-reduced-long (the plain malunet on the same masks, 128 epochs): 0.660" in text
     assert (
         "- malunet-frozen-aux-cached-long against the baselines trained 128 epochs (fit minutes, "
         "median over runs, stage 1 included: malunet-frozen-aux-cached-long 1.0, "
-        "malunet-reduced-long 8.3, malunet-full-long 10.3): above malunet-reduced-long (+0.050"
-        in text
+        "malunet-reduced-long 8.3, malunet-full-long 10.3): above malunet-reduced-long (Dice "
+        "paired +0.050" in text
     )
     assert "malunet-frozen-aux-cached-long (variant frozen-aux-cached, 128 epochs): 0.710" in text
     assert "malunet-no-classelevate-long (ablation no-classelevate, 128 epochs): 0.690" in text
@@ -1077,6 +1222,89 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         ],
         "unext": ["SemiSeg-CAW", "SemiSeg-CAW, 128 epochs on a 32-epoch stage 1"],
     }
+
+
+def _report(records: list[dict], **extra) -> dict:
+    """A BUSI cpu table of ``records``, as run.py writes it."""
+    order = [r["name"] for r in protocol.all_rows("busi")]
+    report = {"dataset": "busi", "budget": "cpu", "note": "n", "image_size": 96, "epochs": 8}
+    report |= {"stage1_epochs": 6, "long_epochs": 128, "long_stage1_epochs": 32}
+    report |= {"seeds": [0], "commit": "abc", "finished": "now", "wall_s": 1.0, "failed": []}
+    report |= {"hardware": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t"}}
+    return report | {"runs": records, "rows": tables.summarise(records, order)} | extra
+
+
+def test_bar_verdicts_read_the_seed_paired_gap_as_printed() -> None:
+    """Above, level or below: on the gap paired by seed (the row means only where no seed is
+    common, said so), unrounded, and printed with a 4th decimal where 3 would hide why."""
+    records = [_fake_record("malunet-reduced", "reduced", s, 0.60) for s in range(3)]
+    records += [_fake_record("malunet-reduced", "reduced", s, 0.90) for s in (3, 4)]
+    records += [_fake_record("malunet-full", "full", s, 0.70) for s in (5, 6)]
+    records += [_fake_record("malunet-semiseg-caw", "semiseg-caw", s, 0.6896) for s in range(3)]
+    records += [_fake_record("malunet-all-masks", "all-masks", s, 0.70) for s in range(3)]
+    records += [_fake_record("classelevate-alone", "classelevate-alone", 0, 0.5)]
+    records[-1]["best_epoch"] = 5  # the last of stage 1's 6
+    for r in records[:3]:
+        r["commit"] = "abc1234"
+    records[1]["commit"] = None
+    report = _report(records)
+    text = tables.markdown(report)
+    # Paired: above (the row means, over other seeds, would say NOT above).
+    assert (
+        "- malunet-semiseg-caw: above malunet-reduced (Dice paired +0.090 over seeds 0, 1, 2; "
+        "row means -0.030 over 3 and 5 seeds); below malunet-full (Dice row "
+        "means -0.0104, unpaired: no seed in common; 'level' = within 0.01)." in text
+    )
+    by = {r["row"]: r for r in report["rows"]}
+    d, printed = tables.bar_gap(report, by, "malunet-semiseg-caw", "malunet-all-masks")
+    assert d == pytest.approx(-0.0104)  # below the bar's -0.01, and printed so:
+    assert printed == "Dice paired -0.0104 over seeds 0, 1, 2"
+    assert tables.bar_gap(report, by, "malunet-full", "malunet-semiseg-caw")[1] == (
+        "Dice row means +0.010, unpaired: no seed in common"  # 3 decimals cross no threshold
+    )
+    # Stage 1 alone stopped at its last epoch; the best epochs with their spread.
+    assert "of classelevate-alone is the last one (8 epochs; stage 1 alone: 6): still" in text
+    assert "| 2.0 ± 0.0 | 3.0 ± 0.0 | 1.0 | abc1234, ? |" in text  # malunet-reduced's commits
+    assert "| 3.0 ± 0.0 | 1.0 | ? |" in text  # malunet-full: none recorded
+    # A shared CPU's times are upper bounds; a GPU machine's table does not say so.
+    assert "the CPU was shared with other jobs" in text
+    gpu = {"cpu": "Xeon", "cores": 16, "gpu": "NVIDIA H200", "torch": "t"}
+    assert "the CPU was shared" not in tables.markdown(report | {"hardware": gpu})
+
+
+def test_a_tables_commits_are_its_runs_unless_a_run_has_none() -> None:
+    previous = {"commit": "old1, old2 (at report time)"}
+    runs = [{"commit": "b"}, {"commit": "a"}]
+    assert bench.run_commits(runs, previous) == "a, b"  # the previous table's are gone
+    assert bench.run_commits([*runs, {}], previous) == "a, b, old1, old2 (at report time)"
+
+
+def test_rows_meant_to_share_a_stage1_say_where_they_trained_their_own() -> None:
+    source = f"{SOURCE}/malunet-frozen-aux-cached-long-both/seed0/stage1/checkpoints/b.ckpt"
+    both = "frozen-aux-cached-long-both"
+    records = [_fake_record("malunet-semiseg-caw", "semiseg-caw", s, 0.7) for s in (0, 1)]
+    records += [_fake_record("malunet-aux-decoder", "aux-decoder", s, 0.7) for s in (0, 1)]
+    records[-1]["stage1_from"] = f"{SOURCE}/malunet-semiseg-caw/seed1/stage1/checkpoints/b.ckpt"
+    records += [_fake_record("malunet-aux-lr-0.3", "aux-lr-0.3", 0, 0.7)]  # trained its own
+    records += [_fake_record(f"malunet-{both}", both, s, 0.7) for s in (0, 1)]
+    records += [_fake_record("malunet-aux-dropout-long-both", "aux-dropout-long-both", 0, 0.71)]
+    records[-1]["stage1_from"] = source
+    records += [_fake_record("malunet-aux-dropout-long-both", "aux-dropout-long-both", 1, 0.72)]
+    text = tables.markdown(_report(records))
+    assert (
+        "  - malunet-aux-decoder (variant aux-decoder): 0.700 ± 0.000, +0.000 (seeds 0, 1); "
+        "seed 0 trained its own stage 1 (not shared)\n" in text
+    )
+    assert "+0.000 (seed 0); trained its own stage 1 (not shared)\n" in text  # aux-lr-0.3
+    # The source trains its own; the rows on it say which seeds did not use it.
+    assert "stage 1 of 32 epochs): 0.700 ± 0.000, +0.000 (seeds 0, 1)\n" in text
+    assert (
+        "variant aux-dropout): 0.715 ± 0.007, +0.015 (seeds 0, 1); seed 1 trained its own" in text
+    )
+    assert (
+        "  - malunet-aux-dropout-long-both (half the training maps dropped): +0.015 (seeds 0, "
+        "1); not on the same stage 1 at seed 1 (a stage-1 difference too)" in text
+    )
 
 
 def test_a_run_tested_again_counts_the_model_alone_and_keeps_its_fit_time(
