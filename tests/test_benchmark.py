@@ -65,7 +65,7 @@ def test_rows_cover_the_protocol() -> None:
     assert "classelevate-alone-48" in [r["name"] for r in protocol.all_rows("ddti")]
     assert not protocol.select_rows("busi", ["*"], False)[-1].get("derived")
     assert all(not r.get("derived") for r in protocol.select_rows("busi", ["*"], False))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="no row matches"):
         protocol.select_rows("busi", ["nothing"], False)
 
 
@@ -976,7 +976,8 @@ def _test_on_manifest(
 
 def test_busi_checkpoint_on_ddti_manifest(smoke: dict, shared_data: Path, tmp_path: Path) -> None:
     """A BUSI-trained checkpoint (the smoke run's) tested on DDTI images through a manifest
-    with absolute paths: the same metrics come out."""
+    with absolute paths: the same metrics come out, and BUSI images through a manifest
+    score exactly as through the BUSI reader."""
     ddti = shared_data / "ddti"
     with open(ddti / "labels.csv", newline="") as handle:
         labelled = [r for r in csv.DictReader(handle) if r["label"].strip()]
@@ -994,14 +995,45 @@ def test_busi_checkpoint_on_ddti_manifest(smoke: dict, shared_data: Path, tmp_pa
     run = next(r for r in smoke["runs"] if r["row"] == "malunet-full")
     ckpt = Path(run["best_checkpoint"])
     ckpt = ckpt if ckpt.is_absolute() else REPO / ckpt
-    metrics = _test_on_manifest(
-        ckpt, ["configs/busi.yaml", "configs/baselines/full.yaml"], manifest, split, 64, tmp_path
-    )
+    configs = ["configs/busi.yaml", "configs/baselines/full.yaml"]
+    metrics = _test_on_manifest(ckpt, configs, manifest, split, 64, tmp_path)
     assert "test/cls_auroc" not in metrics  # the plain baseline has no classifier
+    # BUSI test images through a manifest score as through the BUSI reader: the manifest
+    # route loses nothing (same decoding, labels and masks).
+    busi = shared_data / "busi" / "Dataset_BUSI_with_GT"
+    test_ids = json.loads((REPO / "configs/splits/busi.json").read_text())["test"]
+    single = [i for i in test_ids if not (busi / i.replace(".png", "_mask_1.png")).exists()]
+    chosen = [i for i in single if i.startswith("benign")][:4]
+    chosen += [i for i in single if i.startswith("malignant")][:3]
+    manifest = tmp_path / "busi.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "mask", "label"])
+        for i in chosen:
+            label = i.split("/")[0]
+            writer.writerow([busi / i, busi / i.replace(".png", "_mask.png"), label])
+    split = _write_split(tmp_path / "busi-manifest.json", [str(busi / i) for i in chosen])
+    through_manifest = _test_on_manifest(ckpt, configs, manifest, split, 64, tmp_path / "m")
+    reader = cli_main(
+        [
+            "test",
+            *[f"--config={REPO / c}" for c in configs],
+            f"--data.root={shared_data / 'busi'}",
+            f"--data.split_file={_write_split(tmp_path / 'busi-reader.json', chosen)}",
+            "--data.image_size=64",
+            "--trainer.accelerator=cpu",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'r'}",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
+    through_reader = {k: float(v) for k, v in reader.trainer.callback_metrics.items()}
+    assert through_manifest == pytest.approx(through_reader, abs=1e-6)
 
 
 def test_aux_gap_scores_the_stage1_maps_on_each_group(
-    smoke: dict, shared_data: Path, tmp_path: Path
+    smoke: dict, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """benchmarks/aux_gap.py on the smoke run's stage 1: the groups are the split as stage 1
     saw it (the 100 withheld masks are the class-only group), each scored."""
@@ -1017,8 +1049,10 @@ def test_aux_gap_scores_the_stage1_maps_on_each_group(
     text = (tmp_path / "busi-aux-gap.md").read_text()
     assert "| train (class-only) |" in text
     assert f"| mean | {row['dice']['train (pixel-labelled)']:.3f} |" in text
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         gap.main([*args, "--checkpoint", str(tmp_path / "missing.ckpt")])
+    assert "no such checkpoint" in capsys.readouterr().err
 
 
 def test_map_reliance_scores_the_core_model_with_and_without_its_map(
