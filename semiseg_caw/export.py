@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from semiseg_caw.data.io import check_file_writable
+
 PROG = "python -m semiseg_caw.export"
 
 
@@ -151,21 +153,8 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
         )
     if path.exists() and not overwrite:
         raise FileExistsError(refusal(path))
-    _check_writable(path)
+    check_file_writable(path, _staging(path), "output ")
     return path
-
-
-def _check_writable(path: Path) -> None:
-    # Tried with the staging file the export writes first: a parent that cannot be created
-    # or written fails here, not after minutes of exporting.
-    tmp = _staging(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch()
-        tmp.unlink()
-    except OSError as err:
-        where = err.filename or path.parent
-        raise OSError(f"output {path} cannot be written: {where}: {err.strerror or err}") from err
 
 
 def _staging(path: Path) -> Path:

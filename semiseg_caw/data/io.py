@@ -386,6 +386,21 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
     )
 
 
+def check_file_writable(path: Path, staging: Path, what: str = "") -> None:
+    """Create ``path``'s folder if needed and prove that ``staging`` (the file written first,
+    then renamed to ``path``) can be written there: a PermissionError naming ``path``
+    (after ``what``) now, not after minutes of work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.touch()
+        staging.unlink()
+    except OSError as err:
+        where = err.filename or path.parent
+        raise PermissionError(
+            f"{what}{path} cannot be written: {where}: {err.strerror or err}"
+        ) from err
+
+
 def describe_error(err: Exception) -> str:
     """The reason a file could not be used, for a BadFile record or an ``error`` column."""
     if isinstance(err, FileNotFoundError):

@@ -37,6 +37,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from semiseg_caw.data.io import check_file_writable
 from semiseg_caw.data.samples import Sample
 
 SPLITS = ("train", "val", "test")
@@ -344,15 +345,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{out} exists: give another file name, or --overwrite (overwrite=True in Python)"
         )
-    # Tried now with the file written first: not after the whole data set has been decoded.
-    part = out.with_name(out.name + ".part")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part.touch()
-        part.unlink()
-    except OSError as err:
-        where = err.filename or out.parent
-        raise PermissionError(f"{out} cannot be written: {where}: {err.strerror or err}") from err
+    check_file_writable(out, out.with_name(out.name + ".part"))  # before decoding the data
 
 
 def main(argv: Sequence[str] | None = None) -> None:
