@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from semiseg_caw.data.io import check_file_writable
+from semiseg_caw.data.io import check_file_writable, file_exists_error
 
 PROG = "python -m semiseg_caw.export"
 
@@ -152,17 +152,13 @@ def check_output(path: str | Path, overwrite: bool = False) -> Path:
             "overwritten; give another file name"
         )
     if path.exists() and not overwrite:
-        raise FileExistsError(refusal(path))
+        raise file_exists_error(path)
     check_file_writable(path, _staging(path), "output ")
     return path
 
 
 def _staging(path: Path) -> Path:
     return path.with_name(path.name + ".part")
-
-
-def refusal(path: Path) -> str:
-    return f"{path} exists: give another file name, or --overwrite (overwrite=True in Python)"
 
 
 def _float32_on_cpu(task: nn.Module) -> nn.Module:

@@ -386,6 +386,13 @@ def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
     )
 
 
+def file_exists_error(path: Path) -> FileExistsError:
+    """The refusal to replace an earlier output file without being told to."""
+    return FileExistsError(
+        f"{path} exists: give another file name, or --overwrite (overwrite=True in Python)"
+    )
+
+
 def check_file_writable(path: Path, staging: Path, what: str = "") -> None:
     """Create ``path``'s folder if needed and prove that ``staging`` (the file written first,
     then renamed to ``path``) can be written there: a PermissionError naming ``path``

@@ -37,7 +37,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from semiseg_caw.data.io import check_file_writable
+from semiseg_caw.data.io import check_file_writable, file_exists_error
 from semiseg_caw.data.samples import Sample
 
 SPLITS = ("train", "val", "test")
@@ -342,9 +342,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise FileExistsError(f"{out} is a folder: name the split file (.json) to write")
     if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out} exists: give another file name, or --overwrite (overwrite=True in Python)"
-        )
+        raise file_exists_error(out)
     check_file_writable(out, out.with_name(out.name + ".part"))  # before decoding the data
 
 
