@@ -120,9 +120,10 @@ class LastCheckpoint(ModelCheckpoint):
 
     Written at the end of an epoch unless the previous write is less than
     ``min_interval_s`` old, and always when training ends, so a killed run trains again at
-    most about ``min_interval_s`` plus the epoch it was in. Needed because beside a monitored ``ModelCheckpoint(save_last=True)``,
-    Lightning 2.6 writes ``last.ckpt`` only when the monitored metric improves: a resumed
-    run went back to its best epoch and trained everything after it again.
+    most about ``min_interval_s`` plus the epoch it was in. Needed because beside a
+    monitored ``ModelCheckpoint(save_last=True)``, Lightning 2.6 writes ``last.ckpt`` only
+    when the monitored metric improves: a resumed run went back to its best epoch and
+    trained everything after it again.
 
     Args:
         dirpath: Folder of ``last.ckpt`` (the CLI's default: the run's ``checkpoints/``).

@@ -138,7 +138,8 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     (what it was trained with), each unless given on the command line; for ``last``, the
     run's newest last checkpoint is put in its place and read. When
     ``--data.dataset`` names another data set, the checkpoint's data-set options (root,
-    split file, label budget, ...) are not carried over, and a manifest's classes are the checkpoint's.
+    split file, label budget, ...) are not carried over, and a manifest's classes are the
+    checkpoint's.
     A checkpoint in a run's ``checkpoints/`` folder also gives ``trainer.default_root_dir``
     (the run's folder, when writable), so that the command's records go beside the run's.
     Other arguments unchanged. ``read`` reads the checkpoint."""
