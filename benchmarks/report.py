@@ -408,16 +408,16 @@ def chosen_on_validation(report: dict, by: dict[str, dict], bb: str) -> list[str
     sfx = suffix(ds, k)
     base = f"{bb}-semiseg-caw{sfx}"
     methods = {"no-class-only", *ABLATIONS, *VARIANTS}
-    val: dict[str, dict[int, float]] = {}
-    for r in report["runs"]:
-        if r["backbone"] == bb and r["class_only"] == k and r.get("val_dice") is not None:
-            if r["row"] == base or r["method"] in methods:
-                val.setdefault(r["row"], {})[r["seed"]] = r["val_dice"]
-    reference = val.pop(base, {})
-    gains = {}
-    for row, values in val.items():
-        if seeds := sorted(set(values) & set(reference)):
-            gains[row] = statistics.mean(values[s] - reference[s] for s in seeds)
+    settings = {
+        r["row"]
+        for r in report["runs"]
+        if r["backbone"] == bb and r["class_only"] == k and r["method"] in methods
+    }
+    gains = {
+        row: found[0]
+        for row in sorted(settings)
+        if (found := paired(report, row, base, "val")) is not None
+    }
     if not gains:
         return []
     best = max(gains, key=gains.get)
