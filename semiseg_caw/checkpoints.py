@@ -32,6 +32,7 @@ class CheckpointError(RuntimeError):
 
 
 TASK_CLASS_KEY = "semiseg_caw_task"  # checkpoint entry: class path of the task that wrote it
+WANDB_RUN_KEY = "wandb_run_id"  # checkpoint entry: the W&B run it was written in
 
 
 def checkpoint_writer(ckpt: dict) -> str | None:
@@ -73,6 +74,18 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict')")
     return ckpt
+
+
+def wandb_run_id(path: str | Path) -> str | None:
+    """The W&B run a checkpoint was written in (``WANDB_RUN_KEY``), without reading its
+    tensors (memory-mapped); None when it names none or cannot be read (the fit that
+    resumes from it reads it again and names the problem)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types for truncated / foreign files
+        return None
+    run_id = ckpt.get(WANDB_RUN_KEY) if isinstance(ckpt, dict) else None
+    return run_id if isinstance(run_id, str) and run_id else None
 
 
 def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> None:

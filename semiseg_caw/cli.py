@@ -27,6 +27,7 @@ from semiseg_caw.checkpoints import (
     checkpoint_writer,
     import_class,
     read_checkpoint,
+    wandb_run_id,
 )
 from semiseg_caw.command_line import (
     check_config_files,
@@ -153,6 +154,7 @@ class SemiSegCLI(LightningCLI):
         # Logs (W&B, CSV, TensorBoard; and the saved config beside them) go under the run's
         # folder, not the working directory, unless a save_dir is given.
         loggers = config.trainer.get("logger")
+        resumed_run = self._resumed_wandb_run(root) if self.subcommand == "fit" else None
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if not logger or not hasattr(logger, "get") or not logger.get("class_path"):
                 continue  # true/false, or a logger object made in Python
@@ -160,6 +162,22 @@ class SemiSegCLI(LightningCLI):
                 logger.init_args = Namespace()
             if logger.init_args.get("save_dir") in (None, "."):
                 logger.init_args.save_dir = str(root)
+            # A resumed fit logs on in the W&B run it continues, unless a run is named.
+            args = logger.init_args
+            wandb = logger.class_path.rsplit(".", 1)[-1] == "WandbLogger"
+            if wandb and resumed_run and not (args.get("id") or args.get("version")):
+                args.id = resumed_run
+
+    def _resumed_wandb_run(self, root: str) -> str | None:
+        """The W&B run in which the checkpoint this fit continues was written: None for a
+        new run, or one started from another run's checkpoint."""
+        ckpt_path = self.config.fit.get("ckpt_path")
+        if not self._continues_own_run(ckpt_path, root):
+            return None
+        if ckpt_path == "last":
+            last = self._last_checkpoints()
+            return wandb_run_id(last[-1]) if last else None
+        return wandb_run_id(ckpt_path)
 
     def _parse_ckpt_path(self) -> None:
         """Take the model's settings from ``--ckpt_path``, as LightningCLI does, but also for

@@ -177,3 +177,63 @@ def test_a_failed_command_ends_the_wandb_run_it_started(tmp_path: Path, monkeypa
     with pytest.raises(RuntimeError, match="stage 2 failed"):
         cli_module.main(["fit", *tiny(tmp_path)])
     assert wandb.run is None
+
+
+def run_ids(folder: Path) -> list[str]:
+    """The run ids of the offline runs in ``folder``, oldest first (named ...-<date>-<id>)."""
+    return [run.name.rsplit("-", 1)[1] for run in sorted(folder.glob("offline-run-*"))]
+
+
+def test_a_resumed_fit_logs_on_in_the_wandb_run_it_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    from semiseg_caw.checkpoints import wandb_run_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.finish()
+    wandb.teardown()
+
+    def fit(*extra: str) -> None:
+        try:
+            cli_module.main(["fit", *tiny(tmp_path), *extra])
+        finally:
+            wandb.finish()
+            wandb.teardown()
+
+    try:
+        fit()
+        (first,) = run_ids(tmp_path / "wandb")
+        assert wandb_run_id(tmp_path / "checkpoints" / "last.ckpt") == first
+        (stage1,) = run_ids(tmp_path / "stage1" / "wandb")
+        assert wandb_run_id(tmp_path / "stage1" / "checkpoints" / "last.ckpt") == stage1
+
+        fit("--trainer.max_epochs=2", "--ckpt_path=last")  # stage 2 continues
+        assert run_ids(tmp_path / "wandb") == [first, first]
+
+        # Without stage 2's checkpoints, `last` continues stage 1 (in its own run) and
+        # starts stage 2 afresh: a new run.
+        for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
+            ckpt.unlink()
+        fit("--trainer.max_epochs=1", "--ckpt_path=last")
+        assert run_ids(tmp_path / "stage1" / "wandb") == [stage1, stage1]
+        *_, third = run_ids(tmp_path / "wandb")
+        assert third != first
+    finally:
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        wandb.teardown()
+
+
+def test_wandb_run_id_reads_the_id_or_none(tmp_path: Path) -> None:
+    import torch
+
+    from semiseg_caw.checkpoints import WANDB_RUN_KEY, wandb_run_id
+
+    torch.save({"state_dict": {"w": torch.ones(3)}, WANDB_RUN_KEY: "abc123"}, tmp_path / "a.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "b.ckpt")
+    (tmp_path / "c.ckpt").write_bytes(b"not a checkpoint")
+    assert wandb_run_id(tmp_path / "a.ckpt") == "abc123"
+    assert wandb_run_id(tmp_path / "b.ckpt") is None  # written without W&B
+    assert wandb_run_id(tmp_path / "c.ckpt") is None  # the resumed fit names the problem
+    assert wandb_run_id(tmp_path / "missing.ckpt") is None

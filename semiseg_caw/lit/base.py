@@ -14,9 +14,16 @@ from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from semiseg_caw.checkpoints import TASK_CLASS_KEY, CheckpointError, import_class, read_checkpoint
+from semiseg_caw.checkpoints import (
+    TASK_CLASS_KEY,
+    WANDB_RUN_KEY,
+    CheckpointError,
+    import_class,
+    read_checkpoint,
+)
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, PREDICT_KEYS, TRAIN_KEYS, check_batch
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
@@ -545,6 +552,10 @@ class SegmentationTask(L.LightningModule, abc.ABC):
         # Which task wrote it, for checkpoints made outside the CLI (stage 1 inside `fit`,
         # a plain Trainer): their hyper-parameters don't name a class, and the CLI needs one.
         checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # The W&B run, so that a fit resumed from this file logs on in the same run.
+        for logger in self._trainer.loggers if self._trainer is not None else []:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint[WANDB_RUN_KEY] = logger.version
 
     @_restricted_classmethod
     def load_from_checkpoint(

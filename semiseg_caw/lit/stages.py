@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from semiseg_caw.checkpoints import LastCheckpoint
+from semiseg_caw.checkpoints import LastCheckpoint, wandb_run_id
 from semiseg_caw.lit.class_elevate import ClassElevateSeg
 from semiseg_caw.lit.semiseg import SemiSegCAW
 
@@ -152,6 +152,7 @@ def fit_stage1(
             save_dir=str(root),
             job_type="stage1",
             offline=os.environ.get("WANDB_MODE") is None,  # offline unless asked, as the CLI
+            id=wandb_run_id(ckpt_path) if ckpt_path else None,  # a resumed stage 1's run
         )
         if wandb
         else CSVLogger(root, name="logs")
