@@ -1374,3 +1374,18 @@ def test_a_run_tested_again_counts_the_model_alone_and_keeps_its_fit_time(
     monkeypatch.setattr(bench, "_test", lambda args, ckpt: {"params": 2})
     bench._worker(spec)
     assert json.loads((rundir / "test.json").read_text()) == {"params": 2, "fit_wall_s": 123.0}
+
+
+def test_narrative_recomputes_the_readme_figures_from_the_committed_results(capsys) -> None:
+    """The README's hand-written passages cite these; the script must keep reading the
+    committed results as their layout changes."""
+    narrative = load_script("narrative")
+    narrative.main([])
+    out = capsys.readouterr().out
+    headings = [line for line in out.splitlines() if line.startswith("== ")]
+    assert len(headings) >= 15
+    # One figure the README quotes to 4 decimals, as the results give it.
+    assert (
+        "ddti: unext-aux-dropout-0.75-long-both - unext-full-long: test -0.010 (seeds 0, 1, 2, 3, 4) [-0.0104]"
+        in out
+    )

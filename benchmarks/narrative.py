@@ -1,0 +1,495 @@
+"""The figures README.md's hand-written passages quote from the benchmark tables, recomputed
+from the committed results (``benchmarks/results/*.json``) and printed under a heading per
+passage, in the README's order, so that each sentence can be checked against its data.
+
+The README's own wording rounds these to 3 decimals (4 where it says so); seed-paired gaps
+come from ``report.paired`` / ``report.gap``, the functions the generated tables use. Reads
+only; writes nothing.
+
+    python benchmarks/narrative.py [--results DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from protocol import LONG  # noqa: E402
+from report import RESULTS, _fmt, _stats, favoured, fit_minutes, gap, paired  # noqa: E402
+
+DATASETS = {"busi": "", "ddti": "-48"}  # the row suffix of each data set's first label budget
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def load(results: Path, stem: str) -> dict:
+    return json.loads((results / f"{stem}.json").read_text())
+
+
+def by_seed(rep: dict, row: str, split: str = "test") -> dict[int, float]:
+    """A row's Dice per seed: test (pooled) or validation (the best epoch's)."""
+    return {
+        r["seed"]: r["metrics"]["seg/dice"] if split == "test" else r["val_dice"]
+        for r in rep["runs"]
+        if r["row"] == row
+    }
+
+
+def seeds_text(seeds: Iterable[int]) -> str:
+    return ", ".join(map(str, sorted(seeds)))
+
+
+def row_line(rep: dict, row: str, seeds: list[int] | None = None) -> str:
+    """Test Dice mean ± std and mean validation Dice of a row, over its seeds or ``seeds``."""
+    test, val = by_seed(rep, row), by_seed(rep, row, "val")
+    keep = sorted(test if seeds is None else set(seeds) & set(test))
+    stats = _stats([test[s] for s in keep])
+    val_mean = statistics.mean(val[s] for s in keep)
+    return f"{row}: test {_fmt(stats)}, validation {val_mean:.4f} (seeds {seeds_text(keep)})"
+
+
+def gaps(rep: dict, row: str, other: str) -> str:
+    """Seed-paired gap of ``row`` over ``other``, test and validation, 3 and 4 decimals."""
+    parts = []
+    for split in ("test", "val"):
+        found = paired(rep, row, other, split)
+        if found is not None:
+            parts.append(f"{split} {gap(rep, row, other, split)} [{found[0]:+.4f}]")
+    return f"{row} - {other}: " + "; ".join(parts)
+
+
+def per_seed_signs(rep: dict, row: str, other: str, split: str = "test") -> str:
+    """Whether ``row`` beats ``other`` at every common seed ("every seed agrees")."""
+    a, b = by_seed(rep, row, split), by_seed(rep, other, split)
+    diffs = {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+    above = sum(d > 0 for d in diffs.values())
+    return f"{row} above {other} on {split} at {above} of {len(diffs)} seeds"
+
+
+def ratio_range(rep: dict, rows: list[str], references: list[str]) -> str:
+    """Fit minutes (median, stage 1 included, as the tables print) of ``rows`` over those of
+    ``references``: the smallest and largest ratio."""
+    ratios = [fit_minutes(rep, r) / fit_minutes(rep, ref) for r in rows for ref in references]
+    minutes = {n: round(fit_minutes(rep, n), 1) for n in (*rows, *references)}
+    return f"{min(ratios):.3f} to {max(ratios):.3f} (fit minutes {minutes})"
+
+
+def heading(text: str) -> None:
+    print(f"\n== {text}")
+
+
+# --- README "Configs, baselines and ablations" ---------------------------------------------
+
+
+def aux_lr(cpu: dict[str, dict]) -> None:
+    heading("Configs: aux-full-lr and aux-lr-0.3 against SemiSeg-CAW")
+    for ds, sfx in DATASETS.items():
+        for bb in ("unext", "malunet"):
+            for variant in ("aux-full-lr", "aux-lr-0.3"):
+                print(f"  {ds}: {gaps(cpu[ds], f'{bb}-{variant}', f'{bb}-semiseg-caw{sfx}')}")
+    # "within seed noise (std about 0.01)": the rows' own test std.
+    for ds, sfx in DATASETS.items():
+        by = {r["row"]: r for r in cpu[ds]["rows"]}
+        names = [f"{bb}-{v}" for bb in ("unext", "malunet") for v in ("aux-full-lr", "aux-lr-0.3")]
+        names += [f"{bb}-semiseg-caw{sfx}" for bb in ("unext", "malunet")]
+        print(f"  {ds} test std: " + ", ".join(f"{n} {by[n]['dice']['std']:.4f}" for n in names))
+
+
+def balance_classes(cpu: dict[str, dict]) -> None:
+    heading("Configs: balance_classes")
+    for ds, sfx in DATASETS.items():
+        by = {r["row"]: r for r in cpu[ds]["rows"]}
+        base = f"malunet-semiseg-caw{sfx}"
+        for name in (base, "malunet-balanced-classes", "malunet-balanced-classes-stage2"):
+            if name in by:
+                balanced = by[name]["cls_balanced_accuracy"]
+                print(f"  {ds}: {name} cls balanced accuracy {_fmt(balanced)} (n={balanced['n']})")
+                if name != base:
+                    print(f"  {ds}: {gaps(cpu[ds], name, base)}")
+
+
+# --- flip TTA and the largest lesion (benchmarks/tta.py) -----------------------------------
+
+
+def gain(runs: list[dict], split: str) -> str:
+    """Mean Dice gain of a test-time setting over ``runs``, to 3 decimals and, since a mean
+    near a rounding boundary is easily misquoted, to 5."""
+    mean = statistics.mean(r[f"{split}_tta"]["dice"] - r[split]["dice"] for r in runs)
+    return f"{mean:+.3f} [{mean:+.5f}]"
+
+
+def flip_tta(cpu: dict[str, dict], tta: dict[str, dict]) -> None:
+    heading("Configs: flip TTA on the CPU checkpoints")
+    for ds in DATASETS:
+        t = tta[ds]
+        runs, rows = t["runs"], t["rows"]
+        print(
+            f"  {ds}: {len(runs)} runs, {len(rows)} rows; validation favours it on "
+            f"{len(favoured(rows))} of {len(rows)} rows; mean gain over runs "
+            f"validation {gain(runs, 'val')}, test {gain(runs, 'test')}"
+        )
+        # Rows re-evaluated at fewer seeds than the benchmark ran (their folders were gone).
+        bench = {r["row"]: r["seeds"] for r in cpu[ds]["rows"]}
+        partial = {r["row"]: r["seeds"] for r in rows if r["seeds"] != bench.get(r["row"])}
+        print(f"  {ds}: rows at fewer seeds than the benchmark: {partial}")
+        method = {r["row"]: r["method"] for r in cpu[ds]["rows"]}
+        long_runs = [r for r in runs if method[r["row"]] in LONG]
+        print(
+            f"  {ds}: {len(long_runs)} runs of rows trained {cpu[ds]['long_epochs']} epochs: "
+            f"validation {gain(long_runs, 'val')}, test {gain(long_runs, 'test')}"
+        )
+        row = "unext-aux-dropout-0.75-long-both"
+        these = [r for r in runs if r["row"] == row]
+        print(
+            f"  {ds}: {row} ({len(these)} runs): validation {gain(these, 'val')}, "
+            f"test {gain(these, 'test')}"
+        )
+
+
+def largest_lesion(tta: dict[str, dict], largest: dict[str, dict], both: dict[str, dict]) -> None:
+    heading("Configs: keep_largest_lesion, alone and after flip TTA")
+    for ds in DATASETS:
+        runs, rows = largest[ds]["runs"], largest[ds]["rows"]
+        unext = [r["row"] for r in rows if r["row"].startswith("unext")]
+        lower = [r["row"] for r in rows if r["row"].startswith("unext") and r["val_gain"][0] < 0]
+        print(
+            f"  {ds}: largest, {len(runs)} runs: validation {gain(runs, 'val')}, "
+            f"test {gain(runs, 'test')}; UNeXt rows lower on validation: "
+            f"{len(lower)} of {len(unext)}"
+        )
+        # Flip alone on the runs both settings were evaluated on (the first pass).
+        first = {(r["row"], r["seed"]) for r in both[ds]["runs"]}
+        flip = [r for r in tta[ds]["runs"] if (r["row"], r["seed"]) in first]
+        print(
+            f"  {ds}: flip+largest, {len(both[ds]['runs'])} runs: validation "
+            f"{gain(both[ds]['runs'], 'val')} (flip alone on the same {len(flip)} runs "
+            f"{gain(flip, 'val')}); test {gain(both[ds]['runs'], 'test')} "
+            f"(flip alone {gain(flip, 'test')})"
+        )
+
+
+# --- README "Speed" ------------------------------------------------------------------------
+
+
+def decoder(cpu: dict[str, dict]) -> None:
+    heading("Speed: aux_mode decoder (s / epoch in the BUSI CPU runs; gaps to SemiSeg-CAW)")
+    by = {r["row"]: r for r in cpu["busi"]["rows"]}
+    # The fine-tuned variants next to it in the table, run in the same period ("beside it").
+    beside = ("aux-output-skip", "aux-full-lr", "aux-lr-0.3", "ftv-balanced")
+    for bb in ("malunet", "unext"):
+        others = {v: round(by[f"{bb}-{v}"]["train_s_per_epoch"]["mean"], 1) for v in beside}
+        print(
+            f"  {bb}-aux-decoder stage 2 train s/epoch "
+            f"{by[f'{bb}-aux-decoder']['train_s_per_epoch']['mean']:.1f}; beside it {others}"
+        )
+    for ds, sfx in DATASETS.items():
+        for bb in ("malunet", "unext"):
+            print(f"  {ds}: {gaps(cpu[ds], f'{bb}-aux-decoder', f'{bb}-semiseg-caw{sfx}')}")
+
+
+def sharing(gpu: dict[str, dict]) -> None:
+    heading("Speed: sharing the H200 (GPU tables: s / epoch and fit minutes, row means)")
+    for ds, rep in gpu.items():
+        for r in rep["rows"]:
+            if r["fit_wall_s"]["mean"]:
+                runs = [round(x["fit_wall_s"] / 60, 2) for x in rep["runs"] if x["row"] == r["row"]]
+                print(
+                    f"  {ds}: {r['row']}: train s/epoch {r['train_s_per_epoch']['mean']:.2f} "
+                    f"(with val {r['epoch_s']['mean']:.2f}), fit minutes "
+                    f"{r['fit_wall_s']['mean'] / 60:.2f} (runs {runs})"
+                )
+
+
+# --- README "What the CPU tables can and cannot show" --------------------------------------
+
+
+def cpu_intro(cpu: dict[str, dict]) -> None:
+    heading("CPU tables: budget, model sizes and the -long rows' fit minutes against SemiSeg-CAW")
+    for ds, rep in cpu.items():
+        print(
+            f"  {ds}: {rep['image_size']} px, {rep['epochs']} epochs (stage 1: "
+            f"{rep['stage1_epochs']}); -long rows {rep['long_epochs']} (stage 1 of -long-both: "
+            f"{rep['long_stage1_epochs']}); class-only images {rep['runs'][0]['train_class_only']}"
+        )
+    by = {r["row"]: r for r in cpu["busi"]["rows"]}
+    semi = by["malunet-semiseg-caw"]
+    stage1 = semi["params"]["mean"] - semi["params_core"]["mean"]
+    print(
+        f"  stage 1 parameters {stage1 / 1e6:.2f} M;"
+        f" MALUNet {by['malunet-full']['params']['mean'] / 1e6:.3f} M;"
+        f" UNeXt {by['unext-full']['params']['mean'] / 1e6:.3f} M"
+    )
+    for ds, sfx in DATASETS.items():
+        rep = cpu[ds]
+        ratios = [
+            ratio_range(
+                rep, [f"{bb}-reduced{sfx}-long", f"{bb}-full-long"], [f"{bb}-semiseg-caw{sfx}"]
+            )
+            for bb in ("malunet", "unext")
+        ]
+        print(f"  {ds}: long baselines / SemiSeg-CAW: malunet {ratios[0]}; unext {ratios[1]}")
+
+
+def malunet_long(cpu: dict[str, dict]) -> None:
+    heading("MALUNet long baselines against SemiSeg-CAW at 8 epochs")
+    for ds, sfx in DATASETS.items():
+        rep = cpu[ds]
+        for row in (f"malunet-reduced{sfx}-long", "malunet-full-long", f"malunet-semiseg-caw{sfx}"):
+            print(f"  {ds}: {row_line(rep, row)}")
+        print(f"  {ds}: {gaps(rep, f'malunet-semiseg-caw{sfx}', f'malunet-reduced{sfx}')}")
+        print(f"  {ds}: {gaps(rep, 'malunet-no-class-only', f'malunet-semiseg-caw{sfx}')}")
+
+
+def malunet_frozen_long(cpu: dict[str, dict]) -> None:
+    heading("MALUNet SemiSeg-CAW trained long on the 6-epoch stage 1 (frozen-aux-cached-long)")
+    for ds, sfx in DATASETS.items():
+        rep = cpu[ds]
+        print(f"  {ds}: {row_line(rep, 'malunet-frozen-aux-cached-long')}")
+        print(
+            f"  {ds}: {gaps(rep, 'malunet-frozen-aux-cached-long', f'malunet-reduced{sfx}-long')}"
+        )
+
+
+def stage1_test(rep: dict, row: str) -> tuple[list[float], list[float]]:
+    """The stage-1 test Dice a row's runs recorded, and each run's test Dice minus it."""
+    runs = [r for r in rep["runs"] if r["row"] == row and "seg/dice" in r.get("stage1_alone", {})]
+    own = [r["stage1_alone"]["seg/dice"] for r in runs]
+    return own, [r["metrics"]["seg/dice"] - s for r, s in zip(runs, own, strict=True)]
+
+
+def malunet_long_both(cpu: dict[str, dict]) -> None:
+    heading("MALUNet -long-both (32-epoch stage 1) against the long baselines")
+    for ds, sfx in DATASETS.items():
+        rep, row = cpu[ds], "malunet-frozen-aux-cached-long-both"
+        long = [f"malunet-reduced{sfx}-long", "malunet-full-long"]
+        print(f"  {ds}: -long-both / long baselines: {ratio_range(rep, [row], long)}")
+        print(f"  {ds}: {row_line(rep, row)}")
+        for other in long:
+            print(f"  {ds}: {gaps(rep, row, other)}")
+        own, added = stage1_test(rep, row)
+        print(
+            f"  {ds}: its stage 1 alone {statistics.mean(own):.4f} ({len(own)} seeds); "
+            f"core model adds {statistics.mean(added):+.4f} (per seed, mean)"
+        )
+
+
+def unext_long(cpu: dict[str, dict]) -> None:
+    heading("UNeXt long baselines, -long-both and no-classelevate-long")
+    for ds, sfx in DATASETS.items():
+        rep, semi = cpu[ds], "unext-frozen-aux-cached-long-both"
+        reduced = f"unext-reduced{sfx}-long"
+        for row in ("unext-full-long", reduced, semi, "unext-no-classelevate-long"):
+            print(f"  {ds}: {row_line(rep, row)}")
+        print(
+            f"  {ds}: -long-both / long baselines: "
+            f"{ratio_range(rep, [semi], [reduced, 'unext-full-long'])}"
+        )
+        print(f"  {ds}: {gaps(rep, semi, reduced)}")
+        print(f"  {ds}: {gaps(rep, 'unext-no-classelevate-long', semi)}")
+        print(f"  {ds}: {gaps(rep, 'unext-no-classelevate-long', reduced)}")
+
+
+def map_rows(rep: dict) -> dict[str, list[dict]]:
+    """map_reliance.py's rows grouped by benchmark row (from the checkpoint path
+    ``runs/bench/<stem>/<row>/seed<N>/...``)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rep["rows"]:
+        groups.setdefault(Path(r["checkpoint"]).parts[3], []).append(r)
+    return groups
+
+
+def map_reliance(maps: dict[str, dict], aux: dict[str, dict]) -> None:
+    heading("The core model copies the map (map_reliance.py, aux_gap.py)")
+    agree, zeroed = [], []
+    for ds, rep in maps.items():
+        for row, rows in map_rows(rep).items():
+            if "aux-dropout" in row:  # trained with the map on every image only
+                continue
+            print(f"  {ds}: {row}: {len(rows)} checkpoint(s)")
+            for r in rows:
+                for split in ("val", "test"):
+                    agree.append(r["dice"][split]["agreement"])
+                    zeroed.append(r["dice"][split]["core_without_map"])
+    print(
+        f"  agreement with the map {min(agree):.4f} to {max(agree):.4f}; "
+        f"map zeroed at most {max(zeroed):.4f}"
+    )
+    for ds, rep in aux.items():
+        means = {
+            k: statistics.mean(r["dice"][k] for r in rep["rows"]) for k in rep["rows"][0]["dice"]
+        }
+        print(
+            f"  {ds}: stage-1 maps, mean of {len(rep['rows'])} checkpoints: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
+        )
+
+
+def aux_dropout(cpu: dict[str, dict], maps: dict[str, dict], aux: dict[str, dict]) -> None:
+    heading("aux-dropout (half the maps dropped) on the 32-epoch stage 1")
+    for ds, sfx in DATASETS.items():
+        rep, ref = cpu[ds], "unext-frozen-aux-cached-long-both"
+        print(f"  {ds}: {row_line(rep, 'unext-aux-dropout-long-both')}")
+        print(f"  {ds}: {gaps(rep, 'unext-aux-dropout-long-both', ref)}")
+        print(f"  {ds}: {gaps(rep, 'unext-aux-dropout-long-both', f'unext-reduced{sfx}-long')}")
+    for ds, rep in maps.items():
+        rows = map_rows(rep)["unext-aux-dropout-long-both"]
+        for split in ("test", "val"):
+            alone = [r["dice"][split]["core_without_map"] for r in rows]
+            print(
+                f"  {ds}: unext-aux-dropout-long-both, map zeroed, {split}: "
+                f"{min(alone):.4f} to {max(alone):.4f}"
+            )
+        mean = {
+            k: statistics.mean(r["dice"]["val"][k] for r in rows)
+            for k in ("core", "core_without_map", "mean_with_without")
+        }
+        print(
+            f"  {ds}: validation, mean of {len(rows)}: with map {mean['core']:.4f} / without "
+            f"{mean['core_without_map']:.4f} / mean of the two {mean['mean_with_without']:.4f}"
+        )
+    for ds, sfx in DATASETS.items():
+        rep, ref = cpu[ds], "malunet-frozen-aux-cached-long-both"
+        for row in ("malunet-aux-dropout-long-both", "malunet-aux-dropout-0.75-long-both"):
+            print(f"  {ds}: {gaps(rep, row, ref)}")
+        maps_test = statistics.mean(r["dice"]["test"] for r in aux[ds]["rows"])
+        print(
+            f"  {ds}: {row_line(rep, f'malunet-reduced{sfx}-long')}; the maps' test {maps_test:.4f}"
+        )
+        # "with or without dropout it stays above both long MALUNet baselines"
+        for row in ("malunet-aux-dropout-long-both", "malunet-aux-dropout-0.75-long-both"):
+            print(f"  {ds}: {row_line(rep, row)}")
+            for other in (f"malunet-reduced{sfx}-long", "malunet-full-long"):
+                print(f"  {ds}: {gaps(rep, row, other)}")
+
+
+def dropout_rates(cpu: dict[str, dict]) -> None:
+    heading("UNeXt aux-dropout rates (seeds 0 to 2, the seeds every rate ran)")
+    rates = {"0.25": "-0.25", "0.5": "", "0.75": "-0.75", "0.9": "-0.9"}
+    val_means: dict[str, list[float]] = {rate: [] for rate in rates}
+    for ds in DATASETS:
+        rep = cpu[ds]
+        for rate, part in rates.items():
+            row = f"unext-aux-dropout{part}-long-both"
+            print(f"  {ds}: rate {rate}: {row_line(rep, row, [0, 1, 2])}")
+            val_means[rate].append(statistics.mean(by_seed(rep, row, "val")[s] for s in (0, 1, 2)))
+        half, three = "unext-aux-dropout-long-both", "unext-aux-dropout-0.75-long-both"
+        print(f"  {ds}: {gaps(rep, three, half)}; {per_seed_signs(rep, three, half, 'val')}")
+    print(
+        "  mean validation over the two data sets: "
+        + ", ".join(f"{rate} {statistics.mean(v):.4f}" for rate, v in val_means.items())
+    )
+    heading("UNeXt aux-dropout 0.75 at 5 seeds against the long baselines")
+    for ds, sfx in DATASETS.items():
+        rep, row = cpu[ds], "unext-aux-dropout-0.75-long-both"
+        print(f"  {ds}: {row_line(rep, row)}")
+        for other in (f"unext-reduced{sfx}-long", "unext-full-long"):
+            print(f"  {ds}: {gaps(rep, row, other)}")
+
+
+def pseudo(cpu: dict[str, dict]) -> None:
+    heading("Pseudo-labels and a mean teacher on top of aux-dropout 0.75")
+    for ds in DATASETS:
+        rep, ref = cpu[ds], "unext-aux-dropout-0.75-long-both"
+        for row in (
+            "unext-pseudo-aux-dropout-0.75-long-both",
+            "unext-mean-teacher-aux-dropout-0.75-long-both",
+        ):
+            print(f"  {ds}: {row_line(rep, row)}")
+            print(f"  {ds}: {gaps(rep, row, ref)}")
+        counts = {(r["train_class_only"], r["train_masks"]) for r in rep["runs"] if r["row"] == ref}
+        print(f"  {ds}: (class-only images, masks) in training: {counts}")
+
+
+# --- README "What the GPU tables show" -----------------------------------------------------
+
+
+def gpu_bar(gpu: dict[str, dict]) -> None:
+    heading("GPU: SemiSeg-CAW against the bar")
+    for ds, sfx in DATASETS.items():
+        rep, semi = gpu[ds], f"malunet-semiseg-caw{sfx}"
+        print(
+            f"  {ds}: {rep['hardware']['gpu']}, {rep['image_size']} px, {rep['epochs']} epochs "
+            f"(stage 1: {rep['stage1_epochs']}), seeds {rep['seeds']}"
+        )
+        for row in (semi, f"malunet-reduced{sfx}", "malunet-full"):
+            print(f"  {ds}: {row_line(rep, row)}")
+        for other in (f"malunet-reduced{sfx}", "malunet-full"):
+            print(f"  {ds}: {gaps(rep, semi, other)}; {per_seed_signs(rep, semi, other)}")
+        print(f"  {ds}: paper's SemiSeg-CAW {rep['paper'][semi][0]:.3f}")
+        levers = {(r["cuda_graphs"], r.get("augment_on_device")) for r in rep["runs"]}
+        print(f"  {ds}: (cuda_graphs, augment_on_device) of its runs: {levers}")
+
+
+def gpu_long(gpu: dict[str, dict]) -> None:
+    heading("GPU: the baselines' best epoch, and the DDTI -long controls")
+    for ds, sfx in DATASETS.items():
+        by = {r["row"]: r for r in gpu[ds]["rows"]}
+        best = {
+            n: round(by[n]["best_epoch"]["mean"], 2)
+            for n in (f"malunet-reduced{sfx}", "malunet-full")
+        }
+        print(f"  {ds}: mean best validation epoch (from 0, of {gpu[ds]['epochs']}): {best}")
+    rep, semi = gpu["ddti"], "malunet-semiseg-caw-48"
+    long = ["malunet-reduced-48-long", "malunet-full-long"]
+    print(
+        f"  ddti: long controls of {rep['long_epochs']} epochs; fit minutes (median) "
+        + ", ".join(f"{n} {fit_minutes(rep, n):.2f}" for n in (semi, *long))
+    )
+    for short, row in zip(("malunet-reduced-48", "malunet-full"), long, strict=True):
+        print(f"  ddti: {row_line(rep, row)}; {gaps(rep, row, short)}")
+    for row in long:
+        print(
+            f"  ddti: {gaps(rep, semi, row)}; {per_seed_signs(rep, semi, row)}; "
+            f"{per_seed_signs(rep, semi, row, 'val')}"
+        )
+    print(f"  busi: rows in the table: {[r['row'] for r in gpu['busi']['rows']]}")
+
+
+def gpu_stage1(gpu: dict[str, dict]) -> None:
+    heading("GPU: where the lead comes from (stage 1 alone)")
+    for ds, sfx in DATASETS.items():
+        rep = gpu[ds]
+        print(f"  {ds}: {row_line(rep, f'classelevate-alone{sfx}')}")
+        print(f"  {ds}: {gaps(rep, f'malunet-semiseg-caw{sfx}', f'classelevate-alone{sfx}')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the results JSON")
+    results = p.parse_args(argv).results
+
+    def each(part: str) -> dict[str, dict]:
+        return {ds: load(results, f"{ds}-{part}") for ds in DATASETS}
+
+    cpu, gpu = each("cpu"), each("gpu")
+    tta, largest, both = each("cpu-tta"), each("cpu-largest"), each("cpu-tta-largest")
+    maps, aux = each("map-reliance"), each("aux-gap")
+
+    aux_lr(cpu)
+    balance_classes(cpu)
+    flip_tta(cpu, tta)
+    largest_lesion(tta, largest, both)
+    decoder(cpu)
+    sharing(gpu)
+    cpu_intro(cpu)
+    malunet_long(cpu)
+    malunet_frozen_long(cpu)
+    malunet_long_both(cpu)
+    unext_long(cpu)
+    map_reliance(maps, aux)
+    aux_dropout(cpu, maps, aux)
+    dropout_rates(cpu)
+    pseudo(cpu)
+    gpu_bar(gpu)
+    gpu_long(gpu)
+    gpu_stage1(gpu)
+
+
+if __name__ == "__main__":
+    main()
