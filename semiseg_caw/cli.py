@@ -293,6 +293,12 @@ class SemiSegCLI(LightningCLI):
                 "--config, validate, test and predict take them from the checkpoint"
             )
         size = trained.get("image_size")
+        if size is not None and size != data.image_size and self.subcommand == "fit":
+            raise CheckpointError(
+                f"data.image_size is {data.image_size} but {ckpt_path} was trained at {size} "
+                f"px: a resumed run goes on as it started, so pass --data.image_size {size} "
+                "(or train a new run in its own --trainer.default_root_dir)"
+            )
         if size is not None and size != data.image_size:
             warnings.warn(
                 f"data.image_size is {data.image_size} but {ckpt_path} was trained at "
@@ -345,14 +351,15 @@ class SemiSegCLI(LightningCLI):
         # DDP's other ranks start later, when rank 0 may have written already.
         if rank_zero_only.rank == 0 and not self._continues_own_run(ckpt_path, root):
             self._refuse_earlier_run(root)
-        self._check_resumed_checkpoint(ckpt_path)
+        continues_stage1 = self._check_resumed_checkpoint(ckpt_path)
         # A run continued from its (stage-2) checkpoint, not one that starts stage 2 afresh.
         resumes = bool(ckpt_path) and (ckpt_path != "last" or bool(self._last_checkpoints()))
         if resumes:
             self._check_epochs_left()
         for callback in self.trainer.callbacks:
             if isinstance(callback, LoggerSaveConfigCallback):
-                callback.resumes = resumes
+                # Either way the run's config.yaml is kept: config-resume.yaml beside it.
+                callback.resumes = resumes or continues_stage1
         model = self.model
         if not isinstance(model, SemiSegCAW) or model.hparams.aux_source == "none":
             return
@@ -408,14 +415,18 @@ class SemiSegCLI(LightningCLI):
                 stacklevel=2,
             )
 
-    def _check_resumed_checkpoint(self, ckpt_path: str | None) -> None:
+    def _check_resumed_checkpoint(self, ckpt_path: str | None) -> bool:
         """A resumed run's data must be what its checkpoint was trained on, and its model
-        the checkpoint's, before anything (config.yaml, checkpoints) is written over."""
+        the checkpoint's, before anything (config.yaml, checkpoints) is written over.
+        Whether the fit continues a stage 1 killed before stage 2 saved anything."""
         if ckpt_path == "last":
             last = self._last_checkpoints()
             if not last:
-                self._check_stage1_resumable()  # stage 1 continues, or a new run starts
-                return
+                stage1 = self._check_stage1_resumable()  # stage 1 continues, or a new run
+                if stage1 is not None:  # its data must be stage 1's, as stage 2's above
+                    self._remember_checkpoint(stage1[1])
+                    self._check_data_matches_checkpoint(str(stage1[0]))
+                return stage1 is not None
             try:
                 ckpt = read_checkpoint(last[-1])
             except CheckpointError as err:
@@ -425,21 +436,28 @@ class SemiSegCLI(LightningCLI):
             ckpt_path = str(last[-1])
         if self._read_a_checkpoint():
             self._check_data_matches_checkpoint(ckpt_path)
+        return False
 
-    def _check_stage1_resumable(self) -> None:
+    def _check_stage1_resumable(self) -> tuple[Path, dict] | None:
         """``--ckpt_path last`` before stage 2 saved a last.ckpt: stage 2 starts afresh and
-        stage 1 continues from its own last.ckpt. Best checkpoints without a last one would
-        be trained over from scratch beside them: refused, as a new fit in the folder is."""
+        stage 1 continues from its own last.ckpt (returned, with its contents; None when
+        there is none). Best checkpoints without a last one would be trained over from
+        scratch beside them: refused, as a new fit in the folder is."""
         root = self.config.fit.trainer.default_root_dir or "."
         folders = self._checkpoint_folders(root)[:-1]  # stage 2's
         model = self.model
+        stage1 = None
         if isinstance(model, SemiSegCAW) and model.hparams.aux_source != "none":
             if not model.hparams.stage1_checkpoint:
-                folders.append(stage1_checkpoint_dir(root))
+                stage1 = stage1_checkpoint_dir(root)
+                folders.append(stage1)
+        found = None
         for folder in folders:
             last = last_checkpoints_in(folder)
             if last:
-                read_checkpoint(last[-1])  # a truncated file is named, not a traceback
+                ckpt = read_checkpoint(last[-1])  # a truncated file is named, not a traceback
+                if folder == stage1:
+                    found = (last[-1], ckpt)
                 continue
             best = sorted(folder.glob("*.ckpt"))
             if best:
@@ -448,6 +466,7 @@ class SemiSegCLI(LightningCLI):
                     "continue from; reuse a stage-1 model with --model.init_args."
                     "stage1_checkpoint, or give this run its own --trainer.default_root_dir"
                 )
+        return found
 
     def _continues_own_run(self, ckpt_path: str | None, root: str) -> bool:
         """Whether ``--ckpt_path`` resumes the run in ``root`` (``last``, or a file in its

@@ -569,9 +569,17 @@ def test_run_killed_in_stage1_continues_stage1(tmp_path, monkeypatch):
         main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=0))
     assert epochs_run == [0] and not list((tmp_path / "checkpoints").glob("*.ckpt"))
     epochs_run.clear()
+    config = (tmp_path / "config.yaml").read_text()
     stage1 = "--model.init_args.stage1_epochs=2"
+    # Its data must be what stage 1 trained on, as a resumed stage 2's must.
+    with pytest.raises(CheckpointError, match=r"data.image_size is 64 but .* trained at 32 px"):
+        main(fit_args(tmp_path, stage1, "--ckpt_path=last", "--data.image_size=64", epochs=1))
+    assert epochs_run == []
     cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
     assert epochs_run == [1]  # the second epoch only
+    # The run's record is kept; the resumed fit's config goes beside it.
+    assert (tmp_path / "config.yaml").read_text() == config
+    assert "max_epochs: 1" in (tmp_path / "config-resume.yaml").read_text()
     assert cli.model.stage1_loaded and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     # Killed after stage 1 finished but before stage 2 saved: stage 1 is not trained again.
     for written in (tmp_path / "checkpoints").glob("*.ckpt"):
@@ -596,6 +604,8 @@ def test_resuming_keeps_the_run_s_files_and_refuses_what_it_cannot_continue(tmp_
     main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=2))
     assert (tmp_path / "config.yaml").read_text() == config
     assert "max_epochs: 2" in (tmp_path / "config-resume.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"data.image_size is 64 but .* trained at 32 px"):
+        main(fit_args(tmp_path, stage1, "--ckpt_path=last", "--data.image_size=64", epochs=3))
     # Another fit while one runs in the folder (the lock is what a running fit holds).
     held = lock_run_folder(tmp_path)
     try:
