@@ -83,17 +83,35 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return config, history
 
 
-def test_offline_run_records_config_metrics_wgm_and_images(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def offline_wandb(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """W&B offline for this test. A (disabled) run left open by an earlier in-process
+    command would be reused, and W&B reads WANDB_MODE once per process: close it and make
+    W&B read the mode again, before and after (later tests' runs read 'disabled')."""
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    # A (disabled) run left open by an earlier in-process command would be reused; and W&B
-    # reads WANDB_MODE once per process: close it and make W&B read the mode again.
     wandb.finish()
     wandb.teardown()
+    yield
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb.teardown()
 
+
+def fit_offline(args: list[str]) -> None:
+    """``semiseg-caw fit`` in-process, its W&B run flushed and closed after it."""
+    import wandb
+
+    try:
+        cli_module.main(["fit", *args])
+    finally:
+        wandb.finish()
+        wandb.teardown()
+
+
+def test_offline_run_records_config_metrics_wgm_and_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_wandb: None
+) -> None:
     class CLI(cli_module.SemiSegCLI):
         """The CLI with the resolved config attached to the run (see the proposed cli.py change)."""
 
@@ -102,18 +120,13 @@ def test_offline_run_records_config_metrics_wgm_and_images(
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(cli_module, "SemiSegCLI", CLI)
-    try:
-        cli_module.main(
-            [
-                "fit",
-                *tiny(tmp_path),
-                "--image_logger.every_n_epochs=1",
-                f"--image_logger.num_images={NUM_IMAGES}",
-            ]
-        )
-    finally:
-        wandb.finish()  # flush and close the stage-2 run
-        wandb.teardown()  # and let later tests' runs read WANDB_MODE=disabled again
+    fit_offline(
+        [
+            *tiny(tmp_path),
+            "--image_logger.every_n_epochs=1",
+            f"--image_logger.num_images={NUM_IMAGES}",
+        ]
+    )
 
     # Stage 1 has a run of its own; the stage-2 run lies under the run's root folder.
     assert len(list((tmp_path / "stage1" / "wandb").glob("offline-run-*"))) == 1
@@ -185,44 +198,27 @@ def run_ids(folder: Path) -> list[str]:
 
 
 def test_a_resumed_fit_logs_on_in_the_wandb_run_it_continues(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, offline_wandb: None
 ) -> None:
-    import wandb
-
     from semiseg_caw.checkpoints import wandb_run_id
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    wandb.finish()
-    wandb.teardown()
+    fit_offline(tiny(tmp_path))
+    (first,) = run_ids(tmp_path / "wandb")
+    assert wandb_run_id(tmp_path / "checkpoints" / "last.ckpt") == first
+    (stage1,) = run_ids(tmp_path / "stage1" / "wandb")
+    assert wandb_run_id(tmp_path / "stage1" / "checkpoints" / "last.ckpt") == stage1
 
-    def fit(*extra: str) -> None:
-        try:
-            cli_module.main(["fit", *tiny(tmp_path), *extra])
-        finally:
-            wandb.finish()
-            wandb.teardown()
+    fit_offline([*tiny(tmp_path), "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert run_ids(tmp_path / "wandb") == [first, first]  # stage 2 continued, in its run
 
-    try:
-        fit()
-        (first,) = run_ids(tmp_path / "wandb")
-        assert wandb_run_id(tmp_path / "checkpoints" / "last.ckpt") == first
-        (stage1,) = run_ids(tmp_path / "stage1" / "wandb")
-        assert wandb_run_id(tmp_path / "stage1" / "checkpoints" / "last.ckpt") == stage1
-
-        fit("--trainer.max_epochs=2", "--ckpt_path=last")  # stage 2 continues
-        assert run_ids(tmp_path / "wandb") == [first, first]
-
-        # Without stage 2's checkpoints, `last` continues stage 1 (in its own run) and
-        # starts stage 2 afresh: a new run.
-        for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
-            ckpt.unlink()
-        fit("--trainer.max_epochs=1", "--ckpt_path=last")
-        assert run_ids(tmp_path / "stage1" / "wandb") == [stage1, stage1]
-        *_, third = run_ids(tmp_path / "wandb")
-        assert third != first
-    finally:
-        monkeypatch.setenv("WANDB_MODE", "disabled")
-        wandb.teardown()
+    # Without stage 2's checkpoints, `last` continues stage 1 (in its own run) and starts
+    # stage 2 afresh: a new run.
+    for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    fit_offline([*tiny(tmp_path), "--trainer.max_epochs=1", "--ckpt_path=last"])
+    assert run_ids(tmp_path / "stage1" / "wandb") == [stage1, stage1]
+    *_, third = run_ids(tmp_path / "wandb")
+    assert third != first
 
 
 def test_wandb_run_id_reads_the_id_or_none(tmp_path: Path) -> None:
