@@ -348,10 +348,12 @@ def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypa
     from concurrent.futures import ThreadPoolExecutor
 
     speed_check = load_script("speed_check")
+    threads = []
 
     def fake_worker(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
         # A worker writes its result, then takes a while to exit (torch's teardown): the
         # other one writes in between.
+        threads.append(kwargs["env"]["OMP_NUM_THREADS"])
         job = cmd[cmd.index("--worker") + 1]
         first = job.endswith("42")
         time.sleep(0.0 if first else 0.1)
@@ -360,11 +362,14 @@ def test_parallel_check_runs_each_read_their_own_result(tmp_path: Path, monkeypa
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(speed_check.subprocess, "run", fake_worker)
-    args = argparse.Namespace(device="cpu", stage1="", epochs=0, stage1_epochs=0)
+    args = argparse.Namespace(device="cpu", stage1="", epochs=0, stage1_epochs=0, parallel=2)
     jobs = ["malunet:42", "malunet:43"]
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda j: speed_check._run_worker(args, j, tmp_path), jobs))
     assert [r["job"] for r in results] == jobs
+    # Two at once share the cores instead of each spinning threads on all of them.
+    cores = speed_check.usable_cores()
+    assert threads == [str(max(1, cores // 2))] * 2
 
 
 def test_check_runs_name_their_levers_and_keep_gpu_levers_off_a_cpu() -> None:
