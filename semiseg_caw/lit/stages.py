@@ -145,6 +145,8 @@ def fit_stage1(
         mode="max",
         save_weights_only=True,  # as the CLI's best checkpoints; last.ckpt resumes
     )
+    if wandb:  # W&B warns "git root ... does not exist" for a save_dir not yet made
+        root.mkdir(parents=True, exist_ok=True)
     logger = (
         WandbLogger(
             project="semiseg-caw",
