@@ -368,27 +368,46 @@ def aux_dropout(cpu: dict[str, dict], maps: dict[str, dict], aux: dict[str, dict
                 print(f"  {ds}: {gaps(rep, row, other)}")
 
 
-def dropout_rates(cpu: dict[str, dict]) -> None:
-    heading("UNeXt aux-dropout rates (seeds 0 to 2, the seeds every rate ran)")
-    rates = {"0.25": "-0.25", "0.5": "", "0.75": "-0.75", "0.9": "-0.9"}
+def dropout_rates(cpu: dict[str, dict], bb: str, rates: tuple[str, ...]) -> None:
+    """Each aux-dropout rate of backbone ``bb`` on seeds 0 to 2 (0: no dropout, the
+    frozen-aux-cached-long-both row), and the mean validation Dice over the data sets."""
+    name = {"unext": "UNeXt", "malunet": "MALUNet"}[bb]
+    heading(f"{name} aux-dropout rates (seeds 0 to 2, the seeds every rate ran)")
+    names = {"0": "frozen-aux-cached-long-both", "0.5": "aux-dropout-long-both"}
     val_means: dict[str, list[float]] = {rate: [] for rate in rates}
     for ds in DATASETS:
         rep = cpu[ds]
-        for rate, part in rates.items():
-            row = f"unext-aux-dropout{part}-long-both"
+        for rate in rates:
+            row = f"{bb}-{names.get(rate, f'aux-dropout-{rate}-long-both')}"
             print(f"  {ds}: rate {rate}: {row_line(rep, row, [0, 1, 2])}")
             val_means[rate].append(statistics.mean(by_seed(rep, row, "val")[s] for s in (0, 1, 2)))
-        half, three = "unext-aux-dropout-long-both", "unext-aux-dropout-0.75-long-both"
+        half, three = f"{bb}-aux-dropout-long-both", f"{bb}-aux-dropout-0.75-long-both"
         print(f"  {ds}: {gaps(rep, three, half)}; {per_seed_signs(rep, three, half, 'val')}")
     print(
         "  mean validation over the two data sets: "
         + ", ".join(f"{rate} {statistics.mean(v):.4f}" for rate, v in val_means.items())
     )
+
+
+def unext_dropout(cpu: dict[str, dict]) -> None:
+    dropout_rates(cpu, "unext", ("0.25", "0.5", "0.75", "0.9"))
     heading("UNeXt aux-dropout 0.75 at 5 seeds against the long baselines")
     for ds, sfx in DATASETS.items():
         rep, row = cpu[ds], "unext-aux-dropout-0.75-long-both"
         print(f"  {ds}: {row_line(rep, row)}")
         for other in (f"unext-reduced{sfx}-long", "unext-full-long"):
+            print(f"  {ds}: {gaps(rep, row, other)}")
+
+
+def malunet_dropout(cpu: dict[str, dict]) -> None:
+    dropout_rates(cpu, "malunet", ("0", "0.5", "0.75", "0.9"))
+    for ds, sfx in DATASETS.items():
+        rep, row = cpu[ds], "malunet-aux-dropout-0.9-long-both"
+        for other in (
+            "malunet-frozen-aux-cached-long-both",
+            f"malunet-reduced{sfx}-long",
+            "malunet-full-long",
+        ):
             print(f"  {ds}: {gaps(rep, row, other)}")
 
 
@@ -484,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     unext_long(cpu)
     map_reliance(maps, aux)
     aux_dropout(cpu, maps, aux)
-    dropout_rates(cpu)
+    unext_dropout(cpu)
+    malunet_dropout(cpu)
     pseudo(cpu)
     gpu_bar(gpu)
     gpu_long(gpu)
