@@ -9,19 +9,23 @@ checkpoints alone do not (they hold no random state).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
 import pickle
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import RandomSampler
@@ -126,6 +130,41 @@ def load_submodule(module: nn.Module, path: str | Path, prefix: str) -> None:
             f"channels or classes?): {'; '.join(wrong[:3])}"
         )
     module.load_state_dict(state)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint file beside its destination and renames it into place, so that
+    a run killed mid-write keeps the previous file whole.
+
+    Lightning writes through a temporary file in ``$TMPDIR`` moved into place with
+    ``shutil.move``: where ``$TMPDIR`` is another filesystem than the run folder (a node's
+    local disk, a tmpfs) that move is a copy over the old file, and a kill during it leaves
+    ``last.ckpt`` cut short, losing the state a resumed run needs. Paths with a protocol
+    (``s3://``, ...) keep Lightning's way.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a killed write
+            stale.unlink(missing_ok=True)
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)  # atomic within one filesystem
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -17,10 +17,12 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from semiseg_caw.checkpoints import (
+    AtomicCheckpointIO,
     CheckpointError,
     EpochSeeding,
     LastCheckpoint,
@@ -138,6 +140,11 @@ class SemiSegCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             kwargs.setdefault("callbacks", [*callbacks, RichProgressBar()])
+        # Checkpoints written in place atomically, unless the config chooses how.
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:

@@ -730,3 +730,47 @@ def test_resuming_with_fewer_epochs_than_trained_says_what_to_give(tmp_path):
     with pytest.raises(ValueError, match=r"written in epoch 3, more than --trainer.max_epochs=1"):
         main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
     main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=3))  # as many: nothing left
+
+
+def test_a_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Lightning's write is a copy from $TMPDIR where that is another filesystem: a kill
+    during it cut last.ckpt short. The write goes beside the file and is renamed in."""
+    import semiseg_caw.checkpoints as checkpoints_module
+    from semiseg_caw.checkpoints import AtomicCheckpointIO
+
+    io, last = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 1}, last)
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+    def killed(obj, f) -> None:
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints_module.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {}, "epoch": 2}, last)
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # the previous state, whole
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    # A part left by a write killed harder (no cleanup ran) goes at the next write.
+    monkeypatch.undo()
+    (last.parent / ".last.ckpt.x1.partial").write_bytes(b"half")
+    io.save_checkpoint({"state_dict": {}, "epoch": 3}, last)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert torch.load(last, weights_only=True)["epoch"] == 3
+
+
+def test_fit_writes_both_stages_checkpoints_atomically(tmp_path, monkeypatch):
+    from semiseg_caw.checkpoints import AtomicCheckpointIO
+
+    written = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint, path, storage_options=None) -> None:
+        written.append(Path(path).relative_to(tmp_path).as_posix())
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", spy)
+    main(fit_args(tmp_path, "--model.init_args.stage1_epochs=1", epochs=1))
+    assert "stage1/checkpoints/last.ckpt" in written and "checkpoints/last.ckpt" in written
+    assert any(p.startswith("checkpoints/best-") for p in written)
+    assert any(p.startswith("stage1/checkpoints/best-") for p in written)

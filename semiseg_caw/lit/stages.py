@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from semiseg_caw.checkpoints import LastCheckpoint, wandb_run_id
+from semiseg_caw.checkpoints import AtomicCheckpointIO, LastCheckpoint, wandb_run_id
 from semiseg_caw.lit.class_elevate import ClassElevateSeg
 from semiseg_caw.lit.semiseg import SemiSegCAW
 
@@ -167,6 +167,7 @@ def fit_stage1(
         default_root_dir=root,
         callbacks=[checkpoint, LastCheckpoint(folder, last_checkpoint_interval_s)],
         logger=logger,
+        plugins=[AtomicCheckpointIO()],
         **kwargs,
     )
     names = list(getattr(datamodule, "class_names", []))
