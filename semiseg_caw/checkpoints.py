@@ -181,7 +181,7 @@ class LastCheckpoint(ModelCheckpoint):
         dirpath: Folder of ``last.ckpt`` (the CLI's default: the run's ``checkpoints/``).
         min_interval_s: Least seconds between two writes at epoch ends (0: every epoch);
             the final epoch is always written. For fast epochs: a SemiSeg-CAW checkpoint
-            (auxiliary model and its AdamW moments) is 175 MB, ~0.5 s to write: much of
+            (auxiliary model and its AdamW moments) is 175 MB, 0.2-0.6 s to write: much of
             a sub-second GPU epoch.
 
     A fit stopped by Ctrl-C or SIGTERM is told (on stderr) which epoch ``last.ckpt`` holds,
