@@ -1,7 +1,10 @@
 """Checkpoints: loading stage-1 weights safely, and resuming a killed run exactly.
 
 Loading names the file and the problem when it fails (:class:`CheckpointError`).
-:class:`LastCheckpoint` keeps ``last.ckpt`` the latest state. :class:`EpochSeeding` makes a
+:class:`AtomicCheckpointIO` writes every checkpoint so that a kill mid-write keeps the
+previous file. :class:`LastCheckpoint` keeps ``last.ckpt`` the latest state; the tasks store the W&B run
+in every checkpoint (``WANDB_RUN_KEY``, read by :func:`wandb_run_id`) so that a resumed fit
+logs on in it. :class:`EpochSeeding` makes a
 run resumed from an epoch-end checkpoint (``--ckpt_path last``) draw the same shuffles,
 augmentations and dropout masks as the uninterrupted run would have, which Lightning's
 checkpoints alone do not (they hold no random state).
