@@ -189,6 +189,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cpu_threads(parallel: int) -> int:
+    """Torch threads per run on a CPU: runs at once share the cores. Each taking them all
+    oversubscribes them (threads spinning against each other made runs up to 30x slower)."""
+    return max(1, usable_cores() // max(1, parallel))
+
+
 def _run_worker(args: argparse.Namespace, job: str, tmp: Path) -> dict[str, Any]:
     # A result file per job: with --parallel several workers share `tmp`, and one
     # shared file gave every run of a pair the result of whichever finished last.
@@ -200,9 +206,7 @@ def _run_worker(args: argparse.Namespace, job: str, tmp: Path) -> dict[str, Any]
     cmd += ["--stage1-epochs", str(args.stage1_epochs)]
     env = {**os.environ, **ENV}
     if args.device == "cpu":
-        # Runs at once share the cores: each taking them all would oversubscribe them
-        # (torch threads spinning against each other made runs up to 30 times slower).
-        threads = str(max(1, usable_cores() // max(1, args.parallel)))
+        threads = str(cpu_threads(args.parallel))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -265,11 +269,7 @@ def check(args: argparse.Namespace) -> None:
         "graph; a GPU only)",
         "- bf16-mixed: `trainer.precision: bf16-mixed` (stage 2 only)",
         f"- runs at once: {args.parallel}"
-        + (
-            f" ({max(1, usable_cores() // max(1, args.parallel))} torch thread(s) each)"
-            if args.device == "cpu"
-            else ""
-        ),
+        + (f" ({cpu_threads(args.parallel)} torch thread(s) each)" if args.device == "cpu" else ""),
         f"- wall time: {(time.perf_counter() - start) / 60:.1f} min",
         "",
         "| run | seed | val Dice, last epoch | best val Dice | stage-2 wall (s) |",

@@ -161,7 +161,6 @@ class SemiSegCLI(LightningCLI):
         # Logs (W&B, CSV, TensorBoard; and the saved config beside them) go under the run's
         # folder, not the working directory, unless a save_dir is given.
         loggers = config.trainer.get("logger")
-        resumed_run = self._resumed_wandb_run(root) if self.subcommand == "fit" else None
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if not logger or not hasattr(logger, "get") or not logger.get("class_path"):
                 continue  # true/false, or a logger object made in Python
@@ -172,8 +171,8 @@ class SemiSegCLI(LightningCLI):
             # A resumed fit logs on in the W&B run it continues, unless a run is named.
             args = logger.init_args
             wandb = logger.class_path.rsplit(".", 1)[-1] == "WandbLogger"
-            if wandb and resumed_run and not (args.get("id") or args.get("version")):
-                args.id = resumed_run
+            if wandb and self.subcommand == "fit" and not (args.get("id") or args.get("version")):
+                args.id = self._resumed_wandb_run(root)
 
     def _resumed_wandb_run(self, root: str) -> str | None:
         """The W&B run in which the checkpoint this fit continues was written: None for a
