@@ -445,29 +445,42 @@ def gpu_bar(gpu: dict[str, dict]) -> None:
         print(f"  {ds}: (cuda_graphs, augment_on_device) of its runs: {levers}")
 
 
+def per_image_mean(rep: dict, row: str) -> float:
+    """A row's mean Dice per test image, averaged over its seeds (the tables' Dice/img)."""
+    return statistics.mean(
+        r["metrics"]["seg/dice_per_image"] for r in rep["runs"] if r["row"] == row
+    )
+
+
 def gpu_long(gpu: dict[str, dict]) -> None:
-    heading("GPU: the baselines' best epoch, and the DDTI -long controls")
+    heading("GPU: the baselines' best epoch, and the -long controls")
     for ds, sfx in DATASETS.items():
-        by = {r["row"]: r for r in gpu[ds]["rows"]}
+        rep, semi = gpu[ds], f"malunet-semiseg-caw{sfx}"
+        by = {r["row"]: r for r in rep["rows"]}
         best = {
             n: round(by[n]["best_epoch"]["mean"], 2)
             for n in (f"malunet-reduced{sfx}", "malunet-full")
         }
-        print(f"  {ds}: mean best validation epoch (from 0, of {gpu[ds]['epochs']}): {best}")
-    rep, semi = gpu["ddti"], "malunet-semiseg-caw-48"
-    long = ["malunet-reduced-48-long", "malunet-full-long"]
-    print(
-        f"  ddti: long controls of {rep['long_epochs']} epochs; fit minutes (median) "
-        + ", ".join(f"{n} {fit_minutes(rep, n):.2f}" for n in (semi, *long))
-    )
-    for short, row in zip(("malunet-reduced-48", "malunet-full"), long, strict=True):
-        print(f"  ddti: {row_line(rep, row)}; {gaps(rep, row, short)}")
-    for row in long:
+        print(f"  {ds}: mean best validation epoch (from 0, of {rep['epochs']}): {best}")
+        long = [f"malunet-reduced{sfx}-long", "malunet-full-long"]
         print(
-            f"  ddti: {gaps(rep, semi, row)}; {per_seed_signs(rep, semi, row)}; "
-            f"{per_seed_signs(rep, semi, row, 'val')}"
+            f"  {ds}: long controls of {rep['long_epochs']} epochs; fit minutes (median) "
+            + ", ".join(f"{n} {fit_minutes(rep, n):.2f}" for n in (semi, *long))
         )
-    print(f"  busi: rows in the table: {[r['row'] for r in gpu['busi']['rows']]}")
+        for short, row in zip((f"malunet-reduced{sfx}", "malunet-full"), long, strict=True):
+            print(f"  {ds}: {row_line(rep, row)}; {gaps(rep, row, short)}")
+        for row in long:
+            test, val = by_seed(rep, semi), by_seed(rep, row)
+            seeds = {s: round(test[s] - val[s], 4) for s in sorted(val)}
+            val_gaps = {
+                s: round(by_seed(rep, semi, "val")[s] - by_seed(rep, row, "val")[s], 4)
+                for s in sorted(val)
+            }
+            print(
+                f"  {ds}: {gaps(rep, semi, row)}; test per seed {seeds}; validation per seed {val_gaps}"
+            )
+        per_image = {n: round(per_image_mean(rep, n), 4) for n in (semi, *long)}
+        print(f"  {ds}: Dice per test image, mean over seeds: {per_image}")
 
 
 def gpu_stage1(gpu: dict[str, dict]) -> None:
