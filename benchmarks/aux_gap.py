@@ -149,14 +149,18 @@ def parse(doc: str, argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def save(a: argparse.Namespace, stem: str, rows: list[dict], started: float, to_markdown) -> dict:
-    """Write ``<out>/<dataset>-<stem>.{json,md}``: the rows with the settings, the commit, the
-    machine and the wall time since ``started``; print the Markdown; return the record."""
+def save(
+    a: argparse.Namespace, stem: str, rows: list[dict], started: float, to_markdown, **extra
+) -> dict:
+    """Write ``<out>/<dataset>-<stem>.{json,md}``: the rows (and any ``extra`` entries) with
+    the settings, the commit, the machine and the wall time since ``started``; print the
+    Markdown; return the record."""
     record = {
         "dataset": a.dataset,
         "image_size": a.image_size,
         "class_only": a.class_only,
         "rows": rows,
+        **extra,
         "commit": commit(),
         "hardware": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -78,10 +78,14 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
 def run_of(checkpoint: str) -> str:
     """The run a checkpoint belongs to: its path without the seed folder and the file
     (``runs/bench/busi-cpu/unext-aux-dropout-long-both/seed0/checkpoints/best.ckpt`` ->
-    ``runs/bench/busi-cpu/unext-aux-dropout-long-both``)."""
+    ``runs/bench/busi-cpu/unext-aux-dropout-long-both``; its stage 1's, in ``seed0/stage1/``,
+    -> ``runs/bench/busi-cpu/unext-aux-dropout-long-both/stage1``)."""
     parts = Path(checkpoint).parts
     seeds = [i for i, part in enumerate(parts) if part.startswith("seed")]
-    return str(Path(*parts[: seeds[-1]])) if seeds else checkpoint
+    if not seeds:
+        return checkpoint
+    run = Path(*parts[: seeds[-1]])
+    return str(run / "stage1") if "stage1" in parts[seeds[-1] + 1 : -1] else str(run)
 
 
 def markdown(record: dict) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "PooledSegMetrics",
     "SegmentationMetrics",
     "build_classification_metrics",
+    "dice_per_image",
 ]
 
 
@@ -58,6 +59,20 @@ def _binarise(
 def _ratio(num: Tensor, den: Tensor, empty: float) -> Tensor:
     """``num / den``, or ``empty`` where ``den`` is 0."""
     return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, empty))
+
+
+def _per_image(pred: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:
+    """Dice and IoU ``(B,)`` of flattened bool masks; 1 where both are empty."""
+    inter = (pred & true).sum(1).float()
+    total = pred.sum(1).float() + true.sum(1).float()
+    return _ratio(2 * inter, total, 1.0), _ratio(inter, total - inter, 1.0)
+
+
+def dice_per_image(logits: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
+    """Each image's Dice ``(B,)`` as :class:`PerImageSegMetrics` averages it (an image with
+    an empty mask scores 1 if its prediction is empty too, else 0)."""
+    pred, true, _ = _binarise(logits, target, None, _check_threshold(threshold))
+    return _per_image(pred, true)[0]
 
 
 class PooledSegMetrics(Metric):
@@ -131,11 +146,7 @@ class PerImageSegMetrics(Metric):
     def update(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> None:
         """Add a batch: logits and binary masks ``(B, 1, H, W)``, ``valid`` ``(B,)`` bool."""
         pred, true, valid = _binarise(logits, target, valid, self.threshold)
-        inter = (pred & true).sum(1).float()  # (B,)
-        total = pred.sum(1).float() + true.sum(1).float()
-        union = total - inter
-        dice = _ratio(2 * inter, total, 1.0)
-        iou = _ratio(inter, union, 1.0)
+        dice, iou = _per_image(pred, true)
         weight = valid.float()
         self.dice_sum += (dice * weight).sum()
         self.iou_sum += (iou * weight).sum()

@@ -1086,6 +1086,39 @@ def test_map_reliance_scores_the_core_model_with_and_without_its_map(
         reliance.main([*args, "--checkpoint", str(checkpoint("full"))])
 
 
+def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
+    smoke: dict, shared_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/lesion_size.py on the smoke run's baseline, SemiSeg-CAW and stage 1: its
+    pooled and per-image test Dice are the benchmark's test loop's; the thirds hold every
+    test image once, smallest lesions first."""
+    sizes = load_script("lesion_size")
+    by_method = {r["method"]: r for r in smoke["runs"]}
+
+    def checkpoint(method: str) -> str:
+        ckpt = Path(by_method[method]["best_checkpoint"])
+        return str(ckpt if ckpt.is_absolute() else REPO / ckpt)
+
+    methods = ("full", "semiseg-caw", "classelevate-alone")
+    args = ["--image-size", "64", "--root", str(shared_data / "busi"), "--out", str(tmp_path)]
+    record = sizes.main([*args, "--checkpoint", *map(checkpoint, methods)])
+    thirds = record["groups"]["test"]
+    assert list(thirds) == ["small", "medium", "large"]
+    assert sum(g["images"] for g in thirds.values()) == 129
+    upper = [float(g["area"].split("–")[1]) for g in thirds.values()]
+    lower = [float(g["area"].split("–")[0]) for g in thirds.values()]
+    assert upper[0] <= lower[1] and upper[1] <= lower[2]
+    for method, row in zip(methods, record["rows"], strict=True):
+        metrics = by_method[method]["metrics"]
+        assert row["test"]["pooled"] == pytest.approx(metrics["seg/dice"], abs=1e-4)
+        assert row["test"]["per_image"] == pytest.approx(metrics["seg/dice_per_image"], abs=1e-4)
+        mean = sum(g["per_image"] * thirds[n]["images"] for n, g in row["test"]["groups"].items())
+        assert mean / 129 == pytest.approx(row["test"]["per_image"])
+    assert [r["task"] for r in record["rows"]] == ["SemiSegCAW", "SemiSegCAW", "ClassElevateSeg"]
+    text = (tmp_path / "busi-lesion-size.md").read_text()
+    assert "## Validation" in text and "## Test" in text and "| small (" in text
+
+
 def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
     """Runs without the real data: tiny synthetic fit, then test on PNGs named in a manifest."""
     rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ from semiseg_caw.metrics import (
     PooledSegMetrics,
     SegmentationMetrics,
     build_classification_metrics,
+    dice_per_image,
 )
 
 
@@ -90,6 +91,20 @@ def test_per_image_hand_computed():
     out = metric.compute()
     assert out["dice_per_image"].item() == pytest.approx((0.5 + 1.0) / 2)
     assert out["iou_per_image"].item() == pytest.approx((1 / 3 + 1.0) / 2)
+
+
+def test_dice_per_image_is_what_the_metric_averages(batch):
+    logits, target = batch
+    target[0] = 0  # an empty mask scores 1 only with an empty prediction
+    logits[0] = -1.0
+    target[1] = 0
+    each = dice_per_image(logits, target)
+    assert each.shape == (6,) and each[0] == 1.0 and each[1] == 0.0
+    metric = PerImageSegMetrics()
+    metric.update(logits, target)
+    assert each.mean().item() == pytest.approx(metric.compute()["dice_per_image"].item())
+    with pytest.raises(ValueError, match="threshold"):
+        dice_per_image(logits, target, threshold=1.0)
 
 
 @pytest.mark.parametrize("metric_cls", [PooledSegMetrics, PerImageSegMetrics])
