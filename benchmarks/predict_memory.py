@@ -49,6 +49,7 @@ DIRTY_PATHS = [
     "semiseg_caw/data",
     "semiseg_caw/lit/writer.py",
     "semiseg_caw/cli.py",
+    "semiseg_caw/checkpoint_match.py",
     "semiseg_caw/command_line.py",
     "benchmarks",
 ]

@@ -8,10 +8,6 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
-try:
-    import fcntl  # POSIX: the lock that keeps a second fit out of a run folder
-except ImportError:  # Windows: no lock
-    fcntl = None
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
@@ -21,13 +17,13 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from semiseg_caw.checkpoint_match import check_data_matches_checkpoint
 from semiseg_caw.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
     EpochSeeding,
     LastCheckpoint,
     checkpoint_writer,
-    import_class,
     read_checkpoint,
     wandb_run_id,
 )
@@ -42,13 +38,14 @@ from semiseg_caw.command_line import (
 )
 from semiseg_caw.data import SemiSegDataModule
 from semiseg_caw.data.io import DataValidationError
-from semiseg_caw.lit.base import SegmentationTask, can_load
+from semiseg_caw.lit.base import SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
 from semiseg_caw.lit.writer import PredictionWriter, check_writable
 from semiseg_caw.models.class_elevate import PretrainedWeightsError
 from semiseg_caw.parse_errors import explain
+from semiseg_caw.run_folder import lock_run_folder, refuse_other_task, remove_empty_folders
 
 DESCRIPTION = (
     "SemiSeg-CAW: semi-supervised ultrasound lesion segmentation. `fit` trains stage 1 "
@@ -266,52 +263,15 @@ class SemiSegCLI(LightningCLI):
 
     def _check_data_matches_checkpoint(self, ckpt_path: str) -> None:
         """Options the weights depend on must be the ones they were trained with."""
-        trained = self._ckpt_data
-        data = self.config[self.subcommand].data
-        channels = trained.get("in_channels")
-        if channels is not None and channels != data.in_channels:
-            raise CheckpointError(
-                f"data.in_channels is {data.in_channels} but {ckpt_path} was trained with "
-                f"{channels}: pass --data.in_channels {channels}"
-            )
-        classes = self._ckpt_hparams.get("num_classes")
-        if classes is not None and classes != self.datamodule.num_classes:
-            raise CheckpointError(
-                f"the data has {self.datamodule.num_classes} classes "
-                f"({', '.join(self.datamodule.class_names)}) but {ckpt_path} was trained with "
-                f"{classes}: set data.dataset, data.classes or data.include_normal as in training"
-            )
-        names, trained_names = list(self.datamodule.class_names), self._ckpt_class_names
-        if self.subcommand != "predict" and trained_names and names != trained_names:
-            # Same count, other names or order: class metrics would compare the wrong labels.
-            raise CheckpointError(
-                f"the data's classes are [{', '.join(names)}] but {ckpt_path} was trained on "
-                f"[{', '.join(trained_names)}], in this order: label the data with these names "
-                f"(for a manifest: --data.classes '[{', '.join(trained_names)}]')"
-            )
-        dataset = trained.get("dataset")
-        if data.dataset == "synthetic" and dataset not in (None, "synthetic"):
-            # Its classes match BUSI's, so nothing else would stop it scoring generated images.
-            raise CheckpointError(
-                f"{ckpt_path} was trained on {dataset} images but data.dataset is synthetic "
-                "(the default when no data options are given): give the data options it was "
-                f"trained with (--data.dataset {dataset} and its --data.root); without "
-                "--config, validate, test and predict take them from the checkpoint"
-            )
-        size = trained.get("image_size")
-        if size is not None and size != data.image_size and self.subcommand == "fit":
-            raise CheckpointError(
-                f"data.image_size is {data.image_size} but {ckpt_path} was trained at {size} "
-                f"px: a resumed run goes on as it started, so pass --data.image_size {size} "
-                "(or train a new run in its own --trainer.default_root_dir)"
-            )
-        if size is not None and size != data.image_size:
-            warnings.warn(
-                f"data.image_size is {data.image_size} but {ckpt_path} was trained at "
-                f"{size} px; pass --data.image_size {size} to evaluate as trained",
-                UserWarning,
-                stacklevel=2,
-            )
+        check_data_matches_checkpoint(
+            ckpt_path,
+            self.subcommand,
+            self.config[self.subcommand].data,
+            self.datamodule,
+            self._ckpt_data,
+            self._ckpt_hparams,
+            self._ckpt_class_names,
+        )
 
     def _run_subcommand(self, subcommand: str) -> None:
         # A fit that fails before writing anything (a missing data folder, a bad image)
@@ -547,54 +507,6 @@ def _active_wandb_run() -> Any:
     """The W&B run in progress in this process, if W&B is loaded at all."""
     wandb = sys.modules.get("wandb")
     return getattr(wandb, "run", None) if wandb is not None else None
-
-
-def refuse_other_task(path: Any, ckpt: dict, class_path: str | None, subcommand: str) -> None:
-    """Refuse a checkpoint written by another task than the configured one (``--model`` or
-    the config's): Lightning would otherwise use the checkpoint's class without a word."""
-    writer = checkpoint_writer(ckpt)
-    task = import_class(class_path) if class_path else None
-    if task is None or can_load(task, writer):
-        return
-    wrote = writer.rsplit(".", 1)[-1]
-    message = f"{path} was written by {wrote}, but the model is {task.__name__}"
-    if subcommand == "fit" and issubclass(task, SemiSegCAW):
-        raise CheckpointError(
-            f"{message}: to continue a run stopped in stage 1, give --ckpt_path last with "
-            "that run's --trainer.default_root_dir; to start stage 2 from these stage-1 "
-            f"weights, give --model.init_args.stage1_checkpoint {path}"
-        )
-    also = "" if subcommand == "fit" else ", or leave out --model and --config"
-    raise CheckpointError(f"{message}: pass --model {wrote}{also}")
-
-
-def lock_run_folder(root: str | Path) -> int | None:
-    """Hold an exclusive lock on the run folder until the command ends (the returned
-    descriptor is closed): a second fit in it would mix its checkpoints and config with
-    this one's. None where the platform has no lock."""
-    if fcntl is None:
-        return None
-    descriptor = os.open(root, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(descriptor)
-        raise FileExistsError(
-            f"another fit is running in {root}: wait for it to end, or give this run its own "
-            "--trainer.default_root_dir"
-        ) from None
-    return descriptor
-
-
-def remove_empty_folders(folder: Path) -> None:
-    """Remove ``folder`` and the folders under it that hold no file, deepest first."""
-    if not folder.is_dir():
-        return
-    for path, _, _ in os.walk(folder, topdown=False):  # a folder's children come first
-        try:
-            os.rmdir(path)  # fails, and is left, when anything is still inside
-        except OSError:
-            pass
 
 
 # Errors that say what a user got wrong (a path, a file, a value, a checkpoint): the
