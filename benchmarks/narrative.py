@@ -428,6 +428,33 @@ def pseudo(cpu: dict[str, dict]) -> None:
 # --- README "What the GPU tables show" -----------------------------------------------------
 
 
+def lesion_sizes(sizes: dict[str, dict]) -> None:
+    heading("Dice per image by lesion size (lesion_size.py)")
+    for ds, rep in sizes.items():
+        runs: dict[str, list[dict]] = {}
+        for r in rep["rows"]:  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
+            parts = Path(r["checkpoint"]).parts
+            runs.setdefault(parts[3] + (" stage 1" if "stage1" in parts else ""), []).append(r)
+        for split in ("val", "test"):
+            thirds = rep["groups"][split]
+            print(
+                f"  {ds} {split}: thirds {{name: (images, area)}}: "
+                + str({n: (g["images"], g["area"]) for n, g in thirds.items()})
+            )
+            for run, rows in runs.items():
+                seeds = sorted(Path(r["checkpoint"]).parts[4] for r in rows)
+                cells = ", ".join(
+                    f"{n} {statistics.mean(r[split]['groups'][n]['per_image'] for r in rows):.4f}"
+                    for n in thirds
+                )
+                pooled = statistics.mean(r[split]["pooled"] for r in rows)
+                per_image = statistics.mean(r[split]["per_image"] for r in rows)
+                print(
+                    f"  {ds} {split}: {run} ({', '.join(seeds)}): pooled {pooled:.4f}, "
+                    f"per image {per_image:.4f}; {cells}"
+                )
+
+
 def gpu_bar(gpu: dict[str, dict]) -> None:
     heading("GPU: SemiSeg-CAW against the bar")
     for ds, sfx in DATASETS.items():
@@ -502,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu, gpu = each("cpu"), each("gpu")
     tta, largest, both = each("cpu-tta"), each("cpu-largest"), each("cpu-tta-largest")
     maps, aux = each("map-reliance"), each("aux-gap")
+    sizes = each("lesion-size")
 
     aux_lr(cpu)
     balance_classes(cpu)
@@ -519,6 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     unext_dropout(cpu)
     malunet_dropout(cpu)
     pseudo(cpu)
+    lesion_sizes(sizes)
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)
