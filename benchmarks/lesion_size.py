@@ -7,7 +7,9 @@ image) the difference lies in how each model does on small and on large lesions.
 script scores checkpoints (of either stage, and the plain baselines) image by image on the
 validation and the test split, with each split's images put into thirds by the area of
 their ground-truth lesion (the same thirds for every checkpoint): the mean Dice per image in
-each third, over the split, the pooled Dice, and the lesions missed (Dice below 0.1).
+each third, over the split, the pooled Dice, the lesions missed (Dice below 0.1), and
+whether a model over- or under-segments each third (predicted / true lesion area, precision
+and recall).
 
     python benchmarks/lesion_size.py --dataset busi --image-size 96 --checkpoint \\
         runs/bench/busi-cpu/malunet-full-long/seed*/checkpoints/best-*.ckpt
@@ -75,7 +77,7 @@ def measure(checkpoint: Path, dm, groups: dict[str, dict[str, list[int]]]) -> di
     result = {"checkpoint": str(checkpoint), "task": type(task).__name__}
     for split, by_size in groups.items():
         rows = [r for rs in by_size.values() for r in rs]
-        dice, pooled = {}, PooledSegMetrics()
+        dice, counts, pooled = {}, {}, PooledSegMetrics()
         for start in range(0, len(rows), 32):
             chunk = rows[start : start + 32]
             x = torch.stack([normalize(cache.images[r], task.in_channels) for r in chunk])
@@ -83,19 +85,31 @@ def measure(checkpoint: Path, dm, groups: dict[str, dict[str, list[int]]]) -> di
             logits, _ = task.evaluate_batch({"image": x})
             pooled.update(logits, target)
             dice.update(zip(chunk, dice_per_image(logits, target).tolist(), strict=True))
+            pred, true = torch.sigmoid(logits) >= 0.5, target > 0.5  # the metrics' threshold
+            pixels = torch.stack(
+                [pred.sum((1, 2, 3)), true.sum((1, 2, 3)), (pred & true).sum((1, 2, 3))], 1
+            )
+            counts.update(zip(chunk, pixels.tolist(), strict=True))
         result[split] = {
             "pooled": float(pooled.compute()["dice"]),
             "per_image": statistics.mean(dice.values()),
-            "groups": {
-                name: {
-                    "images": len(rs),
-                    "per_image": statistics.mean(dice[r] for r in rs),
-                    "missed": sum(dice[r] < MISSED for r in rs),
-                }
-                for name, rs in by_size.items()
-            },
+            "groups": {name: _group(rs, dice, counts) for name, rs in by_size.items()},
         }
     return result
+
+
+def _group(rows: list[int], dice: dict[int, float], counts: dict[int, list[int]]) -> dict:
+    """A third's scores: mean Dice per image, lesions missed, and whether the model over- or
+    under-segments there (median predicted / true lesion area; pooled precision and recall)."""
+    predicted, true, hit = (sum(counts[r][i] for r in rows) for i in range(3))
+    return {
+        "images": len(rows),
+        "per_image": statistics.mean(dice[r] for r in rows),
+        "missed": sum(dice[r] < MISSED for r in rows),
+        "area_ratio": statistics.median(counts[r][0] / counts[r][1] for r in rows if counts[r][1]),
+        "precision": hit / predicted if predicted else 0.0,
+        "recall": hit / true if true else 0.0,
+    }
 
 
 def markdown(record: dict) -> str:
@@ -126,6 +140,23 @@ def markdown(record: dict) -> str:
                 lines.append(
                     f"| mean of `{run}` ({len(seeds)}) | " + " | ".join(_cells(mean, groups)) + " |"
                 )
+        lines += [
+            "",
+            "Predicted / true lesion area (median over the third's images); precision, recall:",
+            "",
+        ]
+        lines += [
+            "| checkpoint | " + " | ".join(groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
+        for run, seeds in runs.items():
+            g = _mean_scores(seeds, groups)["groups"] if len(seeds) > 1 else seeds[0]["groups"]
+            label = f"mean of `{run}` ({len(seeds)})" if len(seeds) > 1 else f"`{run}`"
+            cells = [
+                f"{g[n]['area_ratio']:.2f}; {g[n]['precision']:.3f}, {g[n]['recall']:.3f}"
+                for n in groups
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -148,8 +179,8 @@ def _mean_scores(seeds: list[dict], groups: dict) -> dict:
         "per_image": mean(lambda s: s["per_image"]),
         "groups": {
             name: {
-                "per_image": mean(lambda s, n=name: s["groups"][n]["per_image"]),
-                "missed": mean(lambda s, n=name: s["groups"][n]["missed"]),
+                key: mean(lambda s, n=name, k=key: s["groups"][n][k])
+                for key in ("per_image", "missed", "area_ratio", "precision", "recall")
             }
             for name in groups
         },

@@ -1112,8 +1112,12 @@ def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
         metrics = by_method[method]["metrics"]
         assert row["test"]["pooled"] == pytest.approx(metrics["seg/dice"], abs=1e-4)
         assert row["test"]["per_image"] == pytest.approx(metrics["seg/dice_per_image"], abs=1e-4)
-        mean = sum(g["per_image"] * thirds[n]["images"] for n, g in row["test"]["groups"].items())
+        groups = row["test"]["groups"]
+        mean = sum(g["per_image"] * thirds[n]["images"] for n, g in groups.items())
         assert mean / 129 == pytest.approx(row["test"]["per_image"])
+        # Over- or under-segmentation: proportions, and an area ratio.
+        assert all(0 <= g["precision"] <= 1 and 0 <= g["recall"] <= 1 for g in groups.values())
+        assert all(g["area_ratio"] >= 0 for g in groups.values())
     assert [r["task"] for r in record["rows"]] == ["SemiSegCAW", "SemiSegCAW", "ClassElevateSeg"]
     text = (tmp_path / "busi-lesion-size.md").read_text()
     assert "## Validation" in text and "## Test" in text and "| small (" in text
