@@ -168,6 +168,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with contextlib.suppress(OSError):
                 os.unlink(partial)
             raise
+        _fsync_folder(path.parent)  # the rename too survives a power cut, not only a kill
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk (POSIX; where a folder cannot be opened, nothing)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import sys
 import warnings
@@ -757,6 +758,14 @@ def test_a_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path, monk
     io.save_checkpoint({"state_dict": {}, "epoch": 3}, last)
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
     assert torch.load(last, weights_only=True)["epoch"] == 3
+    # The file and then its folder are flushed: the rename is on disk too.
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.fstat(fd).st_mode) or real_fsync(fd)
+    )
+    io.save_checkpoint({"state_dict": {}, "epoch": 4}, last)
+    assert [stat.S_ISDIR(mode) for mode in synced] == [False, True]
 
 
 def test_fit_writes_both_stages_checkpoints_atomically(tmp_path, monkeypatch):
