@@ -428,8 +428,19 @@ def pseudo(cpu: dict[str, dict]) -> None:
 # --- README "What the GPU tables show" -----------------------------------------------------
 
 
-def lesion_sizes(sizes: dict[str, dict]) -> None:
+def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
     heading("Dice per image by lesion size (lesion_size.py)")
+    rep, semi = cpu["busi"], "malunet-semiseg-caw"
+    per_image = {
+        r["seed"]: r["metrics"]["seg/dice_per_image"] for r in rep["runs"] if r["row"] == semi
+    }
+    for row in ("malunet-stage1-no-cam", "malunet-stage1-ce-only", "malunet-no-class-only"):
+        runs = [r for r in rep["runs"] if r["row"] == row]
+        diffs = [r["metrics"]["seg/dice_per_image"] - per_image[r["seed"]] for r in runs]
+        print(
+            f"  busi: {row} - {semi}: Dice per image {statistics.mean(diffs):+.4f} "
+            f"(seeds {seeds_text(r['seed'] for r in runs)}; the 8-epoch budget)"
+        )
     for ds, rep in sizes.items():
         runs: dict[str, list[dict]] = {}
         for r in rep["rows"]:  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
@@ -452,6 +463,15 @@ def lesion_sizes(sizes: dict[str, dict]) -> None:
                 print(
                     f"  {ds} {split}: {run} ({', '.join(seeds)}): pooled {pooled:.4f}, "
                     f"per image {per_image:.4f}; {cells}"
+                )
+                small = {
+                    k: statistics.mean(r[split]["groups"]["small"][k] for r in rows)
+                    for k in ("area_ratio", "precision", "recall")
+                }
+                print(
+                    f"  {ds} {split}: {run}: small third: predicted / true area "
+                    f"{small['area_ratio']:.2f}, precision {small['precision']:.3f}, "
+                    f"recall {small['recall']:.3f}"
                 )
 
 
@@ -547,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     unext_dropout(cpu)
     malunet_dropout(cpu)
     pseudo(cpu)
-    lesion_sizes(sizes)
+    lesion_sizes(sizes, cpu)
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)
