@@ -15,7 +15,7 @@ and recall).
         runs/bench/busi-cpu/malunet-full-long/seed*/checkpoints/best-*.ckpt
 
 Writes ``benchmarks/results/<dataset>-lesion-size.{json,md}`` (one row per checkpoint, and
-the mean of each run's seeds).
+the mean of each benchmark row's seeds, whichever work folder they ran in).
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ from semiseg_caw.metrics import dice_per_image  # noqa: E402
 THIRDS = ("small", "medium", "large")
 SPLITS = {"val": "validation", "test": "test"}
 MISSED = 0.1  # a lesion scored below this Dice counts as missed
+
+
+def row_of(checkpoint: str) -> str:
+    """The benchmark row a checkpoint's run belongs to, by name, so that seeds trained in
+    different work folders are averaged together: ``malunet-full-long``, or
+    ``malunet-frozen-aux-cached-long-both/stage1`` for a stage 1 trained inside a fit."""
+    run = Path(run_of(checkpoint))
+    return f"{run.parent.name}/stage1" if run.name == "stage1" else run.name
 
 
 def load_task(checkpoint: Path) -> torch.nn.Module:
@@ -132,7 +140,7 @@ def markdown(record: dict) -> str:
         runs: dict[str, list[dict]] = {}
         for row in record["rows"]:
             scores = row[split]
-            runs.setdefault(run_of(row["checkpoint"]), []).append(scores)
+            runs.setdefault(row_of(row["checkpoint"]), []).append(scores)
             lines.append(f"| `{row['checkpoint']}` | " + " | ".join(_cells(scores, groups)) + " |")
         for run, seeds in runs.items():
             if len(seeds) > 1:

@@ -1121,6 +1121,11 @@ def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
     assert [r["task"] for r in record["rows"]] == ["SemiSegCAW", "SemiSegCAW", "ClassElevateSeg"]
     text = (tmp_path / "busi-lesion-size.md").read_text()
     assert "## Validation" in text and "## Test" in text and "| small (" in text
+    # Seeds group by benchmark row, wherever they ran; a stage 1 inside a fit is its own row.
+    assert sizes.row_of("runs/a/busi-cpu/malunet-full-long/seed0/checkpoints/b.ckpt") == (
+        sizes.row_of("runs/other/busi-cpu/malunet-full-long/seed3/checkpoints/c.ckpt")
+    )
+    assert sizes.row_of("runs/a/x/caw/seed0/stage1/checkpoints/b.ckpt") == "caw/stage1"
 
 
 def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
