@@ -446,6 +446,12 @@ def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
         for r in rep["rows"]:  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
             parts = Path(r["checkpoint"]).parts
             runs.setdefault(parts[3] + (" stage 1" if "stage1" in parts else ""), []).append(r)
+        semi = runs.get("malunet-frozen-aux-cached-long-both", [])
+        for split in ("val", "test"):
+            for other in ("malunet-reduced-long", "malunet-reduced-48-long", "malunet-full-long"):
+                paired = _small_third_gaps(semi, runs.get(other, []), split)
+                if paired:
+                    print(f"  {ds} {split}: small third, -long-both - {other} by seed: {paired}")
         for split in ("val", "test"):
             thirds = rep["groups"][split]
             print(
@@ -473,6 +479,18 @@ def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
                     f"{small['area_ratio']:.2f}, precision {small['precision']:.3f}, "
                     f"recall {small['recall']:.3f}"
                 )
+
+
+def _small_third_gaps(rows: list[dict], others: list[dict], split: str) -> dict[str, float]:
+    """Seed-paired difference in the small third's Dice per image (lesion_size.py rows)."""
+
+    def by_seed(rs: list[dict]) -> dict[str, float]:
+        return {
+            Path(r["checkpoint"]).parts[4]: r[split]["groups"]["small"]["per_image"] for r in rs
+        }
+
+    a, b = by_seed(rows), by_seed(others)
+    return {seed: round(a[seed] - b[seed], 4) for seed in sorted(set(a) & set(b))}
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:
