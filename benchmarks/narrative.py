@@ -446,6 +446,8 @@ def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
         for r in rep["rows"]:  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
             parts = Path(r["checkpoint"]).parts
             runs.setdefault(parts[3] + (" stage 1" if "stage1" in parts else ""), []).append(r)
+        worst = _largest_difference_from_table(runs, cpu[ds])
+        print(f"  {ds}: largest test Dice difference from the table's runs: {worst:.5f}")
         semi = runs.get("malunet-frozen-aux-cached-long-both", [])
         for split in ("val", "test"):
             for other in ("malunet-reduced-long", "malunet-reduced-48-long", "malunet-full-long"):
@@ -479,6 +481,19 @@ def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
                     f"{small['area_ratio']:.2f}, precision {small['precision']:.3f}, "
                     f"recall {small['recall']:.3f}"
                 )
+
+
+def _largest_difference_from_table(runs: dict[str, list[dict]], table: dict) -> float:
+    """How far lesion_size.py's pooled test Dice of each stage-2 checkpoint is from the
+    table's run of that row and seed: checkpoints retrained in another folder are the
+    table's runs if they score as they do."""
+    dice = {(r["row"], r["seed"]): r["metrics"]["seg/dice"] for r in table["runs"]}
+    return max(
+        abs(r["test"]["pooled"] - dice[(row, int(Path(r["checkpoint"]).parts[4][4:]))])
+        for row, rows in runs.items()
+        if "stage 1" not in row
+        for r in rows
+    )
 
 
 def _small_third_gaps(rows: list[dict], others: list[dict], split: str) -> dict[str, float]:
