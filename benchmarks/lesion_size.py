@@ -110,11 +110,12 @@ def _group(rows: list[int], dice: dict[int, float], counts: dict[int, list[int]]
     """A third's scores: mean Dice per image, lesions missed, and whether the model over- or
     under-segments there (median predicted / true lesion area; pooled precision and recall)."""
     predicted, true, hit = (sum(counts[r][i] for r in rows) for i in range(3))
+    ratios = [counts[r][0] / counts[r][1] for r in rows if counts[r][1]]
     return {
         "images": len(rows),
         "per_image": statistics.mean(dice[r] for r in rows),
         "missed": sum(dice[r] < MISSED for r in rows),
-        "area_ratio": statistics.median(counts[r][0] / counts[r][1] for r in rows if counts[r][1]),
+        "area_ratio": statistics.median(ratios) if ratios else None,  # None: no lesion
         "precision": hit / predicted if predicted else 0.0,
         "recall": hit / true if true else 0.0,
     }
@@ -161,7 +162,7 @@ def markdown(record: dict) -> str:
             g = _mean_scores(seeds, groups)["groups"] if len(seeds) > 1 else seeds[0]["groups"]
             label = f"mean of `{run}` ({len(seeds)})" if len(seeds) > 1 else f"`{run}`"
             cells = [
-                f"{g[n]['area_ratio']:.2f}; {g[n]['precision']:.3f}, {g[n]['recall']:.3f}"
+                f"{_fmt(g[n]['area_ratio'], 2)}; {g[n]['precision']:.3f}, {g[n]['recall']:.3f}"
                 for n in groups
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -178,9 +179,14 @@ def _cells(scores: dict, groups: dict) -> list[str]:
     ]
 
 
+def _fmt(value: float | None, decimals: int) -> str:
+    return "–" if value is None else f"{value:.{decimals}f}"
+
+
 def _mean_scores(seeds: list[dict], groups: dict) -> dict:
-    def mean(get) -> float:
-        return statistics.mean(get(s) for s in seeds)
+    def mean(get) -> float | None:
+        values = [get(s) for s in seeds]
+        return None if None in values else statistics.mean(values)
 
     return {
         "pooled": mean(lambda s: s["pooled"]),

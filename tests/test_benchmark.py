@@ -1086,6 +1086,22 @@ def test_map_reliance_scores_the_core_model_with_and_without_its_map(
         reliance.main([*args, "--checkpoint", str(checkpoint("full"))])
 
 
+def test_lesion_size_scores_images_without_a_lesion_without_an_area_ratio() -> None:
+    """A group of lesion-free images (e.g. BUSI normal) has no predicted / true area ratio:
+    reported as missing, not a crash; a false positive there counts as missed."""
+    sizes = load_script("lesion_size")
+    # counts per image: predicted, true and overlapping pixels
+    group = sizes._group([1, 2], {1: 1.0, 2: 0.0}, {1: [0, 0, 0], 2: [5, 0, 0]})
+    assert group == {
+        "images": 2, "per_image": 0.5, "missed": 1, "area_ratio": None, "precision": 0.0,
+        "recall": 0.0,
+    }  # fmt: skip
+    mean = sizes._mean_scores(
+        [{"pooled": 1.0, "per_image": 0.5, "groups": {"none": group}}] * 2, ["none"]
+    )
+    assert mean["groups"]["none"]["area_ratio"] is None and sizes._fmt(None, 2) == "–"
+
+
 def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
     smoke: dict, shared_data: Path, tmp_path: Path
 ) -> None:
