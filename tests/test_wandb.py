@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 import semiseg_caw.cli as cli_module
-from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NUM_IMAGES = 3
@@ -110,16 +109,8 @@ def fit_offline(args: list[str]) -> None:
 
 
 def test_offline_run_records_config_metrics_wgm_and_images(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_wandb: None
+    tmp_path: Path, offline_wandb: None
 ) -> None:
-    class CLI(cli_module.SemiSegCLI):
-        """The CLI with the resolved config attached to the run (see the proposed cli.py change)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(cli_module, "SemiSegCLI", CLI)
     fit_offline(
         [
             *tiny(tmp_path),
