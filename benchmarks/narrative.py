@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from lesion_size import row_of  # noqa: E402
 from protocol import LONG  # noqa: E402
 from report import RESULTS, _fmt, _stats, favoured, fit_minutes, gap, paired  # noqa: E402
 
@@ -444,8 +445,7 @@ def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
     for ds, rep in sizes.items():
         runs: dict[str, list[dict]] = {}
         for r in rep["rows"]:  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
-            parts = Path(r["checkpoint"]).parts
-            runs.setdefault(parts[3] + (" stage 1" if "stage1" in parts else ""), []).append(r)
+            runs.setdefault(row_of(r["checkpoint"]), []).append(r)
         worst = _largest_difference_from_table(runs, cpu[ds])
         print(f"  {ds}: largest test Dice difference from the table's runs: {worst:.5f}")
         semi = runs.get("malunet-frozen-aux-cached-long-both", [])
@@ -491,7 +491,7 @@ def _largest_difference_from_table(runs: dict[str, list[dict]], table: dict) -> 
     return max(
         abs(r["test"]["pooled"] - dice[(row, int(Path(r["checkpoint"]).parts[4][4:]))])
         for row, rows in runs.items()
-        if "stage 1" not in row
+        if not row.endswith("/stage1")
         for r in rows
     )
 
