@@ -1144,6 +1144,46 @@ def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
     assert sizes.row_of("runs/a/x/caw/seed0/stage1/checkpoints/b.ckpt") == "caw/stage1"
 
 
+def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """benchmarks/stage1_variants.py: one stage 1 per variant and seed beside a control, each
+    trained with its recorded arguments, scored by lesion size; a finished run is reused, one
+    trained otherwise refused."""
+    variants = load_script("stage1_variants")
+    quick = [
+        "--fit-option=--trainer.limit_train_batches=2",
+        "--fit-option=--trainer.limit_val_batches=1",
+    ]
+    args = [
+        "--root", str(shared_data / "busi"), "--image-size", "64", "--stage1-epochs", "1",
+        "--seeds", "0", "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *quick,
+        "--variant", "no-cam=--model.init_args.stage1_loss_weights={cam: 0.0}",
+    ]  # fmt: skip
+    record = variants.main(args)
+    assert [(r["variant"], r["settings"]) for r in record["runs"]] == [
+        ("control", []),
+        ("no-cam", ["--model.init_args.stage1_loss_weights={cam: 0.0}"]),
+    ]
+    assert all(r["fit_s"] > 0 for r in record["runs"])
+    assert [r["task"] for r in record["rows"]] == ["ClassElevateSeg"] * 2
+    trained = json.loads((tmp_path / "runs/no-cam/seed0/fit-args.json").read_text())
+    assert trained[0] == "fit" and trained[-1].endswith("{cam: 0.0}")
+    hparams = (tmp_path / "runs/no-cam/seed0/stage1/logs/version_0/hparams.yaml").read_text()
+    assert "cam: 0.0" in hparams  # the option reached stage 1
+    text = (tmp_path / "out/busi-stage1-variants.md").read_text()
+    assert "| no-cam | val |" in text and "| control | test |" in text
+    assert (tmp_path / "out/busi-lesion-size.md").is_file()
+    again = variants.main(args)  # reused, not retrained
+    assert [r["fit_s"] for r in again["runs"]] == [None, None]
+    assert again["rows"][1]["val"] == record["rows"][1]["val"]
+    changed = [a.replace("cam: 0.0", "cam: 0.1") for a in args]
+    with pytest.raises(SystemExit, match="trained with other arguments"):
+        variants.main(changed)
+    with pytest.raises(SystemExit):
+        variants.parse(["--variant", "control=--seed_everything=1"])
+
+
 def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
     """Runs without the real data: tiny synthetic fit, then test on PNGs named in a manifest."""
     rng = np.random.default_rng(0)
