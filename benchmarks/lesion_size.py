@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aux_gap import benchmark_data, header, parse, save  # noqa: E402
@@ -39,6 +40,9 @@ from semiseg_caw.metrics import dice_per_image  # noqa: E402
 THIRDS = ("small", "medium", "large")
 SPLITS = {"val": "validation", "test": "test"}
 MISSED = 0.1  # a lesion scored below this Dice counts as missed
+# False positives farther than this (a fraction of the image side) from the lesion are "far":
+# a second region, not a too-wide border.
+FAR = 0.05
 
 
 def row_of(checkpoint: str) -> str:
@@ -94,8 +98,16 @@ def measure(checkpoint: Path, dm, groups: dict[str, dict[str, list[int]]]) -> di
             pooled.update(logits, target)
             dice.update(zip(chunk, dice_per_image(logits, target).tolist(), strict=True))
             pred, true = torch.sigmoid(logits) >= 0.5, target > 0.5  # the metrics' threshold
+            reach = round(FAR * true.shape[-1])
+            near = F.max_pool2d(true.float(), 2 * reach + 1, 1, reach) > 0
             pixels = torch.stack(
-                [pred.sum((1, 2, 3)), true.sum((1, 2, 3)), (pred & true).sum((1, 2, 3))], 1
+                [
+                    pred.sum((1, 2, 3)),
+                    true.sum((1, 2, 3)),
+                    (pred & true).sum((1, 2, 3)),
+                    (pred & ~near).sum((1, 2, 3)),
+                ],
+                1,
             )
             counts.update(zip(chunk, pixels.tolist(), strict=True))
         result[split] = {
@@ -108,8 +120,9 @@ def measure(checkpoint: Path, dm, groups: dict[str, dict[str, list[int]]]) -> di
 
 def _group(rows: list[int], dice: dict[int, float], counts: dict[int, list[int]]) -> dict:
     """A third's scores: mean Dice per image, lesions missed, and whether the model over- or
-    under-segments there (median predicted / true lesion area; pooled precision and recall)."""
-    predicted, true, hit = (sum(counts[r][i] for r in rows) for i in range(3))
+    under-segments there (median predicted / true lesion area; pooled precision and recall;
+    the share of its false-positive pixels that lie far from the lesion)."""
+    predicted, true, hit, far = (sum(counts[r][i] for r in rows) for i in range(4))
     ratios = [counts[r][0] / counts[r][1] for r in rows if counts[r][1]]
     return {
         "images": len(rows),
@@ -118,6 +131,7 @@ def _group(rows: list[int], dice: dict[int, float], counts: dict[int, list[int]]
         "area_ratio": statistics.median(ratios) if ratios else None,  # None: no lesion
         "precision": hit / predicted if predicted else 0.0,
         "recall": hit / true if true else 0.0,
+        "far_fp": far / (predicted - hit) if predicted > hit else None,  # None: no false positive
     }
 
 
@@ -151,7 +165,9 @@ def markdown(record: dict) -> str:
                 )
         lines += [
             "",
-            "Predicted / true lesion area (median over the third's images); precision, recall:",
+            "Predicted / true lesion area (median over the third's images); precision, recall; "
+            f"the share of false-positive pixels farther than {FAR:.0%} of the image side from "
+            "the lesion:",
             "",
         ]
         lines += [
@@ -162,7 +178,8 @@ def markdown(record: dict) -> str:
             g = _mean_scores(seeds, groups)["groups"] if len(seeds) > 1 else seeds[0]["groups"]
             label = f"mean of `{run}` ({len(seeds)})" if len(seeds) > 1 else f"`{run}`"
             cells = [
-                f"{_fmt(g[n]['area_ratio'], 2)}; {g[n]['precision']:.3f}, {g[n]['recall']:.3f}"
+                f"{_fmt(g[n]['area_ratio'], 2)}; {g[n]['precision']:.3f}, {g[n]['recall']:.3f}; "
+                f"{_fmt(g[n].get('far_fp'), 2)}"
                 for n in groups
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -194,7 +211,7 @@ def _mean_scores(seeds: list[dict], groups: dict) -> dict:
         "groups": {
             name: {
                 key: mean(lambda s, n=name, k=key: s["groups"][n][k])
-                for key in ("per_image", "missed", "area_ratio", "precision", "recall")
+                for key in ("per_image", "missed", "area_ratio", "precision", "recall", "far_fp")
             }
             for name in groups
         },

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -172,9 +173,10 @@ def markdown(record: dict) -> str:
     lines += [
         "",
         "Means over seeds: pooled Dice, mean Dice per image (all, and by lesion-size third), "
-        "and on the small third the median predicted / true lesion area and the precision:",
+        "and on the small third the median predicted / true lesion area, the precision and the "
+        "share of false-positive pixels far from the lesion (`lesion-size` file):",
         "",
-        "| variant | split | pooled | per image | small | medium | large | small: area, precision |",
+        "| variant | split | pooled | per image | small | medium | large | small: area, precision, far |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(run["variant"] for run in record["runs"]):
@@ -184,15 +186,15 @@ def markdown(record: dict) -> str:
             if run["variant"] == name
         ]
         for split in lesion_size.SPLITS:
-            *dice, area, precision = seed_means([row[split] for row in rows])
+            *dice, area, precision, far = seed_means([row[split] for row in rows])
             cells = " | ".join(f"{d:.3f}" for d in dice)
-            lines.append(f"| {name} | {split} | {cells} | {area:.2f}, {precision:.2f} |")
+            lines.append(f"| {name} | {split} | {cells} | {area:.2f}, {precision:.2f}, {far:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def seed_means(scores: list[dict]) -> list[float]:
     """Means over seeds of one split's lesion-size scores: pooled Dice, Dice per image, the
-    thirds' Dice per image, then the small third's area ratio and precision."""
+    thirds' Dice per image, then the small third's area ratio, precision and far share."""
     small = [s["groups"]["small"] for s in scores]
     columns = [
         [s["pooled"] for s in scores],
@@ -200,8 +202,9 @@ def seed_means(scores: list[dict]) -> list[float]:
         *([s["groups"][t]["per_image"] for s in scores] for t in lesion_size.THIRDS),
         [g["area_ratio"] for g in small],
         [g["precision"] for g in small],
+        [g["far_fp"] for g in small if g["far_fp"] is not None],
     ]
-    return [statistics.mean(c) for c in columns]
+    return [statistics.mean(c) if c else math.nan for c in columns]
 
 
 if __name__ == "__main__":

@@ -1088,17 +1088,23 @@ def test_map_reliance_scores_the_core_model_with_and_without_its_map(
 
 def test_lesion_size_scores_images_without_a_lesion_without_an_area_ratio() -> None:
     """A group of lesion-free images (e.g. BUSI normal) has no predicted / true area ratio:
-    reported as missing, not a crash; a false positive there counts as missed."""
+    reported as missing, not a crash; a false positive there counts as missed, and far from
+    any lesion."""
     sizes = load_script("lesion_size")
-    # counts per image: predicted, true and overlapping pixels
-    group = sizes._group([1, 2], {1: 1.0, 2: 0.0}, {1: [0, 0, 0], 2: [5, 0, 0]})
+    # counts per image: predicted, true, overlapping, and false-positive pixels far from a lesion
+    group = sizes._group([1, 2], {1: 1.0, 2: 0.0}, {1: [0, 0, 0, 0], 2: [5, 0, 0, 5]})
     assert group == {
         "images": 2, "per_image": 0.5, "missed": 1, "area_ratio": None, "precision": 0.0,
-        "recall": 0.0,
+        "recall": 0.0, "far_fp": 1.0,
     }  # fmt: skip
+    # 4 false positives, 1 of them far; an exact mask has none to share out
+    lesion = sizes._group([1, 2], {1: 0.7, 2: 1.0}, {1: [10, 8, 6, 1], 2: [3, 3, 3, 0]})
+    assert lesion["far_fp"] == pytest.approx(1 / 4) and lesion["area_ratio"] == pytest.approx(1.125)
+    assert sizes._group([2], {2: 1.0}, {2: [3, 3, 3, 0]})["far_fp"] is None
     mean = sizes._mean_scores(
         [{"pooled": 1.0, "per_image": 0.5, "groups": {"none": group}}] * 2, ["none"]
     )
+    assert mean["groups"]["none"]["far_fp"] == 1.0
     assert mean["groups"]["none"]["area_ratio"] is None and sizes._fmt(None, 2) == "–"
 
 
@@ -1134,6 +1140,7 @@ def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
         # Over- or under-segmentation: proportions, and an area ratio.
         assert all(0 <= g["precision"] <= 1 and 0 <= g["recall"] <= 1 for g in groups.values())
         assert all(g["area_ratio"] >= 0 for g in groups.values())
+        assert all(g["far_fp"] is None or 0 <= g["far_fp"] <= 1 for g in groups.values())
     assert [r["task"] for r in record["rows"]] == ["SemiSegCAW", "SemiSegCAW", "ClassElevateSeg"]
     text = (tmp_path / "busi-lesion-size.md").read_text()
     assert "## Validation" in text and "## Test" in text and "| small (" in text
