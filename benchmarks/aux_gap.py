@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import commit, describe, machine  # noqa: E402
+from provenance import commit, describe, machine, package_versions  # noqa: E402
 
 from semiseg_caw import ClassElevateSeg, PooledSegMetrics, SemiSegDataModule  # noqa: E402
 from semiseg_caw.data.transforms import normalize  # noqa: E402
@@ -163,6 +163,7 @@ def save(
         **extra,
         "commit": commit(),
         "hardware": machine(),
+        "packages": package_versions(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.perf_counter() - started,
     }

@@ -1,4 +1,4 @@
-"""Where a benchmark number came from: the git commit and the machine.
+"""Where a benchmark number came from: the git commit, the machine and the packages.
 
 Shared by the scripts in ``benchmarks/`` so that every result file states its provenance the
 same way. Each script puts this folder on ``sys.path`` and imports it as ``provenance``,
@@ -11,10 +11,24 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# The packages whose versions change what a run computes (kernels, augmentations, init);
+# a fresh environment may resolve newer ones, and then a run no longer repeats bit for bit.
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "timm",
+    "albumentations",
+    "albucore",
+    "opencv-python-headless",
+    "numpy",
+    "torchmetrics",
+)
 
 
 def commit(*paths: str, untracked: bool = True) -> str:
@@ -77,6 +91,17 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed version of each of ``PACKAGES`` (None where it is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def describe(m: dict[str, Any]) -> str:

@@ -57,7 +57,7 @@ from protocol import (  # noqa: E402
     stage1_source,
     suffix,
 )
-from provenance import commit, machine, usable_cores  # noqa: E402
+from provenance import commit, machine, package_versions, usable_cores  # noqa: E402
 from report import RESULTS, markdown, plot, plot_labels, summarise, update_readme  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,6 +330,7 @@ def _record(job: dict, row: dict, tested: dict, started_at: str, timing: dict) -
         "stage1_epoch_s": timing.get("stage1_epoch_s"),
         "val_dice": best_val_dice(job["dir"]),
         "hardware": run_machine(),
+        "packages": package_versions(),
         **tested,
     }
     if best.is_relative_to(REPO):

@@ -768,6 +768,7 @@ def test_smoke_budget_on_real_busi(smoke: dict) -> None:
         best = Path(run["best_checkpoint"])
         if run["method"] != "classelevate-alone":
             assert best.is_file() and not (best.parent / "last.ckpt").exists()
+            assert run["packages"]["torch"] and run["packages"]["lightning"]  # what it ran on
     semi = next(r for r in smoke["runs"] if r["method"] == "semiseg-caw")
     masks = {r["method"]: r["train_masks"] for r in smoke["runs"]}
     assert masks["full"] == masks["reduced"] + 100 == masks["semiseg-caw"] + 100
@@ -1174,6 +1175,7 @@ def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
     ]
     assert all(r["fit_s"] > 0 for r in record["runs"])
     assert [r["task"] for r in record["rows"]] == ["ClassElevateSeg"] * 2
+    assert record["packages"]["timm"] and record["packages"]["albumentations"]
     trained = json.loads((tmp_path / "runs/no-cam/seed0/fit-args.json").read_text())
     assert trained[0] == "fit" and trained[-1].endswith("{cam: 0.0}")
     hparams = (tmp_path / "runs/no-cam/seed0/stage1/logs/version_0/hparams.yaml").read_text()
