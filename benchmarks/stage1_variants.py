@@ -5,12 +5,16 @@ On BUSI the stage-1 ClassElevateSeg over-segments small lesions and the core mod
 ``-long-both`` rows (SemiSegCAW's own stage 1: 32 epochs at 96 px; its stage 2 cut to one
 epoch) once per variant and seed, always with a ``control`` that changes nothing (it
 reproduces the benchmark's stage 1), then scores every stage-1 checkpoint with
-``lesion_size.py`` on the validation and the test split.
+``lesion_size.py`` on the validation and the test split. With ``--stage2-epochs N`` it
+also trains, on each of those stage-1 checkpoints, the -long-both rows' core model (a
+frozen, cached auxiliary map) for N epochs, and scores it the same way: whether a better
+stage 1 makes a better SemiSeg-CAW.
 
     python benchmarks/stage1_variants.py --seeds 3 4 --parallel 2 \\
         --variant "no-cam=--model.init_args.stage1_loss_weights={cam: 0.0}"
 
-Runs go to ``runs/stage1-variants/<dataset>/<variant>/seed<N>``; a finished one is reused
+Runs go to ``runs/stage1-variants/<dataset>/<variant>/seed<N>`` (stage 2 in its
+``stage2-<N>ep`` folder); a finished one is reused
 when it was trained with the same arguments (``fit-args.json``). Writes
 ``benchmarks/results/stage1-variants/<dataset>-{stage1-variants,lesion-size}.{json,md}``.
 A diagnostic: a variant is judged on validation; the test figures are for the record.
@@ -58,6 +62,25 @@ def fit_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path
     ]
 
 
+def stage2_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path) -> list[str]:
+    """``semiseg-caw fit`` arguments of a core model trained for ``a.stage2_epochs`` on the
+    stage-1 checkpoint of the run in ``rundir.parent``; the variant's settings apply too."""
+    stage1 = _best(rundir.parent / "stage1" / "checkpoints")
+    row = {"configs": [FROZEN_CACHED], "class_only": a.class_only}
+    return [
+        "fit",
+        *run_args(a.dataset, row, {"image_size": a.image_size}, a.root),
+        f"--seed_everything={seed}",
+        f"--trainer.max_epochs={a.stage2_epochs}",
+        f"--trainer.default_root_dir={rundir}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={rundir}",
+        f"--model.init_args.stage1_checkpoint={stage1}",
+        *a.fit_option,
+        *settings,
+    ]
+
+
 def train(args: list[str], rundir: Path, threads: int) -> float | None:
     """Fit one run unless a finished one with the same arguments is there; its wall
     seconds (None when reused). A finished run trained otherwise is refused, not mixed in."""
@@ -77,6 +100,19 @@ def train(args: list[str], rundir: Path, threads: int) -> float | None:
         cmd = [sys.executable, "-m", "semiseg_caw", *args, *resume]
         subprocess.run(cmd, cwd=REPO, env=_env(threads), stdout=log, stderr=log, check=True)
     return time.perf_counter() - started
+
+
+def train_all(a: argparse.Namespace, jobs: list, make_args, folder: Path, threads: int) -> list:
+    """``train`` each (variant, seed) job in ``<work>/<variant>/seed<N>/<folder>``, with the
+    arguments ``make_args`` gives, ``a.parallel`` at once; their fit seconds."""
+
+    def go(job: tuple[str, int]) -> float | None:
+        name, seed = job
+        rundir = a.work / name / f"seed{seed}" / folder
+        return train(make_args(a, a.variants[name], seed, rundir), rundir, threads)
+
+    with ThreadPoolExecutor(a.parallel) as pool:
+        return list(pool.map(go, jobs))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +137,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="OPTION",
         help="a fit option for every run, the control's too (e.g. --trainer.limit_train_batches=2)",
     )
+    p.add_argument(
+        "--stage2-epochs",
+        type=int,
+        default=0,
+        help="also train the core model this long on each stage 1 (default 0: not at all)",
+    )
     p.add_argument("--parallel", type=int, default=1, help="runs at once")
     p.add_argument("--work", type=Path, help="run folders (default runs/stage1-variants/<dataset>)")
     p.add_argument("--out", type=Path, default=RESULTS / "stage1-variants")
@@ -124,29 +166,32 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
     os.chdir(REPO)
     started = time.perf_counter()
-    variants = a.variants
-    jobs = [(name, seed) for name in variants for seed in a.seeds]
     threads = max(1, usable_cores() // a.parallel)
-
-    def go(job: tuple[str, int]) -> float | None:
-        name, seed = job
-        rundir = a.work / name / f"seed{seed}"
-        return train(fit_args(a, variants[name], seed, rundir), rundir, threads)
-
-    with ThreadPoolExecutor(a.parallel) as pool:
-        fit_s = list(pool.map(go, jobs))
-    ckpts = [_best(a.work / n / f"seed{s}" / "stage1" / "checkpoints") for n, s in jobs]
-    scored = lesion_size.main(
+    jobs = [(name, seed) for name in a.variants for seed in a.seeds]
+    stages = [(1, fit_args, Path("."), Path("stage1"))]
+    if a.stage2_epochs:
+        stage2 = Path(f"stage2-{a.stage2_epochs}ep")
+        stages.append((2, stage2_args, stage2, stage2))
+    runs = []
+    for stage, make_args, folder, scored in stages:  # every stage 1 before any stage 2
+        fit_s = train_all(a, jobs, make_args, folder, threads)
+        for (name, seed), t in zip(jobs, fit_s, strict=True):
+            ckpt = _best(a.work / name / f"seed{seed}" / scored / "checkpoints")
+            settings = a.variants[name]
+            runs.append(dict(variant=name, seed=seed, stage=stage, settings=settings, fit_s=t))
+            runs[-1]["checkpoint"] = str(ckpt)
+    sizes = lesion_size.main(
         ["--dataset", a.dataset, "--image-size", str(a.image_size), "--out", str(a.out)]
         + (["--root", a.root] if a.root else [])
-        + ["--checkpoint", *map(str, ckpts)]
+        + ["--checkpoint", *(r["checkpoint"] for r in runs)]
     )
-    runs = [
-        {"variant": n, "seed": s, "settings": variants[n], "checkpoint": str(c), "fit_s": t}
-        for (n, s), c, t in zip(jobs, ckpts, fit_s, strict=True)
-    ]
-    extra = {"stage1_epochs": a.stage1_epochs, "runs": runs, "threads": threads}
-    return save(a, "stage1-variants", scored["rows"], started, markdown, **extra)
+    extra = {
+        "stage1_epochs": a.stage1_epochs,
+        "stage2_epochs": a.stage2_epochs,
+        "runs": runs,
+        "threads": threads,
+    }
+    return save(a, "stage1-variants", sizes["rows"], started, markdown, **extra)
 
 
 def markdown(record: dict) -> str:
@@ -158,38 +203,50 @@ def markdown(record: dict) -> str:
         "",
         f"- The `-long-both` rows' stage 1 ({record['stage1_epochs']} epochs, "
         f"{record['image_size']} px, {record['class_only']} class-only images), retrained per "
-        "variant and seed; the per-checkpoint tables are in the `lesion-size` file beside "
-        "this one. Fit s: – where an earlier finished run was reused.",
+        "variant and seed"
+        + (
+            f"; stage 2: their core model, {record['stage2_epochs']} epochs on each stage 1"
+            if record.get("stage2_epochs")
+            else ""
+        )
+        + ". The per-checkpoint tables are in the `lesion-size` file beside this one. "
+        "Fit s: – where an earlier finished run was reused.",
         f"- Commit `{record['commit']}`; wall time {record['wall_s']:.0f} s; "
         f"{record['threads']} torch threads a run.",
         "",
-        "| variant | seed | settings | fit s |",
-        "|---|---|---|---|",
+        "| variant | stage | seed | settings | fit s |",
+        "|---|---|---|---|---|",
     ]
     for run in record["runs"]:
         settings = " ".join(f"`{s}`" for s in run["settings"]) or "(none)"
         fit = "–" if run["fit_s"] is None else f"{run['fit_s']:.0f}"
-        lines.append(f"| {run['variant']} | {run['seed']} | {settings} | {fit} |")
+        lines.append(f"| {run['variant']} | {run['stage']} | {run['seed']} | {settings} | {fit} |")
     lines += [
         "",
         "Means over seeds: pooled Dice, mean Dice per image (all, and by lesion-size third), "
         "and on the small third the median predicted / true lesion area, the precision and the "
         "share of false-positive pixels far from the lesion (`lesion-size` file):",
         "",
-        "| variant | split | pooled | per image | small | medium | large | small: area, precision, far |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | stage | split | pooled | per image | small | medium | large "
+        "| small: area, precision, far |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys(run["variant"] for run in record["runs"]):
-        rows = [
-            r
-            for r, run in zip(record["rows"], record["runs"], strict=True)
-            if run["variant"] == name
-        ]
+    for (name, stage), rows in by_variant(record).items():
         for split in lesion_size.SPLITS:
-            *dice, area, precision, far = seed_means([row[split] for row in rows])
+            *dice, area, precision, far = seed_means([row[split] for row in rows.values()])
             cells = " | ".join(f"{d:.3f}" for d in dice)
-            lines.append(f"| {name} | {split} | {cells} | {area:.2f}, {precision:.2f}, {far:.2f} |")
+            lines.append(
+                f"| {name} | {stage} | {split} | {cells} | {area:.2f}, {precision:.2f}, {far:.2f} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def by_variant(record: dict) -> dict[tuple[str, int], dict[int, dict]]:
+    """The lesion-size rows of a record by (variant, stage), then by seed, in run order."""
+    out: dict[tuple[str, int], dict[int, dict]] = {}
+    for row, run in zip(record["rows"], record["runs"], strict=True):
+        out.setdefault((run["variant"], run.get("stage", 1)), {})[run["seed"]] = row
+    return out
 
 
 def seed_means(scores: list[dict]) -> list[float]:

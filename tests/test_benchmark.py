@@ -1155,9 +1155,9 @@ def test_lesion_size_scores_each_checkpoint_per_image_in_thirds_by_lesion_area(
 def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    """benchmarks/stage1_variants.py: one stage 1 per variant and seed beside a control, each
-    trained with its recorded arguments, scored by lesion size; a finished run is reused, one
-    trained otherwise refused."""
+    """benchmarks/stage1_variants.py: one stage 1 per variant and seed beside a control, and
+    a core model on each, every run trained with its recorded arguments and scored by lesion
+    size; a finished run is reused, one trained otherwise refused."""
     variants = load_script("stage1_variants")
     quick = [
         "--fit-option=--trainer.limit_train_batches=2",
@@ -1165,26 +1165,32 @@ def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
     ]
     args = [
         "--root", str(shared_data / "busi"), "--image-size", "64", "--stage1-epochs", "1",
-        "--seeds", "0", "--work", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *quick,
+        "--stage2-epochs", "1", "--seeds", "0", "--work", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "out"), *quick,
         "--variant", "no-cam=--model.init_args.stage1_loss_weights={cam: 0.0}",
     ]  # fmt: skip
     record = variants.main(args)
-    assert [(r["variant"], r["settings"]) for r in record["runs"]] == [
-        ("control", []),
-        ("no-cam", ["--model.init_args.stage1_loss_weights={cam: 0.0}"]),
-    ]
+    no_cam = ["--model.init_args.stage1_loss_weights={cam: 0.0}"]
+    assert [(r["variant"], r["stage"], r["settings"]) for r in record["runs"]] == [
+        ("control", 1, []), ("no-cam", 1, no_cam), ("control", 2, []), ("no-cam", 2, no_cam),
+    ]  # fmt: skip
     assert all(r["fit_s"] > 0 for r in record["runs"])
-    assert [r["task"] for r in record["rows"]] == ["ClassElevateSeg"] * 2
+    tasks = ["ClassElevateSeg", "ClassElevateSeg", "SemiSegCAW", "SemiSegCAW"]
+    assert [r["task"] for r in record["rows"]] == tasks
     assert record["packages"]["timm"] and record["packages"]["albumentations"]
-    trained = json.loads((tmp_path / "runs/no-cam/seed0/fit-args.json").read_text())
+    run = tmp_path / "runs/no-cam/seed0"
+    trained = json.loads((run / "fit-args.json").read_text())
     assert trained[0] == "fit" and trained[-1].endswith("{cam: 0.0}")
-    hparams = (tmp_path / "runs/no-cam/seed0/stage1/logs/version_0/hparams.yaml").read_text()
-    assert "cam: 0.0" in hparams  # the option reached stage 1
+    assert "cam: 0.0" in (run / "stage1/logs/version_0/hparams.yaml").read_text()  # it applied
+    # The core model trains on that run's stage 1, not on one of its own.
+    core = json.loads((run / "stage2-1ep/fit-args.json").read_text())
+    stage1 = record["runs"][1]["checkpoint"]
+    assert f"--model.init_args.stage1_checkpoint={stage1}" in core
     text = (tmp_path / "out/busi-stage1-variants.md").read_text()
-    assert "| no-cam | val |" in text and "| control | test |" in text
+    assert "| no-cam | 1 | val |" in text and "| control | 2 | test |" in text
     assert (tmp_path / "out/busi-lesion-size.md").is_file()
     again = variants.main(args)  # reused, not retrained
-    assert [r["fit_s"] for r in again["runs"]] == [None, None]
+    assert [r["fit_s"] for r in again["runs"]] == [None] * 4
     assert again["rows"][1]["val"] == record["rows"][1]["val"]
     changed = [a.replace("cam: 0.0", "cam: 0.1") for a in args]
     with pytest.raises(SystemExit, match="trained with other arguments"):
