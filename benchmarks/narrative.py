@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, how
 from lesion_size import row_of  # noqa: E402
 from protocol import LONG  # noqa: E402
 from report import RESULTS, _fmt, _stats, favoured, fit_minutes, gap, paired  # noqa: E402
+from stage1_variants import by_variant, seed_means  # noqa: E402
 
 DATASETS = {"busi": "", "ddti": "-48"}  # the row suffix of each data set's first label budget
 
@@ -508,6 +509,65 @@ def _small_third_gaps(rows: list[dict], others: list[dict], split: str) -> dict[
     return {seed: round(a[seed] - b[seed], 4) for seed in sorted(set(a) & set(b))}
 
 
+def stage1_variants(variants: dict, sizes: dict[str, dict]) -> None:
+    heading("Stage 1 variants by lesion size (stage1_variants.py)")
+    groups = by_variant(variants)
+    # The control retrains the benchmark's stage 1 (in another environment it need not
+    # repeat it bit for bit): how far it is from lesion_size.py's rows of the same seeds.
+    bench = {
+        int(Path(r["checkpoint"]).parts[4][4:]): r
+        for r in sizes["busi"]["rows"]
+        if row_of(r["checkpoint"]) == "malunet-frozen-aux-cached-long-both/stage1"
+    }
+    for seed, row in groups[("control", 1)].items():
+        diffs = {
+            split: round(row[split]["per_image"] - bench[seed][split]["per_image"], 4)
+            for split in ("val", "test")
+        }
+        print(f"  busi: control stage 1, seed {seed}, per image - the benchmark's: {diffs}")
+    for (name, stage), rows in groups.items():
+        control = groups[("control", stage)]
+        settings = next(r["settings"] for r in variants["runs"] if r["variant"] == name)
+        for split in ("val", "test"):
+            pooled, per_image, *thirds, area, precision, far = seed_means(
+                [rows[s][split] for s in sorted(rows)]
+            )
+            line = (
+                f"  busi {split}: {name} stage {stage} {settings} (seeds "
+                f"{seeds_text(sorted(rows))}): pooled {pooled:.4f}, per image {per_image:.4f}, "
+                "thirds "
+                + ", ".join(f"{t:.4f}" for t in thirds)
+                + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
+            )
+            if name != "control":
+                line += "; - control: " + ", ".join(
+                    f"{key} {statistics.mean(get(rows[s][split]) - get(control[s][split]) for s in rows):+.4f}"
+                    for key, get in (
+                        ("pooled", lambda r: r["pooled"]),
+                        ("per image", lambda r: r["per_image"]),
+                        ("small", lambda r: r["groups"]["small"]["per_image"]),
+                        ("large", lambda r: r["groups"]["large"]["per_image"]),
+                    )
+                )
+            print(line)
+    # The core models against the long baselines of the same seeds (lesion_size.py's rows).
+    for base in ("malunet-reduced-long", "malunet-full-long"):
+        rows = {
+            int(Path(r["checkpoint"]).parts[4][4:]): r
+            for r in sizes["busi"]["rows"]
+            if row_of(r["checkpoint"]) == base
+        }
+        for split in ("val", "test"):
+            seeds = sorted(groups[("control", 2)]) if ("control", 2) in groups else []
+            if not seeds:
+                continue
+            cells = ", ".join(
+                f"{k} {statistics.mean(rows[s][split][k] for s in seeds):.4f}"
+                for k in ("pooled", "per_image")
+            )
+            print(f"  busi {split}: {base} (seeds {seeds_text(seeds)}): {cells}")
+
+
 def gpu_bar(gpu: dict[str, dict]) -> None:
     heading("GPU: SemiSeg-CAW against the bar")
     for ds, sfx in DATASETS.items():
@@ -601,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     malunet_dropout(cpu)
     pseudo(cpu)
     lesion_sizes(sizes, cpu)
+    stage1_variants(load(results / "stage1-variants", "busi-stage1-variants"), sizes)
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)

@@ -1159,13 +1159,16 @@ def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
     a core model on each, every run trained with its recorded arguments and scored by lesion
     size; a finished run is reused, one trained otherwise refused."""
     variants = load_script("stage1_variants")
+    # BUSI already at 32 px: each run's subprocess loads it in a moment.
+    small = tmp_path / "busi-32"
+    load_script("shrink_data").main(["busi", str(shared_data / "busi"), str(small), "--size", "32"])
     quick = [
         "--fit-option=--trainer.limit_train_batches=2",
         "--fit-option=--trainer.limit_val_batches=1",
     ]
     args = [
-        "--root", str(shared_data / "busi"), "--image-size", "64", "--stage1-epochs", "1",
-        "--stage2-epochs", "1", "--seeds", "0", "--work", str(tmp_path / "runs"),
+        "--root", str(small), "--image-size", "32", "--stage1-epochs", "1", "--stage2-epochs", "1",
+        "--seeds", "0", "--parallel", "2", "--work", str(tmp_path / "runs"),
         "--out", str(tmp_path / "out"), *quick,
         "--variant", "no-cam=--model.init_args.stage1_loss_weights={cam: 0.0}",
     ]  # fmt: skip
@@ -1189,12 +1192,11 @@ def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
     text = (tmp_path / "out/busi-stage1-variants.md").read_text()
     assert "| no-cam | 1 | val |" in text and "| control | 2 | test |" in text
     assert (tmp_path / "out/busi-lesion-size.md").is_file()
-    again = variants.main(args)  # reused, not retrained
-    assert [r["fit_s"] for r in again["runs"]] == [None] * 4
-    assert again["rows"][1]["val"] == record["rows"][1]["val"]
-    changed = [a.replace("cam: 0.0", "cam: 0.1") for a in args]
+    # A finished run is reused, not retrained; one trained otherwise is refused.
+    assert variants.train(trained, run, threads=1) is None
+    changed = [a.replace("cam: 0.0", "cam: 0.1") for a in trained]
     with pytest.raises(SystemExit, match="trained with other arguments"):
-        variants.main(changed)
+        variants.train(changed, run, threads=1)
     with pytest.raises(SystemExit):
         variants.parse(["--variant", "control=--seed_everything=1"])
 
