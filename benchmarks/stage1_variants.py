@@ -88,7 +88,7 @@ def train(args: list[str], rundir: Path, threads: int) -> float | None:
     if record.is_file():
         if json.loads(record.read_text()) != args:
             raise SystemExit(f"{rundir} was trained with other arguments ({record}); move it")
-        if list((rundir / "checkpoints").glob("best-epoch=*.ckpt")):
+        if (rundir / "fit.done").is_file():  # a best checkpoint alone may be a killed run's
             return None
     elif rundir.exists() and any(rundir.iterdir()):
         raise SystemExit(f"{rundir} holds a run of unknown arguments (no {record.name}); move it")
@@ -99,6 +99,7 @@ def train(args: list[str], rundir: Path, threads: int) -> float | None:
     with open(rundir.with_suffix(".log"), "a") as log:
         cmd = [sys.executable, "-m", "semiseg_caw", *args, *resume]
         subprocess.run(cmd, cwd=REPO, env=_env(threads), stdout=log, stderr=log, check=True)
+    (rundir / "fit.done").touch()
     return time.perf_counter() - started
 
 

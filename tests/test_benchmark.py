@@ -1193,7 +1193,7 @@ def test_stage1_variants_trains_a_control_and_each_variant_then_scores_them(
     assert "| no-cam | 1 | val |" in text and "| control | 2 | test |" in text
     assert (tmp_path / "out/busi-lesion-size.md").is_file()
     # A finished run is reused, not retrained; one trained otherwise is refused.
-    assert variants.train(trained, run, threads=1) is None
+    assert (run / "fit.done").is_file() and variants.train(trained, run, threads=1) is None
     changed = [a.replace("cam: 0.0", "cam: 0.1") for a in trained]
     with pytest.raises(SystemExit, match="trained with other arguments"):
         variants.train(changed, run, threads=1)
