@@ -36,48 +36,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lesion_size  # noqa: E402
 from aux_gap import save  # noqa: E402
-from protocol import BUDGETS, CLASS_ONLY  # noqa: E402
+from protocol import BUDGETS, CLASS_ONLY, FROZEN_CACHED  # noqa: E402
 from provenance import usable_cores  # noqa: E402
 from run import REPO, RESULTS, _best, _env, run_args  # noqa: E402
-
-FROZEN_CACHED = "configs/ablations/frozen-aux-cached.yaml"  # as the -long-both rows
 
 
 def fit_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path) -> list[str]:
     """``semiseg-caw fit`` arguments of one run: the -long-both row's, stage 2 cut to one
     epoch, the options given for every run, then the variant's settings."""
-    row = {"configs": [FROZEN_CACHED], "class_only": a.class_only}
-    budget = {"image_size": a.image_size}
-    return [
-        "fit",
-        *run_args(a.dataset, row, budget, a.root),
-        f"--seed_everything={seed}",
-        "--trainer.max_epochs=1",
-        f"--trainer.default_root_dir={rundir}",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        f"--trainer.logger.init_args.save_dir={rundir}",
-        f"--model.init_args.stage1_epochs={a.stage1_epochs}",
-        *a.fit_option,
-        *settings,
-    ]
+    stage1 = f"--model.init_args.stage1_epochs={a.stage1_epochs}"
+    return [*_row_args(a, seed, 1, rundir), stage1, *a.fit_option, *settings]
 
 
 def stage2_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path) -> list[str]:
     """``semiseg-caw fit`` arguments of a core model trained for ``a.stage2_epochs`` on the
     stage-1 checkpoint of the run in ``rundir.parent``; the variant's settings apply too."""
     stage1 = _best(rundir.parent / "stage1" / "checkpoints")
+    given = f"--model.init_args.stage1_checkpoint={stage1}"
+    return [*_row_args(a, seed, a.stage2_epochs, rundir), given, *a.fit_option, *settings]
+
+
+def _row_args(a: argparse.Namespace, seed: int, epochs: int, rundir: Path) -> list[str]:
+    """The -long-both row's fit arguments for ``epochs`` of stage 2, logged in ``rundir``."""
     row = {"configs": [FROZEN_CACHED], "class_only": a.class_only}
     return [
         "fit",
         *run_args(a.dataset, row, {"image_size": a.image_size}, a.root),
         f"--seed_everything={seed}",
-        f"--trainer.max_epochs={a.stage2_epochs}",
+        f"--trainer.max_epochs={epochs}",
         f"--trainer.default_root_dir={rundir}",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
         f"--trainer.logger.init_args.save_dir={rundir}",
-        f"--model.init_args.stage1_checkpoint={stage1}",
-        *a.fit_option,
-        *settings,
     ]
 
 
