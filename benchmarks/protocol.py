@@ -73,8 +73,13 @@ LONG = {
         "--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]",
         "--model.init_args.pseudo_teacher=ema",
     ],
+    # -long-both on its own long stage 1 trained without the lesion-present term (which
+    # over-segments small BUSI lesions, benchmarks/stage1_variants.py): whether the better
+    # stage 1 carries over to the core model, over every seed.
+    "stage1-no-presence-long-both": [FROZEN_CACHED, "configs/ablations/stage1-no-presence.yaml"],
 }
-# Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's.
+# Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's
+# but the stage1-* ones, which change stage 1 and so train their own.
 LONG_STAGE1 = {
     "frozen-aux-cached-long-both",
     "aux-dropout-long-both",
@@ -83,21 +88,23 @@ LONG_STAGE1 = {
     "aux-dropout-0.9-long-both",
     "pseudo-aux-dropout-0.75-long-both",
     "mean-teacher-aux-dropout-0.75-long-both",
+    "stage1-no-presence-long-both",
 }
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
 # whose maps are cached (the fast stage 2, see benchmarks/speed.py); stage 1 without its
-# CAM target, without both class-to-pixel terms, or with a consistency term on class-only
-# images; the auxiliary map also added to the output logits; half the training maps
-# dropped; the auxiliary model fine-tuned at the full learning rate or at 0.3 of it, or
-# only its decoder and heads fine-tuned (the cheaper step, see benchmarks/speed.py); Focal
-# Tversky weighing false negatives and positives alike;
-# cross-entropy balanced by class frequency (both stages, so its stage 1 is its own; or
-# stage 2 only, on SemiSeg-CAW's stage 1).
+# CAM target, without its lesion-present term, without both class-to-pixel terms, or with
+# a consistency term on class-only images; the auxiliary map also added to the output
+# logits; half the training maps dropped; the auxiliary model fine-tuned at the full
+# learning rate or at 0.3 of it, or only its decoder and heads fine-tuned (the cheaper
+# step, see benchmarks/speed.py); Focal Tversky weighing false negatives and positives
+# alike; cross-entropy balanced by class frequency (both stages, so its stage 1 is its
+# own; or stage 2 only, on SemiSeg-CAW's stage 1).
 VARIANTS = [
     "pseudo-labels",
     "frozen-aux-cached",
     "stage1-no-cam",
+    "stage1-no-presence",
     "stage1-ce-only",
     "stage1-consistency",
     "aux-output-skip",
@@ -131,13 +138,19 @@ SHARES_STAGE1 = {
 }
 
 
+def shares_long_stage1(method: str) -> bool:
+    """Whether a long-stage-1 row reuses malunet-frozen-aux-cached-long-both's stage 1 (the
+    stage1-* rows change stage 1, so they train their own)."""
+    return method in LONG_STAGE1 and not method.startswith("stage1-")
+
+
 def stage1_source(row: dict, dataset: str) -> str | None:
     """The row whose stage-1 checkpoint ``row`` reuses (same seed): malunet-semiseg-caw's for
     the SHARES_STAGE1 methods; for the other long-stage-1 rows, malunet-frozen-aux-cached-
     long-both's (the same stage 1 of ``long_stage1_epochs``). None: it trains its own."""
     if row["method"] in SHARES_STAGE1:
         source = f"malunet-semiseg-caw{suffix(dataset, row['class_only'])}"
-    elif row["method"] in LONG_STAGE1:
+    elif shares_long_stage1(row["method"]):
         source = "malunet-frozen-aux-cached-long-both"
     else:
         return None

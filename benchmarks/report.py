@@ -26,6 +26,7 @@ from protocol import (  # noqa: E402
     SEG_KEYS,
     TEST_TIME_SETTINGS,
     VARIANTS,
+    shares_long_stage1,
     stage1_source,
     suffix,
 )
@@ -528,8 +529,9 @@ def stage1_alone(report: dict, row: str, reference: str) -> str:
     return text
 
 
-# Stage-2 changes measured on the shared long stage 1, each against
-# <backbone>-frozen-aux-cached-long-both, which differs from it in that change only.
+# Changes measured on the long schedule, each against <backbone>-frozen-aux-cached-long-both,
+# which differs from it in that change only: stage-2 changes on the shared long stage 1, and
+# stage-1 changes (their own long stage 1, stage 2 the same).
 LONG_PAIRS = {
     "no-classelevate-long": "without the auxiliary map",
     "aux-dropout-0.25-long-both": "a quarter of the training maps dropped",
@@ -538,6 +540,7 @@ LONG_PAIRS = {
     "aux-dropout-0.9-long-both": "nine tenths of the training maps dropped",
     "pseudo-aux-dropout-0.75-long-both": "three quarters dropped, pseudo-labels on class-only images",
     "mean-teacher-aux-dropout-0.75-long-both": "three quarters dropped, mean-teacher pseudo-labels",
+    "stage1-no-presence-long-both": "its own stage 1 without the lesion-present term",
 }
 
 
@@ -551,7 +554,7 @@ def long_pairs(report: dict, by: dict[str, dict], backbone: str) -> list[str]:
         name = f"{backbone}-{method}"
         if name in by and (g := gap(report, name, reference)):
             val = gap(report, name, reference, "val")
-            other = other_stage1(report, name, reference) if method in LONG_STAGE1 else []
+            other = other_stage1(report, name, reference) if shares_long_stage1(method) else []
             gaps.append(
                 f"  - {name} ({change}): {g}"
                 + (f"; validation {val}" if val else "")

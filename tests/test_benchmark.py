@@ -88,6 +88,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-aux-dropout-0.9-long-both",
         "malunet-pseudo-aux-dropout-0.75-long-both",
         "malunet-mean-teacher-aux-dropout-0.75-long-both",
+        "malunet-stage1-no-presence-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
@@ -99,6 +100,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "unext-aux-dropout-0.9-long-both",
         "unext-pseudo-aux-dropout-0.75-long-both",
         "unext-mean-teacher-aux-dropout-0.75-long-both",
+        "unext-stage1-no-presence-long-both",
     ]
     assert long[5]["configs"] == [
         "configs/ablations/frozen-aux-cached.yaml",
@@ -108,11 +110,14 @@ def test_long_baselines_train_the_budgets_long_epochs(
     args = bench.run_args("ddti", long[6], cpu, None)
     frozen = args.index("--config=configs/ablations/frozen-aux-cached.yaml")
     assert args.index("--model.init_args.aux_dropout=0.25") == frozen + 1
-    pseudo = bench.run_args("ddti", long[-2], cpu, None)
+    by_name = {r["name"]: r for r in long}
+    pseudo = bench.run_args("ddti", by_name["unext-pseudo-aux-dropout-0.75-long-both"], cpu, None)
     assert pseudo.index("--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]") == (
         pseudo.index("--model.init_args.aux_dropout=0.75") + 1
     )
-    teacher = bench.run_args("ddti", long[-1], cpu, None)
+    teacher = bench.run_args(
+        "ddti", by_name["unext-mean-teacher-aux-dropout-0.75-long-both"], cpu, None
+    )
     assert teacher.index("--model.init_args.pseudo_teacher=ema") == (
         teacher.index("--model.init_args.loss_terms=[bce,dice,ftv,ce,pseudo]") + 1
     )
@@ -178,9 +183,20 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     assert bench.shared_stage1(job("malunet-aux-dropout-long-both")) == long_ckpt
     assert bench.shared_stage1(job("unext-aux-dropout-long-both")) == long_ckpt
     assert bench.shared_stage1(job("malunet-frozen-aux-cached-long-both")) is None
+    # A long row that changes stage 1 trains its own, of the long stage 1's epochs.
+    own = job("malunet-stage1-no-presence-long-both")
+    assert bench.shared_stage1(own) is None
+    assert bench.stage1_epochs_of(own["row"], protocol.BUDGETS["cpu"]) == 32
 
 
-@pytest.mark.parametrize("name", ["malunet-stage1-ce-only", "malunet-frozen-aux-cached-long-both"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "malunet-stage1-ce-only",
+        "malunet-frozen-aux-cached-long-both",
+        "malunet-stage1-no-presence-long-both",
+    ],
+)
 def test_a_row_with_its_own_stage1_keeps_its_stage1_test_in_its_record(
     tmp_path: Path, name: str
 ) -> None:
@@ -1444,7 +1460,13 @@ def test_rows_meant_to_share_a_stage1_say_where_they_trained_their_own() -> None
     records += [_fake_record("malunet-aux-dropout-long-both", "aux-dropout-long-both", 0, 0.71)]
     records[-1]["stage1_from"] = source
     records += [_fake_record("malunet-aux-dropout-long-both", "aux-dropout-long-both", 1, 0.72)]
+    no_presence = "stage1-no-presence-long-both"  # changes stage 1: its own is no difference
+    records += [_fake_record(f"malunet-{no_presence}", no_presence, s, 0.73) for s in (0, 1)]
     text = tables.markdown(_report(records))
+    assert (
+        f"  - malunet-{no_presence} (its own stage 1 without the lesion-present term): "
+        "+0.030 (seeds 0, 1)\n" in text
+    )
     assert (
         "  - malunet-aux-decoder (variant aux-decoder): 0.700 ± 0.000, +0.000 (seeds 0, 1); "
         "seed 0 trained its own stage 1 (not shared)\n" in text
