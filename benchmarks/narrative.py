@@ -568,6 +568,43 @@ def stage1_variants(variants: dict, sizes: dict[str, dict]) -> None:
             print(f"  busi {split}: {base} (seeds {seeds_text(seeds)}): {cells}")
 
 
+def no_presence_long(cpu: dict[str, dict], variants: dict) -> None:
+    heading("MALUNet -long-both on a stage 1 without the lesion-present term (5 seeds)")
+    rep, row = cpu["busi"], "malunet-stage1-no-presence-long-both"
+    both, long = (
+        "malunet-frozen-aux-cached-long-both",
+        ["malunet-reduced-long", "malunet-full-long"],
+    )
+    for name in (row, both, *long):
+        print(f"  busi: {row_line(rep, name)}; per image {per_image_mean(rep, name):.4f}")
+    for other in (both, *long):
+        print(f"  busi: {gaps(rep, row, other)}; {per_seed_signs(rep, row, other, 'val')}")
+        a, b = (
+            {r["seed"]: r["metrics"]["seg/dice_per_image"] for r in rep["runs"] if r["row"] == n}
+            for n in (row, other)
+        )
+        seeds = sorted(set(a) & set(b))
+        per_image = statistics.mean(a[s] - b[s] for s in seeds)
+        print(f"  busi: per image, test {per_image:+.4f} (seeds {seeds_text(seeds)})")
+    for name in (row, both):
+        own, added = stage1_test(rep, name)
+        print(
+            f"  busi: {name} stage 1 alone {statistics.mean(own):.4f}; core adds "
+            f"{statistics.mean(added):+.4f}"
+        )
+    print(f"  busi: {gaps(rep, 'malunet-stage1-no-presence', 'malunet-semiseg-caw')}")
+    # Seeds 3 and 4 were trained before by stage1_variants.py with the same arguments.
+    earlier = by_variant(variants)
+    for stage, key in ((1, "stage1_alone"), (2, "metrics")):
+        for r in rep["runs"]:
+            if r["row"] == row and r["seed"] in earlier.get(("no-presence", stage), {}):
+                then = earlier[("no-presence", stage)][r["seed"]]["test"]["pooled"]
+                print(
+                    f"  busi: seed {r['seed']} stage {stage} test pooled {r[key]['seg/dice']:.6f}, "
+                    f"stage1_variants.py {then:.6f}"
+                )
+
+
 def gpu_bar(gpu: dict[str, dict]) -> None:
     heading("GPU: SemiSeg-CAW against the bar")
     for ds, sfx in DATASETS.items():
@@ -661,7 +698,9 @@ def main(argv: list[str] | None = None) -> None:
     malunet_dropout(cpu)
     pseudo(cpu)
     lesion_sizes(sizes, cpu)
-    stage1_variants(load(results / "stage1-variants", "busi-stage1-variants"), sizes)
+    variants = load(results / "stage1-variants", "busi-stage1-variants")
+    stage1_variants(variants, sizes)
+    no_presence_long(cpu, variants)
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)
