@@ -605,6 +605,26 @@ def no_presence_long(cpu: dict[str, dict], variants: dict) -> None:
                 )
 
 
+def no_presence_sizes(sizes: dict[str, dict], own: dict) -> None:
+    heading("The same by lesion size (lesion_size.py, against -long-both's 5 seeds)")
+    runs: dict[str, list[dict]] = {}
+    for r in sizes["busi"]["rows"] + own["rows"]:
+        runs.setdefault(row_of(r["checkpoint"]), []).append(r)
+    for stage in ("/stage1", ""):
+        for row in ("malunet-frozen-aux-cached-long-both", "malunet-stage1-no-presence-long-both"):
+            rows = runs[row + stage]
+            for split in ("val", "test"):
+                pooled, per_image, *thirds, area, precision, far = seed_means(
+                    [r[split] for r in rows]
+                )
+                print(
+                    f"  busi {split}: {row}{stage} ({len(rows)} seeds): pooled {pooled:.4f}, "
+                    f"per image {per_image:.4f}, thirds "
+                    + ", ".join(f"{t:.4f}" for t in thirds)
+                    + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
+                )
+
+
 def gpu_bar(gpu: dict[str, dict]) -> None:
     heading("GPU: SemiSeg-CAW against the bar")
     for ds, sfx in DATASETS.items():
@@ -701,6 +721,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = load(results / "stage1-variants", "busi-stage1-variants")
     stage1_variants(variants, sizes)
     no_presence_long(cpu, variants)
+    no_presence_sizes(sizes, load(results / "stage1-no-presence", "busi-lesion-size"))
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)

@@ -249,7 +249,8 @@ def seed_means(scores: list[dict]) -> list[float]:
         *([s["groups"][t]["per_image"] for s in scores] for t in lesion_size.THIRDS),
         [g["area_ratio"] for g in small],
         [g["precision"] for g in small],
-        [g["far_fp"] for g in small if g["far_fp"] is not None],
+        # far_fp: None without false positives; absent from files written before it existed.
+        [g["far_fp"] for g in small if g.get("far_fp") is not None],
     ]
     return [statistics.mean(c) if c else math.nan for c in columns]
 
