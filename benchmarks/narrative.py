@@ -625,6 +625,30 @@ def no_presence_sizes(sizes: dict[str, dict], own: dict) -> None:
                 )
 
 
+def same_machine(cpu: dict[str, dict], again: dict) -> None:
+    heading("-long-both retrained on this processor (results/same-machine), seeds 0 and 1")
+    rep, row = cpu["busi"], "malunet-frozen-aux-cached-long-both"
+    table = {r["seed"]: r for r in rep["runs"] if r["row"] == row}
+    no_presence = {
+        r["seed"]: r for r in rep["runs"] if r["row"] == "malunet-stage1-no-presence-long-both"
+    }
+    for r in sorted(again["runs"], key=lambda r: r["seed"]):
+        seed, old = r["seed"], table[r["seed"]]
+        print(
+            f"  busi: seed {seed} on {r['hardware']['cpu']}, the table's on {old['hardware']['cpu']}"
+        )
+        for key, get in (
+            ("test pooled", lambda x: x["metrics"]["seg/dice"]),
+            ("test per image", lambda x: x["metrics"]["seg/dice_per_image"]),
+            ("validation", lambda x: x["val_dice"]),
+            ("stage 1 test pooled", lambda x: x["stage1_alone"]["seg/dice"]),
+        ):
+            print(
+                f"  busi: seed {seed} {key}: retrained {get(r):.4f}, table {get(old):.4f}, "
+                f"no-presence - retrained {get(no_presence[seed]) - get(r):+.4f}"
+            )
+
+
 def gpu_bar(gpu: dict[str, dict]) -> None:
     heading("GPU: SemiSeg-CAW against the bar")
     for ds, sfx in DATASETS.items():
@@ -722,6 +746,7 @@ def main(argv: list[str] | None = None) -> None:
     stage1_variants(variants, sizes)
     no_presence_long(cpu, variants)
     no_presence_sizes(sizes, load(results / "stage1-no-presence", "busi-lesion-size"))
+    same_machine(cpu, load(results / "same-machine", "busi-cpu"))
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)
