@@ -14,7 +14,7 @@ except ImportError:  # Windows: no lock
     fcntl = None
 
 from semiseg_caw.checkpoints import CheckpointError, checkpoint_writer, import_class
-from semiseg_caw.lit.base import can_load
+from semiseg_caw.lit.checkpointing import can_load
 from semiseg_caw.lit.semiseg import SemiSegCAW
 
 

@@ -3,74 +3,43 @@
 from __future__ import annotations
 
 import abc
-import difflib
-import inspect
-import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from semiseg_caw.checkpoints import (
-    TASK_CLASS_KEY,
-    WANDB_RUN_KEY,
-    CheckpointError,
-    import_class,
-    read_checkpoint,
-)
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, PREDICT_KEYS, TRAIN_KEYS, check_batch
+from semiseg_caw.lit.checkpointing import CheckpointHooks
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.lit.guard import DeviceStepGuard
+from semiseg_caw.lit.optim import adamw, cosine_schedule, schedule_length
+from semiseg_caw.lit.skip_steps import SkipNonFiniteSteps
 from semiseg_caw.losses import balanced_class_weights, bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
 from semiseg_caw.postprocess import keep_largest_region
 
-try:  # Lightning's: refuses a call on an instance, which would not load into it
-    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
-except ImportError:  # a private name; without it, a plain classmethod
-    _restricted_classmethod = classmethod
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
 EVAL_LOOPS = ("val", "test")  # the loops that keep metrics
-
-
 INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsample 2^5
 # Batch entries a training objective may read (the inputs of its CUDA graph).
 OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY)
 # Batch entries ``flip_tta`` mirrors: what ``evaluate_batch`` reads.
 MIRRORED_KEYS = ("image", AUX_MAP_KEY)
-# ``load_from_checkpoint``'s own keyword arguments; every other one overrides a setting.
-LIGHTNING_LOAD_OPTIONS = ("map_location", "hparams_file", "strict", "weights_only")
 
 
-def can_load(task: type, writer: str | None) -> bool:
-    """Whether ``task`` may load a checkpoint written by ``writer`` (a class path, in any
-    of its import forms): the same class or one it derives from. A checkpoint that names no
-    writer, or a class outside this package, is not judged here."""
-    if not writer or not writer.startswith("semiseg_caw."):
-        return True
-    written_by = import_class(writer)  # None: a class this version does not have
-    return written_by is not None and issubclass(task, written_by)
-
-
-class SegmentationTask(L.LightningModule, abc.ABC):
+class SegmentationTask(CheckpointHooks, SkipNonFiniteSteps, abc.ABC):
     """Base for the package's LightningModules.
 
     Subclasses build their networks (``self.net``) and loss weighting
     (``self.weighting``) in ``configure_models``, return ``(mask_logits,
     class_logits)`` from ``evaluate_batch`` and named loss terms from
-    ``loss_terms``. The training step (objective, logging, the non-finite-loss
-    guard, CUDA graphs when the ``cuda_graphs`` hyper-parameter is set), validation,
-    test and prediction, metrics, the optimiser and the cosine schedule live here.
+    ``loss_terms``. The training step (objective, logging, CUDA graphs when the
+    ``cuda_graphs`` hyper-parameter is set), validation, test and prediction, metrics and
+    the optimiser live here; skipping non-finite steps in ``semiseg_caw.lit.skip_steps``,
+    saving and loading in ``semiseg_caw.lit.checkpointing``.
 
     Batches are dicts of ``image``, ``mask``, ``has_mask``, ``label`` and ``has_label``
     (``semiseg_caw.lit.batches``); the first of each loop is checked.
@@ -375,70 +344,6 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             if self._device_guard is not None:  # the capture's warm-up passes ran it too
                 self._device_guard.reset(self.bad_steps)
 
-    # -- the non-finite guard --------------------------------------------------------------
-    def _make_device_guard(self) -> DeviceStepGuard | None:
-        """The sync-free guard where the optimiser can skip a step on a device flag: fused
-        AdamW, one optimiser step per batch, and no GradScaler (which sets the flag itself).
-        Elsewhere ``guard_loss`` checks each loss on the host."""
-        trainer = self.trainer
-        optimizers = trainer.optimizers
-        if (
-            not self.automatic_optimization
-            or trainer.accumulate_grad_batches > 1
-            or getattr(trainer.precision_plugin, "scaler", None) is not None
-            or not optimizers
-            or not all(DeviceStepGuard.supports(o) for o in optimizers)
-        ):
-            return None
-        return DeviceStepGuard(self._step_buffers(), optimizers, self.device, self.bad_steps)
-
-    def on_train_start(self) -> None:
-        # Close one left by a fit that failed: it holds its optimiser. (A new one is built at
-        # the first batch, when every module that trains is in training mode.)
-        self._close_device_guard()
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._device_guard is not None:
-            self._device_guard.before_step()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # The device count is read on logging steps and at the end of an epoch only.
-        if self._device_guard is not None and (self.logs_this_step() or self.trainer.is_last_batch):
-            self._count_skipped_steps(log=True)
-
-    def on_train_end(self) -> None:
-        if self._device_guard is not None:
-            self._count_skipped_steps()
-        self._close_device_guard()
-
-    def _close_device_guard(self) -> None:
-        if self._device_guard is not None:
-            self._device_guard.close()
-            self._device_guard = None
-
-    def _count_skipped_steps(self, log: bool = False) -> None:
-        """Read the device guard's count; warn about new skips, stop after too many."""
-        total = self._device_guard.total()
-        new, self.bad_steps = total - self.bad_steps, max(total, self.bad_steps)
-        if new <= 0:
-            return
-        if log:
-            self.log("train/skipped_steps", float(total))
-        self._report_bad_steps(
-            f"{new} non-finite training loss(es) by global step {self.global_step}; those "
-            "steps were skipped",
-            total,
-        )
-
-    def _report_bad_steps(self, what: str, total: int) -> None:
-        """Warn about skipped steps (``total`` in the run so far); stop after too many."""
-        msg = f"{what} ({total}/{self.hparams.max_bad_steps} allowed)"
-        if total > self.hparams.max_bad_steps:
-            raise FloatingPointError(
-                f"{msg}. Stopping: lower the learning rate, check the data, or raise max_bad_steps."
-            )
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
     def capture_cuda_graphs(self, batch: dict[str, Any], whole_objective: bool = True) -> list[str]:
         """Graph the training objective for batches shaped like ``batch`` (or, when that
         fails or ``whole_objective`` is False, the networks alone, see ``graph_networks``);
@@ -477,215 +382,19 @@ class SegmentationTask(L.LightningModule, abc.ABC):
             return []
         return ["network"]
 
-    # -- training helpers ----------------------------------------------------------------
-    def guard_loss(self, loss: Tensor) -> Tensor | None:
-        """Return None (skip the step) when the loss is not finite; give up after too many.
-
-        The host-side guard (a sync per step), used where the optimiser cannot skip a step
-        on a device flag (see ``_make_device_guard`` and ``semiseg_caw.lit.guard``).
-
-        A skipped step changes nothing: no gradient reaches the weights, and the buffers
-        its forward pass updated (BatchNorm statistics, DWA sums) are put back as they
-        were after the last good step. ``bad_steps`` counts skips over the whole run
-        and is saved in checkpoints, so a resumed run keeps counting.
-        """
-        if torch.isfinite(loss).all():
-            self._keep_buffers()
-            return loss
-        self.bad_steps += 1
-        self._restore_buffers()
-        self.log("train/skipped_steps", float(self.bad_steps))
-        self._report_bad_steps(
-            f"non-finite training loss at global step {self.global_step}; step skipped",
-            self.bad_steps,
-        )
-        return None
-
-    def train(self, mode: bool = True) -> SegmentationTask:
-        self._buffer_modules = None  # which modules train may change: found again when needed
-        return super().train(mode)
-
-    def _step_buffers(self) -> list[Tensor]:
-        """The buffers a training step can change: those of modules in training mode (a
-        frozen auxiliary model stays in eval mode, so its BatchNorm statistics are fixed).
-
-        The modules are found once per ``train()``/``eval()``, not in every step (a walk
-        over some 400 modules); their buffers are read each time, as ``.to()`` replaces them.
-        """
-        modules = getattr(self, "_buffer_modules", None)
-        if modules is None:
-            modules = [m for m in self.modules() if m.training and m._buffers]
-            self._buffer_modules = modules
-        return [b for m in modules for b in m._buffers.values() if b is not None]
-
-    def _keep_buffers(self) -> None:
-        """Copy the buffers as they are after a good step (a few thousand numbers)."""
-        kept = getattr(self, "_kept_buffers", None)
-        buffers = self._step_buffers()
-        if kept is None or len(kept) != len(buffers):
-            self._kept_buffers = [b.detach().clone() for b in buffers]
-        elif buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(kept, buffers)  # one kernel launch, not one per buffer
-
-    def _restore_buffers(self) -> None:
-        kept = getattr(self, "_kept_buffers", None)
-        buffers = self._step_buffers()
-        if kept is not None and len(kept) == len(buffers):
-            if buffers:
-                with torch.no_grad():
-                    torch._foreach_copy_(buffers, kept)
-        elif not all(torch.isfinite(b).all() for b in buffers if b.is_floating_point()):
-            raise FloatingPointError(
-                f"non-finite training loss at global step {self.global_step}, before any "
-                "good step, left non-finite BatchNorm statistics: check the input data"
-            )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._device_guard is not None:
-            self._count_skipped_steps()
-        checkpoint["bad_steps"] = self.bad_steps
-        datamodule = getattr(self._trainer, "datamodule", None)
-        names = self.class_names or getattr(datamodule, "class_names", None)
-        if names:  # predictions on other data still name the classes the model learnt
-            checkpoint["class_names"] = list(names)
-        # Which task wrote it, for checkpoints made outside the CLI (stage 1 inside `fit`,
-        # a plain Trainer): their hyper-parameters don't name a class, and the CLI needs one.
-        checkpoint[TASK_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
-        # The W&B run, so that a fit resumed from this file logs on in the same run.
-        for logger in self._trainer.loggers if self._trainer is not None else []:
-            if isinstance(logger, WandbLogger) and logger.version:
-                checkpoint[WANDB_RUN_KEY] = logger.version
-
-    @_restricted_classmethod
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: str | Path | IO,
-        map_location: Any = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool | None = None,
-        **settings: Any,
-    ) -> Self:
-        """Lightning's ``load_from_checkpoint`` (``settings`` override the saved
-        hyper-parameters, e.g. ``flip_tta=True``), with clear errors instead of raw ones: a
-        setting that is no init argument of the class is refused, not silently dropped, and
-        a local file that is not a Lightning checkpoint is named (``CheckpointError``).
-
-        The check reads the file once more (as ``weights_only``); a file loaded with
-        ``weights_only=False``, which may hold any object, is left to Lightning."""
-        cls._refuse_unknown_settings(settings)
-        if weights_only is not False and _is_local_path(checkpoint_path):
-            check_lightning_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(
-            checkpoint_path,
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=weights_only,
-            **settings,
-        )
-
-    @classmethod
-    def _refuse_unknown_settings(cls, settings: dict[str, Any]) -> None:
-        parameters = inspect.signature(cls.__init__).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return  # a subclass that takes any keyword
-        known = [name for name in parameters if name != "self"]
-        for name in settings:
-            if name not in known:
-                close = difflib.get_close_matches(name, [*known, *LIGHTNING_LOAD_OPTIONS], n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise TypeError(
-                    f"{cls.__name__}.load_from_checkpoint got the keyword {name!r}, which is "
-                    f"not a setting of {cls.__name__}{hint}; its settings are the arguments "
-                    f"of {cls.__name__}(...)"
-                )
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Called before the weights are loaded: name the right class instead of listing
-        # thousands of unexpected keys. A subclass may load its base class's checkpoint.
-        writer = checkpoint.get(TASK_CLASS_KEY)
-        if not can_load(type(self), writer):
-            raise CheckpointError(
-                f"this checkpoint was written by {writer.rsplit('.', 1)[-1]}, not "
-                f"{type(self).__name__}: load it with {writer.rsplit('.', 1)[-1]}"
-                ".load_from_checkpoint"
-            )
-        self.bad_steps = int(checkpoint.get("bad_steps", 0))
-        self.class_names = checkpoint.get("class_names") or self.class_names
-        size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
-        self.trained_image_size = size if isinstance(size, int) else self.trained_image_size
-
     def configure_optimizers(self) -> dict[str, Any]:
-        options = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay}
-        # Fused AdamW updates every parameter in one kernel (CPU and CUDA, torch >= 2.4): on
-        # the small MALUNet the default per-tensor loop costs more than the step itself. It
-        # unscales fp16 gradients inside step(), which Lightning refuses together with
-        # gradient clipping; then, and where fused is unsupported, use the foreach kernels.
-        optimizer = None
-        if not (self._trainer is not None and self._trainer.gradient_clip_val):
-            try:
-                optimizer = torch.optim.AdamW(self.parameter_groups(), fused=True, **options)
-            except RuntimeError:  # a device or dtype without a fused kernel
-                optimizer = None
-        if optimizer is None:
-            optimizer = torch.optim.AdamW(self.parameter_groups(), foreach=True, **options)
-        t_max, interval = self._schedule_length()
-        # Cosine annealing from lr to min_lr over the run, once per epoch (or per step). A
-        # LambdaLR (not CosineAnnealingLR) so that every group, e.g. the auxiliary model's
-        # smaller lr, anneals in proportion.
-        lr_min_ratio = self.hparams.min_lr / self.hparams.lr
-
-        def cosine(epoch: int) -> float:
-            if t_max is None:
-                return 1.0
-            progress = min(epoch, t_max) / t_max
-            return lr_min_ratio + (1 - lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        # Not fused with gradient clipping: fused AdamW unscales fp16 gradients inside
+        # step(), which Lightning refuses together with clipping.
+        clipping = self._trainer is not None and self._trainer.gradient_clip_val
+        optimizer = adamw(
+            self.parameter_groups(), self.hparams.lr, self.hparams.weight_decay, not clipping
+        )
+        length, interval = schedule_length(self._trainer)
+        scheduler = cosine_schedule(optimizer, length, self.hparams.min_lr / self.hparams.lr)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
-
-    def _schedule_length(self) -> tuple[int | None, str]:
-        """The cosine schedule's length and unit: ``max_epochs`` epochs where the trainer has
-        them, else its optimiser steps (a run bounded by ``max_steps`` has ``max_epochs``
-        -1); None (a constant lr) when neither is known."""
-        trainer = self._trainer
-        if trainer is None:
-            return None, "epoch"  # no run to anneal over, e.g. a module built to inspect
-        epochs = trainer.max_epochs  # None until a fit resolves it
-        if epochs is not None and epochs > 0:
-            return epochs, "epoch"
-        steps = trainer.estimated_stepping_batches if epochs == -1 else math.inf
-        if math.isfinite(steps) and steps > 0:
-            return int(steps), "step"
-        warnings.warn(
-            "the run has no max_epochs or max_steps (e.g. only max_time), so the cosine "
-            "schedule has no length: the learning rate stays at lr; set max_epochs or "
-            "max_steps to anneal it to min_lr",
-            UserWarning,
-            stacklevel=3,
-        )
-        return None, "epoch"
-
-
-def _is_local_path(path: Any) -> bool:
-    """A file path, not a URL (``https://``, ``s3://``: fsspec's) nor an open file."""
-    return isinstance(path, (str, Path)) and "://" not in str(path)
-
-
-def check_lightning_checkpoint(path: str | Path) -> None:
-    """Raise a ``CheckpointError`` naming the file unless it is a Lightning checkpoint."""
-    checkpoint = read_checkpoint(path)  # a folder, a missing, corrupt or foreign file
-    if "pytorch-lightning_version" not in checkpoint:
-        raise CheckpointError(
-            f"checkpoint {path} is not a Lightning checkpoint (no 'pytorch-lightning_version'): "
-            "write one with trainer.save_checkpoint or a ModelCheckpoint; a bare state dict "
-            "loads with model.load_state_dict(...)"
-        )
 
 
 def warn_capture_failed(what: str, err: Exception) -> None:
