@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from semiseg_caw.data.datasets import (
     MixedBatchSampler,
+    PredictFolderDataset,
     SegmentationDataset,
     collate,
+    collate_predictions,
     seed_worker,
 )
 from semiseg_caw.data.device_augment import augment_batch, from_raw
@@ -26,9 +27,7 @@ from semiseg_caw.data.io import (
     IMAGE_EXTENSIONS,
     BadFile,
     DataValidationError,
-    describe_error,
     list_image_files,
-    read_for_prediction,
 )
 from semiseg_caw.data.readers import LoadedDataset, is_mask_file, load_dataset
 from semiseg_caw.data.samples import Sample, class_names_for
@@ -41,7 +40,7 @@ from semiseg_caw.data.splits import (
     read_split_file,
     stratified_group_split,
 )
-from semiseg_caw.data.transforms import build_train_transform, normalize
+from semiseg_caw.data.transforms import build_train_transform
 
 
 class SemiSegDataModule(L.LightningDataModule):
@@ -484,47 +483,6 @@ def split_summary(splits: dict[str, list[Sample]], class_names: Sequence[str] = 
         shown = f" ({', '.join(detail)})" if samples and detail else ""
         parts.append(f"{name}: {len(samples)}{shown}")
     return "; ".join(parts)
-
-
-class PredictFolderDataset(Dataset):
-    """The image files of a folder to predict, each decoded when the loader asks for it.
-
-    Items: ``image`` (C, S, S) normalised, ``id`` (file name), ``path``, ``orig_size`` long
-    (2,) (height, width). A file that cannot be read gives a blank image, ``orig_size``
-    (0, 0) and ``error`` (the reason), so that the rest of the folder is still predicted
-    and the writer reports the file.
-    """
-
-    def __init__(self, paths: Sequence[Path], image_size: int, in_channels: int = 1) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.image_size = image_size
-        self.in_channels = in_channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
-        item = {"id": path.name, "path": str(path)}
-        try:
-            image, orig_size = read_for_prediction(path, self.image_size)
-        except (OSError, ValueError) as err:
-            blank = np.zeros((self.image_size, self.image_size), np.uint8)
-            item.update(image=normalize(blank, self.in_channels), error=describe_error(err))
-            item["orig_size"] = torch.from_numpy(np.zeros(2, np.int64))
-            return item
-        item.update(image=normalize(image, self.in_channels))
-        item["orig_size"] = torch.from_numpy(np.asarray(orig_size, np.int64))
-        return item
-
-
-def collate_predictions(items: Sequence[dict]) -> dict:
-    """:func:`collate` for predict items; ``error`` ("" for good files) only when one failed."""
-    errors = [item.get("error", "") for item in items]
-    batch = collate([{k: v for k, v in item.items() if k != "error"} for item in items])
-    if any(errors):
-        batch["error"] = errors
-    return batch
 
 
 def _drop_unknown(split: dict[str, list[str]], by_id: dict, source: str) -> dict[str, list[str]]:
