@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -41,7 +42,7 @@ from semiseg_caw.data.io import DataValidationError
 from semiseg_caw.lit.base import SegmentationTask
 from semiseg_caw.lit.callbacks import LoggerSaveConfigCallback, ValidationImageLogger
 from semiseg_caw.lit.semiseg import SemiSegCAW
-from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
+from semiseg_caw.lit.stages import drop_anonymous_setting, fit_stage1, stage1_checkpoint_dir
 from semiseg_caw.lit.writer import PredictionWriter, check_writable
 from semiseg_caw.models.class_elevate import PretrainedWeightsError
 from semiseg_caw.parse_errors import explain
@@ -142,7 +143,10 @@ class SemiSegCLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:
+            drop_anonymous_setting(logger)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
@@ -539,8 +543,31 @@ def _unwrapped(err: BaseException) -> BaseException:
     return err
 
 
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing ..." notices (an advert for another
+    package, printed at every trainer's start: twice per fit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_upstream_notices() -> None:
+    """Silence, for the command, what other packages print at every run that its users
+    cannot act on: Lightning's tips, and torch's FutureWarning about Lightning's use of
+    ``LeafSpec`` (a matter between those two packages). Errors and every other warning stay."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropLightningTips())
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
+
+
 def run() -> None:
     """Entry point of ``semiseg-caw`` and ``python -m semiseg_caw``."""
+    quiet_upstream_notices()
     try:
         main()
     except SIGTERMException:  # a SystemExit of status 0: a script would take it for success

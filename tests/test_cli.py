@@ -523,3 +523,25 @@ def test_arguments_given_from_python_do_not_warn_about_sys_argv(tmp_path, monkey
         warnings.simplefilter("always")
         main(["--config", str(CONFIGS / "demo.yaml"), *tiny(tmp_path)], run=False)
     assert not [w for w in caught if "args parameter" in str(w.message)]
+
+
+def test_the_command_drops_lightning_s_tips_and_torch_s_leafspec_notice(caplog) -> None:
+    import logging
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+    from torch.utils._pytree import LeafSpec
+
+    from semiseg_caw.cli import quiet_upstream_notices
+
+    quiet_upstream_notices()
+    quiet_upstream_notices()  # once more: one filter, not two
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing something")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what pytest sets; the command's filter goes first
+        quiet_upstream_notices()
+        LeafSpec()
+        warnings.warn("other futures still show", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["other futures still show"]

@@ -158,6 +158,20 @@ def test_offline_run_records_config_metrics_wgm_and_images(
     assert all(0.0 <= row[2] <= 1.0 for row in table["data"])
 
 
+def test_wandb_init_gets_no_anonymous_setting_unless_one_is_asked_for(tmp_path: Path) -> None:
+    # Lightning passes anonymous=None to wandb.init, which W&B (0.31) warns about at every run.
+    from lightning.pytorch.loggers import WandbLogger
+
+    from semiseg_caw.lit.stages import drop_anonymous_setting
+
+    cli = cli_module.main(tiny(tmp_path), run=False)
+    assert isinstance(cli.trainer.logger, WandbLogger)
+    assert "anonymous" not in cli.trainer.logger._wandb_init  # what wandb.init is given
+    asked = WandbLogger(project="x", anonymous=True, save_dir=str(tmp_path))
+    drop_anonymous_setting(asked)
+    assert asked._wandb_init["anonymous"] == "allow"
+
+
 def test_the_offline_default_is_not_left_in_the_callers_environment(monkeypatch, capsys):
     # A notebook that runs the CLI and then W&B runs of its own must not find them offline.
     from semiseg_caw.cli import main

@@ -159,6 +159,7 @@ def fit_stage1(
         if wandb
         else CSVLogger(root, name="logs")
     )
+    drop_anonymous_setting(logger)
     kwargs = {
         k: _fresh(v) for k, v in (trainer_kwargs or {}).items() if k in INHERITED and v is not None
     }
@@ -202,3 +203,14 @@ def best_on_disk(folder: Path, recorded: str) -> str:
         stacklevel=3,
     )
     return str(found[-1])
+
+
+def drop_anonymous_setting(logger: Any) -> None:
+    """Take the ``anonymous`` setting out of a WandbLogger's ``wandb.init`` arguments.
+
+    Lightning always passes one (None unless asked), and recent W&B (0.31 here) warns about any value
+    ("The anonymous setting has no effect") at every run's start; a logger given
+    ``anonymous=True`` keeps it. Other loggers are left alone."""
+    init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+    if isinstance(init, dict) and init.get("anonymous", "") is None:
+        del init["anonymous"]
