@@ -626,27 +626,42 @@ def no_presence_sizes(sizes: dict[str, dict], own: dict) -> None:
 
 
 def same_machine(cpu: dict[str, dict], again: dict) -> None:
-    heading("-long-both retrained on this processor (results/same-machine), seeds 0 and 1")
+    seeds = sorted(r["seed"] for r in again["runs"])
+    heading(f"-long-both retrained on this processor (results/same-machine), seeds {seeds}")
     rep, row = cpu["busi"], "malunet-frozen-aux-cached-long-both"
     table = {r["seed"]: r for r in rep["runs"] if r["row"] == row}
     no_presence = {
         r["seed"]: r for r in rep["runs"] if r["row"] == "malunet-stage1-no-presence-long-both"
     }
-    for r in sorted(again["runs"], key=lambda r: r["seed"]):
-        seed, old = r["seed"], table[r["seed"]]
+    retrained = {r["seed"]: r for r in again["runs"]}
+    measures = (
+        ("test pooled", lambda x: x["metrics"]["seg/dice"]),
+        ("test per image", lambda x: x["metrics"]["seg/dice_per_image"]),
+        ("validation", lambda x: x["val_dice"]),
+        ("stage 1 test pooled", lambda x: x["stage1_alone"]["seg/dice"]),
+    )
+    for seed, r in sorted(retrained.items()):
+        old = table[seed]
         print(
             f"  busi: seed {seed} on {r['hardware']['cpu']}, the table's on {old['hardware']['cpu']}"
         )
-        for key, get in (
-            ("test pooled", lambda x: x["metrics"]["seg/dice"]),
-            ("test per image", lambda x: x["metrics"]["seg/dice_per_image"]),
-            ("validation", lambda x: x["val_dice"]),
-            ("stage 1 test pooled", lambda x: x["stage1_alone"]["seg/dice"]),
-        ):
+        for key, get in measures:
             print(
                 f"  busi: seed {seed} {key}: retrained {get(r):.4f}, table {get(old):.4f}, "
                 f"no-presence - retrained {get(no_presence[seed]) - get(r):+.4f}"
             )
+    for key, get in measures:  # over the seeds retrained; the paired gaps seed by seed
+        mean = {
+            name: statistics.mean(get(runs[s]) for s in seeds)
+            for name, runs in (("retrained", retrained), ("table", table), ("np", no_presence))
+        }
+        above = sum(get(no_presence[s]) > get(retrained[s]) for s in seeds)
+        print(
+            f"  busi: mean of seeds {seeds} {key}: retrained {mean['retrained']:.4f}, table "
+            f"{mean['table']:.4f} (retrained - table {mean['retrained'] - mean['table']:+.4f}), "
+            f"no-presence {mean['np']:.4f} (- retrained {mean['np'] - mean['retrained']:+.4f}, "
+            f"above at {above} of {len(seeds)} seeds)"
+        )
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:
