@@ -87,6 +87,7 @@ def _fmt(stat: dict, digits: int = 3) -> str:
 def markdown(report: dict) -> str:
     ds, bud = report["dataset"], report["budget"]
     hw = report["hardware"]
+    several = " of this invocation (the runs': below)" if machines_note(report) else ""
     lines = [
         f"# Benchmark: {ds.upper()}, budget `{bud}`",
         "",
@@ -102,7 +103,7 @@ def markdown(report: dict) -> str:
         " **test** split (gaps marked validation excepted; the second table gives costs)."
         " Pooled metrics: one confusion matrix over all test pixels at the"
         " run's resolution; per image: mean over test images. Mean ± std over seeds.",
-        f"- Commit `{report['commit']}`; hardware: {hw['cpu']}, {hw['cores']} cores, "
+        f"- Commit `{report['commit']}`; hardware{several}: {hw['cpu']}, {hw['cores']} cores, "
         f"{hw['gpu'] or 'no GPU'} (torch {hw['torch']}{shared_cpu_note(hw)}); fit wall time "
         "summed over the runs "
         f"{sum(r.get('fit_wall_s') or 0 for r in report['runs']) / 60:.1f} min; this "
@@ -838,6 +839,20 @@ def commits_brief(commit: str) -> str:
     return f"runs from {len(commits)} commits (listed in the table)"
 
 
+def hardware_brief(report: dict) -> str:
+    """The machine(s) a table's runs ran on, in a few words: each machine with its number
+    of runs when there were several (not only the one that wrote the table)."""
+
+    def machine(hw: dict) -> str:
+        return f"{hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'}"
+
+    found = report.get("machines") or []
+    if len(found) < 2:
+        return machine(report["hardware"])
+    each = "; ".join(f"{m['runs']} on {machine(m['hardware'])}" for m in found)
+    return f"runs on {len(found)} machines ({each}; which rows ran where: the table)"
+
+
 def update_readme() -> None:
     """Regenerate the README results section from every results JSON."""
     parts = [
@@ -869,9 +884,7 @@ def update_readme() -> None:
             f"### {rep['dataset'].upper()}, budget `{rep['budget']}`{schedule} "
             f"([table](benchmarks/results/{stem}.md))",
             "",
-            f"{rep['note']}; {commits_brief(rep['commit'])}; "
-            f"{rep['hardware']['cpu']}, {rep['hardware']['cores']} cores, "
-            f"{rep['hardware']['gpu'] or 'no GPU'}.",
+            f"{rep['note']}; {commits_brief(rep['commit'])}; {hardware_brief(rep)}.",
             "",
             "| row | class-only | seeds | Dice | IoU | Dice/img | cls AUROC | paper Dice |",
             "|---|---|---|---|---|---|---|---|",

@@ -95,6 +95,14 @@ def test_a_table_of_runs_from_two_machines_says_which_ran_where(tmp_path: Path) 
     assert note[0] == "- The runs ran on 2 machines:"
     assert note[2] == "  - Xeon, 16 cores, NVIDIA H200 (torch x): 1 run (malunet-full)"
     assert tables.machines_note({"machines": listed[:1]}) == []  # one machine: the header says it
+    # The README's line under each table names both, not only the machine that wrote it.
+    assert tables.hardware_brief({"machines": listed, "hardware": here}) == (
+        "runs on 2 machines (1 on EPYC, 2 cores, no GPU; 1 on Xeon, 16 cores, NVIDIA H200; "
+        "which rows ran where: the table)"
+    )
+    assert tables.hardware_brief({"machines": listed[:1], "hardware": here}) == (
+        "EPYC, 2 cores, no GPU"
+    )
 
 
 def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
