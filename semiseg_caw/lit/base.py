@@ -13,7 +13,7 @@ from torch import Tensor
 
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, PREDICT_KEYS, TRAIN_KEYS, check_batch
-from semiseg_caw.lit.checkpointing import CheckpointHooks
+from semiseg_caw.lit.checkpointing import TaskCheckpoints
 from semiseg_caw.lit.graphs import GraphedObjective, capture_cuda_graph
 from semiseg_caw.lit.guard import DeviceStepGuard
 from semiseg_caw.lit.optim import adamw, cosine_schedule, schedule_length
@@ -30,7 +30,7 @@ OBJECTIVE_KEYS = ("image", "mask", "has_mask", "label", "has_label", AUX_MAP_KEY
 MIRRORED_KEYS = ("image", AUX_MAP_KEY)
 
 
-class SegmentationTask(CheckpointHooks, SkipNonFiniteSteps, abc.ABC):
+class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
     """Base for the package's LightningModules.
 
     Subclasses build their networks (``self.net``) and loss weighting

@@ -61,7 +61,7 @@ def _is_local_path(path: Any) -> bool:
     return isinstance(path, (str, Path)) and "://" not in str(path)
 
 
-class CheckpointHooks(L.LightningModule):
+class TaskCheckpoints(L.LightningModule):
     """Saving and loading, for ``SegmentationTask``: it keeps ``class_names`` and
     ``trained_image_size``, which checkpoints carry."""
 
