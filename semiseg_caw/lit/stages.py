@@ -211,6 +211,6 @@ def drop_anonymous_setting(logger: Any) -> None:
     Lightning always passes one (None unless asked), and recent W&B (0.31 here) warns about any value
     ("The anonymous setting has no effect") at every run's start; a logger given
     ``anonymous=True`` keeps it. Other loggers are left alone."""
-    init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+    init = getattr(logger, "_wandb_init", None)  # a WandbLogger's; other loggers have none
     if isinstance(init, dict) and init.get("anonymous", "") is None:
         del init["anonymous"]
