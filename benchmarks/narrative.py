@@ -625,10 +625,10 @@ def no_presence_sizes(sizes: dict[str, dict], own: dict) -> None:
                 )
 
 
-def same_machine(cpu: dict[str, dict], again: dict) -> None:
+def same_machine(cpu: dict[str, dict], again: dict, ds: str = "busi") -> None:
     seeds = sorted(r["seed"] for r in again["runs"])
-    heading(f"-long-both retrained on this processor (results/same-machine), seeds {seeds}")
-    rep, row = cpu["busi"], "malunet-frozen-aux-cached-long-both"
+    heading(f"{ds}: -long-both retrained on the variant's processor (same-machine), seeds {seeds}")
+    rep, row = cpu[ds], "malunet-frozen-aux-cached-long-both"
     table = {r["seed"]: r for r in rep["runs"] if r["row"] == row}
     no_presence = {
         r["seed"]: r for r in rep["runs"] if r["row"] == "malunet-stage1-no-presence-long-both"
@@ -643,11 +643,11 @@ def same_machine(cpu: dict[str, dict], again: dict) -> None:
     for seed, r in sorted(retrained.items()):
         old = table[seed]
         print(
-            f"  busi: seed {seed} on {r['hardware']['cpu']}, the table's on {old['hardware']['cpu']}"
+            f"  {ds}: seed {seed} on {r['hardware']['cpu']}, the table's on {old['hardware']['cpu']}"
         )
         for key, get in measures:
             print(
-                f"  busi: seed {seed} {key}: retrained {get(r):.4f}, table {get(old):.4f}, "
+                f"  {ds}: seed {seed} {key}: retrained {get(r):.4f}, table {get(old):.4f}, "
                 f"no-presence - retrained {get(no_presence[seed]) - get(r):+.4f}"
             )
     for key, get in measures:  # over the seeds retrained; the paired gaps seed by seed
@@ -657,7 +657,7 @@ def same_machine(cpu: dict[str, dict], again: dict) -> None:
         }
         above = sum(get(no_presence[s]) > get(retrained[s]) for s in seeds)
         print(
-            f"  busi: mean of seeds {seeds} {key}: retrained {mean['retrained']:.4f}, table "
+            f"  {ds}: mean of seeds {seeds} {key}: retrained {mean['retrained']:.4f}, table "
             f"{mean['table']:.4f} (retrained - table {mean['retrained'] - mean['table']:+.4f}), "
             f"no-presence {mean['np']:.4f} (- retrained {mean['np'] - mean['retrained']:+.4f}, "
             f"above at {above} of {len(seeds)} seeds)"
@@ -762,6 +762,8 @@ def main(argv: list[str] | None = None) -> None:
     no_presence_long(cpu, variants)
     no_presence_sizes(sizes, load(results / "stage1-no-presence", "busi-lesion-size"))
     same_machine(cpu, load(results / "same-machine", "busi-cpu"))
+    if (results / "same-machine" / "ddti-cpu.json").is_file():
+        same_machine(cpu, load(results / "same-machine", "ddti-cpu"), "ddti")
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)
