@@ -177,10 +177,11 @@ def save(
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse(__doc__, argv)
-    torch.set_grad_enabled(False)
     started = time.perf_counter()
     dm = benchmark_data(a)
-    return save(a, "aux-gap", [measure(c, dm) for c in a.checkpoint], started, markdown)
+    with torch.no_grad():  # not set_grad_enabled: a caller's process (a test) trains on after
+        measured = [measure(c, dm) for c in a.checkpoint]
+    return save(a, "aux-gap", measured, started, markdown)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,18 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, by far so on a busy machine."""
+    """Tiny models train fastest on one thread, by far so on a busy machine. Also fails a
+    test that leaves autograd switched off (``torch.set_grad_enabled(False)`` in code it
+    ran): every test after it on the same worker would fail, far from the cause."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    leaked = not torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    assert not leaked, "the test left autograd switched off for the tests after it"
 
 
 @pytest.fixture
