@@ -35,12 +35,14 @@ def load(results: Path, stem: str) -> dict:
 
 
 def by_seed(rep: dict, row: str, split: str = "test") -> dict[int, float]:
-    """A row's Dice per seed: test (pooled) or validation (the best epoch's)."""
-    return {
-        r["seed"]: r["metrics"]["seg/dice"] if split == "test" else r["val_dice"]
-        for r in rep["runs"]
-        if r["row"] == row
-    }
+    """A row's Dice per seed: test (pooled), test per image, or validation (the best
+    epoch's)."""
+    get = {
+        "test": lambda r: r["metrics"]["seg/dice"],
+        "per_image": lambda r: r["metrics"]["seg/dice_per_image"],
+        "val": lambda r: r["val_dice"],
+    }[split]
+    return {r["seed"]: get(r) for r in rep["runs"] if r["row"] == row}
 
 
 def seeds_text(seeds: Iterable[int]) -> str:
@@ -433,9 +435,7 @@ def pseudo(cpu: dict[str, dict]) -> None:
 def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
     heading("Dice per image by lesion size (lesion_size.py)")
     rep, semi = cpu["busi"], "malunet-semiseg-caw"
-    per_image = {
-        r["seed"]: r["metrics"]["seg/dice_per_image"] for r in rep["runs"] if r["row"] == semi
-    }
+    per_image = by_seed(rep, semi, "per_image")
     for row in ("malunet-stage1-no-cam", "malunet-stage1-ce-only", "malunet-no-class-only"):
         runs = [r for r in rep["runs"] if r["row"] == row]
         diffs = [r["metrics"]["seg/dice_per_image"] - per_image[r["seed"]] for r in runs]
@@ -579,10 +579,7 @@ def no_presence_long(cpu: dict[str, dict], variants: dict) -> None:
         print(f"  busi: {row_line(rep, name)}; per image {per_image_mean(rep, name):.4f}")
     for other in (both, *long):
         print(f"  busi: {gaps(rep, row, other)}; {per_seed_signs(rep, row, other, 'val')}")
-        a, b = (
-            {r["seed"]: r["metrics"]["seg/dice_per_image"] for r in rep["runs"] if r["row"] == n}
-            for n in (row, other)
-        )
+        a, b = by_seed(rep, row, "per_image"), by_seed(rep, other, "per_image")
         seeds = sorted(set(a) & set(b))
         per_image = statistics.mean(a[s] - b[s] for s in seeds)
         print(f"  busi: per image, test {per_image:+.4f} (seeds {seeds_text(seeds)})")

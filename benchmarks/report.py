@@ -87,7 +87,8 @@ def _fmt(stat: dict, digits: int = 3) -> str:
 def markdown(report: dict) -> str:
     ds, bud = report["dataset"], report["budget"]
     hw = report["hardware"]
-    several = " of this invocation (the runs': below)" if machines_note(report) else ""
+    machines = machines_note(report)
+    several = " of this invocation (the runs': below)" if machines else ""
     lines = [
         f"# Benchmark: {ds.upper()}, budget `{bud}`",
         "",
@@ -110,7 +111,7 @@ def markdown(report: dict) -> str:
         f"invocation {report['wall_s'] / 60:.1f} min"
         f"{' (tables rebuilt from finished runs)' if report.get('report_only') else ''}.",
         *levers_note(report),
-        *machines_note(report),
+        *machines,
         "",
         "| row | class-only | seeds | Dice | IoU | recall | precision | specificity | pixel acc. "
         "| Dice/img | IoU/img | cls acc. | cls bal. acc. | AUROC |",
