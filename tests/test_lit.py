@@ -339,6 +339,9 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
     "kwargs, message",
     [
         (dict(loss_terms=["bce", "nope"]), "loss_terms"),
+        (dict(loss_terms=[]), "non-empty subset"),
+        (dict(aux_mode="frozen", loss_terms=["bce", "aux"]), "fine-tuned ClassElevateSeg only"),
+        (dict(aux_lr_scale=0.0), "aux_lr_scale must be > 0, got 0.0"),
         (dict(classifier=False, loss_terms=["bce", "ce"]), "needs classifier"),
         (dict(aux_source="none", loss_terms=["bce", "pseudo"]), "auxiliary model"),
         (dict(weighting="wgm", loss_weights={"bce": 2.0}), "static only"),

@@ -14,8 +14,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from semiseg_caw.checkpoints import load_submodule
 from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
 from semiseg_caw.lit.base import SegmentationTask, warn_capture_failed
-from semiseg_caw.lit.class_elevate import STAGE1_TERMS
 from semiseg_caw.lit.graphs import capture_cuda_graph
+from semiseg_caw.lit.semiseg_options import checked_terms
 from semiseg_caw.losses import (
     bce_loss,
     cross_entropy_loss,
@@ -25,8 +25,6 @@ from semiseg_caw.losses import (
 )
 from semiseg_caw.models.semiseg import build_semiseg_net
 from semiseg_caw.models.wgm import build_weighting
-
-CORE_TERMS = ("bce", "dice", "ftv", "ce", "pseudo", "aux")
 
 
 class SemiSegCAW(SegmentationTask):
@@ -162,53 +160,7 @@ class SemiSegCAW(SegmentationTask):
     # -- construction -------------------------------------------------------------------
     def configure_models(self) -> None:
         hp = self.hparams
-        terms = list(hp.loss_terms) if hp.loss_terms is not None else self.default_terms()
-        unknown = set(terms) - set(CORE_TERMS)
-        if unknown or not terms:
-            raise ValueError(f"loss_terms must be a non-empty subset of {CORE_TERMS}, got {terms}")
-        if "ce" in terms and not hp.classifier:
-            raise ValueError("loss term 'ce' needs classifier: true")
-        if ("pseudo" in terms or "aux" in terms) and hp.aux_source == "none":
-            raise ValueError("loss terms 'pseudo' and 'aux' need an auxiliary model")
-        if "aux" in terms and (hp.aux_mode == "frozen" or hp.aux_source != "classelevate"):
-            raise ValueError("loss term 'aux' supervises a fine-tuned ClassElevateSeg only")
-        if hp.aux_mode not in ("finetune", "decoder", "frozen"):
-            raise ValueError(f"aux_mode must be finetune, decoder or frozen, got {hp.aux_mode!r}")
-        if hp.layercam_layer != "deepest" and hp.aux_source != "layercam":
-            raise ValueError(
-                "layercam_layer chooses the LayerCAM maps: it needs aux_source 'layercam'"
-            )
-        if min(hp.ftv_alpha, hp.ftv_beta) < 0 or not 0 < hp.ftv_gamma < float("inf"):
-            raise ValueError(
-                "ftv_alpha and ftv_beta must be >= 0 and ftv_gamma a finite number > 0, got "
-                f"{hp.ftv_alpha}, {hp.ftv_beta} and {hp.ftv_gamma}"
-            )
-        if not 0.5 < hp.pseudo_threshold < 1:
-            raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp.pseudo_threshold}")
-        teacher = hp.pseudo_teacher
-        if teacher not in ("aux", "ema"):
-            raise ValueError(f"pseudo_teacher must be aux or ema, got {teacher!r}")
-        if teacher == "ema" and "pseudo" not in terms:
-            raise ValueError("pseudo_teacher 'ema' teaches the 'pseudo' loss term: add it")
-        if teacher == "ema" and not 0 < hp.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in (0, 1), got {hp.ema_decay}")
-        stage1_weights = hp.stage1_loss_weights or {}
-        if set(stage1_weights) - set(STAGE1_TERMS) or any(w < 0 for w in stage1_weights.values()):
-            raise ValueError(
-                f"stage1_loss_weights takes weights >= 0 of {STAGE1_TERMS}, got {stage1_weights}"
-            )
-        if hp.aux_lr_scale <= 0:
-            raise ValueError(f"aux_lr_scale must be > 0, got {hp.aux_lr_scale}")
-        if hp.stage1_epochs is not None and hp.stage1_epochs < 1:  # None: trainer.max_epochs
-            raise ValueError(f"stage1_epochs must be >= 1 (or null), got {hp.stage1_epochs}")
-        if hp.cache_aux_maps and (
-            hp.aux_source == "none" or (hp.aux_source == "classelevate" and hp.aux_mode != "frozen")
-        ):
-            raise ValueError(
-                "cache_aux_maps needs a fixed auxiliary model: aux_mode 'frozen' or "
-                "aux_source 'layercam' (a fine-tuned model's maps change every step)"
-            )
-        self.terms = terms
+        self.terms = terms = checked_terms(hp)
         self.net = build_semiseg_net(
             backbone=hp.backbone,
             in_channels=self.in_channels,
@@ -223,26 +175,10 @@ class SemiSegCAW(SegmentationTask):
             aux_dropout=hp.aux_dropout,
             aux_encoder_frozen=hp.aux_source == "classelevate" and hp.aux_mode == "decoder",
         )
-        if teacher == "ema" and self.net.skip_gain is not None:
-            raise ValueError(
-                "pseudo_teacher 'ema' averages the backbone: it cannot take aux_output_skip"
-            )
-        self.teacher = mean_teacher(self.net.backbone, hp.ema_decay) if teacher == "ema" else None
-        extra = {}
-        if hp.weighting == "static" and hp.loss_weights:
-            extra["weights"] = hp.loss_weights
-        elif hp.loss_weights:
-            raise ValueError("loss_weights apply to weighting: static only")
+        ema = hp.pseudo_teacher == "ema"
+        self.teacher = mean_teacher(self.net.backbone, hp.ema_decay) if ema else None
+        extra = {"weights": hp.loss_weights} if hp.loss_weights else {}
         self.weighting = build_weighting(hp.weighting, terms, **extra)
-
-    def default_terms(self) -> list[str]:
-        hp = self.hparams
-        terms = ["bce", "dice", "ftv"]
-        if hp.classifier:
-            terms.append("ce")
-        if hp.aux_source == "classelevate" and hp.aux_mode != "frozen":
-            terms.append("aux")
-        return terms
 
     def load_stage1(self, path: str) -> None:
         """Load the auxiliary model's weights from a ClassElevateSeg checkpoint."""
