@@ -93,6 +93,8 @@ def test_class_names_known_without_reading_data(options, names):
         ({"budget_mode": "half"}, "budget_mode"),
         ({"batch_size": 0}, "batch_size must be >= 2"),
         ({"eval_batch_size": 0}, "eval_batch_size must be >= 1, got 0"),
+        ({"synthetic_samples": 0}, "synthetic_samples must be >= 1, got 0"),
+        ({"num_workers": -1}, "num_workers must be >= 0, got -1"),
         (
             {"dataset": "manifest", "root": "m.csv", "classes": ["benign"]},
             r"classes must name at least 2 different classes, got \['benign'\]",

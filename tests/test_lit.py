@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -298,6 +299,11 @@ def test_a_run_bounded_by_max_steps_anneals_the_lr_over_its_steps(
     with pytest.warns(UserWarning, match="no max_epochs or max_steps"):
         config = model.configure_optimizers()
     assert config["lr_scheduler"]["scheduler"].lr_lambdas[0](100) == 1.0
+    # max_epochs 0 trains nothing (the CLI warns about that): no schedule warning on top.
+    model.trainer = make_trainer(max_epochs=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.configure_optimizers()
 
 
 def test_wgm_weights_are_logged_and_move(make_trainer: MakeTrainer) -> None:
@@ -342,6 +348,7 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(loss_terms=[]), "non-empty subset"),
         (dict(aux_mode="frozen", loss_terms=["bce", "aux"]), "fine-tuned ClassElevateSeg only"),
         (dict(aux_lr_scale=0.0), "aux_lr_scale must be > 0, got 0.0"),
+        (dict(classifier_hidden=0), "classifier_hidden must be >= 1, got 0"),
         (dict(classifier=False, loss_terms=["bce", "ce"]), "needs classifier"),
         (dict(aux_source="none", loss_terms=["bce", "pseudo"]), "auxiliary model"),
         (dict(weighting="wgm", loss_weights={"bce": 2.0}), "static only"),

@@ -372,8 +372,10 @@ class SemiSegDataModule(L.LightningDataModule):
             raise ValueError(
                 f"ddti_unlabelled must be drop or mask_only, got {self.ddti_unlabelled!r}"
             )
-        if self.synthetic_samples < 1 or self.num_workers < 0:
-            raise ValueError("synthetic_samples must be >= 1 and num_workers >= 0")
+        if self.synthetic_samples < 1:
+            raise ValueError(f"synthetic_samples must be >= 1, got {self.synthetic_samples}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def _keep(self, sample: Sample) -> bool:
         if sample.label is not None and sample.label >= self.num_classes:

@@ -51,6 +51,8 @@ def schedule_length(trainer: L.Trainer | None) -> tuple[int | None, str]:
     epochs = trainer.max_epochs  # None until a fit resolves it
     if epochs is not None and epochs > 0:
         return epochs, "epoch"
+    if epochs == 0:
+        return None, "epoch"  # nothing trains (the CLI says so): no schedule to warn about
     steps = trainer.estimated_stepping_batches if epochs == -1 else math.inf
     if math.isfinite(steps) and steps > 0:
         return int(steps), "step"

@@ -79,6 +79,8 @@ def _check_numbers(hp: Mapping[str, Any]) -> None:
         )
     if not 0.5 < hp["pseudo_threshold"] < 1:
         raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp['pseudo_threshold']}")
+    if hp["classifier_hidden"] < 1:
+        raise ValueError(f"classifier_hidden must be >= 1, got {hp['classifier_hidden']}")
     if hp["aux_lr_scale"] <= 0:
         raise ValueError(f"aux_lr_scale must be > 0, got {hp['aux_lr_scale']}")
 
