@@ -597,7 +597,7 @@ def test_resuming_keeps_the_run_s_files_and_refuses_what_it_cannot_continue(tmp_
     refused before anything is trained or written."""
     import shutil
 
-    from semiseg_caw.cli import lock_run_folder
+    from semiseg_caw.run_folder import lock_run_folder
 
     stage1 = "--model.init_args.stage1_epochs=1"
     main(fit_args(tmp_path, stage1, epochs=1))
