@@ -1,8 +1,9 @@
-"""The figures README.md's hand-written passages quote from the benchmark tables, recomputed
-from the committed results (``benchmarks/results/*.json``) and printed under a heading per
-passage, in the README's order, so that each sentence can be checked against its data.
+"""The figures the hand-written passages of README.md and benchmarks/README.md quote from the
+benchmark tables, recomputed from the committed results (``benchmarks/results/*.json``) and
+printed under a heading per passage, in the order of the two files, so that each sentence
+can be checked against its data.
 
-The README's own wording rounds these to 3 decimals (4 where it says so); seed-paired gaps
+Their wording rounds these to 3 decimals (4 where it says so); seed-paired gaps
 come from ``report.paired`` / ``report.gap``, the functions the generated tables use. Reads
 only; writes nothing.
 
@@ -178,7 +179,7 @@ def largest_lesion(tta: dict[str, dict], largest: dict[str, dict], both: dict[st
         )
 
 
-# --- README "Speed" ------------------------------------------------------------------------
+# --- README "Speed" and benchmarks/README.md "Speed in detail" ---------------------------
 
 
 def decoder(cpu: dict[str, dict]) -> None:
@@ -210,7 +211,7 @@ def sharing(gpu: dict[str, dict]) -> None:
                 )
 
 
-# --- README "What the CPU tables can and cannot show" --------------------------------------
+# --- benchmarks/README.md "What the CPU tables can and cannot show" ------------------------
 
 
 def cpu_intro(cpu: dict[str, dict]) -> None:
@@ -429,7 +430,7 @@ def pseudo(cpu: dict[str, dict]) -> None:
         print(f"  {ds}: (class-only images, masks) in training: {counts}")
 
 
-# --- README "What the GPU tables show" -----------------------------------------------------
+# --- benchmarks/README.md "What the GPU tables show" ----------------------------------------
 
 
 def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
