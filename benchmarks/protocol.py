@@ -77,6 +77,12 @@ LONG = {
     # over-segments small BUSI lesions, benchmarks/stage1_variants.py): whether the better
     # stage 1 carries over to the core model, over every seed.
     "stage1-no-presence-long-both": [FROZEN_CACHED, "configs/ablations/stage1-no-presence.yaml"],
+    # The term kept, on the top 0.5% of the pixels instead of 2% (less area than the small
+    # BUSI lesions cover): whether it keeps the gain without that term's over-segmentation.
+    "stage1-presence-topk-0.005-long-both": [
+        FROZEN_CACHED,
+        "configs/ablations/stage1-presence-topk-0.005.yaml",
+    ],
 }
 # Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's
 # but the stage1-* ones, which change stage 1 and so train their own.
@@ -89,6 +95,7 @@ LONG_STAGE1 = {
     "pseudo-aux-dropout-0.75-long-both",
     "mean-teacher-aux-dropout-0.75-long-both",
     "stage1-no-presence-long-both",
+    "stage1-presence-topk-0.005-long-both",
 }
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model

@@ -543,6 +543,8 @@ LONG_PAIRS = {
     "pseudo-aux-dropout-0.75-long-both": "three quarters dropped, pseudo-labels on class-only images",
     "mean-teacher-aux-dropout-0.75-long-both": "three quarters dropped, mean-teacher pseudo-labels",
     "stage1-no-presence-long-both": "its own stage 1 without the lesion-present term",
+    "stage1-presence-topk-0.005-long-both": "its own stage 1, the lesion-present term on the "
+    "top 0.5% of pixels (not 2%)",
 }
 
 

@@ -24,6 +24,7 @@ CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
 STAGE1_SETTINGS = (
     "stage1_epochs",
     "stage1_loss_weights",
+    "stage1_presence_topk",
     "stage1_pretrained",
 )  # used by a stage 1 run in fit
 

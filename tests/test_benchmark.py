@@ -64,6 +64,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-pseudo-aux-dropout-0.75-long-both",
         "malunet-mean-teacher-aux-dropout-0.75-long-both",
         "malunet-stage1-no-presence-long-both",
+        "malunet-stage1-presence-topk-0.005-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
@@ -76,6 +77,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "unext-pseudo-aux-dropout-0.75-long-both",
         "unext-mean-teacher-aux-dropout-0.75-long-both",
         "unext-stage1-no-presence-long-both",
+        "unext-stage1-presence-topk-0.005-long-both",
     ]
     assert long[5]["configs"] == [
         "configs/ablations/frozen-aux-cached.yaml",
@@ -162,6 +164,9 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     own = job("malunet-stage1-no-presence-long-both")
     assert bench.shared_stage1(own) is None
     assert bench.stage1_epochs_of(own["row"], protocol.BUDGETS["cpu"]) == 32
+    topk = job("malunet-stage1-presence-topk-0.005-long-both")
+    assert bench.shared_stage1(topk) is None
+    assert bench.stage1_epochs_of(topk["row"], protocol.BUDGETS["cpu"]) == 32
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,8 @@ def test_stage1_run_takes_its_loss_weights_from_the_model() -> None:
     assert set(default.term_weights) == {"ce", "bce", "dice", "cam", "presence"}
     no_cam = stage1_module(SemiSegCAW(stage1_loss_weights={"cam": 0.0, "presence": 0.5}))
     assert "cam" not in no_cam.term_weights and no_cam.term_weights["presence"] == 0.5
+    assert default.hparams.presence_topk == 0.02
+    assert stage1_module(SemiSegCAW(stage1_presence_topk=0.005)).hparams.presence_topk == 0.005
 
 
 def test_stage1_run_starts_from_imagenet_weights_when_asked(monkeypatch) -> None:
@@ -349,6 +351,7 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(aux_mode="frozen", loss_terms=["bce", "aux"]), "fine-tuned ClassElevateSeg only"),
         (dict(aux_lr_scale=0.0), "aux_lr_scale must be > 0, got 0.0"),
         (dict(classifier_hidden=0), "classifier_hidden must be >= 1, got 0"),
+        (dict(stage1_presence_topk=0.0), r"stage1_presence_topk must lie in \(0, 1\], got 0.0"),
         (dict(classifier=False, loss_terms=["bce", "ce"]), "needs classifier"),
         (dict(aux_source="none", loss_terms=["bce", "pseudo"]), "auxiliary model"),
         (dict(weighting="wgm", loss_weights={"bce": 2.0}), "static only"),

@@ -76,6 +76,10 @@ class SemiSegCAW(SegmentationTask):
         stage1_loss_weights: loss weights of that stage-1 run, by term (``ce, bce,
             dice, cam, presence, consistency``; see ``ClassElevateSeg``); None keeps
             its defaults.
+        stage1_presence_topk: the lesion-present term of that stage-1 run asks the mean of
+            this fraction of a class-only lesion image's pixels (its most probable ones) to be
+            high (``ClassElevateSeg``'s ``presence_topk``). Smaller asks less area of lesions
+            that cover less of the image than that.
         stage1_pretrained: that stage-1 run starts its encoder from ImageNet weights
             (timm's; they must be downloadable or in the Hugging Face cache).
         aux_lr_scale: learning-rate factor of the auxiliary model when fine-tuned.
@@ -132,6 +136,7 @@ class SemiSegCAW(SegmentationTask):
         stage1_checkpoint: str | None = None,
         stage1_epochs: int | None = None,
         stage1_loss_weights: dict[str, float] | None = None,
+        stage1_presence_topk: float = 0.02,
         stage1_pretrained: bool = False,
         aux_lr_scale: float = 0.1,
         classifier: bool = True,

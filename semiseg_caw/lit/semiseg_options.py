@@ -65,6 +65,9 @@ def _check_auxiliary(hp: Mapping[str, Any]) -> None:
         raise ValueError(
             f"stage1_loss_weights takes weights >= 0 of {STAGE1_TERMS}, got {stage1_weights}"
         )
+    topk = hp["stage1_presence_topk"]
+    if not 0 < topk <= 1:
+        raise ValueError(f"stage1_presence_topk must lie in (0, 1], got {topk}")
     epochs = hp["stage1_epochs"]
     if epochs is not None and epochs < 1:  # None: trainer.max_epochs
         raise ValueError(f"stage1_epochs must be >= 1 (or null), got {epochs}")

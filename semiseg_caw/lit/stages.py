@@ -50,6 +50,7 @@ def stage1_module(model: SemiSegCAW, normal_class: int | None = None) -> ClassEl
         encoder=hp.aux_encoder,
         normal_class=normal_class,
         loss_weights=hp.stage1_loss_weights,
+        presence_topk=hp.stage1_presence_topk,
         pretrained=hp.stage1_pretrained,
         cuda_graphs=hp.cuda_graphs,
         lr=hp.lr,
