@@ -623,15 +623,24 @@ def no_presence_sizes(sizes: dict[str, dict], own: dict) -> None:
                 )
 
 
+# Stage-1 variants run on one processor, each against -long-both retrained on it.
+SAME_MACHINE_VARIANTS = {
+    "malunet-stage1-no-presence-long-both": "no-presence",
+    "malunet-stage1-presence-topk-0.005-long-both": "presence-topk-0.005",
+}
+
+
 def same_machine(cpu: dict[str, dict], again: dict, ds: str = "busi") -> None:
     seeds = sorted(r["seed"] for r in again["runs"])
     heading(f"{ds}: -long-both retrained on the variant's processor (same-machine), seeds {seeds}")
     rep, row = cpu[ds], "malunet-frozen-aux-cached-long-both"
     table = {r["seed"]: r for r in rep["runs"] if r["row"] == row}
-    no_presence = {
-        r["seed"]: r for r in rep["runs"] if r["row"] == "malunet-stage1-no-presence-long-both"
-    }
     retrained = {r["seed"]: r for r in again["runs"]}
+    variants = {  # the variants run at every retrained seed
+        short: runs
+        for name, short in SAME_MACHINE_VARIANTS.items()
+        if set(seeds) <= set(runs := {r["seed"]: r for r in rep["runs"] if r["row"] == name})
+    }
     measures = (
         ("test pooled", lambda x: x["metrics"]["seg/dice"]),
         ("test per image", lambda x: x["metrics"]["seg/dice_per_image"]),
@@ -644,22 +653,28 @@ def same_machine(cpu: dict[str, dict], again: dict, ds: str = "busi") -> None:
             f"  {ds}: seed {seed} on {r['hardware']['cpu']}, the table's on {old['hardware']['cpu']}"
         )
         for key, get in measures:
+            gaps_ = ", ".join(
+                f"{short} - retrained {get(runs[seed]) - get(r):+.4f}"
+                for short, runs in variants.items()
+            )
             print(
-                f"  {ds}: seed {seed} {key}: retrained {get(r):.4f}, table {get(old):.4f}, "
-                f"no-presence - retrained {get(no_presence[seed]) - get(r):+.4f}"
+                f"  {ds}: seed {seed} {key}: retrained {get(r):.4f}, table {get(old):.4f}, {gaps_}"
             )
     for key, get in measures:  # over the seeds retrained; the paired gaps seed by seed
         mean = {
             name: statistics.mean(get(runs[s]) for s in seeds)
-            for name, runs in (("retrained", retrained), ("table", table), ("np", no_presence))
+            for name, runs in (("retrained", retrained), ("table", table), *variants.items())
         }
-        above = sum(get(no_presence[s]) > get(retrained[s]) for s in seeds)
         print(
             f"  {ds}: mean of seeds {seeds} {key}: retrained {mean['retrained']:.4f}, table "
-            f"{mean['table']:.4f} (retrained - table {mean['retrained'] - mean['table']:+.4f}), "
-            f"no-presence {mean['np']:.4f} (- retrained {mean['np'] - mean['retrained']:+.4f}, "
-            f"above at {above} of {len(seeds)} seeds)"
+            f"{mean['table']:.4f} (retrained - table {mean['retrained'] - mean['table']:+.4f})"
         )
+        for short, runs in variants.items():
+            above = sum(get(runs[s]) > get(retrained[s]) for s in seeds)
+            print(
+                f"  {ds}: mean of seeds {seeds} {key}: {short} {mean[short]:.4f} (- retrained "
+                f"{mean[short] - mean['retrained']:+.4f}, above at {above} of {len(seeds)} seeds)"
+            )
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fit_args import TINY_DATA, quick_trainer
 from PIL import Image
 from scripts import REPO, bench, load_script, protocol, tables
 
@@ -378,20 +379,9 @@ def test_checkpoint_on_synthetic_manifest(tmp_path: Path) -> None:
         [
             "fit",
             *[f"--config={REPO / c}" for c in configs],
-            "--data.dataset=synthetic",
-            "--data.root=null",
-            "--data.split_file=null",
-            "--data.image_size=32",
-            "--data.batch_size=4",
-            "--data.synthetic_samples=40",
-            "--data.class_only=6",
+            *TINY_DATA,
             "--model.init_args.stage1_epochs=1",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.num_sanity_val_steps=0",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.accelerator=cpu",
+            *quick_trainer(epochs=1),
             "--trainer.logger=false",
             f"--trainer.default_root_dir={tmp_path / 'fit'}",
         ]

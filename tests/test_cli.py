@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fit_args import TINY_DATA, quick_trainer
 from PIL import Image
 
 from semiseg_caw.checkpoints import CheckpointError
@@ -22,21 +23,9 @@ DELTA_CONFIGS = sorted(CONFIGS.glob("*/*.yaml")) + [CONFIGS / "stage1.yaml"]
 def tiny(tmp_path: Path, epochs: int = 1) -> list[str]:
     """Overrides that shrink any config to seconds on a CPU, on synthetic data."""
     return [
-        "--data.dataset=synthetic",
-        "--data.root=null",
-        "--data.split_file=null",
-        "--data.image_size=32",
-        "--data.batch_size=4",
-        "--data.synthetic_samples=40",
-        "--data.class_only=6",
-        f"--trainer.max_epochs={epochs}",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
+        *TINY_DATA,
+        *quick_trainer(epochs),
         "--trainer.limit_test_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={tmp_path}",
     ]
 

@@ -15,6 +15,7 @@ ort = pytest.importorskip("onnxruntime", reason="needs the export extra")
 
 import lightning as L  # noqa: E402
 import onnx  # noqa: E402
+from fit_args import quick_trainer  # noqa: E402
 from lightning.pytorch.demos.boring_classes import BoringModel  # noqa: E402
 
 from semiseg_caw import SemiSegCAW  # noqa: E402
@@ -101,13 +102,7 @@ def test_export_command_on_a_cli_checkpoint(
             f"--data.image_size={SIZE}",
             "--data.batch_size=4",
             "--data.synthetic_samples=40",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.num_sanity_val_steps=0",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.accelerator=cpu",
+            *quick_trainer(epochs=1),
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )

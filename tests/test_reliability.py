@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from fit_args import TINY_DATA, quick_trainer
 from lightning.pytorch.callbacks import Callback
 
 from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
@@ -47,17 +48,8 @@ def fit_args(root: Path, *extra: str, epochs: int = 2) -> list[str]:
         "--seed_everything=3",
         "--model=semiseg_caw.SemiSegCAW",
         SMALL_AUX,
-        "--data.image_size=32",
-        "--data.batch_size=4",
-        "--data.synthetic_samples=40",
-        "--data.class_only=6",
-        f"--trainer.max_epochs={epochs}",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.accelerator=cpu",
+        *TINY_DATA,
+        *quick_trainer(epochs),
         "--trainer.deterministic=true",
         "--trainer.logger=false",
         f"--trainer.default_root_dir={root}",
