@@ -677,6 +677,38 @@ def same_machine(cpu: dict[str, dict], again: dict, ds: str = "busi") -> None:
             )
 
 
+def presence_topk(cpu: dict[str, dict], same: dict, topk: dict) -> None:
+    """BUSI's stage-1 lesion-present term on the top 0.5% of pixels, against the
+    -long-both control and the no-presence row, all run on one processor (5 seeds), and by
+    lesion size (lesion_size.py on each run's stage 1 and core model)."""
+    heading("MALUNet -long-both, stage 1's lesion-present term on the top 0.5% (5 seeds)")
+    rep, row = cpu["busi"], "malunet-stage1-presence-topk-0.005-long-both"
+    no_presence = "malunet-stage1-no-presence-long-both"
+    for name in (row, no_presence, "malunet-reduced-long", "malunet-full-long"):
+        print(f"  busi: {row_line(rep, name)}; per image {per_image_mean(rep, name):.4f}")
+    for other in (no_presence, "malunet-reduced-long", "malunet-full-long"):
+        print(f"  busi: {gaps(rep, row, other)}; {per_seed_signs(rep, row, other, 'val')}")
+    own, added = stage1_test(rep, row)
+    print(
+        f"  busi: stage 1 alone {statistics.mean(own):.4f}; core adds {statistics.mean(added):+.4f}"
+    )
+    runs: dict[str, list[dict]] = {}
+    for r in same["rows"] + topk["rows"]:  # row_of names the same-machine control by its row
+        runs.setdefault(row_of(r["checkpoint"]), []).append(r)
+    for stage in ("/stage1", ""):
+        for name in ("malunet-frozen-aux-cached-long-both", row):
+            for split in ("val", "test"):
+                pooled, per_image, *thirds, area, precision, far = seed_means(
+                    [r[split] for r in runs[name + stage]]
+                )
+                print(
+                    f"  busi {split}: {name}{stage} ({len(runs[name + stage])} seeds, same "
+                    f"machine): pooled {pooled:.4f}, per image {per_image:.4f}, thirds "
+                    + ", ".join(f"{t:.4f}" for t in thirds)
+                    + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
+                )
+
+
 def gpu_bar(gpu: dict[str, dict]) -> None:
     heading("GPU: SemiSeg-CAW against the bar")
     for ds, sfx in DATASETS.items():
@@ -775,6 +807,12 @@ def main(argv: list[str] | None = None) -> None:
     no_presence_long(cpu, variants)
     no_presence_sizes(sizes, load(results / "stage1-no-presence", "busi-lesion-size"))
     same_machine(cpu, load(results / "same-machine", "busi-cpu"))
+    if (results / "stage1-presence-topk" / "busi-lesion-size.json").is_file():
+        presence_topk(
+            cpu,
+            load(results / "same-machine", "busi-lesion-size"),
+            load(results / "stage1-presence-topk", "busi-lesion-size"),
+        )
     if (results / "same-machine" / "ddti-cpu.json").is_file():
         same_machine(cpu, load(results / "same-machine", "ddti-cpu"), "ddti")
     gpu_bar(gpu)
