@@ -5,19 +5,21 @@
 - :class:`PerImageSegMetrics`: mean per-image Dice and IoU.
 - :class:`SegmentationMetrics`: both of them in one collection.
 - :class:`ClassificationMetrics`: accuracy, balanced accuracy and AUROC over
-  the samples that have a class label.
+  the samples that have a class label (averaged over the classes present).
 
 All of them take logits; sigmoid / softmax happen here.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
+from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.utilities import dim_zero_cat
 
 from semiseg_caw.losses import IGNORE_INDEX
 
@@ -181,15 +183,16 @@ class SegmentationMetrics(MetricCollection):
         )
 
 
-class ClassificationMetrics(MetricCollection):
+class ClassificationMetrics(Metric):
     """Accuracy, balanced accuracy (macro recall) and AUROC over labelled samples.
 
-    ``update(logits, labels)`` drops the samples labelled ``ignore_index`` and skips
-    a batch with none left. ``compute()`` returns ``{"accuracy", "balanced_accuracy",
-    "auroc"}`` (prefixed), or an empty dict if no labelled sample was ever seen; under
-    DDP every rank must have seen one. AUROC is one-vs-rest, macro-averaged, on
-    softmax probabilities, exact (it keeps every score); for two classes that equals the
-    binary AUROC.
+    ``update(logits, labels)`` keeps the softmax probabilities of the samples not labelled
+    ``ignore_index``. ``compute()`` returns ``{"accuracy", "balanced_accuracy", "auroc"}``
+    (prefixed), or an empty dict if no labelled sample was ever seen. Balanced accuracy
+    and AUROC (one-vs-rest, exact, macro-averaged; for two classes the binary AUROC) average
+    over the classes that have samples: a class absent from the labels has no recall and
+    no AUROC, and counting it as 0 would report a score the model did not get. With a
+    single class present AUROC is undefined and left out, with a warning.
 
     Args:
         num_classes: number of classes ``K`` (at least 2).
@@ -197,27 +200,28 @@ class ClassificationMetrics(MetricCollection):
         prefix: prepended to every key of ``compute``.
     """
 
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
     def __init__(
         self,
         num_classes: int,
         ignore_index: int = IGNORE_INDEX,
         prefix: str | None = None,
+        **kwargs: Any,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        super().__init__(
-            {
-                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-                "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
-                "auroc": MulticlassAUROC(num_classes, average="macro"),
-            },
-            prefix=prefix,
-            compute_groups=False,
-        )
+        super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.prefix = prefix or ""
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
 
-    def _labelled(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor] | None:
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        """Add a batch of class logits ``(B, K)`` and labels ``(B,)``."""
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}), got {tuple(logits.shape)}")
         if labels.shape != (logits.shape[0],):
@@ -225,26 +229,34 @@ class ClassificationMetrics(MetricCollection):
                 f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}"
             )
         keep = labels != self.ignore_index
-        if not keep.any():
-            return None
-        probs = torch.softmax(logits.detach().float()[keep], dim=1)
-        return probs, labels[keep].long()
+        self.probs.append(torch.softmax(logits.detach().float()[keep], dim=1))
+        self.labels.append(labels[keep].long())
 
-    def update(self, logits: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        """Add a batch of class logits ``(B, K)`` and labels ``(B,)``."""
-        batch = self._labelled(logits, labels)
-        if batch is not None:
-            super().update(*batch)
-
-    def forward(self, logits: Tensor, labels: Tensor) -> dict[str, Any]:  # type: ignore[override]
-        """Add a batch and return its own metrics (empty dict without labelled samples)."""
-        batch = self._labelled(logits, labels)
-        return {} if batch is None else super().forward(*batch)
-
-    def compute(self) -> dict[str, Any]:
-        if all(m.update_count == 0 for m in self.values(copy_state=False)):
+    def compute(self) -> dict[str, Tensor]:
+        if len(self.labels) == 0:  # no update yet (a list; one tensor once synced)
             return {}
-        return super().compute()
+        probs, labels = dim_zero_cat(self.probs), dim_zero_cat(self.labels)
+        if labels.numel() == 0:
+            return {}
+        predicted = probs.argmax(dim=1)
+        present = labels.unique()
+        recall = torch.stack([(predicted[labels == c] == c).float().mean() for c in present])
+        out = {
+            "accuracy": (predicted == labels).float().mean(),
+            "balanced_accuracy": recall.mean(),
+        }
+        if len(present) > 1:
+            out["auroc"] = torch.stack(
+                [binary_auroc(probs[:, c], (labels == c).long()) for c in present]
+            ).mean()
+        else:
+            warnings.warn(
+                f"classification AUROC left out: all {labels.numel()} labelled samples are of "
+                f"class {int(present[0])}, and AUROC needs two classes",
+                UserWarning,
+                stacklevel=2,
+            )
+        return {self.prefix + k: v for k, v in out.items()}
 
 
 def build_classification_metrics(

@@ -527,3 +527,18 @@ def test_a_data_module_that_does_not_fit_the_model_is_named(
     dm = SemiSegDataModule(image_size=32, batch_size=4, synthetic_samples=40, **data)
     with pytest.raises(ValueError, match=message):
         make_trainer().fit(SemiSegCAW(aux_source="none"), datamodule=dm)
+
+
+def test_the_sanity_check_computes_no_metrics(make_trainer: MakeTrainer) -> None:
+    """Lightning drops what the sanity check logs; its batches, often of one class, must not
+    warn that AUROC is undefined."""
+    from lightning.pytorch.trainer.states import RunningStage
+
+    model = SemiSegCAW(aux_source="none")
+    model.trainer = make_trainer()
+    model.trainer.state.stage = RunningStage.SANITY_CHECKING
+    model.cls_metrics["val"].update(torch.randn(3, 2), torch.zeros(3, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.on_validation_epoch_end()
+    assert len(model.cls_metrics["val"].labels) == 0  # reset for the first real epoch

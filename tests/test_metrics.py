@@ -173,6 +173,27 @@ def test_classification_without_labels():
     assert metrics(torch.randn(2, 3), torch.full((2,), IGNORE_INDEX)) == {}
 
 
+def test_classification_averages_over_the_classes_present():
+    """A class without samples has no recall and no AUROC: it is left out of the averages,
+    not counted as 0; with one class present AUROC is left out, with a warning."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(30, 3), torch.tensor([0, 2] * 15)  # class 1 absent
+    out = ClassificationMetrics(3)(logits, labels)
+    probs, predicted = torch.softmax(logits, 1), logits.argmax(1)
+    recall = [(predicted[labels == c] == c).float().mean() for c in (0, 2)]
+    assert out["balanced_accuracy"].item() == pytest.approx(sum(recall).item() / 2)
+    auroc = [binary_auroc(probs[:, c], (labels == c).long()) for c in (0, 2)]
+    assert out["auroc"].item() == pytest.approx(sum(auroc).item() / 2)
+    one_class = ClassificationMetrics(2)
+    one_class.update(torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.zeros(3).long())
+    with pytest.warns(UserWarning, match="AUROC left out: all 3 labelled samples are of class 0"):
+        out = one_class.compute()
+    assert set(out) == {"accuracy", "balanced_accuracy"}
+    assert out["balanced_accuracy"].item() == pytest.approx(2 / 3)  # not (2/3 + 0) / 2
+
+
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_auroc_is_one_for_separated_scores(num_classes):
     labels = torch.arange(num_classes).repeat(4)

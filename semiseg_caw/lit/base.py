@@ -180,6 +180,12 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             self.log(f"{stage}/loss", loss, batch_size=int(has_mask.sum()), sync_dist=True)
 
     def _log_epoch_metrics(self, stage: str) -> None:
+        if self._trainer is not None and self._trainer.sanity_checking:
+            # Lightning drops what the sanity check logs; its few batches, often of one class
+            # (BUSI's validation split lists benign images first), would only warn.
+            self.seg_metrics[stage].reset()
+            self.cls_metrics[stage].reset()
+            return
         seg = self.seg_metrics[stage]
         # No masked sample seen: pooled Dice would read 1.0 (0/0), which must not pass as a score.
         values = dict(seg.compute()) if seg["per_image"].count > 0 else {}
