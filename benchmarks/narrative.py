@@ -445,9 +445,7 @@ def lesion_sizes(sizes: dict[str, dict], cpu: dict[str, dict]) -> None:
             f"(seeds {seeds_text(r['seed'] for r in runs)}; the 8-epoch budget)"
         )
     for ds, rep in sizes.items():
-        runs: dict[str, list[dict]] = {}
-        for r in rep["rows"]:  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
-            runs.setdefault(row_of(r["checkpoint"]), []).append(r)
+        runs = sizes_by_row(rep)  # runs/bench/<stem>/<row>/seed<N>/[stage1/]checkpoints/...
         worst = _largest_difference_from_table(runs, cpu[ds])
         print(f"  {ds}: largest test Dice difference from the table's runs: {worst:.5f}")
         semi = runs.get("malunet-frozen-aux-cached-long-both", [])
@@ -510,6 +508,27 @@ def _small_third_gaps(rows: list[dict], others: list[dict], split: str) -> dict[
     return {seed: round(a[seed] - b[seed], 4) for seed in sorted(set(a) & set(b))}
 
 
+def sizes_by_row(*records: dict) -> dict[str, list[dict]]:
+    """lesion_size.py's rows of ``records`` grouped by benchmark row (``row_of``), stage-1
+    checkpoints as ``<row>/stage1``."""
+    runs: dict[str, list[dict]] = {}
+    for record in records:
+        for r in record["rows"]:
+            runs.setdefault(row_of(r["checkpoint"]), []).append(r)
+    return runs
+
+
+def size_summary(scores: list[dict]) -> str:
+    """Seed means of lesion_size.py's scores of one split: pooled, per image, the thirds,
+    and the small third's predicted area, precision and share of far false positives."""
+    pooled, per_image, *thirds, area, precision, far = seed_means(scores)
+    return (
+        f"pooled {pooled:.4f}, per image {per_image:.4f}, thirds "
+        + ", ".join(f"{t:.4f}" for t in thirds)
+        + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
+    )
+
+
 def stage1_variants(variants: dict, sizes: dict[str, dict]) -> None:
     heading("Stage 1 variants by lesion size (stage1_variants.py)")
     groups = by_variant(variants)
@@ -530,15 +549,10 @@ def stage1_variants(variants: dict, sizes: dict[str, dict]) -> None:
         control = groups[("control", stage)]
         settings = next(r["settings"] for r in variants["runs"] if r["variant"] == name)
         for split in ("val", "test"):
-            pooled, per_image, *thirds, area, precision, far = seed_means(
-                [rows[s][split] for s in sorted(rows)]
-            )
             line = (
                 f"  busi {split}: {name} stage {stage} {settings} (seeds "
-                f"{seeds_text(sorted(rows))}): pooled {pooled:.4f}, per image {per_image:.4f}, "
-                "thirds "
-                + ", ".join(f"{t:.4f}" for t in thirds)
-                + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
+                f"{seeds_text(sorted(rows))}): "
+                + size_summary([rows[s][split] for s in sorted(rows)])
             )
             if name != "control":
                 line += "; - control: " + ", ".join(
@@ -605,22 +619,13 @@ def no_presence_long(cpu: dict[str, dict], variants: dict) -> None:
 
 def no_presence_sizes(sizes: dict[str, dict], own: dict) -> None:
     heading("The same by lesion size (lesion_size.py, against -long-both's 5 seeds)")
-    runs: dict[str, list[dict]] = {}
-    for r in sizes["busi"]["rows"] + own["rows"]:
-        runs.setdefault(row_of(r["checkpoint"]), []).append(r)
+    runs = sizes_by_row(sizes["busi"], own)
     for stage in ("/stage1", ""):
         for row in ("malunet-frozen-aux-cached-long-both", "malunet-stage1-no-presence-long-both"):
             rows = runs[row + stage]
             for split in ("val", "test"):
-                pooled, per_image, *thirds, area, precision, far = seed_means(
-                    [r[split] for r in rows]
-                )
-                print(
-                    f"  busi {split}: {row}{stage} ({len(rows)} seeds): pooled {pooled:.4f}, "
-                    f"per image {per_image:.4f}, thirds "
-                    + ", ".join(f"{t:.4f}" for t in thirds)
-                    + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
-                )
+                summary = size_summary([r[split] for r in rows])
+                print(f"  busi {split}: {row}{stage} ({len(rows)} seeds): {summary}")
 
 
 # Stage-1 variants run on one processor, each against -long-both retrained on it.
@@ -692,21 +697,13 @@ def presence_topk(cpu: dict[str, dict], same: dict, topk: dict) -> None:
     print(
         f"  busi: stage 1 alone {statistics.mean(own):.4f}; core adds {statistics.mean(added):+.4f}"
     )
-    runs: dict[str, list[dict]] = {}
-    for r in same["rows"] + topk["rows"]:  # row_of names the same-machine control by its row
-        runs.setdefault(row_of(r["checkpoint"]), []).append(r)
+    runs = sizes_by_row(same, topk)  # row_of names the same-machine control by its row
     for stage in ("/stage1", ""):
         for name in ("malunet-frozen-aux-cached-long-both", row):
+            rows = runs[name + stage]
             for split in ("val", "test"):
-                pooled, per_image, *thirds, area, precision, far = seed_means(
-                    [r[split] for r in runs[name + stage]]
-                )
-                print(
-                    f"  busi {split}: {name}{stage} ({len(runs[name + stage])} seeds, same "
-                    f"machine): pooled {pooled:.4f}, per image {per_image:.4f}, thirds "
-                    + ", ".join(f"{t:.4f}" for t in thirds)
-                    + f"; small: area {area:.2f}, precision {precision:.3f}, far {far:.2f}"
-                )
+                summary = size_summary([r[split] for r in rows])
+                print(f"  busi {split}: {name}{stage} ({len(rows)} seeds, same machine): {summary}")
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:
