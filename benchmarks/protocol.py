@@ -83,6 +83,13 @@ LONG = {
         FROZEN_CACHED,
         "configs/ablations/stage1-presence-topk-0.005.yaml",
     ],
+    # That stage 1 (reused from the MALUNet row above) under the aux-dropout-0.75 core model:
+    # whether its better map helps a core model that learns to segment without it.
+    "stage1-presence-topk-0.005-aux-dropout-0.75-long-both": [
+        FROZEN_CACHED,
+        "configs/ablations/stage1-presence-topk-0.005.yaml",
+        "--model.init_args.aux_dropout=0.75",
+    ],
 }
 # Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's
 # but the stage1-* ones, which change stage 1 and so train their own.
@@ -96,6 +103,12 @@ LONG_STAGE1 = {
     "mean-teacher-aux-dropout-0.75-long-both",
     "stage1-no-presence-long-both",
     "stage1-presence-topk-0.005-long-both",
+    "stage1-presence-topk-0.005-aux-dropout-0.75-long-both",
+}
+# Long rows on the stage 1 of a stage1-* row (same seed) instead of the shared one: the
+# MALUNet row of that method trains it.
+LONG_STAGE1_FROM = {
+    "stage1-presence-topk-0.005-aux-dropout-0.75-long-both": "stage1-presence-topk-0.005-long-both",
 }
 BASELINES = ("full", "reduced", "full-long", "reduced-long")  # rows without a stage 1
 # Our variants of the method: pseudo-labels on class-only images; a frozen auxiliary model
@@ -157,6 +170,8 @@ def stage1_source(row: dict, dataset: str) -> str | None:
     long-both's (the same stage 1 of ``long_stage1_epochs``). None: it trains its own."""
     if row["method"] in SHARES_STAGE1:
         source = f"malunet-semiseg-caw{suffix(dataset, row['class_only'])}"
+    elif row["method"] in LONG_STAGE1_FROM:
+        source = f"malunet-{LONG_STAGE1_FROM[row['method']]}"
     elif shares_long_stage1(row["method"]):
         source = "malunet-frozen-aux-cached-long-both"
     else:

@@ -545,6 +545,8 @@ LONG_PAIRS = {
     "stage1-no-presence-long-both": "its own stage 1 without the lesion-present term",
     "stage1-presence-topk-0.005-long-both": "its own stage 1, the lesion-present term on the "
     "top 0.5% of pixels (not 2%)",
+    "stage1-presence-topk-0.005-aux-dropout-0.75-long-both": "the stage 1 of the top-0.5% "
+    "lesion-present term, three quarters of the training maps dropped",
 }
 
 

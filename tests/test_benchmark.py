@@ -65,6 +65,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "malunet-mean-teacher-aux-dropout-0.75-long-both",
         "malunet-stage1-no-presence-long-both",
         "malunet-stage1-presence-topk-0.005-long-both",
+        "malunet-stage1-presence-topk-0.005-aux-dropout-0.75-long-both",
         "unext-full-long",
         "unext-reduced-48-long",
         "unext-frozen-aux-cached-long",
@@ -78,6 +79,7 @@ def test_long_baselines_train_the_budgets_long_epochs(
         "unext-mean-teacher-aux-dropout-0.75-long-both",
         "unext-stage1-no-presence-long-both",
         "unext-stage1-presence-topk-0.005-long-both",
+        "unext-stage1-presence-topk-0.005-aux-dropout-0.75-long-both",
     ]
     assert long[5]["configs"] == [
         "configs/ablations/frozen-aux-cached.yaml",
@@ -167,6 +169,15 @@ def test_stage1_is_shared_only_once_its_source_finished(tmp_path: Path) -> None:
     topk = job("malunet-stage1-presence-topk-0.005-long-both")
     assert bench.shared_stage1(topk) is None
     assert bench.stage1_epochs_of(topk["row"], protocol.BUDGETS["cpu"]) == 32
+    # A row named in LONG_STAGE1_FROM reuses that stage1-* row's stage 1 once it finished.
+    topk_dropout = job("unext-stage1-presence-topk-0.005-aux-dropout-0.75-long-both")
+    assert bench.shared_stage1(topk_dropout) is None
+    topk_ckpt = topk["dir"] / "stage1" / "checkpoints" / "best-epoch=029.ckpt"
+    topk_ckpt.parent.mkdir(parents=True)
+    topk_ckpt.write_bytes(b"")
+    (topk["dir"] / "result.json").write_text("{}")
+    assert bench.shared_stage1(topk_dropout) == topk_ckpt
+    assert bench.shared_stage1(topk) is None  # the source itself
 
 
 @pytest.mark.parametrize(
