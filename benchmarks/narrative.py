@@ -636,11 +636,11 @@ SAME_MACHINE_VARIANTS = {
 
 
 def same_machine(cpu: dict[str, dict], again: dict, ds: str = "busi") -> None:
-    seeds = sorted(r["seed"] for r in again["runs"])
-    heading(f"{ds}: -long-both retrained on the variant's processor (same-machine), seeds {seeds}")
     rep, row = cpu[ds], "malunet-frozen-aux-cached-long-both"
+    retrained = {r["seed"]: r for r in again["runs"] if r["row"] == row}
+    seeds = sorted(retrained)
+    heading(f"{ds}: -long-both retrained on the variant's processor (same-machine), seeds {seeds}")
     table = {r["seed"]: r for r in rep["runs"] if r["row"] == row}
-    retrained = {r["seed"]: r for r in again["runs"]}
     variants = {  # the variants run at every retrained seed
         short: runs
         for name, short in SAME_MACHINE_VARIANTS.items()
@@ -704,6 +704,42 @@ def presence_topk(cpu: dict[str, dict], same: dict, topk: dict) -> None:
             for split in ("val", "test"):
                 summary = size_summary([r[split] for r in rows])
                 print(f"  busi {split}: {name}{stage} ({len(rows)} seeds, same machine): {summary}")
+
+
+def topk_dropout(cpu: dict[str, dict], same: dict) -> None:
+    """The top-0.5% stage 1 under the aux-dropout-0.75 core model (BUSI), each backbone's
+    against aux-dropout-0.75-long-both retrained on the same processor (same-machine) and
+    against the table's long baselines (another processor: within its 0.01)."""
+    heading("aux-dropout 0.75 on the top-0.5% stage 1, against its same-machine control")
+    rep = cpu["busi"]
+    for bb in ("malunet", "unext"):
+        row, control = (
+            f"{bb}-stage1-presence-topk-0.005-aux-dropout-0.75-long-both",
+            f"{bb}-aux-dropout-0.75-long-both",
+        )
+        runs, again = by_row(rep, row), by_row(same, control)
+        seeds = sorted(set(runs) & set(again))
+        if not seeds:
+            continue
+        for split in ("test", "per_image", "val"):
+            own, ctl = by_seed(rep, row, split), by_seed(same, control, split)
+            diffs = [own[s] - ctl[s] for s in seeds]
+            print(
+                f"  busi {bb} {split}: {statistics.mean(own[s] for s in seeds):.4f} against "
+                f"retrained {statistics.mean(ctl[s] for s in seeds):.4f}: "
+                f"{statistics.mean(diffs):+.4f}, above at {sum(d > 0 for d in diffs)} of "
+                f"{len(seeds)} seeds ({seeds_text(seeds)})"
+            )
+        table = by_seed(rep, control)
+        moved = [again[s]["metrics"]["seg/dice"] - table[s] for s in seeds if s in table]
+        print(f"  busi {bb}: retrained - table's {control} (test): {statistics.mean(moved):+.4f}")
+        print(f"  busi: {row_line(rep, row)}; per image {per_image_mean(rep, row):.4f}")
+        for other in (f"{bb}-reduced-long", f"{bb}-full-long", control):
+            print(f"  busi: {gaps(rep, row, other)}; {per_seed_signs(rep, row, other)}")
+
+
+def by_row(rep: dict, row: str) -> dict[int, dict]:
+    return {r["seed"]: r for r in rep["runs"] if r["row"] == row}
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:
@@ -810,6 +846,7 @@ def main(argv: list[str] | None = None) -> None:
             load(results / "same-machine", "busi-lesion-size"),
             load(results / "stage1-presence-topk", "busi-lesion-size"),
         )
+    topk_dropout(cpu, load(results / "same-machine", "busi-cpu"))
     if (results / "same-machine" / "ddti-cpu.json").is_file():
         same_machine(cpu, load(results / "same-machine", "ddti-cpu"), "ddti")
     gpu_bar(gpu)
