@@ -46,6 +46,11 @@ def by_seed(rep: dict, row: str, split: str = "test") -> dict[int, float]:
     return {r["seed"]: get(r) for r in rep["runs"] if r["row"] == row}
 
 
+def by_row(rep: dict, row: str) -> dict[int, dict]:
+    """A row's run records by seed."""
+    return {r["seed"]: r for r in rep["runs"] if r["row"] == row}
+
+
 def seeds_text(seeds: Iterable[int]) -> str:
     return ", ".join(map(str, sorted(seeds)))
 
@@ -637,14 +642,14 @@ SAME_MACHINE_VARIANTS = {
 
 def same_machine(cpu: dict[str, dict], again: dict, ds: str = "busi") -> None:
     rep, row = cpu[ds], "malunet-frozen-aux-cached-long-both"
-    retrained = {r["seed"]: r for r in again["runs"] if r["row"] == row}
+    retrained = by_row(again, row)
     seeds = sorted(retrained)
     heading(f"{ds}: -long-both retrained on the variant's processor (same-machine), seeds {seeds}")
-    table = {r["seed"]: r for r in rep["runs"] if r["row"] == row}
+    table = by_row(rep, row)
     variants = {  # the variants run at every retrained seed
         short: runs
         for name, short in SAME_MACHINE_VARIANTS.items()
-        if set(seeds) <= set(runs := {r["seed"]: r for r in rep["runs"] if r["row"] == name})
+        if set(seeds) <= set(runs := by_row(rep, name))
     }
     measures = (
         ("test pooled", lambda x: x["metrics"]["seg/dice"]),
@@ -736,10 +741,6 @@ def topk_dropout(cpu: dict[str, dict], same: dict) -> None:
         print(f"  busi: {row_line(rep, row)}; per image {per_image_mean(rep, row):.4f}")
         for other in (f"{bb}-reduced-long", f"{bb}-full-long", control):
             print(f"  busi: {gaps(rep, row, other)}; {per_seed_signs(rep, row, other)}")
-
-
-def by_row(rep: dict, row: str) -> dict[int, dict]:
-    return {r["seed"]: r for r in rep["runs"] if r["row"] == row}
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:

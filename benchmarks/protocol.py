@@ -92,7 +92,8 @@ LONG = {
     ],
 }
 # Rows on a stage 1 of ``long_stage1_epochs``: all share malunet-frozen-aux-cached-long-both's
-# but the stage1-* ones, which change stage 1 and so train their own.
+# but the stage1-* ones, which change stage 1 and so train their own (or, in
+# LONG_STAGE1_FROM, take another stage1-* row's).
 LONG_STAGE1 = {
     "frozen-aux-cached-long-both",
     "aux-dropout-long-both",
@@ -166,8 +167,9 @@ def shares_long_stage1(method: str) -> bool:
 
 def stage1_source(row: dict, dataset: str) -> str | None:
     """The row whose stage-1 checkpoint ``row`` reuses (same seed): malunet-semiseg-caw's for
-    the SHARES_STAGE1 methods; for the other long-stage-1 rows, malunet-frozen-aux-cached-
-    long-both's (the same stage 1 of ``long_stage1_epochs``). None: it trains its own."""
+    the SHARES_STAGE1 methods; the MALUNet row named in LONG_STAGE1_FROM; for the other
+    long-stage-1 rows, malunet-frozen-aux-cached-long-both's (the same stage 1 of
+    ``long_stage1_epochs``). None: it trains its own."""
     if row["method"] in SHARES_STAGE1:
         source = f"malunet-semiseg-caw{suffix(dataset, row['class_only'])}"
     elif row["method"] in LONG_STAGE1_FROM:
