@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from semiseg_caw.data.busi import scan_busi
+from semiseg_caw.data.ddti import scan_ddti
 from semiseg_caw.data.io import decode_image, decode_mask, resize_image, resize_mask
-from semiseg_caw.data.readers import scan_busi, scan_ddti
 
 SCANNERS = {"busi": scan_busi, "ddti": scan_ddti}
 

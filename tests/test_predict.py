@@ -21,8 +21,8 @@ from PIL import Image
 
 from semiseg_caw import ClassElevateSeg
 from semiseg_caw.cli import main
-from semiseg_caw.data.datasets import PredictFolderDataset
 from semiseg_caw.data.io import decode_image
+from semiseg_caw.data.predict_folder import PredictFolderDataset
 from semiseg_caw.lit import writer as writer_module
 from semiseg_caw.lit.writer import CSV_NAME, MAX_STEM, STAGING_NAME, safe_stem
 

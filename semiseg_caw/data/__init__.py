@@ -23,9 +23,9 @@ _EXPORTS = {
     "LoadedDataset": "readers",
     "load_dataset": "readers",
     "load_image_folder": "readers",
-    "scan_busi": "readers",
-    "scan_ddti": "readers",
-    "scan_manifest": "readers",
+    "scan_busi": "busi",
+    "scan_ddti": "ddti",
+    "scan_manifest": "manifest",
     "make_synthetic": "synthetic",
     "stratified_group_split": "splits",
     "select_class_only": "splits",
@@ -86,11 +86,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from semiseg_caw.data.busi import scan_busi
     from semiseg_caw.data.datamodule import SemiSegDataModule
     from semiseg_caw.data.datasets import (
         MixedBatchSampler,
         SegmentationDataset,
     )
+    from semiseg_caw.data.ddti import scan_ddti
     from semiseg_caw.data.io import (
         BadFile,
         DataValidationError,
@@ -98,14 +100,8 @@ if TYPE_CHECKING:
         decode_image,
         decode_mask,
     )
-    from semiseg_caw.data.readers import (
-        LoadedDataset,
-        load_dataset,
-        load_image_folder,
-        scan_busi,
-        scan_ddti,
-        scan_manifest,
-    )
+    from semiseg_caw.data.manifest import scan_manifest
+    from semiseg_caw.data.readers import LoadedDataset, load_dataset, load_image_folder
     from semiseg_caw.data.samples import (
         BUSI_CLASSES,
         DDTI_CLASSES,

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -16,30 +13,21 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from semiseg_caw.data.datasets import (
     MixedBatchSampler,
-    PredictFolderDataset,
     SegmentationDataset,
     collate,
-    collate_predictions,
     seed_worker,
 )
 from semiseg_caw.data.device_augment import augment_batch, from_raw
-from semiseg_caw.data.io import (
-    IMAGE_EXTENSIONS,
-    BadFile,
-    DataValidationError,
-    list_image_files,
+from semiseg_caw.data.options import check_options
+from semiseg_caw.data.predict_folder import (
+    PredictFolderDataset,
+    collate_predictions,
+    predict_image_paths,
 )
-from semiseg_caw.data.readers import LoadedDataset, is_mask_file, load_dataset
+from semiseg_caw.data.readers import LoadedDataset, load_dataset
 from semiseg_caw.data.samples import Sample, class_names_for
-from semiseg_caw.data.splits import (
-    DEFAULT_FRACTIONS,
-    SPLITS,
-    apply_budget,
-    check_class_only,
-    check_split_ids,
-    read_split_file,
-    stratified_group_split,
-)
+from semiseg_caw.data.split_use import check_split_usable, choose_split, split_summary
+from semiseg_caw.data.splits import SPLITS, apply_budget, read_split_file
 from semiseg_caw.data.transforms import build_train_transform
 
 
@@ -143,7 +131,7 @@ class SemiSegDataModule(L.LightningDataModule):
         self.augment_on_device = augment_on_device
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.classes = list(classes) if classes else None
-        self._check_options()
+        check_options(self)
         self.splits: dict[str, list[Sample]] | None = None
         self.data: LoadedDataset | None = None
         self._datasets: dict[str, SegmentationDataset] = {}
@@ -271,22 +259,14 @@ class SemiSegDataModule(L.LightningDataModule):
             include_normal=self.include_normal,
             seed=self.seed,
         )
+        split = choose_split(
+            data.samples,
+            split_file,
+            self.split_file,
+            skip_bad_files=self.skip_bad_files,
+            seed=self.seed,
+        )
         by_id = {s.id: s for s in data.samples}
-        assigned = {s.id: s.split for s in data.samples if s.split}  # a manifest's column
-        if assigned and split_file is not None:
-            raise ValueError(
-                f"the manifest assigns splits (its split column) and data.split_file "
-                f"{self.split_file} does too: give one of them"
-            )
-        if assigned:
-            split = {name: [i for i, n in assigned.items() if n == name] for name in SPLITS}
-        elif split_file is not None:
-            split = split_file
-            if self.skip_bad_files:
-                split = _drop_unknown(split, by_id, self.split_file)
-            check_split_ids(split, list(by_id), self.split_file)
-        else:
-            split = stratified_group_split(data.samples, DEFAULT_FRACTIONS, self.seed)
         unlisted = len(by_id) - sum(len(ids) for ids in split.values())
         if unlisted:
             rank_zero_info(f"{unlisted} sample(s) are in no split and are not used")
@@ -322,61 +302,6 @@ class SemiSegDataModule(L.LightningDataModule):
             for name in SPLITS
         }
 
-    def _check_options(self) -> None:
-        """Clear ValueErrors for option values that cannot work, before any data is read."""
-        if self.dataset not in ("synthetic", "busi", "ddti", "manifest"):
-            raise ValueError(
-                f"dataset must be synthetic, busi, ddti or manifest, got {self.dataset!r}"
-            )
-        if self.dataset != "synthetic" and not self.root:
-            raise ValueError(
-                f"dataset={self.dataset!r} needs root (the data set folder or manifest)"
-            )
-        if self.dataset == "manifest" and not self.classes:
-            raise ValueError("dataset='manifest' needs classes (the class names, in index order)")
-        if self.classes and (len(self.classes) < 2 or len(set(self.classes)) < len(self.classes)):
-            raise ValueError(f"classes must name at least 2 different classes, got {self.classes}")
-        # Both would otherwise be ignored silently (training on generated images instead).
-        if self.dataset == "synthetic" and self.root:
-            raise ValueError(
-                "root is set but dataset is 'synthetic'; set data.dataset to busi, ddti or "
-                "manifest (or leave root unset for generated images)"
-            )
-        if self.dataset != "manifest" and self.classes:
-            raise ValueError(
-                f"classes is set but dataset is {self.dataset!r}, whose classes are fixed "
-                f"({', '.join(class_names_for(self.dataset, self.include_normal))}); classes "
-                "names the labels of a manifest (set data.dataset to manifest, or leave "
-                "classes unset)"
-            )
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
-        if self.batch_size < 2:
-            raise ValueError(
-                f"batch_size must be >= 2 (BatchNorm needs at least 2 images per training batch), "
-                f"got {self.batch_size}"
-            )
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        check_class_only(self.class_only)
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0 (a numpy seed), got {self.seed}")
-        if self.budget_mode not in ("semi", "reduced", "full"):
-            raise ValueError(f"budget_mode must be semi, reduced or full, got {self.budget_mode!r}")
-        cpb = self.class_only_per_batch
-        if cpb is not None and not 0 < cpb < 1:  # 1 would leave no masked image in a batch
-            raise ValueError(f"class_only_per_batch must be in (0, 1) or None, got {cpb}")
-        if self.ddti_unlabelled not in ("drop", "mask_only"):
-            raise ValueError(
-                f"ddti_unlabelled must be drop or mask_only, got {self.ddti_unlabelled!r}"
-            )
-        if self.synthetic_samples < 1:
-            raise ValueError(f"synthetic_samples must be >= 1, got {self.synthetic_samples}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-
     def _keep(self, sample: Sample) -> bool:
         if sample.label is not None and sample.label >= self.num_classes:
             return False  # BUSI normal images without include_normal
@@ -387,70 +312,13 @@ class SemiSegDataModule(L.LightningDataModule):
     def _setup_predict(self) -> None:
         if self.predict_dir is None:
             raise ValueError("predicting needs predict_dir (a folder of images)")
-        folder = Path(self.predict_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"prediction folder not found: {folder}")
-        paths = list_image_files(folder)  # names only: decoding waits for the loader
-        listed = set(paths)
-        # BUSI keeps ground-truth masks next to the scans: they are not images to predict.
-        masks = [p.name for p in paths if is_mask_file(p)]
-        if masks:
-            paths = [p for p in paths if not is_mask_file(p)]
-            warnings.warn(
-                f"skipping {len(masks)} file(s) in {folder} named like masks (*_mask.*, "
-                f"*_mask_1.*, ...; e.g. {masks[0]}): ground truth, not scans to predict",
-                UserWarning,
-                stacklevel=2,
-            )
-        if not paths:
-            only = f" ({len(masks)} mask file(s) skipped)" if masks else ""
-            raise DataValidationError([BadFile(str(folder), f"no images found{only}")])
-        ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p not in listed)
-        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        for names, why in (
-            (
-                ignored,
-                f"file(s) in {folder} are not predicted, being hidden or not named as "
-                f"images ({', '.join(IMAGE_EXTENSIONS)})",
-            ),
-            (
-                subfolders,
-                f"subfolder(s) of {folder} are not predicted (only the folder's own images are)",
-            ),
-        ):
-            if names:
-                listing = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-                warnings.warn(f"{len(names)} {why}: {listing}", UserWarning, stacklevel=2)
+        paths = predict_image_paths(self.predict_dir)
         self._predict = PredictFolderDataset(paths, self.image_size, self.in_channels)
 
     def _checked_split(self, name: str) -> SegmentationDataset:
-        """A split's dataset; a ValueError with the numbers when it is empty or lacks a class."""
+        """A split's dataset; a ValueError with the numbers when it cannot be used."""
         dataset = self._dataset(name)
-        assert self.splits is not None
-        counts = Counter(s.label for s in self.splits[name])
-        missing = [c for k, c in enumerate(self.class_names) if counts[k] == 0]
-        if not dataset or missing:
-            problem = "is empty" if not dataset else f"has no image of class {', '.join(missing)}"
-            raise ValueError(
-                f"the {name} split {problem} ({split_summary(self.splits, self.class_names)}); "
-                "every class must be trained and scored: change the split (file), the label "
-                "budget (class_only, budget_mode) or the data"
-            )
-        if not any(s.has_mask for s in self.splits[name]):
-            with_mask = ", ".join(
-                f"{k} {sum(s.has_mask for s in self.splits[k])} of {len(self.splits[k])}"
-                for k in SPLITS
-            )
-            need = (
-                "segmentation is learnt from masks: lower class_only or give more images a mask"
-                if name == "train"
-                else "segmentation metrics (Dice, IoU) need masks in val and test: give more "
-                "images a mask or change the split (file)"
-            )
-            raise ValueError(
-                f"the {name} split has no image with a mask (images with a mask: {with_mask}); "
-                f"{need}"
-            )
+        check_split_usable(name, self.splits, self.class_names)
         return dataset
 
     def _dataset(self, name: str) -> SegmentationDataset:
@@ -471,30 +339,3 @@ class SemiSegDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_options()
         )
-
-
-def split_summary(splits: dict[str, list[Sample]], class_names: Sequence[str] = ()) -> str:
-    """Images per split and class, e.g. ``train: 28 (benign 14, malignant 14); val: 0; ...``."""
-    parts = []
-    for name in SPLITS:
-        samples = splits.get(name, [])
-        counts = Counter(s.label for s in samples)
-        detail = [f"{label} {counts[k]}" for k, label in enumerate(class_names)]
-        if counts[None]:
-            detail.append(f"unlabelled {counts[None]}")
-        shown = f" ({', '.join(detail)})" if samples and detail else ""
-        parts.append(f"{name}: {len(samples)}{shown}")
-    return "; ".join(parts)
-
-
-def _drop_unknown(split: dict[str, list[str]], by_id: dict, source: str) -> dict[str, list[str]]:
-    """With skip_bad_files: ids of skipped files leave the split with a warning."""
-    unknown = [i for name in SPLITS for i in split[name] if i not in by_id]
-    if unknown:
-        warnings.warn(
-            f"{len(unknown)} id(s) of split file {source} are not in the data (skipped): "
-            + ", ".join(unknown[:10]),
-            UserWarning,
-            stacklevel=3,
-        )
-    return {name: [i for i in split[name] if i in by_id] for name in SPLITS}

@@ -2,19 +2,18 @@
 
 No decoding happens in training, validation and test: every image was decoded and resized
 once into an :class:`~semiseg_caw.data.io.ImageCache`. Prediction decodes a folder's files
-as the loader asks for them (``PredictFolderDataset``).
+as the loader asks for them (:mod:`~semiseg_caw.data.predict_folder`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler, get_worker_info
 
-from semiseg_caw.data.io import ImageCache, describe_error, read_for_prediction
+from semiseg_caw.data.io import ImageCache
 from semiseg_caw.data.samples import Sample
 from semiseg_caw.data.transforms import normalize, normalize_batch
 
@@ -155,47 +154,6 @@ def collate(items: Sequence[dict] | dict) -> dict:
             batch[key] = torch.from_numpy(np.stack([v.numpy() for v in values]))
         else:
             batch[key] = values
-    return batch
-
-
-class PredictFolderDataset(Dataset):
-    """The image files of a folder to predict, each decoded when the loader asks for it.
-
-    Items: ``image`` (C, S, S) normalised, ``id`` (file name), ``path``, ``orig_size`` long
-    (2,) (height, width). A file that cannot be read gives a blank image, ``orig_size``
-    (0, 0) and ``error`` (the reason), so that the rest of the folder is still predicted
-    and the writer reports the file.
-    """
-
-    def __init__(self, paths: Sequence[Path], image_size: int, in_channels: int = 1) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.image_size = image_size
-        self.in_channels = in_channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
-        item = {"id": path.name, "path": str(path)}
-        try:
-            image, orig_size = read_for_prediction(path, self.image_size)
-        except (OSError, ValueError) as err:
-            blank = np.zeros((self.image_size, self.image_size), np.uint8)
-            item.update(image=normalize(blank, self.in_channels), error=describe_error(err))
-            item["orig_size"] = torch.from_numpy(np.zeros(2, np.int64))
-            return item
-        item.update(image=normalize(image, self.in_channels))
-        item["orig_size"] = torch.from_numpy(np.asarray(orig_size, np.int64))
-        return item
-
-
-def collate_predictions(items: Sequence[dict]) -> dict:
-    """:func:`collate` for predict items; ``error`` ("" for good files) only when one failed."""
-    errors = [item.get("error", "") for item in items]
-    batch = collate([{k: v for k, v in item.items() if k != "error"} for item in items])
-    if any(errors):
-        batch["error"] = errors
     return batch
 
 
