@@ -17,7 +17,7 @@ _EXPORTS = {
     "class_names_for": "samples",
     "BadFile": "io",
     "DataValidationError": "io",
-    "ImageCache": "io",
+    "ImageCache": "cache",
     "decode_image": "io",
     "decode_mask": "io",
     "LoadedDataset": "readers",
@@ -87,6 +87,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from semiseg_caw.data.busi import scan_busi
+    from semiseg_caw.data.cache import ImageCache
     from semiseg_caw.data.datamodule import SemiSegDataModule
     from semiseg_caw.data.datasets import (
         MixedBatchSampler,
@@ -96,7 +97,6 @@ if TYPE_CHECKING:
     from semiseg_caw.data.io import (
         BadFile,
         DataValidationError,
-        ImageCache,
         decode_image,
         decode_mask,
     )

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from semiseg_caw.data.io import BadFile, DataValidationError, ImageCache
+from semiseg_caw.data.cache import ImageCache
+from semiseg_caw.data.io import BadFile, DataValidationError
 from semiseg_caw.data.samples import Sample
 
 MEAN_FOREGROUND_LIMIT = 0.5

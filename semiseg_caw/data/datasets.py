@@ -1,7 +1,7 @@
 """Torch datasets over the in-memory cache, and the sampler that mixes sample kinds.
 
 No decoding happens in training, validation and test: every image was decoded and resized
-once into an :class:`~semiseg_caw.data.io.ImageCache`. Prediction decodes a folder's files
+once into an :class:`~semiseg_caw.data.cache.ImageCache`. Prediction decodes a folder's files
 as the loader asks for them (:mod:`~semiseg_caw.data.predict_folder`).
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler, get_worker_info
 
-from semiseg_caw.data.io import ImageCache
+from semiseg_caw.data.cache import ImageCache
 from semiseg_caw.data.samples import Sample
 from semiseg_caw.data.transforms import normalize, normalize_batch
 

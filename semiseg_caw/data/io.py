@@ -1,4 +1,4 @@
-"""Image decoding, validation and the in-memory cache of resized images and masks.
+"""Image files: decoding, validation, resizing and hashing (kept: :mod:`semiseg_caw.data.cache`).
 
 Every image is decoded once, turned upright by its EXIF orientation, converted to 8-bit
 grayscale (ultrasound is single-channel; 12/16-bit and float images keep the grey levels
@@ -13,18 +13,13 @@ or, when the user asked to skip bad files, as one warning.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
-
-from semiseg_caw.data.samples import Sample
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File name endings (case-insensitive) read as images."""
@@ -161,10 +156,10 @@ def decode_mask(path: str | Path) -> np.ndarray:
     threshold would empty it. A palette ('P') mask whose index 0 is black is read by its
     palette index (foreground where > 0), whatever the colours of the other indices.
     """
-    return _decode_mask_and_grey_share(Path(path))[0]
+    return decode_mask_and_grey_share(Path(path))[0]
 
 
-def _decode_mask_and_grey_share(path: Path) -> tuple[np.ndarray, float]:
+def decode_mask_and_grey_share(path: Path) -> tuple[np.ndarray, float]:
     """The mask of :func:`decode_mask` and the :func:`mid_grey_share` of its grey values."""
     image = _open(path)
     if image.mode == "P" and _palette_starts_black(image):
@@ -233,159 +228,6 @@ def dhash(gray: np.ndarray, hash_size: int = DHASH_SIZE) -> np.ndarray:
     return (small[:, 1:] > small[:, :-1]).ravel()
 
 
-@dataclass
-class ImageCache:
-    """Decoded, resized images and masks of a data set, keyed by sample id.
-
-    One contiguous array per kind, so worker processes share it (fork) or receive it
-    in one piece (spawn) instead of many small objects.
-
-    Attributes:
-        image_size: Side of every stored image and mask.
-        ids: Sample ids, in the order of the arrays.
-        images: (N, S, S) uint8 grayscale images.
-        masks: (N, S, S) uint8 masks in {0, 1} (zeros for samples without a mask).
-        orig_sizes: (N, 2) int64 original (height, width).
-        content_hashes: Hash of each full-resolution decoded image (exact duplicates).
-        dhashes: (N, DHASH_SIZE**2) bool difference hashes (near duplicates).
-        mask_pixels: (N,) int64 foreground pixels of each full-resolution mask (0: empty
-            or none), to find lesion images whose masks decode as empty.
-        mask_grey_shares: (N,) float32 largest :func:`mid_grey_share` of each sample's mask
-            files (0: binary or none), to find masks that are not masks (noise, an image).
-    """
-
-    image_size: int
-    ids: list[str]
-    images: np.ndarray
-    masks: np.ndarray
-    orig_sizes: np.ndarray
-    content_hashes: list[str]
-    dhashes: np.ndarray
-    mask_pixels: np.ndarray
-    mask_grey_shares: np.ndarray
-    index: dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.index = {sample_id: i for i, sample_id in enumerate(self.ids)}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __contains__(self, sample_id: object) -> bool:
-        return sample_id in self.index
-
-    def get(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """The (S, S) uint8 image and {0, 1} mask of one sample."""
-        i = self.index[sample_id]
-        return self.images[i], self.masks[i]
-
-    def subset(self, ids: Iterable[str]) -> ImageCache:
-        """A cache holding only ``ids`` (copies; lets the rest be freed)."""
-        rows = [self.index[i] for i in ids]
-        return ImageCache(
-            image_size=self.image_size,
-            ids=[self.ids[r] for r in rows],
-            images=self.images[rows],
-            masks=self.masks[rows],
-            orig_sizes=self.orig_sizes[rows],
-            content_hashes=[self.content_hashes[r] for r in rows],
-            dhashes=self.dhashes[rows],
-            mask_pixels=self.mask_pixels[rows],
-            mask_grey_shares=self.mask_grey_shares[rows],
-        )
-
-    @classmethod
-    def from_arrays(
-        cls,
-        ids: Sequence[str],
-        images: Sequence[np.ndarray],
-        masks: Sequence[np.ndarray | None],
-        image_size: int,
-    ) -> ImageCache:
-        """Build a cache from full-resolution grayscale images and bool masks (or None)."""
-        small_images, small_masks, hashes, dhashes, pixels = [], [], [], [], []
-        for image, mask in zip(images, masks, strict=True):
-            small_images.append(resize_image(image, image_size))
-            empty = np.zeros((image_size, image_size), np.uint8)
-            small_masks.append(empty if mask is None else resize_mask(mask, image_size))
-            hashes.append(content_hash(image))
-            dhashes.append(dhash(image))
-            pixels.append(0 if mask is None else int(np.count_nonzero(mask)))
-        orig_sizes = [image.shape[:2] for image in images]
-        greys = [0.0] * len(small_images)  # bool masks: binary
-        return cls._stack(
-            image_size, ids, small_images, small_masks, orig_sizes, hashes, dhashes, pixels, greys
-        )
-
-    @classmethod
-    def _stack(
-        cls, image_size, ids, images, masks, orig_sizes, hashes, dhashes, mask_pixels, greys
-    ) -> ImageCache:
-        n, s, bits = len(ids), image_size, DHASH_SIZE * DHASH_SIZE
-        return cls(
-            image_size=image_size,
-            ids=list(ids),
-            images=np.stack(images) if n else np.zeros((0, s, s), np.uint8),
-            masks=np.stack(masks) if n else np.zeros((0, s, s), np.uint8),
-            orig_sizes=np.asarray(orig_sizes, dtype=np.int64).reshape(n, 2),
-            content_hashes=list(hashes),
-            dhashes=np.stack(dhashes) if n else np.zeros((0, bits), bool),
-            mask_pixels=np.asarray(mask_pixels, dtype=np.int64).reshape(n),
-            mask_grey_shares=np.asarray(greys, dtype=np.float32).reshape(n),
-        )
-
-
-class _Decoded(NamedTuple):
-    image: np.ndarray  # (S, S) uint8
-    mask: np.ndarray  # (S, S) uint8 {0, 1}
-    orig_size: tuple[int, int]
-    content_hash: str
-    dhash: np.ndarray
-    mask_pixels: int  # foreground pixels at full resolution
-    mask_grey_share: float  # largest mid_grey_share of its mask files
-
-
-_TURNED_HINT = (
-    ": turned by 90 degrees. Both files are read upright, as their EXIF orientation tags say "
-    "(as image viewers show them); is the mask drawn on the image's stored pixels instead?"
-)
-
-
-def _decode_sample(sample: Sample, image_size: int) -> _Decoded | BadFile:
-    """Decode, check and shrink one sample's image and masks; a BadFile on any problem."""
-    assert sample.image is not None
-    try:
-        gray = decode_image(sample.image)
-    except (OSError, ValueError) as err:
-        return BadFile(str(sample.image), describe_error(err))
-    union = np.zeros(gray.shape, dtype=bool)
-    grey_share = 0.0
-    for mask_path in sample.masks:
-        try:
-            mask, share = _decode_mask_and_grey_share(Path(mask_path))
-        except (OSError, ValueError) as err:
-            return BadFile(str(mask_path), describe_error(err))
-        if mask.shape != gray.shape:
-            turned = mask.shape == gray.shape[::-1]
-            return BadFile(
-                str(mask_path),
-                f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from its image "
-                f"{sample.image.name} {gray.shape[1]}x{gray.shape[0]}"
-                + (_TURNED_HINT if turned else ""),
-            )
-        union |= mask
-        grey_share = max(grey_share, share)
-    return _Decoded(
-        image=resize_image(gray, image_size),
-        mask=resize_mask(union, image_size),
-        orig_size=(gray.shape[0], gray.shape[1]),
-        content_hash=content_hash(gray),
-        dhash=dhash(gray),
-        mask_pixels=int(np.count_nonzero(union)),
-        mask_grey_share=grey_share,
-    )
-
-
 def file_exists_error(path: Path) -> FileExistsError:
     """The refusal to replace an earlier output file without being told to."""
     return FileExistsError(
@@ -413,46 +255,6 @@ def describe_error(err: Exception) -> str:
     if isinstance(err, FileNotFoundError):
         return "file not found"
     return str(err) or type(err).__name__
-
-
-def decode_samples(
-    samples: Sequence[Sample],
-    image_size: int,
-    *,
-    num_threads: int | None = None,
-) -> tuple[ImageCache, list[BadFile]]:
-    """Decode every sample's files once into an :class:`ImageCache`; bad samples are left out.
-
-    Args:
-        samples: Samples with an image file each.
-        image_size: Side of the stored images and masks.
-        num_threads: Decoding threads (PIL releases the GIL while decoding); default: CPU count, at
-            most 8.
-
-    Returns:
-        The cache of the good samples, and one BadFile per sample left out.
-    """
-    threads = num_threads or min(8, os.cpu_count() or 1)
-    results: list[_Decoded | BadFile]
-    if threads <= 1 or len(samples) < 16:
-        results = [_decode_sample(s, image_size) for s in samples]
-    else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            results = list(pool.map(lambda s: _decode_sample(s, image_size), samples))
-    good = [(s, r) for s, r in zip(samples, results, strict=True) if isinstance(r, _Decoded)]
-    problems = [r for r in results if isinstance(r, BadFile)]
-    cache = ImageCache._stack(
-        image_size,
-        [s.id for s, _ in good],
-        [r.image for _, r in good],
-        [r.mask for _, r in good],
-        [r.orig_size for _, r in good],
-        [r.content_hash for _, r in good],
-        [r.dhash for _, r in good],
-        [r.mask_pixels for _, r in good],
-        [r.mask_grey_share for _, r in good],
-    )
-    return cache, problems
 
 
 def read_for_prediction(path: str | Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semiseg_caw.data.busi import BUSI_NEAR_DUPLICATE_DISTANCE, busi_samples
+from semiseg_caw.data.cache import ImageCache, decode_samples
 from semiseg_caw.data.checks import (
     check_grey_masks,
     check_lesion_masks,
@@ -29,8 +30,6 @@ from semiseg_caw.data.ddti import ddti_samples
 from semiseg_caw.data.io import (
     BadFile,
     DataValidationError,
-    ImageCache,
-    decode_samples,
     list_image_files,
     report_problems,
 )

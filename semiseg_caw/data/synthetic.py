@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from semiseg_caw.data.io import ImageCache
+from semiseg_caw.data.cache import ImageCache
 from semiseg_caw.data.samples import Sample
 
 
