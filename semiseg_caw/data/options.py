@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from semiseg_caw.data.readers import DATASETS
 from semiseg_caw.data.samples import class_names_for
 from semiseg_caw.data.splits import check_class_only
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 def check_options(dm: SemiSegDataModule) -> None:
     """A ValueError naming the first option of ``dm`` whose value cannot work."""
-    if dm.dataset not in ("synthetic", "busi", "ddti", "manifest"):
+    if dm.dataset not in DATASETS:
         raise ValueError(f"dataset must be synthetic, busi, ddti or manifest, got {dm.dataset!r}")
     if dm.dataset != "synthetic" and not dm.root:
         raise ValueError(f"dataset={dm.dataset!r} needs root (the data set folder or manifest)")
