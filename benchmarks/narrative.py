@@ -90,6 +90,20 @@ def ratio_range(rep: dict, rows: list[str], references: list[str]) -> str:
     return f"{min(ratios):.3f} to {max(ratios):.3f} (fit minutes {minutes})"
 
 
+def across(rep: dict, row: str, other_rep: dict, other: str, split: str = "test") -> str:
+    """``row`` of ``rep`` against ``other`` of another table (runs on another machine, or
+    rerun), seed-paired over their common seeds: the two means, the mean gap and how many
+    seeds are above."""
+    own, ctl = by_seed(rep, row, split), by_seed(other_rep, other, split)
+    seeds = sorted(set(own) & set(ctl))
+    diffs = [own[s] - ctl[s] for s in seeds]
+    return (
+        f"{statistics.mean(own[s] for s in seeds):.4f} against "
+        f"{statistics.mean(ctl[s] for s in seeds):.4f}: {statistics.mean(diffs):+.4f}, above at "
+        f"{sum(d > 0 for d in diffs)} of {len(seeds)} seeds ({seeds_text(seeds)})"
+    )
+
+
 def heading(text: str) -> None:
     print(f"\n== {text}")
 
@@ -727,20 +741,45 @@ def topk_dropout(cpu: dict[str, dict], same: dict) -> None:
         if not seeds:
             continue
         for split in ("test", "per_image", "val"):
-            own, ctl = by_seed(rep, row, split), by_seed(same, control, split)
-            diffs = [own[s] - ctl[s] for s in seeds]
-            print(
-                f"  busi {bb} {split}: {statistics.mean(own[s] for s in seeds):.4f} against "
-                f"retrained {statistics.mean(ctl[s] for s in seeds):.4f}: "
-                f"{statistics.mean(diffs):+.4f}, above at {sum(d > 0 for d in diffs)} of "
-                f"{len(seeds)} seeds ({seeds_text(seeds)})"
-            )
+            print(f"  busi {bb} {split}: {across(rep, row, same, control, split)} (retrained)")
         table = by_seed(rep, control)
         moved = [again[s]["metrics"]["seg/dice"] - table[s] for s in seeds if s in table]
         print(f"  busi {bb}: retrained - table's {control} (test): {statistics.mean(moved):+.4f}")
         print(f"  busi: {row_line(rep, row)}; per image {per_image_mean(rep, row):.4f}")
         for other in (f"{bb}-reduced-long", f"{bb}-full-long", control):
             print(f"  busi: {gaps(rep, row, other)}; {per_seed_signs(rep, row, other)}")
+
+
+def topk_ddti_amd(cpu: dict[str, dict], amd: dict) -> None:
+    """DDTI: the top-0.5% rows rerun on the processor of the table's long rows (an AMD
+    EPYC), against those rows directly; unext-full-long rerun beside them says whether this
+    machine repeats the table's runs."""
+    heading("DDTI: the top-0.5% rows rerun on the AMD EPYC of the table's long rows")
+    rep = cpu["ddti"]
+    again, table = by_seed(amd, "unext-full-long"), by_seed(rep, "unext-full-long")
+    differences = {s: round(again[s] - table[s], 5) for s in sorted(set(again) & set(table))}
+    print(f"  ddti: unext-full-long rerun - table's, test Dice by seed: {differences}")
+    row = "malunet-stage1-presence-topk-0.005-long-both"
+    print(f"  ddti: {row} here - table's (Intel Xeon) runs: {across(amd, row, rep, row)}")
+    rows = {
+        "malunet": (row, "malunet-frozen-aux-cached-long-both"),
+        "unext": (
+            "unext-stage1-presence-topk-0.005-aux-dropout-0.75-long-both",
+            "unext-aux-dropout-0.75-long-both",
+        ),
+    }
+    for bb, (row, control) in rows.items():
+        if not by_seed(amd, row):
+            continue
+        print(f"  ddti: {row_line(amd, row)}; per image {per_image_mean(amd, row):.4f}")
+        own, _ = stage1_test(amd, row)
+        if own:  # recorded by the run that trained it
+            print(f"  ddti {bb}: stage 1 alone {statistics.mean(own):.4f}")
+        for other in (control, f"{bb}-reduced-48-long", f"{bb}-full-long"):
+            for split in ("test", "per_image", "val"):
+                print(
+                    f"  ddti {bb} {split}: - table's {other}: {across(amd, row, rep, other, split)}"
+                )
 
 
 def gpu_bar(gpu: dict[str, dict]) -> None:
@@ -850,6 +889,8 @@ def main(argv: list[str] | None = None) -> None:
     topk_dropout(cpu, load(results / "same-machine", "busi-cpu"))
     if (results / "same-machine" / "ddti-cpu.json").is_file():
         same_machine(cpu, load(results / "same-machine", "ddti-cpu"), "ddti")
+    if (results / "stage1-presence-topk" / "ddti-cpu.json").is_file():
+        topk_ddti_amd(cpu, load(results / "stage1-presence-topk", "ddti-cpu"))
     gpu_bar(gpu)
     gpu_long(gpu)
     gpu_stage1(gpu)
