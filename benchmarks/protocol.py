@@ -343,21 +343,27 @@ def select_rows(
         first = CLASS_ONLY[dataset][0]
         rows = [r for r in rows if r["class_only"] == first]
     rows = [r for r in rows if not r.get("derived")]  # written by the runs they come from
-    chosen = [
-        r
-        for r in rows
-        if any(
-            fnmatch.fnmatch(r["name"], p) and ("long" in p or not r.get("long")) for p in patterns
-        )
-    ]
+
+    def matches(row: dict, pattern: str) -> bool:
+        return fnmatch.fnmatch(row["name"], pattern) and ("long" in pattern or not row.get("long"))
+
+    # Every pattern must name a row: a typo among several patterns would otherwise
+    # drop its rows from a long run without a word.
+    for pattern in patterns:
+        if not any(matches(r, pattern) for r in rows):
+            names = ", ".join(r["name"] for r in rows)
+            hint = (
+                " (a -long row needs 'long' in the pattern)"
+                if any(fnmatch.fnmatch(r["name"], pattern) for r in rows)
+                else ""
+            )
+            raise SystemExit(f"no row matches {pattern!r}{hint}; rows: {names}")
+    chosen = [r for r in rows if any(matches(r, p) for p in patterns)]
     if not long_epochs and any(r.get("long") for r in chosen):
         long = [b for b, v in BUDGETS.items() if v.get("long_epochs")]
         raise SystemExit(
             f"the -long rows need a budget with long_epochs ({', '.join(long)}) or --long-epochs"
         )
-    if not chosen:
-        names = ", ".join(r["name"] for r in all_rows(dataset))
-        raise SystemExit(f"no row matches {patterns}; rows: {names}")
     return chosen
 
 

@@ -647,7 +647,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rows",
         nargs="+",
-        help="row name patterns (fnmatch), e.g. 'malunet-*'; default: the budget's",
+        help="row name patterns (fnmatch), e.g. 'malunet-*'; a -long row only where the pattern "
+        "says 'long' ('*topk*long*'); default: the budget's",
     )
     p.add_argument("--parallel", type=int, default=1, help="runs at once")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores/parallel)")

@@ -40,8 +40,13 @@ def test_rows_cover_the_protocol() -> None:
     assert "classelevate-alone-48" in [r["name"] for r in protocol.all_rows("ddti")]
     assert not protocol.select_rows("busi", ["*"], False)[-1].get("derived")
     assert all(not r.get("derived") for r in protocol.select_rows("busi", ["*"], False))
-    with pytest.raises(SystemExit, match="no row matches"):
+    with pytest.raises(SystemExit, match="no row matches 'nothing'"):
         protocol.select_rows("busi", ["nothing"], False)
+    # A typo beside a good pattern is an error too, not a silently shorter run.
+    with pytest.raises(SystemExit, match="no row matches 'malunet-fulll'"):
+        protocol.select_rows("busi", ["malunet-reduced", "malunet-fulll"], False)
+    with pytest.raises(SystemExit, match="needs 'long' in the pattern"):
+        protocol.select_rows("busi", ["*reduced*", "*-both"], False, 2)
 
 
 def test_long_baselines_train_the_budgets_long_epochs(
