@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from semiseg_caw.data import load_dataset
+
 SIZE = (40, 32)  # (width, height) of the tiny images
+BUSI_DIR = "Dataset_BUSI_with_GT"  # the folder a BUSI download unpacks to
 
 
 def noise_image(seed: int, size: tuple[int, int] = SIZE) -> np.ndarray:
@@ -46,7 +50,7 @@ def write_busi(root: Path, counts: dict[str, int] | None = None, *, nested: bool
     two mask files (``_mask`` and ``_mask_1``) whose union is its lesion.
     """
     counts = counts or {"benign": 6, "malignant": 4, "normal": 2}
-    base = root / "Dataset_BUSI_with_GT" if nested else root
+    base = root / BUSI_DIR if nested else root
     modes = ("L", "RGB", "RGBA")
     mask_modes = ("1", "RGBA", "L")
     seed = 0
@@ -115,3 +119,16 @@ def write_manifest(root: Path, rows: list[dict[str, str]] | None = None) -> Path
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def load_with_warnings(*args, **kwargs):
+    """load_dataset with warnings recorded; returns (data, [warning messages])."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_dataset(*args, **kwargs)
+    return data, [str(w.message) for w in caught]
+
+
+def problem_paths(excinfo) -> str:
+    """A DataValidationError's problems, one "path: problem" line each."""
+    return "\n".join(f"{p.path}: {p.problem}" for p in excinfo.value.problems)
