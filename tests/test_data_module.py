@@ -10,7 +10,15 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from data_fixtures import blob_mask, noise_image, save, write_busi, write_ddti, write_manifest
+from data_fixtures import (
+    BUSI_DIR,
+    blob_mask,
+    noise_image,
+    save,
+    write_busi,
+    write_ddti,
+    write_manifest,
+)
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -486,7 +494,7 @@ def test_setup_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SemiSegDataModule("busi", str(tmp_path / "nowhere")).setup("fit")
     root = write_busi(tmp_path / "b", {"benign": 10, "malignant": 10})
-    (root / "Dataset_BUSI_with_GT" / "benign" / "benign (1).png").write_bytes(b"broken")
+    (root / BUSI_DIR / "benign" / "benign (1).png").write_bytes(b"broken")
     with pytest.raises(DataValidationError, match=r"benign \(1\).png: cannot decode"):
         SemiSegDataModule("busi", str(root), image_size=32).setup("fit")
     dm = SemiSegDataModule("busi", str(root), image_size=32, skip_bad_files=True)

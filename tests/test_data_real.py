@@ -11,10 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from data_fixtures import load_with_warnings
 
 from semiseg_caw.data import (
     SemiSegDataModule,
-    load_dataset,
     read_split_file,
     scan_busi,
     scan_ddti,
@@ -31,13 +31,10 @@ SPLIT_FILES = {name: REPO / "configs" / "splits" / f"{name}.json" for name in ("
 @pytest.fixture(scope="module")
 def loaded(shared_data):
     """Both data sets decoded once, with the warnings each raised."""
-    out = {}
-    for name in ("busi", "ddti"):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = load_dataset(name, shared_data / name, image_size=32)
-        out[name] = (data, [str(w.message) for w in caught])
-    return out
+    return {
+        name: load_with_warnings(name, shared_data / name, image_size=32)
+        for name in ("busi", "ddti")
+    }
 
 
 def test_busi_files_per_class(shared_data):
