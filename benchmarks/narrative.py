@@ -4,7 +4,7 @@ printed under a heading per passage, in the order of the two files, so that each
 can be checked against its data.
 
 Their wording rounds these to 3 decimals (4 where it says so); seed-paired gaps
-come from ``report.paired`` / ``report.gap``, the functions the generated tables use. Reads
+come from ``seed_gaps.paired`` / ``seed_gaps.gap``, the functions the generated tables use. Reads
 only; writes nothing.
 
     python benchmarks/narrative.py [--results DIR]
@@ -16,14 +16,15 @@ import argparse
 import json
 import statistics
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from comparison import favoured  # noqa: E402
 from lesion_size import row_of  # noqa: E402
 from protocol import LONG  # noqa: E402
-from report import RESULTS, _fmt, _stats, favoured, fit_minutes, gap, paired  # noqa: E402
+from seed_gaps import fit_minutes, gap, paired, seeds_text  # noqa: E402
 from stage1_variants import by_variant, seed_means  # noqa: E402
+from summary import RESULTS, fmt_stat, mean_std  # noqa: E402
 
 DATASETS = {"busi": "", "ddti": "-48"}  # the row suffix of each data set's first label budget
 
@@ -51,17 +52,13 @@ def by_row(rep: dict, row: str) -> dict[int, dict]:
     return {r["seed"]: r for r in rep["runs"] if r["row"] == row}
 
 
-def seeds_text(seeds: Iterable[int]) -> str:
-    return ", ".join(map(str, sorted(seeds)))
-
-
 def row_line(rep: dict, row: str, seeds: list[int] | None = None) -> str:
     """Test Dice mean ± std and mean validation Dice of a row, over its seeds or ``seeds``."""
     test, val = by_seed(rep, row), by_seed(rep, row, "val")
     keep = sorted(test if seeds is None else set(seeds) & set(test))
-    stats = _stats([test[s] for s in keep])
+    stats = mean_std([test[s] for s in keep])
     val_mean = statistics.mean(val[s] for s in keep)
-    return f"{row}: test {_fmt(stats)}, validation {val_mean:.4f} (seeds {seeds_text(keep)})"
+    return f"{row}: test {fmt_stat(stats)}, validation {val_mean:.4f} (seeds {seeds_text(keep)})"
 
 
 def gaps(rep: dict, row: str, other: str) -> str:
@@ -133,7 +130,9 @@ def balance_classes(cpu: dict[str, dict]) -> None:
         for name in (base, "malunet-balanced-classes", "malunet-balanced-classes-stage2"):
             if name in by:
                 balanced = by[name]["cls_balanced_accuracy"]
-                print(f"  {ds}: {name} cls balanced accuracy {_fmt(balanced)} (n={balanced['n']})")
+                print(
+                    f"  {ds}: {name} cls balanced accuracy {fmt_stat(balanced)} (n={balanced['n']})"
+                )
                 if name != base:
                     print(f"  {ds}: {gaps(cpu[ds], name, base)}")
 
@@ -795,7 +794,10 @@ def gpu_bar(gpu: dict[str, dict]) -> None:
         for other in (f"malunet-reduced{sfx}", "malunet-full"):
             print(f"  {ds}: {gaps(rep, semi, other)}; {per_seed_signs(rep, semi, other)}")
         print(f"  {ds}: paper's SemiSeg-CAW {rep['paper'][semi][0]:.3f}")
-        levers = {(r["cuda_graphs"], r.get("augment_on_device")) for r in rep["runs"]}
+        # Sorted as text: a set holding None prints in a different order at each run.
+        levers = sorted(
+            {(r["cuda_graphs"], r.get("augment_on_device")) for r in rep["runs"]}, key=str
+        )
         print(f"  {ds}: (cuda_graphs, augment_on_device) of its runs: {levers}")
 
 

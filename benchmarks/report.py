@@ -1,87 +1,24 @@
-"""Benchmark tables from finished run records: the summary per row (mean ± std over seeds),
-the Markdown table with the comparison against the bar and the paper, the bar plot, and the
-results section of README.md (between ``<!-- results:start -->`` and
-``<!-- results:end -->``), regenerated from every ``benchmarks/results/*.json``.
+"""A benchmark's Markdown table (summary and costs per row, the settings, the section
+against the bar and the paper) and the results section of README.md (between
+``<!-- results:start -->`` and ``<!-- results:end -->``), regenerated from every
+``benchmarks/results/*.json``. The parts live beside it: ``summary.py`` (rows over seeds),
+``seed_gaps.py`` (paired gaps), ``comparison.py`` and ``controls.py`` (the closing
+section), ``plots.py``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for protocol.py, however loaded
-from protocol import (  # noqa: E402
-    ABLATIONS,
-    BASELINES,
-    BUDGETS,
-    CLASS_ONLY,
-    CLS_KEYS,
-    CONTROLS,
-    LONG,
-    LONG_STAGE1,
-    PAPER,
-    SEG_KEYS,
-    TEST_TIME_SETTINGS,
-    VARIANTS,
-    shares_long_stage1,
-    stage1_source,
-    suffix,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from comparison import bar_lines, comparison  # noqa: E402
+from protocol import BASELINES, BUDGETS, CLS_KEYS, LONG, PAPER, SEG_KEYS  # noqa: E402
+from summary import REPO, RESULTS, fmt_stat, long_note  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def _stats(values: list[float | None]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": statistics.mean(vals), "std": std, "n": len(vals)}
-
-
-METRICS = [(f"seg/{k}", k) for k in SEG_KEYS] + [(f"cls/{k}", f"cls_{k}") for k in CLS_KEYS]
-COSTS = [
-    "params",
-    "params_core",
-    "train_s_per_epoch",
-    "epoch_s",
-    "stage1_epoch_s",
-    "infer_ms_per_image",
-    "fit_wall_s",
-    "best_epoch",
-]
-
-
-def summarise(records: list[dict], order: list[str]) -> list[dict]:
-    rows = []
-    for name in order:
-        runs = [r for r in records if r["row"] == name]
-        if not runs:
-            continue
-        entry = {k: runs[0][k] for k in ("row", "method", "backbone", "class_only")}
-        entry["seeds"] = sorted(r["seed"] for r in runs)
-        commits = sorted({r["commit"] for r in runs if r.get("commit")})
-        entry["commits"] = commits + ["?"] * any(not r.get("commit") for r in runs)
-        for key, short in METRICS:
-            entry[short] = _stats([r["metrics"].get(key) for r in runs])
-        for key in COSTS:
-            entry[key] = _stats([r.get(key) for r in runs])
-        rows.append(entry)
-    return rows
-
-
-def _fmt(stat: dict, digits: int = 3) -> str:
-    if stat["mean"] is None:
-        return "–"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
 
 
 def markdown(report: dict) -> str:
@@ -119,8 +56,8 @@ def markdown(report: dict) -> str:
     ]
     for r in report["rows"]:
         cells = [r["row"], str(r["class_only"] or "–"), ", ".join(map(str, r["seeds"]))]
-        cells += [_fmt(r[k]) for k in SEG_KEYS]
-        cells += [_fmt(r[f"cls_{k}"]) for k in CLS_KEYS]
+        cells += [fmt_stat(r[k]) for k in SEG_KEYS]
+        cells += [fmt_stat(r[f"cls_{k}"]) for k in CLS_KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -136,11 +73,11 @@ def markdown(report: dict) -> str:
             r["row"],
             f"{p:,.0f}" if p else "–",
             f"{pc:,.0f}" if pc else "–",
-            _fmt(r["train_s_per_epoch"], 1),
-            _fmt(r["epoch_s"], 1),
-            _fmt(r["stage1_epoch_s"], 1),
-            _fmt(r["infer_ms_per_image"], 1),
-            _fmt(r["best_epoch"], 1),
+            fmt_stat(r["train_s_per_epoch"], 1),
+            fmt_stat(r["epoch_s"], 1),
+            fmt_stat(r["stage1_epoch_s"], 1),
+            fmt_stat(r["infer_ms_per_image"], 1),
+            fmt_stat(r["best_epoch"], 1),
         ]
         wall = r["fit_wall_s"]["mean"]
         cells.append(f"{wall / 60:.1f}" if wall else "–")
@@ -169,298 +106,12 @@ def shared_cpu_note(hw: dict) -> str:
     )
 
 
-def epochs_of(report: dict, row: dict) -> int:
-    """The epochs a table row trained for: the budget's, its long_epochs for a long row, or
-    stage 1's for a stage 1 tested alone."""
-    if row["method"] in LONG:
-        return report.get("long_epochs") or 0
-    if row["method"] == "classelevate-alone":
-        return report["stage1_epochs"] or report["epochs"]
-    return report["epochs"]
-
-
-def long_note(report: dict) -> str:
-    """ "; -long rows: 128" where the table has long rows."""
-    if not any(r["method"] in LONG for r in report["rows"]):
-        return ""
-    both = any(r["method"] in LONG_STAGE1 for r in report["rows"])
-    stage1 = f", stage 1 of -long-both: {report.get('long_stage1_epochs')}" if both else ""
-    return f"; -long rows: {report.get('long_epochs')}{stage1}"
-
-
-def comparison(report: dict) -> list[str]:
-    """The bar (SemiSeg-CAW vs reduced vs full) and the paper's figures beside ours."""
-    ds = report["dataset"]
-    by = {r["row"]: r for r in report["rows"]}
-    out = [
-        "## Against the bar and the paper",
-        "",
-        "The paper's numbers come from **different splits** (not public), 256 px and 300 "
-        "epochs; ours from the budget above. Compare the gaps, not the absolute values.",
-        "",
-        "| row | ours: Dice | ours: IoU | paper: Dice | paper: IoU |",
-        "|---|---|---|---|---|",
-    ]
-    for name, (dice, iou) in PAPER[ds].items():
-        r = by.get(name)
-        out.append(
-            f"| {name} | {_fmt(r['dice']) if r else 'not run'} | "
-            f"{_fmt(r['iou']) if r else 'not run'} | {dice:.3f} | {iou:.3f} |"
-        )
-    out.append("")
-    out += bar_lines(report, by)
-    stalled = [
-        r["row"]
-        for r in report["rows"]
-        if r["best_epoch"]["mean"] is not None
-        and r["best_epoch"]["mean"] >= epochs_of(report, r) - 1
-        and epochs_of(report, r) < 100
-    ]
-    if stalled:
-        alone = any(by[name]["method"] == "classelevate-alone" for name in stalled)
-        stage1 = f"; stage 1 alone: {report['stage1_epochs'] or report['epochs']}" if alone else ""
-        out.append(
-            f"- Caution: the best validation epoch of {', '.join(stalled)} is the last "
-            f"one ({report['epochs']} epochs{long_note(report)}{stage1}): still improving "
-            "when stopped."
-        )
-    semi = [r for r in report["rows"] if r["method"] == "semiseg-caw"]
-    if semi and report["epochs"] < 100 and semi[0]["params"]["mean"]:
-        r = semi[0]
-        out.append(
-            f"- Caution: SemiSeg-CAW runs a {r['params']['mean'] / 1e6:.1f} M-parameter model at "
-            f"test time (ClassElevateSeg included; the core alone "
-            f"{r['params_core']['mean'] / 1e6:.2f} M) against the baselines' "
-            "MALUNet/UNeXt alone; under a short budget part of its lead may come from that "
-            "capacity (faster convergence) rather than from the class-only images. The "
-            "control rows below separate the two"
-            + (
-                "; the -long rows give the baselines as much training time (the lines on "
-                "them above)."
-                if long_note(report)
-                else "."
-            )
-        )
-    out += controls(report, by)
-    out += tta_lines(report.get("stem", f"{ds}-{report['budget']}"))
-    paper = PAPER[ds]
-    if ds == "busi":
-        out.append(
-            f"- Paper (BUSI): SemiSeg-CAW {paper['malunet-semiseg-caw'][0] - paper['malunet-reduced'][0]:+.3f} "
-            f"over reduced, {paper['malunet-semiseg-caw'][0] - paper['malunet-full'][0]:+.3f} over full."
-        )
-    else:
-        out.append(
-            f"- Paper (DDTI): SemiSeg-CAW@48 "
-            f"{paper['malunet-semiseg-caw-48'][0] - paper['malunet-reduced-48'][0]:+.3f} "
-            f"over reduced, "
-            f"{paper['malunet-semiseg-caw-48'][0] - paper['malunet-full'][0]:+.3f} over full."
-        )
-    out.append(
-        "- The paper's ablation table (SemiSeg-CAW 0.610 Dice; without ClassElevateSeg "
-        "0.571, static weights 0.572, IMTL 0.537, neither 0.601, LayerCAM 0.583) does not "
-        "name its data set in the outline we have, so it is not matched to rows here."
-    )
-    return out
-
-
-def bar_lines(report: dict, by: dict[str, dict]) -> list[str]:
-    """SemiSeg-CAW of each backbone and label budget against the bar, and the setting that
-    validation picks with where it stands."""
-    ds = report["dataset"]
-    out = []
-    for bb in ("malunet", "unext"):
-        for k in CLASS_ONLY[ds]:
-            sfx = suffix(ds, k)
-            semi = f"{bb}-semiseg-caw{sfx}"
-            if parts := against_bar(report, by, semi, f"{bb}-reduced{sfx}", f"{bb}-full"):
-                out.append(f"- {semi}: " + "; ".join(parts) + ".")
-            if k == CLASS_ONLY[ds][0]:
-                out += against_long(report, by, semi, bb, sfx)
-        out += chosen_on_validation(report, by, bb)
-    return out
-
-
-def against_long(report: dict, by: dict[str, dict], semi: str, bb: str, sfx: str) -> list[str]:
-    """SemiSeg-CAW, its long frozen-aux-cached variants and its long-both aux-dropout rows
-    against the baselines trained ``long_epochs``, with the fit minutes of each: the bar once
-    no baseline is short of training."""
-    long = (f"{bb}-reduced{sfx}-long", f"{bb}-full-long")
-    if not any(name in by for name in long):
-        return []
-    out = []
-    both = [f"{bb}-{m}-long-both" for m in ("frozen-aux-cached", "aux-dropout", "aux-dropout-0.75")]
-    for row in (semi, f"{bb}-frozen-aux-cached-long", *both):
-        if parts := against_bar(report, by, row, *long):
-            minutes = {name: fit_minutes(report, name) for name in (row, *long)}
-            times = ", ".join(f"{n} {m:.1f}" for n, m in minutes.items() if m)
-            out.append(
-                f"- {row} against the baselines trained {report['long_epochs']} epochs (fit "
-                f"minutes, median over runs, stage 1 included: {times}): " + "; ".join(parts) + "."
-            )
-    return out
-
-
-def fit_minutes(report: dict, row: str) -> float | None:
-    """A row's median fit time in minutes over its runs; a run that reused another's stage 1
-    gets that stage's time added (its epochs times the source run's seconds per epoch)."""
-    stage1_s = {
-        (r["row"], r["seed"]): (r.get("stage1_epoch_s") or 0)
-        * (
-            report.get("long_stage1_epochs")
-            if r["method"] in LONG_STAGE1
-            else report["stage1_epochs"] or report["epochs"]
-        )
-        for r in report["runs"]
-    }
-    times = [
-        r["fit_wall_s"] + stage1_s.get((stage1_row(r), r["seed"]), 0)
-        for r in report["runs"]
-        if r["row"] == row and r.get("fit_wall_s")
-    ]
-    return statistics.median(times) / 60 if times else None
-
-
-def stage1_row(record: dict) -> str | None:
-    """The row whose stage-1 checkpoint a run reused, from the checkpoint's path
-    (``.../<row>/seed<N>/stage1/checkpoints/best-*.ckpt``); None when it trained its own."""
-    return Path(record["stage1_from"]).parts[-5] if record.get("stage1_from") else None
-
-
-def own_stage1(report: dict, by: dict[str, dict], name: str) -> str:
-    """For a row meant to reuse another's stage 1 (``stage1_source``), whose runs trained
-    their own instead (their source had not finished): they differ from it in stage 1 too."""
-    row = by[name]
-    meant = {"name": name, "method": row["method"], "class_only": row["class_only"]}
-    if stage1_source(meant, report["dataset"]) is None:
-        return ""
-    own = sorted(r["seed"] for r in report["runs"] if r["row"] == name and not r.get("stage1_from"))
-    if not own:
-        return ""
-    if own == row["seeds"]:
-        return "; trained its own stage 1 (not shared)"
-    return f"; seed{'s' if len(own) > 1 else ''} {_seeds(own)} trained its own stage 1 (not shared)"
-
-
-def other_stage1(report: dict, row: str, reference: str) -> list[int]:
-    """The seeds at which the runs of ``row`` and ``reference`` stand on different stage 1s."""
-    source = {
-        (r["row"], r["seed"]): stage1_row(r) or r["row"]
-        for r in report["runs"]
-        if r["row"] in (row, reference)
-    }
-    return sorted(
-        seed
-        for (name, seed), used in source.items()
-        if name == row and source.get((reference, seed), used) != used
-    )
-
-
-def against_bar(report: dict, by: dict[str, dict], row: str, reduced: str, full: str) -> list[str]:
-    """How ``row`` stands against the bar: above the ``reduced`` row, level with ``full``;
-    each decided on the Dice gap as printed (see ``bar_gap``)."""
-    semi, red, full = by.get(row), by.get(reduced), by.get(full)
-    if not semi or semi["dice"]["mean"] is None:
-        return []
-    parts = []
-    if red and red["dice"]["mean"] is not None:
-        d, text = bar_gap(report, by, row, reduced)
-        parts.append(f"{'above' if d > 0 else 'NOT above'} {reduced} ({text})")
-    if full and full["dice"]["mean"] is not None:
-        d, text = bar_gap(report, by, row, full["row"])
-        level = "level with or above" if d >= -0.01 else "below"
-        parts.append(f"{level} {full['row']} ({text}; 'level' = within 0.01)")
-    return parts
-
-
-def bar_gap(report: dict, by: dict[str, dict], row: str, other: str) -> tuple[float, str]:
-    """The Dice gap of ``row`` over ``other`` that a verdict is decided on, and its text:
-    paired by seed over the seeds both ran, with the row means beside it where their seeds
-    differ; the row means alone, said so, where none is common. Verdicts take the unrounded
-    gap: printed to 3 decimals, or to 4 where 3 would round it across a threshold."""
-    # Six decimals: float noise (0.65 - 0.66 is -0.0100000000000000089) decides nothing.
-    means = round(by[row]["dice"]["mean"] - by[other]["dice"]["mean"], 6)
-    counts = f"{len(by[row]['seeds'])} and {len(by[other]['seeds'])} seeds"
-    if (found := paired(report, row, other)) is None:
-        return means, f"Dice row means {_signed(means)}, unpaired: no seed in common"
-    d, seeds = round(found[0], 6), found[1]
-    text = f"Dice paired {_signed(d)} over seed{'s' if len(seeds) > 1 else ''} {_seeds(seeds)}"
-    if not seeds == by[row]["seeds"] == by[other]["seeds"]:
-        text += f"; row means {_signed(means)} over {counts}"
-    return d, text
-
-
-def _signed(gap: float) -> str:
-    """``gap`` to 3 decimals, or 4 where 3 would move it across 0 or -0.01 (the bar's
-    thresholds), so that the printed number never contradicts the verdict."""
-    for threshold in (0.0, -0.01):
-        if (gap > threshold) != (round(gap, 3) > threshold) or (gap >= threshold) != (
-            round(gap, 3) >= threshold
-        ):
-            return f"{gap:+.4f}"
-    return f"{gap:+.3f}"
-
-
-def chosen_on_validation(report: dict, by: dict[str, dict], bb: str) -> list[str]:
-    """Among the ablations and variants of SemiSeg-CAW with backbone ``bb`` (first label
-    budget; not all-masks, which sees more masks), the one with the largest seed-paired
-    gain in validation Dice over SemiSeg-CAW, and how its test Dice stands against the bar.
-    SemiSeg-CAW itself when no setting gains."""
-    ds = report["dataset"]
-    k = CLASS_ONLY[ds][0]
-    sfx = suffix(ds, k)
-    base = f"{bb}-semiseg-caw{sfx}"
-    methods = {"no-class-only", *ABLATIONS, *VARIANTS}
-    settings = {
-        r["row"]
-        for r in report["runs"]
-        if r["backbone"] == bb and r["class_only"] == k and r["method"] in methods
-    }
-    gains = {
-        row: found[0]
-        for row in sorted(settings)
-        if (found := paired(report, row, base, "val")) is not None
-    }
-    if not gains:
-        return []
-    best = max(gains, key=gains.get)
-    head = (
-        f"- Chosen on validation ({bb}; the largest seed-paired validation gain over {base} "
-        f"among {len(gains)} setting{'s' if len(gains) > 1 else ''}): "
-    )
-    if gains[best] <= 0:
-        return [head + f"none gains, {base} stays."]
-    parts = against_bar(report, by, best, f"{bb}-reduced{sfx}", f"{bb}-full")
-    return [
-        head
-        + f"{best} (validation {gap(report, best, base, 'val')}); on test "
-        + "; ".join(parts)
-        + "."
-    ]
-
-
 # Speed levers a run may have trained with: its record's key, and the setting's name.
 LEVERS = {
     "cuda_graphs": "CUDA graphs (`model.cuda_graphs`)",
     "augment_on_device": "augmentation on the device (`data.augment_on_device`)",
     "bf16": "bf16-mixed precision in training (`trainer.precision`; tested in float32)",
 }
-
-
-def machines_note(report: dict) -> list[str]:
-    """Where a table's runs ran on more than one machine, which rows ran where (the
-    hardware above is the machine that wrote the table)."""
-    found = report.get("machines") or []
-    if len(found) < 2:
-        return []
-    lines = [f"- The runs ran on {len(found)} machines:"]
-    for m in found:
-        hw = m["hardware"]
-        lines.append(
-            f"  - {hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'} (torch {hw['torch']}):"
-            f" {m['runs']} run{'s' if m['runs'] != 1 else ''} ({', '.join(m['rows'])})"
-        )
-    return lines
 
 
 def levers_note(report: dict) -> list[str]:
@@ -477,347 +128,18 @@ def levers_note(report: dict) -> list[str]:
     return lines
 
 
-def _dice(run: dict, split: str) -> float | None:
-    return run["metrics"].get("seg/dice") if split == "test" else run.get("val_dice")
-
-
-def paired(
-    report: dict, row: str, other: str, split: str = "test"
-) -> tuple[float, list[int]] | None:
-    """Dice of ``row`` minus ``other`` on ``split`` (test, or val: each run's best
-    validation Dice), paired by seed: the mean of the per-seed differences, and the seeds
-    both rows ran (rows of different seeds are not compared); None where they share none."""
-    dice = {}
-    for r in report["runs"]:
-        value = _dice(r, split)
-        if r["row"] in (row, other) and value is not None:
-            dice[r["row"], r["seed"]] = value
-    seeds = sorted(
-        {s for name, s in dice if name == row} & {s for name, s in dice if name == other}
-    )
-    if not seeds:
-        return None
-    return statistics.mean(dice[row, s] - dice[other, s] for s in seeds), seeds
-
-
-def _seeds(seeds: list[int]) -> str:
-    return ", ".join(map(str, seeds))
-
-
-def gap(report: dict, row: str, other: str, split: str = "test") -> str | None:
-    """``paired`` as text: "+0.012 (seeds 0, 1, 2)"."""
-    if (found := paired(report, row, other, split)) is None:
-        return None
-    mean, seeds = found
-    return f"{mean:+.3f} (seed{'s' if len(seeds) > 1 else ''} {_seeds(seeds)})"
-
-
-def stage1_alone(report: dict, row: str, reference: str) -> str:
-    """For a row that trained its own stage 1 (a ``stage1-*`` variant): that ClassElevateSeg's
-    test Dice alone, and its seed-paired gap to ``reference`` (SemiSeg-CAW's stage 1)."""
-    own = {
-        r["seed"]: r["stage1_alone"]["seg/dice"]
-        for r in report["runs"]
-        if r["row"] == row and "seg/dice" in r.get("stage1_alone", {})
-    }
-    if not own:
-        return ""
-    ref = {r["seed"]: r["metrics"].get("seg/dice") for r in report["runs"] if r["row"] == reference}
-    text = f"; its stage 1 alone {statistics.mean(own.values()):.3f}"
-    seeds = sorted(s for s in own if ref.get(s) is not None)
-    if seeds:
-        paired = statistics.mean(own[s] - ref[s] for s in seeds)
-        text += f", {paired:+.3f} against {reference} (seeds {', '.join(map(str, seeds))})"
-    return text
-
-
-# Changes measured on the long schedule, each against <backbone>-frozen-aux-cached-long-both,
-# which differs from it in that change only: stage-2 changes on the shared long stage 1, and
-# stage-1 changes (their own long stage 1, stage 2 the same).
-LONG_PAIRS = {
-    "no-classelevate-long": "without the auxiliary map",
-    "aux-dropout-0.25-long-both": "a quarter of the training maps dropped",
-    "aux-dropout-long-both": "half the training maps dropped",
-    "aux-dropout-0.75-long-both": "three quarters of the training maps dropped",
-    "aux-dropout-0.9-long-both": "nine tenths of the training maps dropped",
-    "pseudo-aux-dropout-0.75-long-both": "three quarters dropped, pseudo-labels on class-only images",
-    "mean-teacher-aux-dropout-0.75-long-both": "three quarters dropped, mean-teacher pseudo-labels",
-    "stage1-no-presence-long-both": "its own stage 1 without the lesion-present term",
-    "stage1-presence-topk-0.005-long-both": "its own stage 1, the lesion-present term on the "
-    "top 0.5% of pixels (not 2%)",
-    "stage1-presence-topk-0.005-aux-dropout-0.75-long-both": "the stage 1 of the top-0.5% "
-    "lesion-present term, three quarters of the training maps dropped",
-}
-
-
-def long_pairs(report: dict, by: dict[str, dict], backbone: str) -> list[str]:
-    """The LONG_PAIRS rows of a backbone, each as a seed-paired gap (test; validation) to
-    SemiSeg-CAW on the same long stage 1 and stage-2 schedule; where some seeds' runs stand
-    on different stage 1s, the line says so."""
-    reference = f"{backbone}-frozen-aux-cached-long-both"
-    gaps = []
-    for method, change in LONG_PAIRS.items():
-        name = f"{backbone}-{method}"
-        if name in by and (g := gap(report, name, reference)):
-            val = gap(report, name, reference, "val")
-            other = other_stage1(report, name, reference) if shares_long_stage1(method) else []
-            gaps.append(
-                f"  - {name} ({change}): {g}"
-                + (f"; validation {val}" if val else "")
-                + (
-                    f"; not on the same stage 1 at seed{'s' if len(other) > 1 else ''} "
-                    f"{_seeds(other)} (a stage-1 difference too)"
-                    if other
-                    else ""
-                )
-            )
-    if not gaps:
+def machines_note(report: dict) -> list[str]:
+    """Where a table's runs ran on more than one machine, which rows ran where (the
+    hardware above is the machine that wrote the table)."""
+    found = report.get("machines") or []
+    if len(found) < 2:
         return []
-    return [f"- Against {reference}, the seed-paired gap (test; validation):", *gaps]
-
-
-def controls(report: dict, by: dict[str, dict]) -> list[str]:
-    """What the controls, variants and ablations say, each as a seed-paired gap to
-    SemiSeg-CAW of the same backbone, on the test split and on validation (the split to
-    choose settings by): the class-only images' share of its lead, the stage-1 U-Net on
-    its own, the paper's ablations. Also which rows reused a stage-1 checkpoint."""
-    ds = report["dataset"]
-    out = []
-    for backbone in ("malunet", "unext"):
-        for k in CLASS_ONLY[ds]:
-            sfx = suffix(ds, k)
-            semi = f"{backbone}-semiseg-caw{sfx}"
-            if semi not in by:
-                continue
-            named = {f"{backbone}-reduced{sfx}": f"the plain {backbone} on the same masks"}
-            if backbone == "malunet":
-                named[f"classelevate-alone{sfx}"] = (
-                    "the stage-1 ClassElevateSeg of these runs, alone"
-                )
-            if k == CLASS_ONLY[ds][0]:  # control, variant and ablation rows use this budget
-                named[f"{backbone}-no-class-only"] = "trained without the class-only images"
-                named[f"{backbone}-all-masks"] = (
-                    "given the class-only images' masks too: the most those images could add"
-                )
-                named |= {f"{backbone}-{v}": f"variant {v}" for v in VARIANTS}
-                named |= {f"{backbone}-{a}": f"ablation {a}" for a in ABLATIONS}
-                named[f"{backbone}-reduced{sfx}-long"] = (
-                    f"the plain {backbone} on the same masks, {report.get('long_epochs')} epochs"
-                )
-                named[f"{backbone}-full-long"] = (
-                    f"the plain {backbone} on every mask, {report.get('long_epochs')} epochs"
-                )
-                named[f"{backbone}-frozen-aux-cached-long"] = (
-                    f"variant frozen-aux-cached, {report.get('long_epochs')} epochs"
-                )
-                named[f"{backbone}-no-classelevate-long"] = (
-                    f"ablation no-classelevate, {report.get('long_epochs')} epochs"
-                )
-                named[f"{backbone}-frozen-aux-cached-long-both"] = (
-                    f"the same on a stage 1 of {report.get('long_stage1_epochs')} epochs"
-                )
-                named[f"{backbone}-aux-dropout-long-both"] = (
-                    "the same, half the training maps dropped: variant aux-dropout"
-                )
-            gaps = []
-            for name, text in named.items():
-                if name in by and (g := gap(report, name, semi)):
-                    val = gap(report, name, semi, "val")
-                    gaps.append(
-                        f"  - {name} ({text}): {_fmt(by[name]['dice'])}, {g}"
-                        + (f"; validation {val}" if val else "")
-                        + stage1_alone(report, name, f"classelevate-alone{sfx}")
-                        + own_stage1(report, by, name)
-                    )
-            if gaps:
-                out += [
-                    f"- Against {semi}, test Dice and the seed-paired gap to it (test; "
-                    "validation, the split settings are chosen on):",
-                    *gaps,
-                ]
-        out += long_pairs(report, by, backbone)
-    sources: dict[str, set[str]] = {}
-    for r in report["runs"]:
-        if r.get("stage1_from"):
-            sources.setdefault(stage1_row(r), set()).add(r["row"])
-    for source, rows in sorted(sources.items()):
-        out.append(
-            f"- {', '.join(sorted(rows))} reused the stage-1 checkpoint of {source} (same "
-            "seed and data): they differ from it in stage 2 only, and their fit time "
-            "excludes stage 1."
-        )
-    return out
-
-
-def plot(report: dict, path: Path) -> str | None:
-    """Test Dice of every row as bars, the paper's figure as a red line where it has one."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    rows = report["rows"]
-    names = [r["row"] for r in rows]
-    means = [r["dice"]["mean"] or 0 for r in rows]
-    stds = [r["dice"]["std"] or 0 for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(rows) + 2), 3.6))
-    colors = [
-        "tab:gray"
-        if r["method"] in BASELINES
-        else "tab:orange"
-        if r["method"] in ("classelevate-alone", *CONTROLS)
-        else "tab:blue"
-        for r in rows
-    ]
-    ax.bar(range(len(rows)), means, yerr=stds, color=colors, capsize=3)
-    for i, m in enumerate(means):
-        ax.text(i, m + 0.02, f"{m:.3f}", ha="center", fontsize=8)
-    for name, (dice, _) in PAPER[report["dataset"]].items():
-        if name in names:
-            i = names.index(name)
-            ax.plot([i - 0.4, i + 0.4], [dice, dice], "r--", lw=1)
-    ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("test Dice (pooled)")
-    ax.set_title(
-        f"{report['dataset'].upper()} — budget {report['budget']} "
-        f"({report['image_size']} px, {report['epochs']} ep.{long_note(report)}); red: paper",
-        fontsize=9,
-    )
-    ax.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-# Dice against pixel-labelled training images, one panel per backbone: per method (one
-# colour in both panels), the rows that differ only in how many masks they get (the
-# class-only images' masks withheld, or given).
-CURVES = {
-    "masks only": ["reduced", "full"],
-    "SemiSeg-CAW": ["semiseg-caw", "all-masks"],
-    "SemiSeg-CAW, class-only images left out": ["no-class-only"],
-    "masks only, {long} epochs": ["reduced-long", "full-long"],
-    "SemiSeg-CAW, {long} epochs on a {long_stage1}-epoch stage 1": ["frozen-aux-cached-long-both"],
-}
-ALL_MASKS = ("full", "full-long", "all-masks")  # rows trained with every training mask
-
-
-def pixel_labelled(report: dict) -> dict[str, int]:
-    """Pixel-labelled training images of each row, from the counts the runs recorded (all
-    rows share one training split; rows that withhold masks lose their class-only count)."""
-    totals = {
-        r["train_masks"] + (0 if r["method"] in ALL_MASKS else r["class_only"])
-        for r in report["runs"]
-        if r.get("train_masks") is not None
-    }
-    if len(totals) != 1:  # none recorded yet (older runs), or inconsistent splits
-        return {}
-    total = totals.pop()
-    return {
-        r["row"]: total if r["method"] in ALL_MASKS else total - r["class_only"]
-        for r in report["rows"]
-    }
-
-
-def plot_labels(report: dict, path: Path) -> str | None:
-    """Test Dice against the number of pixel-labelled training images: a panel per backbone,
-    a line per method."""
-    x_of = pixel_labelled(report)
-    plt = _pyplot()
-    if not x_of or plt is None:
-        return None
-    panels = {
-        backbone: curves
-        for backbone in ("malunet", "unext")
-        if (curves := _label_curves(report, x_of, backbone))
-    }
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.6, 3.6), sharey=True)
-    axes = axes if len(panels) > 1 else [axes]
-    for ax, (backbone, curves) in zip(axes, panels.items(), strict=True):
-        for i, label, xs, ys, es in curves:
-            # A small sideways offset per method, so that points at the same count stay visible.
-            xs = [x + (i - 2) * 1.5 for x in xs]
-            ax.errorbar(xs, ys, yerr=es, marker="osDPX"[i], color=f"C{i}", capsize=3, label=label)
-        ax.set_title({"malunet": "MALUNet", "unext": "UNeXt"}[backbone], fontsize=9)
-        ax.set_xlabel("pixel-labelled training images")
-    axes[0].set_ylabel("test Dice (pooled)")
-    fig.suptitle(
-        f"{report['dataset'].upper()} — budget {report['budget']} "
-        f"({report['image_size']} px, {report['epochs']} ep.)",
-        fontsize=9,
-    )
-    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
-    axes[-1].legend(
-        handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1)
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def _label_curves(report: dict, x_of: dict[str, int], backbone: str) -> list[tuple]:
-    """``(index, label, xs, ys, errors)`` of each CURVES method ``backbone`` has rows for."""
-    curves = []
-    for i, (label, methods) in enumerate(CURVES.items()):
-        points = sorted(
-            (x_of[r["row"]], r["dice"]["mean"], r["dice"]["std"] or 0)
-            for r in report["rows"]
-            if r["backbone"] == backbone and r["method"] in methods and r["dice"]["mean"]
-        )
-        if points:
-            label = label.format(
-                long=report.get("long_epochs"), long_stage1=report.get("long_stage1_epochs")
-            )
-            curves.append((i, label, *zip(*points, strict=True)))
-    return curves
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def favoured(rows: list[dict]) -> list[str]:
-    """Rows whose mean validation gain is positive as printed (4 decimals): a row shown as
-    +0.0000 is not counted as favouring the setting."""
-    return [r["row"] for r in rows if round(r["val_gain"][0], 4) > 0]
-
-
-def tta_lines(stem: str) -> list[str]:
-    """What ``benchmarks/tta.py`` found re-evaluating this table's checkpoints with each
-    test-time setting (flip TTA, the largest lesion, both)."""
-    lines = []
-    for setting in TEST_TIME_SETTINGS.values():
-        name, label = setting.part, setting.title
-        flags = setting.flags
-        option = f"`model.init_args.{flags[0]}`" if len(flags) == 1 else "both options"
-        path = RESULTS / f"{stem}-{name}.json"
-        if not path.is_file():
-            continue
-        tta = json.loads(path.read_text())
-        runs, rows = tta["runs"], tta["rows"]
-
-        def gains(split: str, runs: list[dict] = runs) -> str:
-            values = [r[f"{split}_tta"]["dice"] - r[split]["dice"] for r in runs]
-            higher = sum(v > 0 for v in values)
-            return (
-                f"{statistics.mean(values):+.4f} ({min(values):+.3f} to {max(values):+.3f}; "
-                f"higher in {higher})"
-            )
-
+    lines = [f"- The runs ran on {len(found)} machines:"]
+    for m in found:
+        hw = m["hardware"]
         lines.append(
-            f"- {label} ({option}; [table]({stem}-{name}.md)), the same "
-            f"checkpoints re-evaluated ({len(runs)} runs of {len(rows)} rows; commit "
-            f"`{tta['commit']}`): Dice gain, mean over runs, validation {gains('val')}, test "
-            f"{gains('test')}; validation favours it on {len(favoured(rows))} of {len(rows)} rows."
+            f"  - {hw['cpu']}, {hw['cores']} cores, {hw['gpu'] or 'no GPU'} (torch {hw['torch']}):"
+            f" {m['runs']} run{'s' if m['runs'] != 1 else ''} ({', '.join(m['rows'])})"
         )
     return lines
 
@@ -899,9 +221,9 @@ def update_readme() -> None:
             paper = PAPER[rep["dataset"]].get(r["row"])
             parts.append(
                 f"| {r['row']} | {r['class_only'] or '–'} | {len(r['seeds'])} | "
-                f"{_fmt(r['dice'])} | "
-                f"{_fmt(r['iou'])} | {_fmt(r['dice_per_image'])} | "
-                f"{_fmt(r['cls_auroc'])} | {f'{paper[0]:.3f}' if paper else '–'} |"
+                f"{fmt_stat(r['dice'])} | "
+                f"{fmt_stat(r['iou'])} | {fmt_stat(r['dice_per_image'])} | "
+                f"{fmt_stat(r['cls_auroc'])} | {f'{paper[0]:.3f}' if paper else '–'} |"
             )
         parts.append("")
         if hidden := len(rep["rows"]) - len(shown):

@@ -22,7 +22,8 @@ Writes ``benchmarks/results/<dataset>-<budget>.{json,md,png}`` and regenerates t
 section of README.md (between ``<!-- results:start -->`` and ``<!-- results:end -->``) from
 every ``benchmarks/results/*.json``. Numbers are never edited by hand.
 
-The rows, budgets and paper figures are in ``protocol.py``; the tables in ``report.py``.
+The rows, budgets and paper figures are in ``protocol.py``; the tables in ``report.py``
+(with ``summary.py``, ``seed_gaps.py``, ``comparison.py``, ``controls.py``, ``plots.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Any
 import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from plots import plot, plot_labels  # noqa: E402
 from protocol import (  # noqa: E402
     BASELINES,
     BUDGETS,
@@ -58,11 +60,12 @@ from protocol import (  # noqa: E402
     suffix,
 )
 from provenance import commit, machine, package_versions, usable_cores  # noqa: E402
-from report import RESULTS, markdown, plot, plot_labels, summarise, update_readme  # noqa: E402
+from report import markdown, update_readme  # noqa: E402
+from summary import RESULTS, summarise  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-# Changes here make the commit "-dirty" (report.py only tabulates: it changes no run).
+# Changes here make the commit "-dirty" (the table modules only tabulate: they change no run).
 DIRTY_PATHS = ["semiseg_caw", "configs", "benchmarks/run.py", "benchmarks/protocol.py"]
 
 

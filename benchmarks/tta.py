@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
+from comparison import favoured  # noqa: E402
 from protocol import TEST_TIME_SETTINGS  # noqa: E402
 from provenance import commit, machine  # noqa: E402
-from report import RESULTS, _stats, favoured  # noqa: E402
+from summary import RESULTS, mean_std  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("dice", "iou", "dice_per_image", "cls_auroc")
@@ -118,7 +119,7 @@ def _metrics(logged: dict, stage: str) -> dict[str, float]:
 
 
 def _mean_std(values: list[float]) -> list[float]:
-    stats = _stats(values)  # the benchmark tables' mean and sample std
+    stats = mean_std(values)  # the benchmark tables' mean and sample std
     return [stats["mean"], stats["std"]]
 
 

@@ -11,8 +11,14 @@ from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout's root
 
-# The harness's modules, by the names the tests give them: ``from scripts import bench``.
-_HARNESS = {"bench": "run", "protocol": "protocol", "tables": "report"}
+# The harness's modules, by the names the tests give them: ``from scripts import bench``;
+# ``tables`` is report.py, the others are named as their files.
+_HARNESS = {
+    "bench": "run",
+    "protocol": "protocol",
+    "tables": "report",
+    **{name: name for name in ("summary", "seed_gaps", "comparison", "plots")},
+}
 
 
 def load_script(name: str) -> ModuleType:
@@ -28,11 +34,12 @@ def load_script(name: str) -> ModuleType:
 
 
 def __getattr__(name: str) -> ModuleType:
-    """``bench``, ``protocol`` and ``tables``: benchmarks/run.py, protocol.py and report.py,
-    loaded on first use, so that test files which only need ``load_script`` don't load them."""
+    """``bench``, ``protocol``, ``tables`` and the table modules: benchmarks/run.py,
+    protocol.py, report.py, ..., loaded on first use, so that test files which only need
+    ``load_script`` don't load them."""
     if name not in _HARNESS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    bench = load_script("run")  # puts benchmarks/ on sys.path for protocol.py and report.py
+    bench = load_script("run")  # puts benchmarks/ on sys.path for its sibling modules
     return bench if name == "bench" else importlib.import_module(_HARNESS[name])
 
 

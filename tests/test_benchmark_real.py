@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fit_args import TINY_DATA, quick_trainer
 from PIL import Image
-from scripts import REPO, bench, load_script, protocol, tables
+from scripts import REPO, bench, comparison, load_script, protocol
 
 from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.cli import main as cli_main
@@ -235,11 +235,11 @@ def test_flip_tta_tables_and_their_line_in_the_benchmark_table(
     assert "| a | 2 | 0.620 ± 0.028 | 0.635 ± 0.021 | +0.0150 ± 0.0071 |" in table
     assert "favours flip TTA on 1 of 2 rows (a)." in table
     tiny_gains = [{"row": "x", "val_gain": [0.00004, 0.0]}, {"row": "y", "val_gain": [6e-5, 0]}]
-    assert tables.favoured(tiny_gains) == ["y"]  # x is printed as +0.0000: no gain
-    monkeypatch.setattr(tables, "RESULTS", tmp_path)
-    assert tables.tta_lines("busi-cpu") == []  # no TTA results: no line
+    assert comparison.favoured(tiny_gains) == ["y"]  # x is printed as +0.0000: no gain
+    monkeypatch.setattr(comparison, "RESULTS", tmp_path)
+    assert comparison.tta_lines("busi-cpu") == []  # no TTA results: no line
     (tmp_path / "busi-cpu-tta.json").write_text(json.dumps(report))
-    (line,) = tables.tta_lines("busi-cpu")
+    (line,) = comparison.tta_lines("busi-cpu")
     assert "validation +0.0067 (-0.010 to +0.020; higher in 2)" in line
     assert "test +0.0133 (-0.010 to +0.030; higher in 2)" in line
     assert "favours it on 1 of 2 rows" in line
@@ -247,7 +247,7 @@ def test_flip_tta_tables_and_their_line_in_the_benchmark_table(
     report["setting"] = "largest"
     assert "| val Dice, largest lesion |" in tta.markdown(report)
     (tmp_path / "busi-cpu-largest.json").write_text(json.dumps(report))
-    lines = tables.tta_lines("busi-cpu")
+    lines = comparison.tta_lines("busi-cpu")
     assert lines[0] == line and lines[1].startswith("- Keeping the largest lesion (")
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from scripts import bench, fake_record, load_script, protocol, tables
+from scripts import bench, fake_record, load_script, plots, protocol, seed_gaps, summary, tables
 
 SOURCE = "runs/bench/busi-cpu"  # where a reused stage-1 checkpoint's run lies
 
@@ -119,7 +119,7 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     records[5]["val_dice"] = 0.80  # all-masks: sees more masks, never picked
     records[6]["val_dice"] = 0.75  # pseudo-labels: picked
     order = [r["name"] for r in protocol.all_rows("busi")]
-    rows = tables.summarise(records, order)
+    rows = summary.summarise(records, order)
     assert [r["row"] for r in rows] == [
         "malunet-full",
         "malunet-semiseg-caw",
@@ -189,16 +189,16 @@ def test_tables_and_readme_section(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
 
     # Dice against pixel-labelled images: unknown until the runs record their counts.
-    assert tables.plot_labels(report, tmp_path / "labels.png") is None
+    assert plots.plot_labels(report, tmp_path / "labels.png") is None
     for r in records:  # 450 masks in all; rows that withhold masks lose their 100
         r["train_masks"] = 450 if r["method"] in ("full", "all-masks") else 350
-    x = tables.pixel_labelled(report)
+    x = plots.pixel_labelled(report)
     assert x["malunet-full"] == x["malunet-all-masks"] == 450
     assert x["malunet-semiseg-caw"] == x["malunet-no-class-only"] == 350
-    assert tables.plot_labels(report, tmp_path / "labels.png") is not None
+    assert plots.plot_labels(report, tmp_path / "labels.png") is not None
     assert (tmp_path / "labels.png").stat().st_size > 0
     records[0]["train_masks"] = 449  # another split: no plot rather than a wrong one
-    assert tables.pixel_labelled(report) == {}
+    assert plots.pixel_labelled(report) == {}
 
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nkeep me\n")
@@ -262,7 +262,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     dropout = "aux-dropout-0.75-long-both"  # the rate validation picks: held to the bar too
     records += [fake_record(f"malunet-{dropout}", dropout, 0, 0.73)]
     order = [r["name"] for r in protocol.all_rows("busi")]
-    rows = tables.summarise(records, order)
+    rows = summary.summarise(records, order)
     report = {"dataset": "busi", "budget": "cpu", "note": "n", "image_size": 96, "epochs": 8}
     report |= {"stage1_epochs": 6, "long_epochs": 128, "long_stage1_epochs": 32}
     report |= {"seeds": [0], "commit": "abc"}
@@ -305,8 +305,8 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     )
     # UNeXt's SemiSeg-CAW reused MALUNet's stage 1: its 180 s are counted in its fit time;
     # UNeXt's -long-both the 32 x 15 s of the MALUNet -long-both's stage 1 it reused.
-    assert tables.fit_minutes(report, "unext-semiseg-caw") == pytest.approx(8.0)
-    assert tables.fit_minutes(report, "unext-frozen-aux-cached-long-both") == pytest.approx(10.0)
+    assert seed_gaps.fit_minutes(report, "unext-semiseg-caw") == pytest.approx(8.0)
+    assert seed_gaps.fit_minutes(report, "unext-frozen-aux-cached-long-both") == pytest.approx(10.0)
     assert (
         "- unext-frozen-aux-cached-long-both reused the stage-1 checkpoint of "
         "malunet-frozen-aux-cached-long-both (same seed and data)" in text
@@ -316,8 +316,8 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
     for r in records:
         full = r["method"].startswith("full")
         r.update(class_only=0 if full else 100, train_masks=400 if full else 300)
-    report["rows"] = tables.summarise(records, order)
-    x = tables.pixel_labelled(report)
+    report["rows"] = summary.summarise(records, order)
+    x = plots.pixel_labelled(report)
     assert (
         (x["malunet-full-long"], x["malunet-reduced-long"])
         == (400, 300)
@@ -327,9 +327,7 @@ def test_tables_hold_semiseg_caw_against_the_long_baselines() -> None:
         )
     )
     # A panel per backbone; the -long-both row a curve of its own, named with both lengths.
-    labels = {
-        bb: [c[1] for c in tables._label_curves(report, x, bb)] for bb in ("malunet", "unext")
-    }
+    labels = {bb: [c[1] for c in plots._label_curves(report, x, bb)] for bb in ("malunet", "unext")}
     assert labels == {
         "malunet": [
             "masks only",
@@ -348,7 +346,7 @@ def _report(records: list[dict], **extra) -> dict:
     report |= {"stage1_epochs": 6, "long_epochs": 128, "long_stage1_epochs": 32}
     report |= {"seeds": [0], "commit": "abc", "finished": "now", "wall_s": 1.0, "failed": []}
     report |= {"hardware": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t"}}
-    return report | {"runs": records, "rows": tables.summarise(records, order)} | extra
+    return report | {"runs": records, "rows": summary.summarise(records, order)} | extra
 
 
 def test_bar_verdicts_read_the_seed_paired_gap_as_printed() -> None:
@@ -373,10 +371,10 @@ def test_bar_verdicts_read_the_seed_paired_gap_as_printed() -> None:
         "means -0.0104, unpaired: no seed in common; 'level' = within 0.01)." in text
     )
     by = {r["row"]: r for r in report["rows"]}
-    d, printed = tables.bar_gap(report, by, "malunet-semiseg-caw", "malunet-all-masks")
+    d, printed = seed_gaps.bar_gap(report, by, "malunet-semiseg-caw", "malunet-all-masks")
     assert d == pytest.approx(-0.0104)  # below the bar's -0.01, and printed so:
     assert printed == "Dice paired -0.0104 over seeds 0, 1, 2"
-    assert tables.bar_gap(report, by, "malunet-full", "malunet-semiseg-caw")[1] == (
+    assert seed_gaps.bar_gap(report, by, "malunet-full", "malunet-semiseg-caw")[1] == (
         "Dice row means +0.010, unpaired: no seed in common"  # 3 decimals cross no threshold
     )
     # Stage 1 alone stopped at its last epoch; the best epochs with their spread.
