@@ -149,7 +149,7 @@ all)
         bench "$dataset" "$budget" 9 "$left" --augment-on-device "${graphs[@]}"
     done
     if [ "$speed_seconds" -gt 0 ]; then  # SPEED_SECONDS=0: the benchmark alone
-        pkill -f "benchmarks.run --_worker" && sleep 3  # timed alone on the GPU
+        pkill -f "benchmarks.worker" && sleep 3  # timed alone on the GPU
         echo "== speed (${SECONDS} s in)" | tee -a "$log"
         # SPEED_NAME, SPEED_VARIANTS and SPEED_ARGS (e.g. "--precision bf16-mixed
         # --channels-last") pick another table.

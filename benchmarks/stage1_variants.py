@@ -38,7 +38,8 @@ import lesion_size  # noqa: E402
 from aux_gap import save  # noqa: E402
 from protocol import BUDGETS, CLASS_ONLY, FROZEN_CACHED  # noqa: E402
 from provenance import usable_cores  # noqa: E402
-from run import REPO, RESULTS, _best, _env, run_args  # noqa: E402
+from run import REPO, RESULTS, _env, run_args  # noqa: E402
+from worker import best_checkpoint  # noqa: E402
 
 
 def fit_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path) -> list[str]:
@@ -51,7 +52,7 @@ def fit_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path
 def stage2_args(a: argparse.Namespace, settings: list[str], seed: int, rundir: Path) -> list[str]:
     """``semiseg-caw fit`` arguments of a core model trained for ``a.stage2_epochs`` on the
     stage-1 checkpoint of the run in ``rundir.parent``; the variant's settings apply too."""
-    stage1 = _best(rundir.parent / "stage1" / "checkpoints")
+    stage1 = best_checkpoint(rundir.parent / "stage1" / "checkpoints")
     given = f"--model.init_args.stage1_checkpoint={stage1}"
     return [*_row_args(a, seed, a.stage2_epochs, rundir), given, *a.fit_option, *settings]
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     for stage, make_args, folder, scored in stages:  # every stage 1 before any stage 2
         fit_s = train_all(a, jobs, make_args, folder, threads)
         for (name, seed), t in zip(jobs, fit_s, strict=True):
-            ckpt = _best(a.work / name / f"seed{seed}" / scored / "checkpoints")
+            ckpt = best_checkpoint(a.work / name / f"seed{seed}" / scored / "checkpoints")
             settings = a.variants[name]
             runs.append(dict(variant=name, seed=seed, stage=stage, settings=settings, fit_s=t))
             runs[-1]["checkpoint"] = str(ckpt)

@@ -17,7 +17,7 @@ _HARNESS = {
     "bench": "run",
     "protocol": "protocol",
     "tables": "report",
-    **{name: name for name in ("summary", "seed_gaps", "comparison", "plots")},
+    **{name: name for name in ("summary", "seed_gaps", "comparison", "plots", "worker")},
 }
 
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scripts import REPO, bench, fake_record, load_script, protocol, tables
+from scripts import REPO, bench, fake_record, load_script, protocol, tables, worker
 
 
 def test_rows_cover_the_protocol() -> None:
@@ -319,11 +319,13 @@ def test_a_killed_run_continues_its_fit_and_a_finished_one_is_only_tested(
         best.parent.mkdir(parents=True, exist_ok=True)
         best.write_bytes(b"x")
 
-    monkeypatch.setattr(bench, "_with_callbacks", fake_cli)
-    monkeypatch.setattr(bench, "_test", lambda args, ckpt: {"best_checkpoint": str(ckpt)})
+    monkeypatch.setattr(worker, "cli_with_callbacks", fake_cli)
+    monkeypatch.setattr(
+        worker, "evaluate_checkpoint", lambda args, ckpt: {"best_checkpoint": str(ckpt)}
+    )
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"dir": str(tmp_path), "fit": ["--seed_everything=0"], "test": []}))
-    bench._worker(spec)
+    worker.fit_and_test(spec)
     if fits_with is None:
         assert fits == []
     else:
@@ -344,11 +346,11 @@ def test_a_resumed_run_counts_the_fit_time_of_its_killed_attempt(
     (tmp_path / "fit.started").write_text(repr(now - 1000))
     os.utime(last, (now - 400, now - 400))  # killed 600 s into its fit
     (tmp_path / "checkpoints" / "best-epoch=001.ckpt").write_bytes(b"x")
-    monkeypatch.setattr(bench, "_with_callbacks", lambda callbacks, args: None)
-    monkeypatch.setattr(bench, "_test", lambda args, ckpt: {})
+    monkeypatch.setattr(worker, "cli_with_callbacks", lambda callbacks, args: None)
+    monkeypatch.setattr(worker, "evaluate_checkpoint", lambda args, ckpt: {})
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"dir": str(tmp_path), "fit": [], "test": []}))
-    bench._worker(spec)
+    worker.fit_and_test(spec)
     result = json.loads((tmp_path / "test.json").read_text())
     assert 600 <= result["fit_wall_s"] < 630
 

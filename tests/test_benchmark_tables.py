@@ -8,7 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
-from scripts import bench, fake_record, load_script, plots, protocol, seed_gaps, summary, tables
+from scripts import (
+    bench,
+    fake_record,
+    load_script,
+    plots,
+    protocol,
+    seed_gaps,
+    summary,
+    tables,
+    worker,
+)
 
 SOURCE = "runs/bench/busi-cpu"  # where a reused stage-1 checkpoint's run lies
 
@@ -443,8 +453,8 @@ def test_a_run_tested_again_counts_the_model_alone_and_keeps_its_fit_time(
         datamodule=SimpleNamespace(splits={"train": []}),
         trainer=SimpleNamespace(callback_metrics={}),
     )
-    monkeypatch.setattr(bench, "_with_callbacks", lambda callbacks, args: cli)
-    result = bench._test([], tmp_path / "best.ckpt")
+    monkeypatch.setattr(worker, "cli_with_callbacks", lambda callbacks, args: cli)
+    result = worker.evaluate_checkpoint([], tmp_path / "best.ckpt")
     counted = sum(p.numel() for p in model.parameters())
     assert result["params"] == counted - sum(p.numel() for p in model.teacher.parameters())
     assert result["params"] - result["params_core"] == sum(
@@ -458,8 +468,8 @@ def test_a_run_tested_again_counts_the_model_alone_and_keeps_its_fit_time(
     (rundir / "test.json").write_text(json.dumps({"fit_wall_s": 123.0, "params": 1}))
     spec = rundir / "spec.json"
     spec.write_text(json.dumps({"dir": str(rundir), "test": []}))
-    monkeypatch.setattr(bench, "_test", lambda args, ckpt: {"params": 2})
-    bench._worker(spec)
+    monkeypatch.setattr(worker, "evaluate_checkpoint", lambda args, ckpt: {"params": 2})
+    worker.fit_and_test(spec)
     assert json.loads((rundir / "test.json").read_text()) == {"params": 2, "fit_wall_s": 123.0}
 
 
