@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however loaded
-from protocol import ABLATIONS, CLASS_ONLY, VARIANTS, shares_long_stage1, stage1_source, suffix  # noqa: E402
+from protocol import (  # noqa: E402
+    ABLATIONS,
+    CLASS_ONLY,
+    VARIANTS,
+    shares_long_stage1,
+    stage1_source,
+    suffix,
+)
 from seed_gaps import gap, other_stage1, seeds_text, stage1_row  # noqa: E402
 from summary import fmt_stat  # noqa: E402
 

@@ -220,7 +220,13 @@ def test_integer_flags_and_labels_and_missing_labels_train(make_trainer: MakeTra
         has_label=torch.tensor([1, 0, 1, 1], dtype=torch.int32),
         label=torch.tensor([0, -1, 1, 1], dtype=torch.int32),
     )
-    make_trainer().fit(model, train_dataloaders=loader(good))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = make_trainer()
+    trainer.fit(model, train_dataloaders=loader(good))
+    # One step taken with a finite loss, and the weights moved (a skipped step leaves them).
+    assert trainer.global_step == 1
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_a_model_in_float64_takes_float64_images() -> None:
