@@ -111,6 +111,7 @@ def evaluate_checkpoint(args: list[str], ckpt: Path) -> dict[str, Any]:
 
 
 def best_checkpoint(ckpts: Path) -> Path:
+    """The newest best-on-validation checkpoint (``best-epoch=NNN.ckpt``) in ``ckpts``."""
     best = sorted(ckpts.glob("best-epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not best:
         raise RuntimeError(f"no best checkpoint in {ckpts}")
