@@ -81,3 +81,17 @@ def make_trainer(tmp_path: Path) -> Iterator[Callable[..., Trainer]]:
 
     yield make
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@pytest.fixture(scope="module")
+def stage1_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) ClassElevateSeg checkpoint that fits ``fit_args.fit_args``' model."""
+    import torch
+
+    from semiseg_caw import ClassElevateSeg
+
+    path = tmp_path_factory.mktemp("stage1") / "stage1.ckpt"
+    torch.manual_seed(0)
+    module = ClassElevateSeg(num_classes=2, encoder="resnet10t")
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
