@@ -1,14 +1,16 @@
 """One benchmark run, in its own process: ``semiseg-caw fit`` with a timing callback (unless
 the run finished before), then ``semiseg-caw test`` of its best-on-validation checkpoint with
-a callback that records the metrics and the inference time. ``run.py`` starts it:
+a callback that records the metrics and the inference time.
+
+``run.py`` starts it for each run:
 
     python -m benchmarks.worker <run folder>/spec.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -172,4 +174,6 @@ def fit_and_test(spec_file: Path) -> None:
 
 
 if __name__ == "__main__":
-    fit_and_test(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", type=Path, help="the run's spec.json, written by run.py")
+    fit_and_test(parser.parse_args().spec)
