@@ -28,8 +28,8 @@ _EXPORTS = {
     "scan_manifest": "manifest",
     "make_synthetic": "synthetic",
     "stratified_group_split": "splits",
-    "select_class_only": "splits",
-    "apply_budget": "splits",
+    "select_class_only": "budgets",
+    "apply_budget": "budgets",
     "read_split_file": "splits",
     "write_split_file": "splits",
     "make_split_file": "splits",
@@ -86,6 +86,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from semiseg_caw.data.budgets import apply_budget, select_class_only
     from semiseg_caw.data.busi import scan_busi
     from semiseg_caw.data.cache import ImageCache
     from semiseg_caw.data.datamodule import SemiSegDataModule
@@ -110,10 +111,8 @@ if TYPE_CHECKING:
         class_names_for,
     )
     from semiseg_caw.data.splits import (
-        apply_budget,
         make_split_file,
         read_split_file,
-        select_class_only,
         stratified_group_split,
         write_split_file,
     )

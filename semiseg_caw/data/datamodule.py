@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler
 
+from semiseg_caw.data.budgets import apply_budget
 from semiseg_caw.data.datasets import (
     MixedBatchSampler,
     SegmentationDataset,
@@ -27,7 +28,7 @@ from semiseg_caw.data.predict_folder import (
 from semiseg_caw.data.readers import LoadedDataset, load_dataset
 from semiseg_caw.data.samples import Sample, class_names_for
 from semiseg_caw.data.split_use import check_split_usable, choose_split, split_summary
-from semiseg_caw.data.splits import SPLITS, apply_budget, read_split_file
+from semiseg_caw.data.splits import SPLITS, read_split_file
 from semiseg_caw.data.transforms import build_train_transform
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from semiseg_caw.data.budgets import check_class_only
 from semiseg_caw.data.readers import DATASETS
 from semiseg_caw.data.samples import class_names_for
-from semiseg_caw.data.splits import check_class_only
 
 if TYPE_CHECKING:
     from semiseg_caw.data.datamodule import SemiSegDataModule
