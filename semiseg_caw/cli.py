@@ -277,6 +277,9 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
             subclass_mode_model=True,
             parser_class=SemiSegArgumentParser,
             trainer_defaults={"logger": WANDB_LOGGER},
+            # Lightning's default (true) seeds 0 as well, warning "No seed found" with its own
+            # file's path at every command given no seed: the same seed, without the noise.
+            seed_everything_default=0,
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"description": DESCRIPTION},

@@ -164,6 +164,7 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
         Image.fromarray(np.full((40, 50), 60 * i, dtype=np.uint8)).save(images / f"{i}.png")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*trained at")  # predicted at 32 px
+        warnings.filterwarnings("error", message="No seed found")  # no seed given: 0, quietly
         cli = main(["predict", f"--ckpt_path={best}", f"--data.predict_dir={images}", *quick])
     assert len((tmp_path / "predictions" / "predictions.csv").read_text().splitlines()) == 3
     # Its config goes with the predictions, not into the folder the command ran from.
