@@ -369,6 +369,8 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
             "cannot take aux_output_skip",
         ),
         (dict(layercam_layer="fused"), "layercam_layer chooses the LayerCAM maps"),
+        (dict(weight_decay=-0.1), r"weight_decay must be >= 0, got -0.1"),
+        (dict(max_bad_steps=-1), r"max_bad_steps must be >= 0 \(0: stop at the first\), got -1"),
         (dict(aux_source="layercam", layercam_layer="stem"), "layercam_layer must be one of"),
     ],
 )

@@ -61,6 +61,13 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         if lr <= 0 or min_lr < 0 or min_lr > lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={lr}, min_lr={min_lr}")
+        # AdamW would refuse a negative decay only when the optimiser is built, without the name.
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if max_bad_steps < 0:
+            raise ValueError(
+                f"max_bad_steps must be >= 0 (0: stop at the first), got {max_bad_steps}"
+            )
         # Records the init arguments of the subclass too: they are the config schema.
         self.save_hyperparameters()
         self.num_classes = num_classes
