@@ -286,7 +286,9 @@ def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
         run()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert "semiseg-caw: error: need 0 <= min_lr <= lr and lr > 0, got lr=-1.0" in err
+    assert (
+        "semiseg-caw: error: need 0 <= min_lr <= lr and lr a finite number > 0, got lr=-1.0" in err
+    )
     assert "Union subtypes" not in err and "Namespace(" not in err
 
 

@@ -349,7 +349,7 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(loss_terms=["bce", "nope"]), "loss_terms"),
         (dict(loss_terms=[]), "non-empty subset"),
         (dict(aux_mode="frozen", loss_terms=["bce", "aux"]), "fine-tuned ClassElevateSeg only"),
-        (dict(aux_lr_scale=0.0), "aux_lr_scale must be > 0, got 0.0"),
+        (dict(aux_lr_scale=0.0), "aux_lr_scale must be a finite number > 0, got 0.0"),
         (dict(classifier_hidden=0), "classifier_hidden must be >= 1, got 0"),
         (dict(stage1_presence_topk=0.0), r"stage1_presence_topk must lie in \(0, 1\], got 0.0"),
         (dict(classifier=False, loss_terms=["bce", "ce"]), "needs classifier"),
@@ -360,7 +360,12 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(stage1_loss_weights={"cam": -1.0}), "stage1_loss_weights"),
         (dict(aux_mode="freeze"), "aux_mode must be finetune, decoder or frozen, got 'freeze'"),
         (dict(ftv_gamma=0.0), r"ftv_gamma a finite number > 0, got 0.7, 0.3 and 0.0"),
-        (dict(ftv_alpha=-1.0), "ftv_alpha and ftv_beta must be >= 0"),
+        (dict(ftv_alpha=-1.0), "ftv_alpha and ftv_beta must be finite numbers >= 0"),
+        (dict(ftv_beta=float("nan")), "ftv_alpha and ftv_beta must be finite numbers >= 0"),
+        (dict(lr=float("nan")), r"lr a finite number > 0, got lr=nan"),
+        (dict(lr=float("inf")), r"lr a finite number > 0, got lr=inf"),
+        (dict(weight_decay=float("nan")), r"weight_decay must be a finite number >= 0, got nan"),
+        (dict(aux_lr_scale=float("nan")), r"aux_lr_scale must be a finite number > 0, got nan"),
         (dict(pseudo_teacher="ema"), "teaches the 'pseudo' loss term: add it"),
         (dict(pseudo_teacher="student", loss_terms=["bce", "pseudo"]), "pseudo_teacher"),
         (dict(pseudo_teacher="ema", loss_terms=["bce", "pseudo"], ema_decay=1.0), "ema_decay"),
@@ -369,7 +374,7 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
             "cannot take aux_output_skip",
         ),
         (dict(layercam_layer="fused"), "layercam_layer chooses the LayerCAM maps"),
-        (dict(weight_decay=-0.1), r"weight_decay must be >= 0, got -0.1"),
+        (dict(weight_decay=-0.1), r"weight_decay must be a finite number >= 0, got -0.1"),
         (dict(max_bad_steps=-1), r"max_bad_steps must be >= 0 \(0: stop at the first\), got -1"),
         (dict(aux_source="layercam", layercam_layer="stem"), "layercam_layer must be one of"),
     ],
@@ -421,6 +426,13 @@ def test_the_validation_image_panel_shows_what_the_metrics_score() -> None:
 def test_stage1_normal_class_must_be_a_class_index(normal_class: int) -> None:
     with pytest.raises(ValueError, match=r"normal_class must be a class index in \[0, 2\)"):
         ClassElevateSeg(encoder="test_resnet", normal_class=normal_class)
+
+
+@pytest.mark.parametrize("topk", [0.0, 1.5, float("nan")])
+def test_stage1_presence_topk_is_refused_outside_0_to_1_when_made(topk: float) -> None:
+    with pytest.raises(ValueError, match=r"presence_topk must lie in \(0, 1\]"):
+        ClassElevateSeg(encoder="test_resnet", presence_topk=topk)
+    ClassElevateSeg(encoder="test_resnet", presence_topk=1.0)  # every pixel: allowed
 
 
 def test_stage1_consistency_term_is_off_by_default_and_needs_class_only_images() -> None:

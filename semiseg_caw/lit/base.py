@@ -59,11 +59,14 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-        if lr <= 0 or min_lr < 0 or min_lr > lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={lr}, min_lr={min_lr}")
+        # Written so that NaN fails them too (every comparison with NaN is false).
+        if not (0 < lr < float("inf") and 0 <= min_lr <= lr):
+            raise ValueError(
+                f"need 0 <= min_lr <= lr and lr a finite number > 0, got lr={lr}, min_lr={min_lr}"
+            )
         # AdamW would refuse a negative decay only when the optimiser is built, without the name.
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not 0 <= weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
         if max_bad_steps < 0:
             raise ValueError(
                 f"max_bad_steps must be >= 0 (0: stop at the first), got {max_bad_steps}"

@@ -97,6 +97,9 @@ class ClassElevateSeg(SegmentationTask):
         weights.update(given)
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"loss weights must be >= 0, got {weights}")
+        topk = self.hparams.presence_topk
+        if not 0 < topk <= 1:  # the lesion-present loss refuses it too, but at the first step
+            raise ValueError(f"presence_topk must lie in (0, 1], got {topk}")
         normal = self.hparams.normal_class
         if normal is not None and not 0 <= normal < self.num_classes:
             raise ValueError(
@@ -126,6 +129,9 @@ class ClassElevateSeg(SegmentationTask):
         mask, has_mask, label = batch["mask"], batch["has_mask"], batch["label"]
         class_only = batch["has_label"] & ~has_mask
         # A lesion class: a normal image's mask is known to be empty, so no CAM target.
+        topk = self.hparams.presence_topk
+        if not 0 < topk <= 1:  # the lesion-present loss refuses it too, but at the first step
+            raise ValueError(f"presence_topk must lie in (0, 1], got {topk}")
         normal = self.hparams.normal_class
         present = label >= 0 if normal is None else (label >= 0) & (label != normal)
         terms: dict[str, Tensor] = {}

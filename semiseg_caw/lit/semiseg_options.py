@@ -75,17 +75,18 @@ def _check_auxiliary(hp: Mapping[str, Any]) -> None:
 
 def _check_numbers(hp: Mapping[str, Any]) -> None:
     alpha, beta, gamma = hp["ftv_alpha"], hp["ftv_beta"], hp["ftv_gamma"]
-    if min(alpha, beta) < 0 or not 0 < gamma < float("inf"):
+    inf = float("inf")  # the comparisons are written so that NaN fails them too
+    if not (0 <= alpha < inf and 0 <= beta < inf and 0 < gamma < inf):
         raise ValueError(
-            "ftv_alpha and ftv_beta must be >= 0 and ftv_gamma a finite number > 0, got "
-            f"{alpha}, {beta} and {gamma}"
+            "ftv_alpha and ftv_beta must be finite numbers >= 0 and ftv_gamma a finite number "
+            f"> 0, got {alpha}, {beta} and {gamma}"
         )
     if not 0.5 < hp["pseudo_threshold"] < 1:
         raise ValueError(f"pseudo_threshold must lie in (0.5, 1), got {hp['pseudo_threshold']}")
     if hp["classifier_hidden"] < 1:
         raise ValueError(f"classifier_hidden must be >= 1, got {hp['classifier_hidden']}")
-    if hp["aux_lr_scale"] <= 0:
-        raise ValueError(f"aux_lr_scale must be > 0, got {hp['aux_lr_scale']}")
+    if not 0 < hp["aux_lr_scale"] < inf:
+        raise ValueError(f"aux_lr_scale must be a finite number > 0, got {hp['aux_lr_scale']}")
 
 
 def _check_teacher(hp: Mapping[str, Any], terms: list[str]) -> None:
