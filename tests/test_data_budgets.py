@@ -41,6 +41,10 @@ def test_budget_too_large_or_invalid():
         select_class_only(_train(), 2.5, seed=0)
     with pytest.raises(ValueError, match=">= 0"):
         select_class_only(_train(), -1, seed=0)
+    with pytest.raises(ValueError, match=">= 0, got nan"):
+        select_class_only(_train(), float("nan"), seed=0)
+    with pytest.raises(ValueError, match="count or a fraction in \\(0, 1\\), got inf"):
+        select_class_only(_train(), float("inf"), seed=0)
 
 
 def test_class_only_one_point_zero_is_refused_as_ambiguous():

@@ -17,14 +17,14 @@ def check_class_only(class_only: float) -> None:
 
     A float 1.0 is refused: as a fraction it would withhold every mask, as a count one.
     """
-    if class_only < 0:
+    if not class_only >= 0:  # NaN too
         raise ValueError(f"class_only must be >= 0, got {class_only}")
     if class_only == 1 and not isinstance(class_only, (int, np.integer)):
         raise ValueError(
             f"class_only={float(class_only)} is ambiguous: give a count as an integer "
             "(class_only=1 withholds one mask) or a fraction below 1"
         )
-    if class_only >= 1 and float(class_only) != int(class_only):
+    if class_only >= 1 and not (class_only < float("inf") and float(class_only) == int(class_only)):
         raise ValueError(f"class_only must be a count or a fraction in (0, 1), got {class_only}")
 
 
