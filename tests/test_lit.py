@@ -369,6 +369,7 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(pseudo_teacher="ema"), "teaches the 'pseudo' loss term: add it"),
         (dict(pseudo_teacher="student", loss_terms=["bce", "pseudo"]), "pseudo_teacher"),
         (dict(pseudo_teacher="ema", loss_terms=["bce", "pseudo"], ema_decay=1.0), "ema_decay"),
+        (dict(ema_decay=float("nan")), r"ema_decay must lie in \(0, 1\), got nan"),
         (
             dict(pseudo_teacher="ema", loss_terms=["bce", "pseudo"], aux_output_skip=True),
             "cannot take aux_output_skip",

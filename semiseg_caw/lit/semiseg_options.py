@@ -93,12 +93,12 @@ def _check_teacher(hp: Mapping[str, Any], terms: list[str]) -> None:
     teacher = hp["pseudo_teacher"]
     if teacher not in ("aux", "ema"):
         raise ValueError(f"pseudo_teacher must be aux or ema, got {teacher!r}")
+    if not 0 < hp["ema_decay"] < 1:  # checked whatever the teacher, as the other numbers are
+        raise ValueError(f"ema_decay must lie in (0, 1), got {hp['ema_decay']}")
     if teacher != "ema":
         return
     if "pseudo" not in terms:
         raise ValueError("pseudo_teacher 'ema' teaches the 'pseudo' loss term: add it")
-    if not 0 < hp["ema_decay"] < 1:
-        raise ValueError(f"ema_decay must lie in (0, 1), got {hp['ema_decay']}")
     if hp["aux_output_skip"]:
         raise ValueError(
             "pseudo_teacher 'ema' averages the backbone: it cannot take aux_output_skip"
