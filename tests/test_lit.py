@@ -358,6 +358,7 @@ def test_terms_and_weights_are_logged_only_on_the_steps_the_logger_writes(
         (dict(pseudo_threshold=0.3), "pseudo_threshold"),
         (dict(stage1_loss_weights={"camm": 0.0}), "stage1_loss_weights"),
         (dict(stage1_loss_weights={"cam": -1.0}), "stage1_loss_weights"),
+        (dict(stage1_loss_weights={"cam": float("nan")}), "stage1_loss_weights takes finite"),
         (dict(aux_mode="freeze"), "aux_mode must be finetune, decoder or frozen, got 'freeze'"),
         (dict(ftv_gamma=0.0), r"ftv_gamma a finite number > 0, got 0.7, 0.3 and 0.0"),
         (dict(ftv_alpha=-1.0), "ftv_alpha and ftv_beta must be finite numbers >= 0"),
@@ -427,6 +428,12 @@ def test_the_validation_image_panel_shows_what_the_metrics_score() -> None:
 def test_stage1_normal_class_must_be_a_class_index(normal_class: int) -> None:
     with pytest.raises(ValueError, match=r"normal_class must be a class index in \[0, 2\)"):
         ClassElevateSeg(encoder="test_resnet", normal_class=normal_class)
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_stage1_loss_weights_must_be_finite_and_not_negative(weight: float) -> None:
+    with pytest.raises(ValueError, match=r"loss weights must be finite and >= 0"):
+        ClassElevateSeg(encoder="test_resnet", loss_weights={"cam": weight})
 
 
 @pytest.mark.parametrize("topk", [0.0, 1.5, float("nan")])

@@ -95,8 +95,8 @@ class ClassElevateSeg(SegmentationTask):
         if unknown:
             raise ValueError(f"unknown stage-1 loss terms {sorted(unknown)}; known: {STAGE1_TERMS}")
         weights.update(given)
-        if any(w < 0 for w in weights.values()):
-            raise ValueError(f"loss weights must be >= 0, got {weights}")
+        if any(not 0 <= w < float("inf") for w in weights.values()):  # NaN fails too
+            raise ValueError(f"loss weights must be finite and >= 0, got {weights}")
         topk = self.hparams.presence_topk
         if not 0 < topk <= 1:  # the lesion-present loss refuses it too, but at the first step
             raise ValueError(f"presence_topk must lie in (0, 1], got {topk}")

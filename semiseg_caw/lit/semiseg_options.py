@@ -61,9 +61,11 @@ def _check_auxiliary(hp: Mapping[str, Any]) -> None:
             "aux_source 'layercam' (a fine-tuned model's maps change every step)"
         )
     stage1_weights = hp["stage1_loss_weights"] or {}
-    if set(stage1_weights) - set(STAGE1_TERMS) or any(w < 0 for w in stage1_weights.values()):
+    if set(stage1_weights) - set(STAGE1_TERMS) or any(
+        not 0 <= w < float("inf") for w in stage1_weights.values()
+    ):
         raise ValueError(
-            f"stage1_loss_weights takes weights >= 0 of {STAGE1_TERMS}, got {stage1_weights}"
+            f"stage1_loss_weights takes finite weights >= 0 of {STAGE1_TERMS}, got {stage1_weights}"
         )
     topk = hp["stage1_presence_topk"]
     if not 0 < topk <= 1:
