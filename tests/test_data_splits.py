@@ -177,6 +177,7 @@ def test_split_command_refuses_to_overwrite_unless_told(tmp_path, capsys):
         (["busi", "{tmp}/nowhere", "{tmp}/s.json"], "BUSI root folder not found"),
         (["manifest", "{tmp}/m.csv", "{tmp}/s.json"], "--classes"),
         (["busi", "{tmp}", "{tmp}/s.json", "--fractions", "0", "0", "0"], "fractions must be"),
+        (["busi", "{tmp}", "{tmp}/s.json", "--fractions", ".7", ".1", "nan"], "finite, non-neg"),
     ],
 )
 def test_split_command_reports_user_errors_without_a_traceback(tmp_path, capsys, args, message):

@@ -60,10 +60,12 @@ DataValidationError is a ValueError)."""
 
 
 def check_fractions(fractions: Sequence[float]) -> None:
-    """A ValueError unless ``fractions`` are three non-negative numbers, not all zero."""
-    if len(fractions) != len(SPLITS) or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+    """A ValueError unless ``fractions`` are three finite, non-negative numbers, not all zero."""
+    finite = all(0 <= f < float("inf") for f in fractions)  # NaN fails too
+    if len(fractions) != len(SPLITS) or not finite or sum(fractions) <= 0:
         raise ValueError(
-            f"fractions must be three non-negative numbers (train, val, test), not all zero; "
+            "fractions must be three finite, non-negative numbers (train, val, test), not all "
+            "zero; "
             f"got {list(fractions)}"
         )
 
