@@ -511,13 +511,14 @@ def batches(**changes) -> list[dict]:
             r"the batch lacks has_mask",
         ),
         (lambda: batches(mask=lambda b: b["mask"] * 255), r"values up to 255 .*divide by 255"),
+        (lambda: batches(mask=lambda b: b["mask"] * float("nan")), r"batch\['mask'\] holds NaN"),
         (
             lambda: batches(mask=lambda b: b["mask"][:, 0]),
             r"batch\['mask'\] must be \(4, 1, 32, 32\)",
         ),
         (lambda: batches(image=lambda b: b["image"].repeat(1, 3, 1, 1)), r"must be \(B, 1, H, W\)"),
     ],
-    ids=["tuple", "missing key", "0-255 mask", "mask without channel", "3 channels"],
+    ids=["tuple", "missing key", "0-255 mask", "NaN mask", "mask without channel", "3 channels"],
 )
 def test_a_batch_the_modules_cannot_use_is_named_at_the_first_step(
     loader, message, make_trainer: MakeTrainer

@@ -91,6 +91,8 @@ def _check_mask(mask: torch.Tensor, image: torch.Tensor) -> None:
         raise ValueError(
             f"batch['mask'] must be {expected} like the image, got {tuple(mask.shape)}"
         )
+    if mask.isnan().any():  # min() and max() of a NaN mask pass the range check below
+        raise ValueError("batch['mask'] holds NaN: masks must hold 0 and 1")
     if mask.numel() and (mask.min() < 0 or mask.max() > 1):
         raise ValueError(
             f"batch['mask'] must hold 0 and 1, got values up to {float(mask.max()):g} "
