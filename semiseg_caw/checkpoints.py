@@ -203,7 +203,7 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | Path | None = None, min_interval_s: float = 30.0) -> None:
-        if min_interval_s < 0:
+        if not min_interval_s >= 0:  # NaN too (inf is fine: the first and final epochs only)
             raise ValueError(f"min_interval_s must be 0 or more, got {min_interval_s}")
         super().__init__(
             dirpath=dirpath,

@@ -132,8 +132,9 @@ def test_last_checkpoint_is_the_final_epoch_though_validation_stopped_improving(
     assert read(tmp_path / "last.ckpt")["epoch"] == 2
     assert [p.name for p in tmp_path.glob("best-*.ckpt")] == ["best-epoch=0.ckpt"]
     assert trainer.checkpoint_callback is best  # `ckpt_path="best"` still means the best
-    with pytest.raises(ValueError, match="min_interval_s"):
-        LastCheckpoint(tmp_path, min_interval_s=-1)
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="min_interval_s"):
+            LastCheckpoint(tmp_path, min_interval_s=bad)
 
 
 def test_epoch_seed_depends_on_seed_and_epoch_only():
