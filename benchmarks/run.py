@@ -75,7 +75,9 @@ DIRTY_PATHS = [
 # ----------------------------------------------------------------------------- running
 
 
-def _env(threads: int) -> dict[str, str]:
+def run_env(threads: int) -> dict[str, str]:
+    """The environment of a run's process: offline, the checkout importable, ``threads``
+    threads for torch's CPU kernels."""
     env = dict(os.environ, **ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -136,7 +138,7 @@ def _run_worker(rundir: Path, spec: dict, threads: int, name: str) -> None:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         done = subprocess.run(
-            cmd, cwd=REPO, env=_env(threads), stdout=log, stderr=subprocess.STDOUT
+            cmd, cwd=REPO, env=run_env(threads), stdout=log, stderr=subprocess.STDOUT
         )
     if done.returncode:
         raise RuntimeError(f"run failed ({done.returncode}); see {rundir / 'log.txt'}")

@@ -38,7 +38,7 @@ import lesion_size  # noqa: E402
 from aux_gap import save  # noqa: E402
 from protocol import BUDGETS, CLASS_ONLY, FROZEN_CACHED  # noqa: E402
 from provenance import usable_cores  # noqa: E402
-from run import REPO, RESULTS, _env, run_args  # noqa: E402
+from run import REPO, RESULTS, run_args, run_env  # noqa: E402
 from worker import best_checkpoint  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def train(args: list[str], rundir: Path, threads: int) -> float | None:
     started = time.perf_counter()
     with open(rundir.with_suffix(".log"), "a") as log:
         cmd = [sys.executable, "-m", "semiseg_caw", *args, *resume]
-        subprocess.run(cmd, cwd=REPO, env=_env(threads), stdout=log, stderr=log, check=True)
+        subprocess.run(cmd, cwd=REPO, env=run_env(threads), stdout=log, stderr=log, check=True)
     (rundir / "fit.done").touch()
     return time.perf_counter() - started
 
