@@ -65,8 +65,7 @@ def check_fractions(fractions: Sequence[float]) -> None:
     if len(fractions) != len(SPLITS) or not finite or sum(fractions) <= 0:
         raise ValueError(
             "fractions must be three finite, non-negative numbers (train, val, test), not all "
-            "zero; "
-            f"got {list(fractions)}"
+            f"zero; got {list(fractions)}"
         )
 
 
@@ -220,9 +219,6 @@ def check_split_ids(split: dict[str, list[str]], known: Sequence[str], source: s
             f"split file {source} lists {len(unknown)} id(s) not found in the data: {shown}{more}"
             " (made for another data set or root? excluded as exact duplicates or skipped as bad files?)"
         )
-
-
-# ----------------------------------------------------------------------------- budgets
 
 
 # ----------------------------------------------------------------------------- CLI
