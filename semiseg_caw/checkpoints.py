@@ -21,6 +21,7 @@ import random
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def import_class(class_path: str) -> type | None:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Read a Lightning checkpoint without executing code from it (``weights_only``)."""
+    """Read a Lightning checkpoint without executing code from it (``weights_only``); its
+    tensors are memory-mapped, read from the file when used."""
     path = Path(path)
     if path.is_dir():
         inside = sorted(path.rglob("*.ckpt"))[:3]
@@ -69,8 +71,12 @@ def read_checkpoint(path: str | Path) -> dict:
         )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    # Memory-mapped where torch allows it (its zip format, which Lightning writes): the
+    # checks that read a checkpoint before Lightning loads it again need its metadata, and
+    # loading weights from it copies them, so its tensors need not be read into memory.
+    mmap = zipfile.is_zipfile(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for truncated / foreign files
         # torch's text for an unpickling failure suggests weights_only=False: not for us.
         detail = "" if isinstance(err, pickle.UnpicklingError) else f": {err}"

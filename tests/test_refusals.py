@@ -15,7 +15,7 @@ import torch
 from fit_args import eval_args, fit_args
 
 from semiseg_caw import ClassElevateSeg, SemiSegCAW, SemiSegDataModule
-from semiseg_caw.checkpoints import CheckpointError
+from semiseg_caw.checkpoints import CheckpointError, load_submodule
 from semiseg_caw.cli import main
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -73,6 +73,19 @@ def test_bad_stage1_checkpoint_stops_the_run_before_training(kind, tmp_path, sta
         main(fit_args(root, f"--model.init_args.stage1_checkpoint={path}"))
     assert str(path) in str(info.value)
     assert not list(root.rglob("*.ckpt")) and not (root / "stage1").exists()
+
+
+def test_a_checkpoint_in_torchs_older_file_format_loads_as_well(tmp_path, stage1_ckpt):
+    """Checkpoints are read memory-mapped, which torch allows only for its zip format; a file
+    in the format before it (torch < 1.6) is read whole instead, not refused."""
+    saved = torch.load(stage1_ckpt, weights_only=True)
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(saved, legacy, _use_new_zipfile_serialization=False)
+    for path in (stage1_ckpt, legacy):
+        module = ClassElevateSeg(num_classes=2, encoder="resnet10t")
+        load_submodule(module, path, prefix="")
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, saved["state_dict"][key]), (path.name, key)
 
 
 # -- configuration -----------------------------------------------------------------------
