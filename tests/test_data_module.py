@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 
 import albumentations as A
@@ -488,6 +489,26 @@ def test_a_missing_split_file_is_named_before_any_image_is_decoded(tmp_path, mon
         FileNotFoundError, match=r"configs/busi.json \(a relative path is read from"
     ):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    "dataset, what",
+    [("busi", "BUSI root folder"), ("ddti", "DDTI root folder"), ("manifest", "manifest file")],
+)
+def test_a_missing_relative_root_says_where_it_was_looked_for(tmp_path, monkeypatch, dataset, what):
+    """A config's paths are read from where the command runs, not from the config's folder:
+    the error says from where."""
+    monkeypatch.chdir(tmp_path)
+    classes = ["a", "b"] if dataset == "manifest" else None
+    dm = SemiSegDataModule(dataset=dataset, root="data/nowhere", classes=classes)
+    message = f"{what} not found: data/nowhere (a relative path is read from {tmp_path})"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        dm.setup("fit")
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f"not found: {tmp_path}/data/nowhere") + "$"
+    ):
+        absolute = str(tmp_path / "data/nowhere")
+        SemiSegDataModule(dataset=dataset, root=absolute, classes=classes).setup("fit")
 
 
 def test_setup_errors_are_clear(tmp_path):

@@ -13,7 +13,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from semiseg_caw.data.io import BadFile, DataValidationError, is_image_file, report_problems
+from semiseg_caw.data.io import (
+    BadFile,
+    DataValidationError,
+    is_image_file,
+    not_found,
+    report_problems,
+)
 from semiseg_caw.data.samples import BUSI_CLASSES, Sample
 from semiseg_caw.data.scan_files import checked_scan, same_name_problems, unique_stems
 
@@ -35,7 +41,7 @@ def find_busi_folder(root: str | Path) -> Path:
     """The folder holding BUSI's class folders: ``root/Dataset_BUSI_with_GT`` or ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"BUSI root folder not found: {root}")
+        raise not_found("BUSI root folder", root)
     nested = root / BUSI_FOLDER
     return nested if nested.is_dir() else root
 

@@ -12,7 +12,7 @@ import csv
 from io import StringIO
 from pathlib import Path
 
-from semiseg_caw.data.io import BadFile, DataValidationError, report_problems
+from semiseg_caw.data.io import BadFile, DataValidationError, not_found, report_problems
 from semiseg_caw.data.samples import Sample
 from semiseg_caw.data.scan_files import (
     checked_scan,
@@ -28,7 +28,7 @@ def ddti_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
     """DDTI samples (labelled and unlabelled), and the problems found (not raised yet)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"DDTI root folder not found: {root}")
+        raise not_found("DDTI root folder", root)
     image_dir, mask_dir, labels_csv = root / "image", root / "mask", root / "labels.csv"
     for needed in (image_dir, mask_dir, labels_csv):
         if not needed.exists():

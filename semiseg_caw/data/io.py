@@ -228,6 +228,13 @@ def dhash(gray: np.ndarray, hash_size: int = DHASH_SIZE) -> np.ndarray:
     return (small[:, 1:] > small[:, :-1]).ravel()
 
 
+def not_found(what: str, path: Path) -> FileNotFoundError:
+    """``<what> not found: <path>``; for a relative path, the folder it was looked for from
+    (a config's paths are read from where the command runs, not from the config's folder)."""
+    where = "" if path.is_absolute() else f" (a relative path is read from {Path.cwd()})"
+    return FileNotFoundError(f"{what} not found: {path}{where}")
+
+
 def file_exists_error(path: Path) -> FileExistsError:
     """The refusal to replace an earlier output file without being told to."""
     return FileExistsError(

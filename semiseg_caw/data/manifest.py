@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
 
-from semiseg_caw.data.io import BadFile, DataValidationError, report_problems
+from semiseg_caw.data.io import BadFile, DataValidationError, not_found, report_problems
 from semiseg_caw.data.samples import Sample
 from semiseg_caw.data.scan_files import checked_scan, read_csv_text, values_beyond_header
 from semiseg_caw.data.splits import SPLITS
@@ -37,7 +37,7 @@ def find_manifest(root: str | Path) -> Path:
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"manifest file not found: {path}")
+        raise not_found("manifest file", path)
     return path
 
 

@@ -23,6 +23,7 @@ from semiseg_caw.data.io import (
     DataValidationError,
     describe_error,
     list_image_files,
+    not_found,
     read_for_prediction,
 )
 from semiseg_caw.data.transforms import normalize
@@ -39,7 +40,7 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {folder}")
+        raise not_found("prediction folder", folder)
     paths = list_image_files(folder)  # names only: decoding waits for the loader
     listed = set(paths)
     masks = [p.name for p in paths if is_mask_file(p)]

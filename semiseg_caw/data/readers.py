@@ -31,6 +31,7 @@ from semiseg_caw.data.io import (
     BadFile,
     DataValidationError,
     list_image_files,
+    not_found,
     report_problems,
 )
 from semiseg_caw.data.manifest import manifest_samples
@@ -134,7 +135,7 @@ def load_image_folder(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise not_found("image folder", folder)
     paths = list_image_files(folder)
     if not paths:
         raise DataValidationError([BadFile(str(folder), "no images found")])

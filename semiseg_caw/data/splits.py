@@ -38,7 +38,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from semiseg_caw.data.io import check_file_writable, file_exists_error
+from semiseg_caw.data.io import check_file_writable, file_exists_error, not_found
 from semiseg_caw.data.samples import Sample
 
 SPLITS = ("train", "val", "test")
@@ -158,8 +158,7 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
     file when it is malformed or lists an id twice."""
     path = Path(path)
     if not path.is_file():
-        where = "" if path.is_absolute() else f" (a relative path is read from {Path.cwd()})"
-        raise FileNotFoundError(f"split file not found: {path}{where}")
+        raise not_found("split file", path)
     try:
         record = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as err:
