@@ -12,14 +12,13 @@ All of them take logits; sigmoid / softmax happen here.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional.classification import binary_auroc
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 
 from semiseg_caw.losses import IGNORE_INDEX
 
@@ -250,11 +249,12 @@ class ClassificationMetrics(Metric):
                 [binary_auroc(probs[:, c], (labels == c).long()) for c in present]
             ).mean()
         else:
-            warnings.warn(
+            # Once, not per process: every process computes the synced metric.
+            rank_zero_warn(
                 f"classification AUROC left out: all {labels.numel()} labelled samples are of "
                 f"class {int(present[0])}, and AUROC needs two classes",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # this line, not torchmetrics' own frames in between
             )
         return {self.prefix + k: v for k, v in out.items()}
 
