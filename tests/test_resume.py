@@ -37,9 +37,12 @@ class KillAfter(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def spawn(args: list[str]) -> subprocess.Popen:
+def spawn(args: list[str], tmp: Path) -> subprocess.Popen:
+    """``python -m semiseg_caw ARGS``, its temporary files in ``tmp``: killed, it cannot
+    remove them (W&B makes two folders on import)."""
     env = {
         **os.environ,
+        "TMPDIR": str(tmp),
         "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
         "OMP_NUM_THREADS": "1",
         "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -74,7 +77,7 @@ def test_killed_stage2_run_resumes_to_the_uninterrupted_result(tmp_path, stage1_
     # SIGKILL in its second epoch, after the first epoch's last.ckpt was written.
     kill = '{"class_path": "test_resume.KillAfter", "init_args": {"epoch": 1, "batch": 0}}'
     stage1 = f"--model.init_args.stage1_checkpoint={stage1_ckpt}"
-    killed = spawn(fit_args(tmp_path / "b", stage1, f"--trainer.callbacks+={kill}"))
+    killed = spawn(fit_args(tmp_path / "b", stage1, f"--trainer.callbacks+={kill}"), tmp_path)
     main(fit_args(tmp_path / "a", stage1))  # meanwhile, the whole run in this process
     code, output = finish(killed)
     assert code == -signal.SIGKILL, output[-3000:]
