@@ -4,13 +4,13 @@ image size the weights were trained with."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from jsonargparse import Namespace
 
 from semiseg_caw.checkpoints import CheckpointError
 from semiseg_caw.data import SemiSegDataModule
+from semiseg_caw.warn import warn
 
 
 def check_data_matches_checkpoint(
@@ -65,11 +65,8 @@ def check_data_matches_checkpoint(
             "(or train a new run in its own --trainer.default_root_dir)"
         )
     if size is not None and size != data_config.image_size:
-        warnings.warn(
+        warn(
             f"data.image_size is {data_config.image_size} but {ckpt_path} was trained at "
             f"{size} px; pass --data.image_size {size} to evaluate as trained",
             UserWarning,
-            # 3: past this function and SemiSegCLI's method that calls it, to the CLI step
-            # that checks the checkpoint (where the method's stacklevel=2 pointed before).
-            stacklevel=3,
         )

@@ -5,7 +5,6 @@ trained (or continued) before stage 2; and no empty folders left by a fit that f
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
@@ -18,6 +17,7 @@ from semiseg_caw.lit.semiseg import SemiSegCAW
 from semiseg_caw.lit.stages import fit_stage1, stage1_checkpoint_dir
 from semiseg_caw.lit.writer import check_writable
 from semiseg_caw.run_folder import lock_run_folder, refuse_other_task, remove_empty_folders
+from semiseg_caw.warn import warn
 
 # The two checkpoint callbacks: the best on val/dice, and last.ckpt for resuming.
 CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
@@ -45,11 +45,10 @@ class FitCommand:
             if config.get(key) and config[key].dirpath:
                 check_writable(config[key].dirpath, "checkpoint folder")
         if self.trainer.max_epochs == 0:  # stage 1 alone may be what is wanted: a warning
-            warnings.warn(
+            warn(
                 "trainer.max_epochs is 0: this fit trains no epoch (of stage 2) and writes no "
                 "checkpoint of it",
                 UserWarning,
-                stacklevel=2,
             )
         ckpt_path = config.get("ckpt_path")
         # DDP's other ranks start later, when rank 0 may have written already.
@@ -134,12 +133,11 @@ class FitCommand:
             if key in trained and trained[key] != model.hparams.get(key)
         ]
         if changed:
-            warnings.warn(
+            warn(
                 f"this fit continues stage 2; its stage 1 has finished, so changed stage-1 "
                 f"settings are not used ({', '.join(changed)}): start a new run (its own "
                 "--trainer.default_root_dir) to train stage 1 with them",
                 UserWarning,
-                stacklevel=2,
             )
 
     def _check_resumed_checkpoint(self, ckpt_path: str | None) -> bool:

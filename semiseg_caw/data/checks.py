@@ -16,7 +16,6 @@ split separates them.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 from semiseg_caw.data.cache import ImageCache
 from semiseg_caw.data.io import BadFile, DataValidationError
 from semiseg_caw.data.samples import Sample
+from semiseg_caw.warn import warn
 
 MEAN_FOREGROUND_LIMIT = 0.5
 """Largest plausible mean share of an image that its (non-empty) masks cover. Lesions are
@@ -62,11 +62,7 @@ def remove_exact_duplicates(
             dropped += [s.id for s in copies[1:]]
             notes.append(f"  {names}: kept {copies[0].id}")
     if notes:
-        warnings.warn(
-            f"{len(dropped)} exact duplicate image(s) excluded:\n" + "\n".join(notes),
-            UserWarning,
-            stacklevel=2,
-        )
+        warn(f"{len(dropped)} exact duplicate image(s) excluded:\n" + "\n".join(notes), UserWarning)
     gone = set(dropped)
     return [s for s in samples if s.id not in gone], sorted(dropped)
 
@@ -136,12 +132,11 @@ def check_lesion_masks(
             ],
             hint=f"Check the mask encoding: {rule}.",
         )
-    warnings.warn(
+    warn(
         f"{len(empty)} of {len(lesion)} lesion-class images have an empty mask "
         f"({_mask_names(empty, 5)}); "
         f"check their mask encoding ({rule})",
         UserWarning,
-        stacklevel=3,
     )
 
 
@@ -151,12 +146,11 @@ def check_grey_masks(samples: Sequence[Sample], cache: ImageCache, source: str) 
     with_mask = [s for s in samples if s.has_mask]
     grey = [s for s in with_mask if cache.mask_grey_shares[cache.index[s.id]] > GREY_MASK_SHARE]
     if grey:
-        warnings.warn(
+        warn(
             f"{source}: {len(grey)} of {len(with_mask)} masks are not near-binary (many grey "
             f"levels, e.g. {_mask_names(grey)}): are they images or noise, or are the image "
             "and mask columns swapped? Masks should be black with the lesion white.",
             UserWarning,
-            stacklevel=3,
         )
 
 
@@ -170,12 +164,11 @@ def check_mask_coverage(samples: Sequence[Sample], cache: ImageCache, source: st
     shares = cache.mask_pixels[rows] / cache.orig_sizes[rows].prod(axis=1)
     if shares.mean() > MEAN_FOREGROUND_LIMIT:
         example = covered[int(shares.argmax())]
-        warnings.warn(
+        warn(
             f"{source}: masks cover {shares.mean():.0%} of their image on average (e.g. "
             f"{_mask_names([example])}); lesions are usually the smaller part: are the masks "
             "inverted (lesion black on white)?",
             UserWarning,
-            stacklevel=3,
         )
 
 

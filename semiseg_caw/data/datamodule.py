@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -30,6 +29,7 @@ from semiseg_caw.data.samples import Sample, class_names_for
 from semiseg_caw.data.split_use import check_split_usable, choose_split, split_summary
 from semiseg_caw.data.splits import SPLITS, read_split_file
 from semiseg_caw.data.transforms import build_train_transform
+from semiseg_caw.warn import warn
 
 
 class SemiSegDataModule(L.LightningDataModule):
@@ -192,11 +192,10 @@ class SemiSegDataModule(L.LightningDataModule):
             )
             return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
         if self.class_only_per_batch:
-            warnings.warn(
+            warn(
                 "class_only_per_batch is set but the training split has no class-only "
                 "samples; using plain shuffling",
                 UserWarning,
-                stacklevel=2,
             )
         # Under DDP each process reads its own share of the split (Lightning's
         # DistributedSampler): drop its last, smaller batch only when it has a full one.
@@ -282,7 +281,7 @@ class SemiSegDataModule(L.LightningDataModule):
         used_by = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
         for name in used_by.get(stage or "", SPLITS):
             if not splits[name]:
-                warnings.warn(f"the {name} split is empty", UserWarning, stacklevel=2)
+                warn(f"the {name} split is empty", UserWarning)
         rank_zero_info(f"{self.dataset} data: {split_summary(splits, self.class_names)}")
         used = [s.id for name in SPLITS for s in splits[name]]
         if len(used) < len(data.cache):

@@ -13,13 +13,14 @@ or, when the user asked to skip bad files, as one warning.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from semiseg_caw.warn import warn
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File name endings (case-insensitive) read as images."""
@@ -62,7 +63,7 @@ def report_problems(problems: Sequence[BadFile], skip_bad_files: bool) -> None:
             "(--data.skip_bad_files true; skip_bad_files=True in Python).",
         )
     listing = "\n".join(f"  {p.path}: {p.problem}" for p in problems)
-    warnings.warn(f"skipping {len(problems)} bad file(s):\n{listing}", RuntimeWarning, stacklevel=2)
+    warn(f"skipping {len(problems)} bad file(s):\n{listing}", RuntimeWarning)
 
 
 def is_image_file(path: Path) -> bool:

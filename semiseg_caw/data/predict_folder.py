@@ -7,7 +7,6 @@ cannot be read is reported by the writer while the rest of the folder is still p
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from semiseg_caw.data.io import (
     read_for_prediction,
 )
 from semiseg_caw.data.transforms import normalize
+from semiseg_caw.warn import warn
 
 _LISTED = 20  # names shown in a warning about files left out
 
@@ -46,11 +46,10 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
     masks = [p.name for p in paths if is_mask_file(p)]
     if masks:
         paths = [p for p in paths if not is_mask_file(p)]
-        warnings.warn(
+        warn(
             f"skipping {len(masks)} file(s) in {folder} named like masks (*_mask.*, "
             f"*_mask_1.*, ...; e.g. {masks[0]}): ground truth, not scans to predict",
             UserWarning,
-            stacklevel=3,
         )
     if not paths:
         only = f" ({len(masks)} mask file(s) skipped)" if masks else ""
@@ -70,7 +69,7 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
     ):
         if names:
             listing = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
-            warnings.warn(f"{len(names)} {why}: {listing}", UserWarning, stacklevel=3)
+            warn(f"{len(names)} {why}: {listing}", UserWarning)
     return paths
 
 

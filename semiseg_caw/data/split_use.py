@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -13,6 +12,7 @@ from semiseg_caw.data.splits import (
     check_split_ids,
     stratified_group_split,
 )
+from semiseg_caw.warn import warn
 
 
 def choose_split(
@@ -88,10 +88,9 @@ def _drop_unknown(split: dict[str, list[str]], by_id: dict, source: str) -> dict
     """With skip_bad_files: ids of skipped files leave the split with a warning."""
     unknown = [i for name in SPLITS for i in split[name] if i not in by_id]
     if unknown:
-        warnings.warn(
+        warn(
             f"{len(unknown)} id(s) of split file {source} are not in the data (skipped): "
             + ", ".join(unknown[:10]),
             UserWarning,
-            stacklevel=4,
         )
     return {name: [i for i in split[name] if i in by_id] for name in SPLITS}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from semiseg_caw.lit.skip_steps import SkipNonFiniteSteps
 from semiseg_caw.losses import balanced_class_weights, bce_loss, dice_loss
 from semiseg_caw.metrics import SegmentationMetrics, build_classification_metrics
 from semiseg_caw.postprocess import keep_largest_region
+from semiseg_caw.warn import warn
 
 EVAL_LOOPS = ("val", "test")  # the loops that keep metrics
 INPUT_MULTIPLE = 32  # what the image size must divide by: the networks downsample 2^5
@@ -275,10 +275,8 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             self.class_weight.copy_(balanced_class_weights(counts))
         absent = [i for i, n in enumerate(counts) if n == 0]
         if absent:
-            warnings.warn(
-                f"balance_classes: class(es) {absent} have no labelled training image",
-                UserWarning,
-                stacklevel=2,
+            warn(
+                f"balance_classes: class(es) {absent} have no labelled training image", UserWarning
             )
 
     # -- training step -------------------------------------------------------------------
@@ -346,11 +344,10 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             if self.trainer.accumulate_grad_batches > 1:
                 # A graph hands back gradients in its own static memory; summing them over
                 # several replays into .grad would alias that memory and come out wrong.
-                warnings.warn(
+                warn(
                     "cuda_graphs is not used with trainer.accumulate_grad_batches > 1; "
                     "training runs eager",
                     UserWarning,
-                    stacklevel=2,
                 )
                 return
             # Under the precision of a training step: a graph captured outside autocast
@@ -366,10 +363,9 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
         returns the names of the parts graphed."""
         image = batch["image"]
         if image.device.type != "cuda":
-            warnings.warn(
+            warn(
                 f"cuda_graphs applies on CUDA only; training on {image.device.type} runs eager",
                 UserWarning,
-                stacklevel=2,
             )
             return []
         if whole_objective:
@@ -414,8 +410,7 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
 
 
 def warn_capture_failed(what: str, err: Exception) -> None:
-    warnings.warn(
+    warn(
         f"cuda_graphs: capturing {what} failed, it runs eager ({type(err).__name__}: {err})",
         RuntimeWarning,
-        stacklevel=3,
     )

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import lightning as L
 import torch
+
+from semiseg_caw.warn import warn
 
 
 def adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float, fused: bool):
@@ -56,11 +57,10 @@ def schedule_length(trainer: L.Trainer | None) -> tuple[int | None, str]:
     steps = trainer.estimated_stepping_batches if epochs == -1 else math.inf
     if math.isfinite(steps) and steps > 0:
         return int(steps), "step"
-    warnings.warn(
+    warn(
         "the run has no max_epochs or max_steps (e.g. only max_time), so the cosine "
         "schedule has no length: the learning rate stays at lr; set max_epochs or "
         "max_steps to anneal it to min_lr",
         UserWarning,
-        stacklevel=3,
     )
     return None, "epoch"

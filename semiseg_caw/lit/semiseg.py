@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from semiseg_caw.losses import (
 )
 from semiseg_caw.models.semiseg import build_semiseg_net
 from semiseg_caw.models.wgm import build_weighting
+from semiseg_caw.warn import warn
 
 
 class SemiSegCAW(SegmentationTask):
@@ -227,12 +227,11 @@ class SemiSegCAW(SegmentationTask):
         """Evaluating a model whose auxiliary network never got weights (a fresh SemiSegCAW
         from Python: the CLI refuses untrained weights) gives maps of noise."""
         if self.net.aux_model is not None and not self.stage1_loaded:
-            warnings.warn(
+            warn(
                 f"{doing} a SemiSegCAW whose auxiliary ClassElevateSeg has no weights (no "
                 "stage-1 checkpoint and no trained SemiSegCAW checkpoint loaded): load one with "
                 "SemiSegCAW.load_from_checkpoint, or train it first",
                 UserWarning,
-                stacklevel=2,
             )
 
     # -- cached auxiliary maps -------------------------------------------------------------
@@ -240,7 +239,7 @@ class SemiSegCAW(SegmentationTask):
         self.load_stage1_once()  # the cached maps below are the loaded model's
         if self.net.aux_model is not None and not self.stage1_loaded:
             frozen = self.hparams.aux_mode == "frozen" or self.hparams.aux_source == "layercam"
-            warnings.warn(
+            warn(
                 "SemiSegCAW has no stage-1 weights: its auxiliary ClassElevateSeg starts "
                 + (
                     "untrained and stays so (frozen): its maps are noise for the whole run"
@@ -250,7 +249,6 @@ class SemiSegCAW(SegmentationTask):
                 + ". `semiseg-caw fit` trains stage 1 first; from Python give "
                 "stage1_checkpoint= or run semiseg_caw.fit_stage1",
                 UserWarning,
-                stacklevel=2,
             )
         if self.hparams.cache_aux_maps:
             self.cache_aux_maps()

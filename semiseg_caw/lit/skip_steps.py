@@ -15,7 +15,6 @@ checkpoints, so a resumed run keeps counting.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import lightning as L
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from semiseg_caw.lit.guard import DeviceStepGuard
+from semiseg_caw.warn import warn
 
 
 class SkipNonFiniteSteps(L.LightningModule):
@@ -102,7 +102,7 @@ class SkipNonFiniteSteps(L.LightningModule):
             raise FloatingPointError(
                 f"{msg}. Stopping: lower the learning rate, check the data, or raise max_bad_steps."
             )
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warn(msg, RuntimeWarning)
 
     # -- the host guard -------------------------------------------------------------------
     def guard_loss(self, loss: Tensor) -> Tensor | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from semiseg_caw.checkpoints import AtomicCheckpointIO, LastCheckpoint, wandb_run_id
 from semiseg_caw.lit.class_elevate import ClassElevateSeg
 from semiseg_caw.lit.semiseg import SemiSegCAW
+from semiseg_caw.warn import warn
 
 # Trainer settings that stage 1 inherits from the stage-2 configuration. Both stages run
 # under one strategy: a DDP run's processes are started once, by stage 1, and reused.
@@ -197,11 +197,10 @@ def best_on_disk(folder: Path, recorded: str) -> str:
         raise FileNotFoundError(
             f"stage 1's best checkpoint {recorded} is gone, and {folder} holds no other"
         )
-    warnings.warn(
+    warn(
         f"stage 1's best checkpoint {recorded} is gone (a run killed after replacing it): "
         f"using {found[-1].name}, the newest best checkpoint in {folder}",
         UserWarning,
-        stacklevel=3,
     )
     return str(found[-1])
 

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +29,7 @@ from PIL import Image
 
 from semiseg_caw.data.io import decode_image, describe_error
 from semiseg_caw.postprocess import largest_region
+from semiseg_caw.warn import warn
 
 CSV_NAME = "predictions.csv"
 OUTPUT_PATTERNS = (CSV_NAME, "*_mask.png", "*_overlay.png")
@@ -209,12 +209,11 @@ class PredictionWriter(BasePredictionWriter):
             if p.name not in new
         ]
         if left:
-            warnings.warn(
+            warn(
                 f"--prediction.overwrite: {len(left)} file(s) in {out} that no earlier "
                 f"{CSV_NAME} lists were left there ({', '.join(left[:3])}"
                 f"{', ...' if len(left) > 3 else ''})",
                 UserWarning,
-                stacklevel=2,
             )
 
     def _abandon_overwrite(self) -> None:
@@ -326,11 +325,10 @@ class PredictionWriter(BasePredictionWriter):
         self._finish_overwrite()
         if self.failed:
             listing = "\n".join(f"  {path}: {problem}" for path, problem in self.failed)
-            warnings.warn(
+            warn(
                 f"{len(self.failed)} image(s) could not be predicted (listed in "
                 f"{self.out / CSV_NAME}, column 'error'):\n{listing}",
                 RuntimeWarning,
-                stacklevel=2,
             )
 
     def on_exception(
