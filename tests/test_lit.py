@@ -488,6 +488,28 @@ def test_fitting_without_stage1_weights_warns(make_trainer: MakeTrainer) -> None
         assert where.endswith("semiseg_caw/lit/semiseg.py"), where
 
 
+def eval_mode_warnings(make_trainer: MakeTrainer, model: SemiSegCAW) -> list[str]:
+    """Lightning's start-of-training warnings about modules in eval mode, fitting ``model``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        make_trainer().fit(model, datamodule=datamodule())
+        assert warnings.filters == filters  # the filter set for the check is gone again
+    return [str(w.message) for w in caught if "in eval mode at the start" in str(w.message)]
+
+
+def test_only_modules_meant_to_stay_in_eval_mode_go_unwarned(make_trainer: MakeTrainer) -> None:
+    # A frozen auxiliary model, a fixed encoder: in eval mode by design, nothing to warn about.
+    for aux_mode in ("frozen", "decoder"):
+        assert eval_mode_warnings(make_trainer, SemiSegCAW(aux_mode=aux_mode)) == [], aux_mode
+    # A module the user left in eval mode is still warned about, and counted with the rest.
+    model = SemiSegCAW(aux_mode="frozen")
+    model.net.classifier.eval()
+    fixed = len(list(model.net.aux_model.modules()))
+    (message,) = eval_mode_warnings(make_trainer, model)
+    assert message.startswith(f"Found {fixed + len(list(model.net.classifier.modules()))} module")
+
+
 def test_a_checkpoint_loaded_with_the_other_task_class_names_the_right_one(
     tmp_path: Path, make_trainer: MakeTrainer
 ) -> None:

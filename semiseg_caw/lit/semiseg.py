@@ -13,6 +13,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from semiseg_caw.checkpoints import load_submodule
 from semiseg_caw.data.transforms import AUX_MAP_KEY, normalize
 from semiseg_caw.lit.base import SegmentationTask, warn_capture_failed
+from semiseg_caw.lit.fixed_parts import ignore_eval_mode_warning, restore_eval_mode_warning
 from semiseg_caw.lit.graphs import capture_cuda_graph
 from semiseg_caw.lit.semiseg_options import checked_terms
 from semiseg_caw.losses import (
@@ -161,6 +162,7 @@ class SemiSegCAW(SegmentationTask):
         super().__init__(num_classes, in_channels, lr, weight_decay, min_lr, max_bad_steps)
         self.stage1_loaded = False
         self.aux_maps_cached = False  # set once cached maps are being served
+        self._eval_mode_filter = None  # see on_fit_start
 
     # -- construction -------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -252,6 +254,15 @@ class SemiSegCAW(SegmentationTask):
             )
         if self.hparams.cache_aux_maps:
             self.cache_aux_maps()
+        self._eval_mode_filter = ignore_eval_mode_warning(self, self.net.fixed_aux_parts())
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        restore_eval_mode_warning(self._eval_mode_filter)  # Lightning has checked by now
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        restore_eval_mode_warning(self._eval_mode_filter)  # a fit that failed before training
 
     def cache_aux_maps(self, datamodule: Any = None, batch_size: int = 32) -> None:
         """Compute the fixed auxiliary model's map of every image of the data module's

@@ -90,11 +90,11 @@ class SemiSegCAWNet(nn.Module):
                 "aux_source='classelevate' and aux_frozen=False"
             )
         self.aux_encoder_frozen = aux_encoder_frozen
-        for part in self._fixed_aux_parts():
+        for part in self.fixed_aux_parts():
             part.requires_grad_(False)
             part.eval()
 
-    def _fixed_aux_parts(self) -> list[nn.Module]:
+    def fixed_aux_parts(self) -> list[nn.Module]:
         """The parts of the aux model that are not fine-tuned."""
         if self.aux_model is None:
             return []
@@ -110,7 +110,7 @@ class SemiSegCAWNet(nn.Module):
     def train(self, mode: bool = True) -> SemiSegCAWNet:
         """Set train / eval mode; a fixed aux model (or encoder) always stays in eval mode."""
         super().train(mode)
-        for part in self._fixed_aux_parts():
+        for part in self.fixed_aux_parts():
             part.eval()
         return self
 
