@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,58 @@ def test_test_metrics_are_the_same_on_one_and_two_processes(
     assert set(got) == {k for k in expected if k.startswith("test/")}
     for key, value in got.items():
         assert value == pytest.approx(expected[key], abs=1e-5), key
+
+
+def write_images(folder: Path, names: list[str]) -> None:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        pixels = rng.integers(0, 256, (30 + k, 40), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+
+
+def run_in(out: Path) -> list[str]:
+    return [f"--trainer.default_root_dir={out.parent / (out.name + '-run')}"]
+
+
+def test_predictions_on_two_processes_are_those_of_one(
+    ddp_fit: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Each process predicts its share of the folder; the outputs are one process's: the
+    same names (`x.jpg` beside `x.png` too), masks and one CSV with every row in name order."""
+    folder = tmp_path / "images"
+    names = ["x.png", "x.jpg", *(f"case{k}.png" for k in range(6))]  # 8 images and a bad one
+    write_images(folder, names)
+    (folder / "y.png").write_bytes(b"not an image")
+    common = ["predict", *DATA, *TRAINER, f"--ckpt_path={ddp_fit[0] / 'checkpoints' / 'last.ckpt'}"]
+    common += [f"--data.predict_dir={folder}", "--data.eval_batch_size=3"]  # 2 batches each
+    single = tmp_path / "one"
+    main([*common, "--trainer.devices=1", f"--prediction.output_dir={single}", *run_in(single)])
+    two = tmp_path / "two"
+    output = run_cli([*common, *DDP, f"--prediction.output_dir={two}", *run_in(two)], tmp_path)
+    assert "Starting with 2 processes" in output
+    assert output.count("1 image(s) could not be predicted") == 1  # said once, for the folder
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in single.iterdir())
+    for png in single.glob("*.png"):
+        assert (two / png.name).read_bytes() == png.read_bytes(), png.name
+    rows = {}
+    for run in (single, two):
+        with open(run / "predictions.csv", newline="") as f:
+            rows[run] = list(csv.DictReader(f))
+    assert [r["image"] for r in rows[two]] == sorted([*names, "y.png"])
+    for got, expected in zip(rows[two], rows[single], strict=True):
+        for key, value in expected.items():  # the class probabilities to batch-order noise
+            assert got[key] == value or float(got[key]) == pytest.approx(float(value), abs=1e-5)
+    assert {r["image"]: r["mask_file"] for r in rows[two]}["x.png"] == "x_2_mask.png"
+
+    # Overwritten by a run on two processes: the earlier outputs go, the new ones come.
+    (folder / "case5.png").unlink()
+    run_cli(
+        [*common, *DDP, f"--prediction.output_dir={two}", "--prediction.overwrite=true"], tmp_path
+    )
+    assert not (two / "case5_mask.png").exists() and (two / "case4_mask.png").is_file()
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".")]  # nothing left over
+    with open(two / "predictions.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 8

@@ -8,6 +8,11 @@ and no PNGs, and the run goes on; one warning at the end lists every such file.
 A run that replaces an earlier one's outputs (``overwrite``) writes into a hidden staging
 folder inside the output folder and moves its files out only when it has finished: a run
 that fails its checks, fails midway or is killed leaves the earlier outputs as they were.
+
+On several processes (``--trainer.devices 2``: Lightning gives each its share of the
+images) the outputs are those of one process: file names are chosen from the whole
+folder, each process writes its rows to a CSV of its own, and the first merges them, in
+name order, into the one ``predictions.csv``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from semiseg_caw.data.io import decode_image, describe_error
 from semiseg_caw.postprocess import largest_region
@@ -120,6 +126,36 @@ def _remove_staging(out: Path) -> None:
         staging.unlink(missing_ok=True)
 
 
+def _rank(trainer: Any) -> int:
+    return getattr(trainer, "global_rank", 0)
+
+
+def _world_size(trainer: Any) -> int:
+    return getattr(trainer, "world_size", 1)
+
+
+def _barrier(trainer: Any) -> None:
+    if _world_size(trainer) > 1:
+        trainer.strategy.barrier()
+
+
+def _rank_csv(rank: int) -> str:
+    """One process's rows until they are merged (a `.part`: a killed run's is tidied up)."""
+    return f".{CSV_NAME}.rank{rank}.part"
+
+
+def _folder_paths(trainer: Any) -> list[Path] | None:
+    """The image paths of the folder being predicted (every process has all of them), or
+    None when the prediction batches do not come from a folder."""
+    loaders = getattr(trainer, "predict_dataloaders", None)
+    if isinstance(loaders, DataLoader):
+        loaders = [loaders]
+    if not loaders or len(loaders) != 1:
+        return None
+    paths = getattr(loaders[0].dataset, "paths", None)
+    return [Path(p) for p in paths] if paths is not None else None
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes ``<name>_mask.png`` (binary, the image's original size), ``<name>_overlay.png``
     and one ``predictions.csv`` (class probabilities, lesion area, ``error``) into
@@ -148,6 +184,8 @@ class PredictionWriter(BasePredictionWriter):
         self.threshold = threshold
         self.overlays = overlays
         self.used: set[str] = set()
+        self.stems: dict[str, str] | None = None  # output stem per image name, see on_predict_start
+        self.paths: dict[str, str] = {}  # the folder's image paths by name
         self.failed: list[tuple[str, str]] = []
         self._destination: Path | None = None  # where staged outputs go once the run ends
         self._csv: IO[str] | None = None
@@ -174,10 +212,14 @@ class PredictionWriter(BasePredictionWriter):
                 f"{', ...' if len(earlier) > 3 else ''}); choose another "
                 "--prediction.output_dir or pass --prediction.overwrite true"
             )
-        for stale in out.glob(".*.part"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        _remove_staging(out)  # a killed overwrite's unfinished outputs
-        self.used, self.failed = set(), []
+        # Every process has looked at the folder before any tidies or writes in it.
+        _barrier(trainer)
+        if _rank(trainer) == 0:
+            for stale in out.glob(".*.part"):  # left by a killed run
+                stale.unlink(missing_ok=True)
+            _remove_staging(out)  # a killed overwrite's unfinished outputs
+        _barrier(trainer)
+        self.used, self.failed, self.stems, self.paths = set(), [], None, {}
         self._close_csv()
         self._destination = None
         if earlier:  # kept until this run has finished
@@ -222,6 +264,25 @@ class PredictionWriter(BasePredictionWriter):
             _remove_staging(self._destination)
             self.out, self._destination = self._destination, None
 
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Names from the whole folder, in name order, so that they do not depend on which
+        # process predicts which image (`x.png` is `x`, `x.jpg` beside it `x_2`).
+        paths = _folder_paths(trainer)
+        if paths is None:
+            if _world_size(trainer) > 1:
+                raise ValueError(
+                    "PredictionWriter on several processes needs the batches of a folder, "
+                    "SemiSegDataModule(predict_dir=...).predict_dataloader()"
+                )
+            return  # names are chosen as the images come (one process: in their order)
+        self.paths = {path.name: str(path) for path in paths}
+        self.stems = {name: self._unique(safe_stem(name)) for name in self.paths}
+
+    def _stem(self, image_id: str) -> str:
+        if self.stems is not None and image_id in self.stems:
+            return self.stems[image_id]
+        return self._unique(safe_stem(image_id))
+
     def _unique(self, stem: str) -> str:
         name, n = stem, 1
         while name in self.used:
@@ -242,12 +303,12 @@ class PredictionWriter(BasePredictionWriter):
         self._rows = csv.DictWriter(self._csv, fieldnames=[*fields, "error"], restval="")
         self._rows.writeheader()
 
-    def _close_csv(self, keep: bool = False) -> None:
+    def _close_csv(self, keep: bool = False, name: str = CSV_NAME) -> None:
         if self._csv is not None:
             self._csv.close()
         if self._csv_part is not None:
             if keep:
-                os.replace(self._csv_part, self.out / CSV_NAME)
+                os.replace(self._csv_part, self.out / name)
             else:
                 self._csv_part.unlink(missing_ok=True)
         self._csv = self._csv_part = self._rows = None
@@ -308,7 +369,7 @@ class PredictionWriter(BasePredictionWriter):
         mask = (full[0, 0] >= self.threshold).cpu().numpy()  # (H, W) bool
         if one_region:
             mask = largest_region(mask)
-        stem = self._unique(safe_stem(prediction["id"][i]))
+        stem = self._stem(str(prediction["id"][i]))
         atomic_write(self.out / f"{stem}_mask.png", png_bytes(mask.astype(np.uint8) * 255))
         if gray is not None:
             atomic_write(self.out / f"{stem}_overlay.png", png_bytes(overlay(gray, mask)))
@@ -321,7 +382,15 @@ class PredictionWriter(BasePredictionWriter):
         }
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close_csv(keep=self._rows is not None)
+        world = _world_size(trainer)
+        if world == 1:
+            self._close_csv(keep=self._rows is not None)
+        else:
+            self._close_csv(keep=self._rows is not None, name=_rank_csv(_rank(trainer)))
+            _barrier(trainer)  # every process's rows are on disk
+            if _rank(trainer) != 0:
+                return  # the first process merges them and finishes the run
+            self._merge_rank_csvs(world)
         self._finish_overwrite()
         if self.failed:
             listing = "\n".join(f"  {path}: {problem}" for path, problem in self.failed)
@@ -330,6 +399,34 @@ class PredictionWriter(BasePredictionWriter):
                 f"{self.out / CSV_NAME}, column 'error'):\n{listing}",
                 RuntimeWarning,
             )
+
+    def _merge_rank_csvs(self, world: int) -> None:
+        """Merge the processes' CSVs into one, rows in name order; its failed images are
+        those of every process."""
+        parts = [self.out / _rank_csv(rank) for rank in range(world)]
+        parts = [part for part in parts if part.is_file()]  # a process may have had no image
+        if not parts:
+            return
+        rows, fields = [], None
+        for part in parts:
+            with open(part, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                rows += list(reader)
+                fields = reader.fieldnames
+        order = {name: k for k, name in enumerate(self.paths)}
+        rows.sort(key=lambda row: order.get(row["image"], len(order)))
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.out / CSV_NAME, buffer.getvalue().encode("utf-8"))
+        for part in parts:
+            part.unlink()
+        self.failed = [
+            (self.paths.get(row["image"], row["image"]), row["error"])
+            for row in rows
+            if row["error"]
+        ]
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
