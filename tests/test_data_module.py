@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import warnings
+from types import SimpleNamespace
 
 import albumentations as A
 import numpy as np
@@ -542,6 +543,12 @@ def test_predict_loader(tmp_path):
     assert batch["path"][2].endswith("img2.bmp")
     with pytest.raises(ValueError, match="predict_dir"):
         SemiSegDataModule().setup("predict")
+    # More processes than images: each must have one (Lightning's sampler asserts it).
+    dm.trainer = SimpleNamespace(world_size=3)
+    assert len(dm.predict_dataloader()) == 1
+    dm.trainer = SimpleNamespace(world_size=4)
+    with pytest.raises(ValueError, match=r"3 image\(s\) in .* cannot be shared by 4 processes"):
+        dm.predict_dataloader()
 
 
 def test_predict_skips_mask_files(tmp_path):

@@ -227,6 +227,13 @@ class SemiSegDataModule(L.LightningDataModule):
         """Batches of the images in ``predict_dir``."""
         if self._predict is None:
             self._setup_predict()
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        if processes > len(self._predict):  # Lightning's sampler would stop on an assertion
+            raise ValueError(
+                f"{len(self._predict)} image(s) in {self.predict_dir} cannot be shared by "
+                f"{processes} processes: predict on {len(self._predict)} device(s) or fewer "
+                "(--trainer.devices)"
+            )
         options = {**self._loader_options(), "collate_fn": collate_predictions}
         return DataLoader(self._predict, batch_size=self.eval_batch_size, shuffle=False, **options)
 
