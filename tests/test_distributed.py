@@ -26,8 +26,7 @@ pytestmark = [
 ]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# 40 synthetic images split 28 / 4 / 8. With eval batches of 2 the 8 test images fill
-# 2 batches on each of 2 processes, so DistributedSampler neither pads nor repeats any.
+# 40 synthetic images split 28 / 4 / 8 (the DDP fit below makes 51).
 DATA = [
     f"--config={CONFIGS / 'demo.yaml'}",
     "--data.image_size=32",
@@ -96,6 +95,9 @@ def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         "--model.init_args.stage1_epochs=1",
         # Mixed batches: Lightning must give the batch sampler each process's shard.
         "--data.class_only_per_batch=0.25",
+        # 51 images split 36 / 5 / 10: the 5 validation images in 2 batches on one process
+        # and 1 on the other (each scored once), a no-grad pass through DDP more on one.
+        "--data.synthetic_samples=51",
         f"--trainer.default_root_dir={root}",
     ]
     return root, run_cli(args, cwd=root)
@@ -105,13 +107,13 @@ def test_ddp_fit_runs_both_stages_on_two_processes(ddp_fit: tuple[Path, str]) ->
     root, output = ddp_fit
     assert "distributed_backend=gloo" in output
     assert "Starting with 2 processes" in output
-    # 28 training images, 14 per process, batches of 4 without the last partial one: 3 steps
-    # per epoch in each stage (one process would take 7, as would a mixed batch sampler that
+    # 36 training images, 18 per process, batches of 4 without the last partial one: 4 steps
+    # per epoch in each stage (one process would take 9, as would a mixed batch sampler that
     # ignored the process's shard). A skipped (non-finite) step would not count.
     stage1 = torch.load(root / "stage1" / "checkpoints" / "last.ckpt", weights_only=True)
     stage2 = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
-    assert stage1["global_step"] == 3
-    assert stage2["global_step"] == 3
+    assert stage1["global_step"] == 4
+    assert stage2["global_step"] == 4
     assert "stage1" in stage2["hyper_parameters"]["stage1_checkpoint"]
 
 
@@ -121,7 +123,9 @@ def test_bf16_mixed_precision_trains_without_nan(ddp_fit: tuple[Path, str]) -> N
     assert output.count("Using bfloat16 Automatic Mixed Precision") >= 2  # stage 1 and 2
     for folder in (root / "stage1", root / "stage2"):
         rows = [row for row in read_csv_metrics(folder) if "train/loss" in row]
-        assert len(rows) == 3, folder  # every step logged, none skipped
+        assert len(rows) == 4, folder  # every step logged, none skipped
+        (val,) = [row for row in read_csv_metrics(folder) if "val/dice" in row]  # uneven shares
+        assert math.isfinite(val["val/loss"]) and 0 <= val["val/dice"] <= 1
         assert all(math.isfinite(v) for row in rows for v in row.values())
     wgm = [row for row in read_csv_metrics(root / "stage2") if "wgm/bce" in row]
     assert {k for k in wgm[0] if k.startswith("wgm/")} == {
@@ -136,9 +140,11 @@ def test_bf16_mixed_precision_trains_without_nan(ddp_fit: tuple[Path, str]) -> N
 def test_test_metrics_are_the_same_on_one_and_two_processes(
     ddp_fit: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """The same checkpoint tested by 1 and by 2 processes: metric states sync across processes."""
+    """The same checkpoint tested by 1 and by 2 processes: metric states sync across
+    processes, and each image is scored once: 9 test images, 5 on one process and 4 on the
+    other (Lightning's DistributedSampler would score one of them twice)."""
     ckpt = ddp_fit[0] / "checkpoints" / "last.ckpt"
-    common = ["test", *DATA, *TRAINER, f"--ckpt_path={ckpt}"]
+    common = ["test", *DATA, "--data.synthetic_samples=45", *TRAINER, f"--ckpt_path={ckpt}"]
     single = main([*common, "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path / '1'}"])
     expected = {k: float(v) for k, v in single.trainer.callback_metrics.items()}
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -343,6 +344,17 @@ class SemiSegDataModule(L.LightningDataModule):
         }
 
     def _eval_loader(self, dataset) -> DataLoader:
+        # On several processes each image is scored once: Lightning's DistributedSampler
+        # would repeat some to even out the shares, counting them twice in the metrics.
+        # Shares that differ by one batch are safe here: no gradients are synced.
+        shares = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        sampler = None
+        if shares and 1 < shares["num_replicas"] <= len(dataset):
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shares)
         return DataLoader(
-            dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_options()
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            **self._loader_options(),
         )

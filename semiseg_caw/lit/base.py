@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from semiseg_caw.data.transforms import AUX_MAP_KEY
 from semiseg_caw.lit.batches import EVAL_KEYS, PREDICT_KEYS, TRAIN_KEYS, check_batch
@@ -121,6 +122,9 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
         self.cls_metrics = torch.nn.ModuleDict(
             {s: build_classification_metrics(self.num_classes) for s in EVAL_LOOPS}
         )
+        # The loss as a metric, not self.log(sync_dist=True): Lightning averages the
+        # processes' image counts as integers, wrong when their shares differ (5, 4 -> 4).
+        self.eval_loss = torch.nn.ModuleDict({s: MeanMetric() for s in EVAL_LOOPS})
 
     def evaluate(
         self, batch: dict[str, Any], postprocess: bool = True
@@ -187,7 +191,7 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             self.cls_metrics[stage].update(class_logits, batch["label"])
         if has_mask.any():
             loss = bce_loss(mask_logits, mask, has_mask) + dice_loss(mask_logits, mask, has_mask)
-            self.log(f"{stage}/loss", loss, batch_size=int(has_mask.sum()), sync_dist=True)
+            self.eval_loss[stage].update(loss.detach(), weight=has_mask.sum())
 
     def _log_epoch_metrics(self, stage: str) -> None:
         if self._trainer is not None and self._trainer.sanity_checking:
@@ -195,15 +199,19 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             # (BUSI's validation split lists benign images first), would only warn.
             self.seg_metrics[stage].reset()
             self.cls_metrics[stage].reset()
+            self.eval_loss[stage].reset()
             return
         seg = self.seg_metrics[stage]
         # No masked sample seen: pooled Dice would read 1.0 (0/0), which must not pass as a score.
         values = dict(seg.compute()) if seg["per_image"].count > 0 else {}
+        if values:  # the loss, too, is of the masked images
+            values["loss"] = self.eval_loss[stage].compute()
         # Prefixed: the pooled segmentation metrics have an `accuracy` (of pixels) too.
         values.update({f"cls_{k}": v for k, v in self.cls_metrics[stage].compute().items()})
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
         self.seg_metrics[stage].reset()
         self.cls_metrics[stage].reset()
+        self.eval_loss[stage].reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_eval_step(batch, "val")
