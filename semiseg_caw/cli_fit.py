@@ -89,17 +89,15 @@ class FitCommand:
         )
 
     def _run_subcommand(self, subcommand: str) -> None:
-        # A fit that fails before writing anything (a missing data folder, a bad image)
-        # leaves none of the empty run folders it created; files, and folders that were
-        # there before, stay.
+        # A fit that writes nothing (one that fails before, on a missing data folder or a
+        # bad image; a `--trainer.fast_dev_run`) leaves none of the empty run folders it
+        # created; files, and folders that were there before, stay.
         new = [f for f in self._run_folders() if not f.exists()] if subcommand == "fit" else []
         try:
             super()._run_subcommand(subcommand)
-        except BaseException:
+        finally:
             for folder in new:
                 remove_empty_folders(folder)
-            raise
-        finally:
             if getattr(self, "_folder_lock", None) is not None:
                 os.close(self._folder_lock)  # closing the folder releases its lock
                 self._folder_lock = None

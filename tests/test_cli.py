@@ -273,6 +273,19 @@ def test_a_failed_fit_keeps_what_was_in_its_run_folder(tmp_path: Path) -> None:
     assert left == ["empty", "notes", "notes/plan.txt"]
 
 
+def test_fast_dev_run_runs_a_batch_of_each_stage_and_leaves_no_run_folder(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", *tiny(run), "--trainer.logger=false"]
+    cli = main([*args, "--model.init_args.aux_encoder=test_resnet", "--trainer.fast_dev_run=1"])
+    # Stage 1 ran under fast_dev_run too (one batch, no checkpoint, not its 6 epochs) and
+    # handed its weights over in memory.
+    assert cli.model.stage1_loaded and cli.model.hparams.stage1_checkpoint is None
+    assert cli.trainer.global_step == 1
+    assert not run.exists()  # nothing written, so no empty folders either
+
+
 def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
     tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

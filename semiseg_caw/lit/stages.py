@@ -38,6 +38,7 @@ INHERITED = (
     "enable_progress_bar",
     "enable_model_summary",
     "check_val_every_n_epoch",
+    "fast_dev_run",  # a debugging run checks stage 1 on a batch too, not all its epochs
 )
 
 
@@ -123,14 +124,16 @@ def fit_stage1(
     wandb: bool = False,
     resume: bool = False,
     last_checkpoint_interval_s: float = 30.0,
-) -> Path:
+) -> Path | None:
     """Train ClassElevateSeg, load its best-on-validation weights into ``model``, return the file.
 
     With ``resume``, a stage 1 killed earlier under the same ``root_dir`` continues from its
     ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again); without
     it, a ``root_dir`` holding an earlier stage 1's checkpoints is refused.
     ``last_checkpoint_interval_s`` is its ``last.ckpt``'s ``LastCheckpoint.min_interval_s``
-    (the CLI passes its ``--last_checkpoint.min_interval_s``).
+    (the CLI passes its ``--last_checkpoint.min_interval_s``). Under the trainer option
+    ``fast_dev_run``, which writes no checkpoint, the weights it ends with are loaded and
+    None is returned.
     """
     check_stage1_request(model, max_epochs, trainer_kwargs)
     if not resume and rank_zero_only.rank == 0:  # DDP's other ranks start during the fit
@@ -179,6 +182,10 @@ def fit_stage1(
         import wandb as wandb_lib
 
         wandb_lib.finish()  # stage 2 starts a run of its own
+    if trainer.fast_dev_run:  # Lightning wrote no checkpoint: hand the weights over in memory
+        model.net.aux_model.load_state_dict(stage1.net.state_dict())
+        model.stage1_loaded = True
+        return None
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if best and not Path(best).is_file():
         best = best_on_disk(folder, best)
