@@ -27,6 +27,7 @@ from semiseg_caw.checkpoints import (
 )
 from semiseg_caw.cli_fit import CHECKPOINT_KEYS, FitCommand
 from semiseg_caw.command_line import (
+    best_checkpoint_in,
     check_config_files,
     checkpoint_defaults,
     last_checkpoints_in,
@@ -174,6 +175,8 @@ class SemiSegCLI(FitCommand, LightningCLI):
         self._ckpt_hparams: dict[str, Any] = {}
         self._ckpt_class_names: list[str] = []
         read_ahead, self._read_ahead = getattr(self, "_read_ahead", {}), {}  # not kept all run
+        if path == "best" and sub != "fit":  # with --config: the run's best file, read below
+            path = self._best_checkpoint(self.config[sub])
         if path in (None, "last", "best", "hpc") or str(path).startswith("registry"):
             return super()._parse_ckpt_path()  # Lightning's own names, resolved later
         try:  # read_checkpoint names the file: missing, corrupt or foreign
@@ -205,6 +208,17 @@ class SemiSegCLI(FitCommand, LightningCLI):
             raise
         for key, value in given.items():
             self.config[sub].model.init_args[key] = value
+
+    def _best_checkpoint(self, config: Namespace) -> str:
+        """``--ckpt_path best`` of an evaluating command given ``--config``: the run's best
+        checkpoint file, put in its place."""
+        root = config.trainer.default_root_dir or "."
+        folder = config.get("checkpoint") and config.checkpoint.dirpath
+        try:
+            config.ckpt_path = str(best_checkpoint_in(folder or Path(root) / "checkpoints"))
+        except CheckpointError as err:
+            self.parser.error(str(err))
+        return config.ckpt_path
 
     def _remember_checkpoint(self, ckpt: dict) -> None:
         """Keep what the data is checked against: the checkpoint's data options,

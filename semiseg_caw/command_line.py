@@ -32,8 +32,8 @@ def options_named(argv: list[str]) -> set[str]:
 def missing_checkpoint(subcommand: str) -> CheckpointError:
     return CheckpointError(
         f"`semiseg-caw {subcommand}` needs --ckpt_path: a checkpoint written by `fit` (e.g. "
-        "RUN/checkpoints/best-epoch=NNN.ckpt, or `last` for the run in "
-        "--trainer.default_root_dir)"
+        "RUN/checkpoints/best-epoch=NNN.ckpt, or `best` or `last` for that file of the run "
+        "in --trainer.default_root_dir)"
     )
 
 
@@ -50,11 +50,35 @@ def last_checkpoints_in(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
 
 
+def best_checkpoint_in(folder: str | Path) -> Path:
+    """The file ``--ckpt_path best`` means: the run's one best-on-validation checkpoint,
+    ``best*.ckpt`` in its checkpoint folder. (Lightning's own ``best`` is the best of a fit
+    in the same process, which a command that only evaluates never has.)"""
+    found = sorted(Path(folder).glob("best*.ckpt"))
+    if not found:
+        raise CheckpointError(
+            f"--ckpt_path best: no best*.ckpt in {folder}; give --trainer.default_root_dir "
+            "of the run that wrote it, or the checkpoint's path"
+        )
+    if len(found) > 1:
+        raise CheckpointError(
+            f"--ckpt_path best: {folder} holds {len(found)} best checkpoints "
+            f"({', '.join(p.name for p in found)}); give the one to use as --ckpt_path"
+        )
+    return found[0]
+
+
+def _checkpoint_folder(argv: list[str], callback: str) -> Path:
+    """The folder of the ``checkpoint`` or ``last_checkpoint`` files a command line means:
+    ``--<callback>.dirpath``, by default ``<trainer.default_root_dir>/checkpoints``."""
+    root = _option_value(argv, "--trainer.default_root_dir") or "."
+    return Path(_option_value(argv, f"--{callback}.dirpath") or Path(root) / "checkpoints")
+
+
 def newest_last_checkpoint(argv: list[str]) -> Path:
     """The file ``--ckpt_path last`` means, in the checkpoint folder (by default
     ``<trainer.default_root_dir>/checkpoints``)."""
-    root = _option_value(argv, "--trainer.default_root_dir") or "."
-    folder = _option_value(argv, "--last_checkpoint.dirpath") or Path(root) / "checkpoints"
+    folder = _checkpoint_folder(argv, "last_checkpoint")
     found = last_checkpoints_in(folder)
     if not found:
         raise no_last_checkpoint(folder)
@@ -136,7 +160,7 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
     """``validate``, ``test`` or ``predict`` with ``--ckpt_path`` and no ``--config``: the
     task class (unless ``--model`` names one) and the data options come from the checkpoint
     (what it was trained with), each unless given on the command line; for ``last``, the
-    run's newest last checkpoint is put in its place and read. When
+    run's newest last checkpoint is put in its place and read, for ``best`` its best. When
     ``--data.dataset`` names another data set, the checkpoint's data-set options (root,
     split file, label budget, ...) are not carried over, and a manifest's classes are the
     checkpoint's.
@@ -151,9 +175,12 @@ def checkpoint_defaults(args: Any, read: Callable[[str], dict] = read_checkpoint
         return args
     path = _option_value(argv, "--ckpt_path")
     ckpt = None
-    if path == "last":
+    if path in ("last", "best"):
         # The file itself, so that it is read as a path is: its class, model and data options.
-        path = str(newest_last_checkpoint(argv))
+        if path == "last":
+            path = str(newest_last_checkpoint(argv))
+        else:
+            path = str(best_checkpoint_in(_checkpoint_folder(argv, "checkpoint")))
         argv = [*argv, f"--ckpt_path={path}"]  # the last one given wins
     if path:
         try:

@@ -177,6 +177,13 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     # `--ckpt_path last` is the run's newest last*.ckpt: its class and options, as for a path.
     cli = main(["test", "--ckpt_path=last", *quick])
     assert type(cli.model).__name__ == "SemiSegCAW" and cli.datamodule.image_size == 32
+    # `--ckpt_path best` is the run's best checkpoint (Lightning's `best` needs a fit in the
+    # same process), with or without the run's config; the config records the file.
+    cli = main(["test", "--ckpt_path=best", *quick])
+    assert cli.datamodule.image_size == 32 and cli.config.test.ckpt_path == str(best)
+    assert {k: float(v) for k, v in cli.trainer.callback_metrics.items()} == best_metrics
+    cli = main(["test", f"--config={demo}", *small, "--ckpt_path=best"])
+    assert cli.config.test.ckpt_path == str(best)
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
@@ -200,6 +207,23 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     args = [f"--config={demo}", f"--config={stage1_cfg}", *tiny(tmp_path)]
     cli = main(["test", *args, f"--ckpt_path={tmp_path / 'old.ckpt'}"])
     assert type(cli.model).__name__ == "ClassElevateSeg"
+
+
+def test_ckpt_path_best_names_the_files_when_a_run_kept_several(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("best-epoch=003.ckpt", "best-epoch=007.ckpt", "last.ckpt"):
+        (folder / name).write_bytes(b"")
+    message = "holds 2 best checkpoints (best-epoch=003.ckpt, best-epoch=007.ckpt); give the"
+    root = f"--trainer.default_root_dir={tmp_path}"
+    with pytest.raises(CheckpointError) as refused:  # without a config: before parsing
+        main(["test", "--ckpt_path=best", root])
+    assert message in str(refused.value)
+    with pytest.raises(SystemExit):  # with one: a parser error, as for a missing file
+        main(["test", f"--config={CONFIGS / 'demo.yaml'}", "--ckpt_path=best", root])
+    assert message in capsys.readouterr().err
 
 
 def test_help_lists_only_concrete_tasks(capsys: pytest.CaptureFixture[str]) -> None:
@@ -395,6 +419,11 @@ def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another(
         (
             ["test", "--ckpt_path=last", "--trainer.default_root_dir=/nowhere"],
             r"--ckpt_path last: no last\*\.ckpt in /nowhere/checkpoints; give "
+            "--trainer.default_root_dir of the run",
+        ),
+        (
+            ["predict", "--ckpt_path=best", "--trainer.default_root_dir=/nowhere"],
+            r"--ckpt_path best: no best\*\.ckpt in /nowhere/checkpoints; give "
             "--trainer.default_root_dir of the run",
         ),
     ],
