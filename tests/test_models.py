@@ -50,6 +50,7 @@ class BaseSegModelTest:
     params_at_3ch: int  # exact reference parameter count at 3 input channels
     mask_channels = 1
     output_type: type = SegOutput
+    grads_strided_unlike_weights: tuple[str, ...] = ()  # see strided_unlike_their_weights
 
     def make(self, in_channels: int = 3) -> nn.Module:
         return self.model_cls(in_channels=in_channels)
@@ -76,6 +77,16 @@ class BaseSegModelTest:
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        assert strided_unlike_their_weights(model) == list(self.grads_strided_unlike_weights)
+
+
+def strided_unlike_their_weights(model: nn.Module) -> list[str]:
+    """The parameters whose gradient is laid out unlike them: DDP copies each such gradient
+    and warns "Grad strides do not match bucket view strides". (UNeXt's token maps reach
+    convolutions transposed, which gives some weights gradients that differ from them only
+    in the strides of size-1 dimensions: the same memory layout. Copying the maps to avoid
+    the warning made a CPU step slower, so UNeXt keeps it.)"""
+    return [n for n, p in model.named_parameters() if p.grad.stride() != p.stride()]
 
     def test_rejects_bad_in_channels(self) -> None:
         with pytest.raises(ValueError):
@@ -99,6 +110,11 @@ class TestMALUNet(BaseSegModelTest):
             MALUNet()(torch.randn(1, 3, 48, 48))
         with pytest.raises(ValueError, match=r"expects a \(B, C, H, W\) batch, got shape \(3, 32"):
             MALUNet()(torch.randn(3, 32, 32))  # one image without its batch dimension
+
+    def test_gradients_are_strided_as_weights_with_conv_attention_heads(self) -> None:
+        model = MALUNet(in_channels=1, split_att="conv")
+        all_outputs_loss(model(torch.randn(2, 1, SIZE, SIZE))).backward()
+        assert not strided_unlike_their_weights(model)
 
     def test_without_bridge(self) -> None:
         out = MALUNet(in_channels=1, bridge=False)(torch.randn(2, 1, SIZE, SIZE))
@@ -127,6 +143,12 @@ class TestMALUNet(BaseSegModelTest):
 class TestUNeXt(BaseSegModelTest):
     model_cls = UNeXt
     params_at_3ch = 1_471_921
+    grads_strided_unlike_weights = (
+        "block1.mlp.dwconv.weight",
+        "block2.mlp.dwconv.weight",
+        "dblock1.mlp.dwconv.weight",
+        "dblock2.mlp.dwconv.weight",
+    )
 
     def test_exact_reference_size(self) -> None:
         assert n_params(UNeXt()) == 1_471_921
@@ -294,6 +316,11 @@ class TestSemiSegCAWNet:
         all_outputs_loss(out).backward()  # plus the aux model's own outputs
         assert not [n for n, p in net.named_parameters() if p.grad is None]
         assert net.aux_trainable and net.aux_model.training
+
+    def test_gradients_are_strided_as_their_weights(self) -> None:
+        net = build_semiseg_net("malunet", in_channels=1, aux_encoder="test_resnet").train()
+        all_outputs_loss(net(torch.randn(2, 1, SIZE, SIZE))).backward()
+        assert not strided_unlike_their_weights(net)
 
     @pytest.mark.parametrize("aux_source", ["classelevate", "layercam"])
     def test_fixed_aux_model(self, aux_source: str) -> None:

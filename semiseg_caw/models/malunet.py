@@ -144,9 +144,11 @@ class ChannelAttentionBridge(nn.Module):
 
     def forward(self, skips: Sequence[Tensor]) -> list[Tensor]:
         pooled = torch.cat([F.adaptive_avg_pool2d(t, 1) for t in skips], dim=1)  # (B, S, 1, 1)
-        att = self.mix(pooled.squeeze(-1).transpose(-1, -2))  # (B, 1, S)
+        # Flattened, not transposed: a transposed input gives a Conv1d's weight a gradient
+        # strided unlike the weight, which DDP warns about ("Grad strides do not match").
+        att = self.mix(pooled.flatten(1).unsqueeze(1))  # (B, 1, S)
         if self.split_att != "fc":
-            att = att.transpose(-1, -2)  # (B, S, 1) for the 1x1 Conv1d heads
+            att = att.flatten(1).unsqueeze(-1)  # (B, S, 1) for the 1x1 Conv1d heads
         out = []
         for head in self.heads:
             a = torch.sigmoid(head(att))  # fc: (B, 1, C); conv: (B, C, 1)
