@@ -14,6 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from semiseg_caw.checkpoint_match import check_data_matches_checkpoint
@@ -377,8 +378,8 @@ def run() -> None:
         main()
     except SIGTERMException:  # a SystemExit of status 0: a script would take it for success
         sys.stderr.write(
-            "semiseg-caw: stopped by SIGTERM; continue the run with --ckpt_path last and the "
-            "same --trainer.default_root_dir\n"
+            f"{_process()}semiseg-caw: stopped by SIGTERM; continue the run with --ckpt_path "
+            "last and the same --trainer.default_root_dir\n"
         )
         sys.exit(143)  # 128 + SIGTERM, as a shell reports it
     except USER_ERRORS as caught:
@@ -386,6 +387,14 @@ def run() -> None:
             raise
         err = _unwrapped(caught)
         sys.stderr.write(
-            f"semiseg-caw: error: {err}\n(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)\n"
+            f"{_process()}semiseg-caw: error: {err}\n"
+            "(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)\n"
         )
         sys.exit(2)
+
+
+def _process() -> str:
+    """``[rank: N] `` in a DDP run's other processes, as Lightning marks their lines: each
+    process meets the same error in the data or options, and says so."""
+    rank = rank_zero_only.rank
+    return f"[rank: {rank}] " if rank else ""

@@ -284,6 +284,26 @@ def test_the_command_names_a_user_error_without_a_traceback(tmp_path: Path) -> N
     assert not (tmp_path / "run").exists()  # the failed fit leaves no empty run folder
 
 
+@pytest.mark.parametrize(("rank", "prefix"), [(0, ""), (1, "[rank: 1] ")])
+def test_a_ddp_process_other_than_the_first_marks_its_error_with_its_rank(
+    rank: int, prefix: str, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    import semiseg_caw.cli as cli
+
+    def fails() -> None:
+        raise ValueError("data.root not found")
+
+    monkeypatch.setattr(cli, "main", fails)
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    monkeypatch.delenv("SEMISEG_CAW_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        cli.run()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith(f"{prefix}semiseg-caw: error: data.root not found")
+
+
 def test_a_failed_fit_keeps_what_was_in_its_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "notes").mkdir(parents=True)
