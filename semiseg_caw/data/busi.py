@@ -20,10 +20,10 @@ from semiseg_caw.data.io import (
     not_found,
     report_problems,
 )
+from semiseg_caw.data.layouts import BUSI_FOLDER, layout_hint
 from semiseg_caw.data.samples import BUSI_CLASSES, Sample
 from semiseg_caw.data.scan_files import checked_scan, same_name_problems, unique_stems
 
-BUSI_FOLDER = "Dataset_BUSI_with_GT"
 BUSI_NEAR_DUPLICATE_DISTANCE = 64
 """Largest Hamming distance (of 256 bits) between difference hashes of BUSI frames grouped
 as near duplicates. Measured on BUSI: pairs of the same scan lie below ~70, unrelated
@@ -50,10 +50,9 @@ def busi_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
     """BUSI samples of every class, and the problems found (not raised yet)."""
     base = find_busi_folder(root)
     folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataValidationError(
-            [BadFile(str(base), f"no class folders ({', '.join(BUSI_CLASSES)}) found")]
-        )
+    if not any(folder.name.lower() in BUSI_CLASSES for folder in folders):
+        found = f"no class folders ({', '.join(BUSI_CLASSES)}) found"
+        raise DataValidationError([BadFile(str(base), found + layout_hint(base, "busi"))])
     samples: list[Sample] = []
     problems: list[BadFile] = []
     for folder in folders:

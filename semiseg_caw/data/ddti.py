@@ -13,6 +13,7 @@ from io import StringIO
 from pathlib import Path
 
 from semiseg_caw.data.io import BadFile, DataValidationError, not_found, report_problems
+from semiseg_caw.data.layouts import layout_hint
 from semiseg_caw.data.samples import Sample
 from semiseg_caw.data.scan_files import (
     checked_scan,
@@ -32,9 +33,8 @@ def ddti_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
     image_dir, mask_dir, labels_csv = root / "image", root / "mask", root / "labels.csv"
     for needed in (image_dir, mask_dir, labels_csv):
         if not needed.exists():
-            raise DataValidationError(
-                [BadFile(str(needed), "not found (DDTI layout: image/, mask/, labels.csv)")]
-            )
+            problem = "not found (DDTI layout: image/, mask/, labels.csv)"
+            raise DataValidationError([BadFile(str(needed), problem + layout_hint(root, "ddti"))])
     rows, problems = _read_labels(labels_csv)
     image_files, mask_files = image_files_in(image_dir), image_files_in(mask_dir)
     images, image_clashes = unique_stems(image_files)
