@@ -10,6 +10,7 @@ import pytest
 from data_fixtures import BUSI_DIR, write_busi, write_ddti
 
 from semiseg_caw.data import DataValidationError, scan_busi, scan_ddti
+from semiseg_caw.data.manifest import find_manifest
 
 
 def refusal(scan, root: Path) -> str:
@@ -44,3 +45,14 @@ def test_ddti_reader_names_the_folder_or_data_set_meant(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert re.fullmatch(layout, refusal(scan_ddti, empty))
+
+
+def test_a_data_set_folder_given_as_a_manifest_is_named(tmp_path: Path) -> None:
+    busi = write_busi(tmp_path / "busi")
+    with pytest.raises(FileNotFoundError) as refused:
+        find_manifest(busi)
+    message = str(refused.value)
+    assert message.startswith(f"manifest file not found: {busi / 'manifest.csv'}")
+    assert message.endswith(f"; {busi} holds the BUSI layout: --data.dataset busi?")
+    with pytest.raises(FileNotFoundError, match=r"manifest.csv$"):
+        find_manifest(tmp_path / "busi" / BUSI_DIR / "benign")  # no data set: no hint

@@ -23,6 +23,7 @@ from io import StringIO
 from pathlib import Path
 
 from semiseg_caw.data.io import BadFile, DataValidationError, not_found, report_problems
+from semiseg_caw.data.layouts import layout_of
 from semiseg_caw.data.samples import Sample
 from semiseg_caw.data.scan_files import checked_scan, read_csv_text, values_beyond_header
 from semiseg_caw.data.splits import SPLITS
@@ -37,7 +38,12 @@ def find_manifest(root: str | Path) -> Path:
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
-        raise not_found("manifest file", path)
+        error = not_found("manifest file", path)
+        found = layout_of(Path(root))  # a data set folder given as a manifest's
+        if found:
+            message = f"{error}; {root} holds the {found.upper()} layout: --data.dataset {found}?"
+            error = FileNotFoundError(message)
+        raise error
     return path
 
 
