@@ -525,6 +525,20 @@ def test_setup_errors_are_clear(tmp_path):
     assert sum(len(v) for v in dm.splits.values()) == 19
 
 
+def test_a_predict_dir_whose_images_lie_in_its_subfolders_names_them(tmp_path):
+    ddti = write_ddti(tmp_path / "ddti")  # image/, mask/ and labels.csv
+    (ddti / "notes").mkdir()
+    with pytest.raises(DataValidationError) as refused:
+        SemiSegDataModule(predict_dir=str(ddti), image_size=32).setup("predict")
+    assert refused.value.problems[0].problem == (
+        "no images found (subfolders are not predicted, and image, mask hold(s) images: "
+        "give one as --data.predict_dir)"
+    )
+    with pytest.raises(DataValidationError) as refused:
+        SemiSegDataModule(predict_dir=str(ddti / "notes"), image_size=32).setup("predict")
+    assert refused.value.problems[0].problem == "no images found"
+
+
 def test_predict_loader(tmp_path):
     for i, ext in enumerate(["png", "jpg", "bmp"]):
         Image.fromarray(noise_image(i, (50 + i, 40))).save(tmp_path / f"img{i}.{ext}")

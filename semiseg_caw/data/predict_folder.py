@@ -52,7 +52,15 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
             UserWarning,
         )
     if not paths:
-        only = f" ({len(masks)} mask file(s) skipped)" if masks else ""
+        notes = [f"{len(masks)} mask file(s) skipped"] if masks else []
+        below = _subfolders_with_images(folder)
+        if below:  # e.g. a data set's root (DDTI's image/ and mask/) given for its images
+            listing = ", ".join(below[:_LISTED]) + (", ..." if len(below) > _LISTED else "")
+            notes.append(
+                f"subfolders are not predicted, and {listing} hold(s) images: give one as "
+                "--data.predict_dir"
+            )
+        only = f" ({'; '.join(notes)})" if notes else ""
         raise DataValidationError([BadFile(str(folder), f"no images found{only}")])
     ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p not in listed)
     subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -71,6 +79,18 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
             listing = ", ".join(names[:_LISTED]) + (", ..." if len(names) > _LISTED else "")
             warn(f"{len(names)} {why}: {listing}", UserWarning)
     return paths
+
+
+def _subfolders_with_images(folder: Path) -> list[str]:
+    """The names of ``folder``'s subfolders that hold image files of their own."""
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            if list_image_files(sub):
+                found.append(sub.name)
+        except OSError:  # unreadable: not one to suggest
+            pass
+    return found
 
 
 class PredictFolderDataset(Dataset):
