@@ -539,6 +539,25 @@ def test_a_predict_dir_whose_images_lie_in_its_subfolders_names_them(tmp_path):
     assert refused.value.problems[0].problem == "no images found"
 
 
+@pytest.mark.parametrize("use_distributed_sampler", [True, False])
+def test_eval_loaders_are_shared_unless_the_trainer_says_not_to(use_distributed_sampler):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    dm = SemiSegDataModule(image_size=32, synthetic_samples=40, eval_batch_size=4)
+    dm.trainer = SimpleNamespace(
+        distributed_sampler_kwargs={"num_replicas": 2, "rank": 1},
+        _accelerator_connector=SimpleNamespace(use_distributed_sampler=use_distributed_sampler),
+    )
+    dm.setup("fit")
+    loader = dm.val_dataloader()
+    shared = isinstance(loader.sampler, UnrepeatedDistributedSampler)
+    assert shared == use_distributed_sampler
+    images = sum(len(batch["image"]) for batch in loader)
+    assert images == (len(loader.dataset) // 2 if shared else len(loader.dataset))
+
+
 def test_predict_loader(tmp_path):
     for i, ext in enumerate(["png", "jpg", "bmp"]):
         Image.fromarray(noise_image(i, (50 + i, 40))).save(tmp_path / f"img{i}.{ext}")

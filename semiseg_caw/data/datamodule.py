@@ -346,9 +346,13 @@ class SemiSegDataModule(L.LightningDataModule):
     def _eval_loader(self, dataset) -> DataLoader:
         # On several processes each image is scored once: Lightning's DistributedSampler
         # would repeat some to even out the shares, counting them twice in the metrics.
-        # Shares that differ by one batch are safe here: no gradients are synced.
+        # Shares that differ by one batch are safe here: no gradients are synced. Not with
+        # --trainer.use_distributed_sampler false, which leaves the loaders as they are made.
         shares = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        connector = getattr(self.trainer, "_accelerator_connector", None)  # Lightning reads it
         sampler = None
+        if not getattr(connector, "use_distributed_sampler", True):
+            shares = None
         if shares and 1 < shares["num_replicas"] <= len(dataset):
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shares)
         return DataLoader(
