@@ -591,3 +591,17 @@ def test_the_sanity_check_computes_no_metrics(make_trainer: MakeTrainer) -> None
         warnings.simplefilter("error")
         model.on_validation_epoch_end()
     assert len(model.cls_metrics["val"].labels) == 0  # reset for the first real epoch
+
+
+def test_a_model_without_a_classifier_logs_no_classification_metrics(
+    make_trainer: MakeTrainer,
+) -> None:
+    """The baselines: nothing to compute, and torchmetrics warned of a compute before any
+    update every epoch."""
+    model = SemiSegCAW(aux_source="none", classifier=False)
+    trainer = make_trainer()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*was called before the ``update`` method")
+        trainer.fit(model, datamodule=datamodule())
+    logged = set(trainer.callback_metrics)
+    assert "val/dice" in logged and not [k for k in logged if k.startswith("val/cls_")]

@@ -206,8 +206,12 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
         values = dict(seg.compute()) if seg["per_image"].count > 0 else {}
         if values:  # the loss, too, is of the masked images
             values["loss"] = self.eval_loss[stage].compute()
-        # Prefixed: the pooled segmentation metrics have an `accuracy` (of pixels) too.
-        values.update({f"cls_{k}": v for k, v in self.cls_metrics[stage].compute().items()})
+        # Prefixed: the pooled segmentation metrics have an `accuracy` (of pixels) too. Not
+        # computed for a model without a classifier: torchmetrics warns of a compute before
+        # any update (every epoch of the baselines).
+        if self.cls_metrics[stage].update_called:
+            cls = self.cls_metrics[stage].compute()
+            values.update({f"cls_{k}": v for k, v in cls.items()})
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
         self.seg_metrics[stage].reset()
         self.cls_metrics[stage].reset()
