@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from semiseg_caw import __version__
 from semiseg_caw.checkpoint_match import check_data_matches_checkpoint
 from semiseg_caw.checkpoints import (
     AtomicCheckpointIO,
@@ -297,7 +298,8 @@ def main(args: list[str] | None = None, run: bool = True) -> SemiSegCLI:
             seed_everything_default=0,
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": DESCRIPTION},
+            # The main parser's (subcommands are keyed by name): `semiseg-caw --version`.
+            parser_kwargs={"description": DESCRIPTION, "version": __version__},
             args=args,
             run=run,
         )

@@ -89,7 +89,7 @@ def check_config_files(args: Any) -> None:
     """Name the config file that is not valid YAML: the parser's message says only
     ``in "<unicode string>", line 3``, which does not tell two configs apart."""
     argv = command_line(args) or []
-    for option, value in zip(argv, [*argv[1:], None], strict=True):
+    for option, value in _with_next(argv):
         if option in ("--config", "-c"):
             path = value
         elif option.startswith("--config="):
@@ -145,10 +145,15 @@ DATASET_OPTIONS = {
 }
 
 
+def _with_next(argv: list[str]) -> list[tuple[str, str | None]]:
+    """Each argument with the one after it (None after the last; nothing for no arguments)."""
+    return list(zip(argv, [*argv[1:], None][: len(argv)], strict=True))
+
+
 def _option_value(argv: list[str], name: str) -> str | None:
     """The value of ``name`` given as ``name=value`` or ``name value`` (the last one wins)."""
     value = None
-    for arg, following in zip(argv, [*argv[1:], None], strict=True):
+    for arg, following in _with_next(argv):
         if arg == name:
             value = following
         elif arg.startswith(f"{name}="):

@@ -226,6 +226,23 @@ def test_ckpt_path_best_names_the_files_when_a_run_kept_several(
     assert message in capsys.readouterr().err
 
 
+def test_no_arguments_ask_for_a_command_and_version_prints_the_package_s(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import semiseg_caw
+
+    with pytest.raises(SystemExit) as stopped:
+        main([])  # read the command line's options (none) without failing on them
+    assert stopped.value.code == 2
+    assert 'expected "subcommand" to be one of {fit,validate,test,predict}' in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(f" {semiseg_caw.__version__}")
+
+
 def test_help_lists_only_concrete_tasks(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
