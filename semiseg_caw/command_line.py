@@ -112,6 +112,8 @@ def require_a_model(args: Any) -> None:
     if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
         return
     given = options_named(argv)
+    if argv[0] != "fit" and _option_value(argv, "--ckpt_path") == "":  # e.g. --ckpt_path=$UNSET
+        raise missing_checkpoint(argv[0])
     enough = {"-h", "--help", "--print_config", "-c", "--config"}
     if argv[0] != "fit":
         enough.add("--ckpt_path")  # only evaluating takes its model from the checkpoint

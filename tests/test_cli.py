@@ -453,6 +453,7 @@ def test_checkpoint_defaults_drop_the_trained_data_sets_own_options_for_another(
         (["fit", "--ckpt_path=last"], r"to continue a run, give its config too \(--config <run>"),
         (["test", "--data.image_size=32"], r"`semiseg-caw test` needs --ckpt_path"),
         (["predict"], r"`semiseg-caw predict` needs --ckpt_path"),
+        (["test", "--ckpt_path="], r"`semiseg-caw test` needs --ckpt_path"),  # an unset variable
         (
             ["test", "--ckpt_path=last", "--trainer.default_root_dir=/nowhere"],
             r"--ckpt_path last: no last\*\.ckpt in /nowhere/checkpoints; give "
