@@ -384,15 +384,26 @@ def run() -> None:
             "last and the same --trainer.default_root_dir\n"
         )
         sys.exit(143)  # 128 + SIGTERM, as a shell reports it
-    except USER_ERRORS as caught:
-        if os.environ.get("SEMISEG_CAW_TRACEBACK") == "1":
+    except Exception as caught:
+        user_error = isinstance(caught, USER_ERRORS) or _wandb_usage_error(caught)
+        if not user_error or os.environ.get("SEMISEG_CAW_TRACEBACK") == "1":
             raise
         err = _unwrapped(caught)
+        if _wandb_usage_error(err):  # e.g. no API key: W&B logs online only when asked to
+            mode = os.environ.get("WANDB_MODE")
+            err = f"W&B: {err} (WANDB_MODE={mode} asks for online logging; without it, offline)"
         sys.stderr.write(
             f"{_process()}semiseg-caw: error: {err}\n"
             "(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)\n"
         )
         sys.exit(2)
+
+
+def _wandb_usage_error(err: BaseException) -> bool:
+    """W&B's error for a mistake of its user (online logging without an API key), checked
+    without importing W&B, which only a run that logs to it has done."""
+    errors = sys.modules.get("wandb.errors")
+    return errors is not None and isinstance(err, errors.UsageError)
 
 
 def _process() -> str:

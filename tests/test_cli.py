@@ -321,6 +321,34 @@ def test_a_ddp_process_other_than_the_first_marks_its_error_with_its_rank(
     assert capsys.readouterr().err.startswith(f"{prefix}semiseg-caw: error: data.root not found")
 
 
+def test_w_and_b_online_without_an_api_key_is_a_user_error(
+    monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wandb.errors
+
+    import semiseg_caw.cli as cli
+
+    def fails(error: Exception) -> None:
+        def main() -> None:
+            raise error
+
+        monkeypatch.setattr(cli, "main", main)
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("SEMISEG_CAW_TRACEBACK", raising=False)
+    fails(wandb.errors.UsageError("No API key configured. Use `wandb login` to log in."))
+    with pytest.raises(SystemExit) as stopped:
+        cli.run()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "semiseg-caw: error: W&B: No API key configured. Use `wandb login` to log in. "
+        "(WANDB_MODE=online asks for online logging; without it, offline)"
+    )
+    fails(RuntimeError("a fault of the package"))  # not the user's: its traceback is shown
+    with pytest.raises(RuntimeError, match="a fault of the package"):
+        cli.run()
+
+
 def test_a_failed_fit_keeps_what_was_in_its_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "notes").mkdir(parents=True)
