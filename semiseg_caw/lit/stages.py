@@ -38,6 +38,7 @@ INHERITED = (
     "enable_progress_bar",
     "enable_model_summary",
     "check_val_every_n_epoch",
+    "val_check_interval",
     "fast_dev_run",  # a debugging run checks stage 1 on a batch too, not all its epochs
 )
 
