@@ -142,3 +142,7 @@ def test_truncated_and_corrupt_files_raise_naming_the_file(tmp_path):
     for name in ("cut.png", "junk.png"):
         with pytest.raises(ValueError, match="cannot decode"):
             decode_image(tmp_path / name)
+    # A scanner's DICOM file (preamble, "DICM", then its elements) is named as one.
+    (tmp_path / "scan.dcm").write_bytes(bytes(128) + b"DICM" + bytes(64))
+    with pytest.raises(ValueError, match="a DICOM file, which is not read here: export its"):
+        decode_image(tmp_path / "scan.dcm")

@@ -558,6 +558,16 @@ def test_eval_loaders_are_shared_unless_the_trainer_says_not_to(use_distributed_
     assert images == (len(loader.dataset) // 2 if shared else len(loader.dataset))
 
 
+def test_dicom_files_in_a_predict_dir_are_named_as_such(tmp_path):
+    from semiseg_caw.data.predict_folder import predict_image_paths
+
+    Image.fromarray(noise_image(0, (40, 40))).save(tmp_path / "a.png")
+    (tmp_path / "b.dcm").write_bytes(bytes(128) + b"DICM")
+    warned = r"1 file\(s\) .* not predicted, .*; DICOM files are not read: export .* PNG: b.dcm$"
+    with pytest.warns(UserWarning, match=warned):
+        assert predict_image_paths(tmp_path) == [tmp_path / "a.png"]
+
+
 def test_predict_loader(tmp_path):
     for i, ext in enumerate(["png", "jpg", "bmp"]):
         Image.fromarray(noise_image(i, (50 + i, 40))).save(tmp_path / f"img{i}.{ext}")

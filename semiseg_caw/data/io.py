@@ -141,7 +141,21 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise
     except Exception as err:  # PIL raises many kinds for corrupt or truncated files
+        if _is_dicom(path):  # scanners' own format, which Pillow does not read
+            raise ValueError(
+                "a DICOM file, which is not read here: export its frames as PNG (e.g. with "
+                "pydicom) and give those"
+            ) from err
         raise ValueError(f"cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM file does: a 128-byte preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def decode_image(path: str | Path) -> np.ndarray:

@@ -68,7 +68,12 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
         (
             ignored,
             f"file(s) in {folder} are not predicted, being hidden or not named as "
-            f"images ({', '.join(IMAGE_EXTENSIONS)})",
+            f"images ({', '.join(IMAGE_EXTENSIONS)})"
+            + (
+                "; DICOM files are not read: export their frames as PNG"
+                if any(Path(n).suffix.lower() in (".dcm", ".dicom") for n in ignored)
+                else ""
+            ),
         ),
         (
             subfolders,
