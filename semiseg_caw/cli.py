@@ -390,8 +390,9 @@ def run() -> None:
             raise
         err = _unwrapped(caught)
         if _wandb_usage_error(err):  # e.g. no API key: W&B logs online only when asked to
-            mode = os.environ.get("WANDB_MODE")
-            err = f"W&B: {err} (WANDB_MODE={mode} asks for online logging; without it, offline)"
+            online = os.environ.get("WANDB_MODE") == "online"
+            why = " (WANDB_MODE=online asks for online logging; without it, offline)"
+            err = f"W&B: {err}{why if online else ''}"
         sys.stderr.write(
             f"{_process()}semiseg-caw: error: {err}\n"
             "(SEMISEG_CAW_TRACEBACK=1 shows where it was raised)\n"

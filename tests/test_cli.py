@@ -344,6 +344,12 @@ def test_w_and_b_online_without_an_api_key_is_a_user_error(
         "semiseg-caw: error: W&B: No API key configured. Use `wandb login` to log in. "
         "(WANDB_MODE=online asks for online logging; without it, offline)"
     )
+    monkeypatch.delenv("WANDB_MODE")  # a logger set online in the config: no word on the mode
+    with pytest.raises(SystemExit):
+        cli.run()
+    assert capsys.readouterr().err.startswith(
+        "semiseg-caw: error: W&B: No API key configured. Use `wandb login` to log in.\n"
+    )
     fails(RuntimeError("a fault of the package"))  # not the user's: its traceback is shown
     with pytest.raises(RuntimeError, match="a fault of the package"):
         cli.run()
