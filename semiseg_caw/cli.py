@@ -236,9 +236,28 @@ class SemiSegCLI(FitCommand, LightningCLI):
 
     def before_validate(self) -> None:
         self._check_evaluated_checkpoint()
+        self._make_log_folders()
 
     def before_test(self) -> None:
         self._check_evaluated_checkpoint()
+        self._make_log_folders()
+
+    def _make_log_folders(self) -> None:
+        """The loggers' folders, made before they start: W&B warns "git root ... does not
+        exist" for a save_dir not yet made (a new --trainer.default_root_dir)."""
+        for logger in self.trainer.loggers:
+            if getattr(logger, "save_dir", None):
+                Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "fit":
+            return super()._run_subcommand(subcommand)
+        with warnings.catch_warnings():
+            # Evaluating a full checkpoint (last.ckpt) from another folder restores its
+            # ModelCheckpoint state, and Lightning warns that the state's paths are not
+            # reloaded: this command writes no checkpoint, so they are not needed.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            return super()._run_subcommand(subcommand)
 
     def before_predict(self) -> None:
         self._check_evaluated_checkpoint()

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from fit_args import TINY_DATA, quick_trainer
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from semiseg_caw.checkpoints import CheckpointError
-from semiseg_caw.cli import main
+from semiseg_caw.cli import SemiSegCLI, main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATASET_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "stage1.yaml")
@@ -184,6 +186,17 @@ def test_validate_and_test_from_checkpoint(tmp_path: Path) -> None:
     assert {k: float(v) for k, v in cli.trainer.callback_metrics.items()} == best_metrics
     cli = main(["test", f"--config={demo}", *small, "--ckpt_path=best"])
     assert cli.config.test.ckpt_path == str(best)
+    # last.ckpt (the whole state) tested into another folder: Lightning's note that the
+    # checkpoint callback's paths are not reloaded (none is written) is not given, and the
+    # loggers' folder is made before they start (W&B warns of a missing "git root").
+    other = [*quick[:-1], f"--trainer.default_root_dir={tmp_path / 'other'}"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", f"--ckpt_path={ckpt}", *other])
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    cli = SimpleNamespace(trainer=SimpleNamespace(loggers=[CSVLogger(tmp_path / "other2")]))
+    SemiSegCLI._make_log_folders(cli)  # what validate and test do before the loggers start
+    assert (tmp_path / "other2").is_dir()
     # The stage-1 checkpoint that `fit` wrote tests on its own too, although it was made
     # outside the CLI (its hyper-parameters name no class; the checkpoint records it).
     stage1 = sorted((tmp_path / "stage1" / "checkpoints").glob("best-*.ckpt"))[-1]
