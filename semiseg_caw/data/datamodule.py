@@ -350,9 +350,9 @@ class SemiSegDataModule(L.LightningDataModule):
         # --trainer.use_distributed_sampler false, which leaves the loaders as they are made.
         shares = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         connector = getattr(self.trainer, "_accelerator_connector", None)  # Lightning reads it
-        sampler = None
         if not getattr(connector, "use_distributed_sampler", True):
             shares = None
+        sampler = None
         if shares and 1 < shares["num_replicas"] <= len(dataset):
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shares)
         return DataLoader(

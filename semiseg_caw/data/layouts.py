@@ -29,10 +29,11 @@ def layout_hint(root: Path, wanted: str) -> str:
     found = layout_of(root)
     if found and found != wanted:
         return f"; it holds the {found.upper()} layout: --data.dataset {found}?"
-    try:
-        below = sorted(p for p in root.iterdir() if p.is_dir() and layout_of(p) == wanted)
-    except OSError:
-        below = []
-    if layout_of(root.parent) == wanted and root.parent != root:
-        below = [root.parent]
-    return f"; {below[0]} holds it: --data.root {below[0]}?" if below else ""
+    if root.parent != root and layout_of(root.parent) == wanted:
+        meant = [root.parent]
+    else:
+        try:
+            meant = sorted(p for p in root.iterdir() if p.is_dir() and layout_of(p) == wanted)
+        except OSError:
+            meant = []
+    return f"; {meant[0]} holds it: --data.root {meant[0]}?" if meant else ""

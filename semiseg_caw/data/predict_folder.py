@@ -64,16 +64,13 @@ def predict_image_paths(folder: str | Path) -> list[Path]:
         raise DataValidationError([BadFile(str(folder), f"no images found{only}")])
     ignored = sorted(p.name for p in folder.iterdir() if p.is_file() and p not in listed)
     subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    dicom = any(Path(name).suffix.lower() in (".dcm", ".dicom") for name in ignored)
     for names, why in (
         (
             ignored,
             f"file(s) in {folder} are not predicted, being hidden or not named as "
             f"images ({', '.join(IMAGE_EXTENSIONS)})"
-            + (
-                "; DICOM files are not read: export their frames as PNG"
-                if any(Path(n).suffix.lower() in (".dcm", ".dicom") for n in ignored)
-                else ""
-            ),
+            + ("; DICOM files are not read: export their frames as PNG" if dicom else ""),
         ),
         (
             subfolders,
