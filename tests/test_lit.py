@@ -605,3 +605,22 @@ def test_a_model_without_a_classifier_logs_no_classification_metrics(
         trainer.fit(model, datamodule=datamodule())
     logged = set(trainer.callback_metrics)
     assert "val/dice" in logged and not [k for k in logged if k.startswith("val/cls_")]
+
+
+def test_the_model_summary_counts_the_flops_of_an_image_of_the_trained_size(
+    make_trainer: MakeTrainer,
+) -> None:
+    """Without an example input Lightning's summary printed 'Total FLOPs: 0'. The example
+    passes through the data module's batch hooks too, which must leave it alone (they
+    augment dict batches on the device)."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    model = SemiSegCAW(aux_source="none")
+    dm = SemiSegDataModule(
+        image_size=32, batch_size=4, synthetic_samples=40, augment_on_device=True
+    )
+    make_trainer(enable_model_summary=True, max_steps=1, limit_val_batches=0).fit(
+        model, datamodule=dm
+    )
+    assert tuple(model.example_input_array.shape) == (1, 1, 32, 32)
+    assert ModelSummary(model).total_flops > 0

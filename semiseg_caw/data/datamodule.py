@@ -173,10 +173,12 @@ class SemiSegDataModule(L.LightningDataModule):
         """With ``augment_on_device``: augment training batches where they now are (and
         convert their uint8 pixels, also when a training batch is not augmented, e.g. with
         ``overfit_batches`` validating on it)."""
+        if not isinstance(batch, dict):  # e.g. the model summary's example input
+            return batch
         trainer = self.trainer
         if self.augment and self.augment_on_device and trainer is not None and trainer.training:
             return augment_batch(batch)
-        return from_raw(batch) if isinstance(batch, dict) else batch
+        return from_raw(batch)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches mixing fully labelled and class-only samples."""
