@@ -612,15 +612,20 @@ def test_the_model_summary_counts_the_flops_of_an_image_of_the_trained_size(
 ) -> None:
     """Without an example input Lightning's summary printed 'Total FLOPs: 0'. The example
     passes through the data module's batch hooks too, which must leave it alone (they
-    augment dict batches on the device)."""
+    augment dict batches on the device), and not through the precision's conversion: it is
+    made in the batches' dtype ('bf16-true' failed on a float32 example). The batches
+    themselves, uint8 until the device augments them, are converted after that, where
+    under 'bf16-true' the first step failed on float32 images."""
     from lightning.pytorch.utilities.model_summary import ModelSummary
 
     model = SemiSegCAW(aux_source="none")
     dm = SemiSegDataModule(
         image_size=32, batch_size=4, synthetic_samples=40, augment_on_device=True
     )
-    make_trainer(enable_model_summary=True, max_steps=1, limit_val_batches=0).fit(
-        model, datamodule=dm
+    trainer = make_trainer(
+        enable_model_summary=True, max_steps=1, limit_val_batches=0, precision="bf16-true"
     )
+    trainer.fit(model, datamodule=dm)
     assert tuple(model.example_input_array.shape) == (1, 1, 32, 32)
+    assert model.example_input_array.dtype == torch.bfloat16
     assert ModelSummary(model).total_flops > 0

@@ -177,8 +177,12 @@ class SemiSegDataModule(L.LightningDataModule):
             return batch
         trainer = self.trainer
         if self.augment and self.augment_on_device and trainer is not None and trainer.training:
-            return augment_batch(batch)
-        return from_raw(batch)
+            batch = augment_batch(batch)
+        else:
+            batch = from_raw(batch)
+        # Lightning converts a batch's floating tensors to the precision's dtype (e.g.
+        # 'bf16-true') before this hook, when these pixels were still uint8: convert them now.
+        return batch if trainer is None else trainer.precision_plugin.convert_input(batch)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches mixing fully labelled and class-only samples."""

@@ -269,8 +269,10 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
         if stage == "fit" and isinstance(size, int):
             self.trained_image_size = size
             # One image of the trained size: Lightning's model summary then counts the
-            # forward's FLOPs (without it, it prints 'Total FLOPs: 0').
-            self.example_input_array = torch.zeros(1, self.in_channels, size, size)
+            # forward's FLOPs (without it, it prints 'Total FLOPs: 0'). In the dtype of the
+            # trainer's batches, which the summary does not convert (e.g. 'bf16-true').
+            example = torch.zeros(1, self.in_channels, size, size)
+            self.example_input_array = self._trainer.precision_plugin.convert_input(example)
         if stage == "fit" and self.hparams.get("balance_classes"):
             self._set_class_weights(data)
 
