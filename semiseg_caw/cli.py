@@ -140,6 +140,13 @@ class SemiSegCLI(FitCommand, LightningCLI):
             drop_anonymous_setting(logger)
         return trainer
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        # A run that asks for no checkpoints gets none: the best and last checkpoints this
+        # command adds are left out (Lightning refuses them beside enable_checkpointing).
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or "."

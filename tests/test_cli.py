@@ -394,6 +394,25 @@ def test_fast_dev_run_runs_a_batch_of_each_stage_and_leaves_no_run_folder(
     assert not run.exists()  # nothing written, so no empty folders either
 
 
+def test_enable_checkpointing_false_trains_both_stages_and_writes_no_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Lightning refused the command's own checkpoint callbacks beside the option."""
+    run = tmp_path / "run"
+    args = ["fit", f"--config={CONFIGS / 'demo.yaml'}", *tiny(run), "--trainer.logger=false"]
+    with pytest.warns(UserWarning, match="stage 1 saves no checkpoint"):
+        cli = main(
+            [
+                *args,
+                "--model.init_args.aux_encoder=test_resnet",
+                "--model.init_args.stage1_epochs=1",
+                "--trainer.enable_checkpointing=false",
+            ]
+        )
+    assert cli.model.stage1_loaded and cli.trainer.current_epoch == 1
+    assert not any(run.rglob("*.ckpt")) and (run / "config.yaml").is_file()
+
+
 def test_an_invalid_model_option_is_named_without_jsonargparse_s_wrapping(
     tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

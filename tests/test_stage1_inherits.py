@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from semiseg_caw import SemiSegCAW, SemiSegDataModule, fit_stage1
@@ -40,6 +41,17 @@ def test_stage1_validates_as_often_as_stage2_is_told_to(tmp_path: Path) -> None:
 def test_a_fast_dev_run_hands_its_one_step_over_in_memory(tmp_path: Path) -> None:
     model, best, before = stage1(tmp_path, fast_dev_run=1)
     assert best is None and model.stage1_loaded  # no checkpoint written, weights handed over
+    after = model.net.aux_model.state_dict()
+    assert not all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_run_without_checkpoints_hands_stage1_s_final_weights_over(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="its final weights, not its best on validation"):
+        model, best, before = stage1(
+            tmp_path, enable_checkpointing=False, limit_train_batches=1, limit_val_batches=1
+        )
+    assert best is None and model.stage1_loaded
     after = model.net.aux_model.state_dict()
     assert not all(torch.equal(after[k], v) for k, v in before.items())
     assert not any(tmp_path.rglob("*.ckpt"))

@@ -40,6 +40,7 @@ INHERITED = (
     "check_val_every_n_epoch",
     "val_check_interval",
     "fast_dev_run",  # a debugging run checks stage 1 on a batch too, not all its epochs
+    "enable_checkpointing",  # a run that saves no checkpoint, in either stage
 )
 
 
@@ -132,9 +133,9 @@ def fit_stage1(
     ``stage1/checkpoints/last.ckpt`` (one that had finished is not trained again); without
     it, a ``root_dir`` holding an earlier stage 1's checkpoints is refused.
     ``last_checkpoint_interval_s`` is its ``last.ckpt``'s ``LastCheckpoint.min_interval_s``
-    (the CLI passes its ``--last_checkpoint.min_interval_s``). Under the trainer option
-    ``fast_dev_run``, which writes no checkpoint, the weights it ends with are loaded and
-    None is returned.
+    (the CLI passes its ``--last_checkpoint.min_interval_s``). Under the trainer options
+    ``fast_dev_run`` or ``enable_checkpointing=False``, which write no checkpoint, the
+    weights it ends with (not its best on validation) are loaded and None is returned.
     """
     check_stage1_request(model, max_epochs, trainer_kwargs)
     if not resume and rank_zero_only.rank == 0:  # DDP's other ranks start during the fit
@@ -168,10 +169,17 @@ def fit_stage1(
     kwargs = {
         k: _fresh(v) for k, v in (trainer_kwargs or {}).items() if k in INHERITED and v is not None
     }
+    saves = kwargs.get("enable_checkpointing") is not False
+    if not saves and not kwargs.get("fast_dev_run"):
+        warn(
+            "enable_checkpointing is false: stage 1 saves no checkpoint, and stage 2 starts "
+            "from its final weights, not its best on validation",
+            UserWarning,
+        )
     trainer = L.Trainer(
         max_epochs=max_epochs,
         default_root_dir=root,
-        callbacks=[checkpoint, LastCheckpoint(folder, last_checkpoint_interval_s)],
+        callbacks=[checkpoint, LastCheckpoint(folder, last_checkpoint_interval_s)] if saves else [],
         logger=logger,
         plugins=[AtomicCheckpointIO()],
         **kwargs,
@@ -183,7 +191,7 @@ def fit_stage1(
         import wandb as wandb_lib
 
         wandb_lib.finish()  # stage 2 starts a run of its own
-    if trainer.fast_dev_run:  # Lightning wrote no checkpoint: hand the weights over in memory
+    if trainer.fast_dev_run or not saves:  # no checkpoint: the weights handed over in memory
         model.net.aux_model.load_state_dict(stage1.net.state_dict())
         model.stage1_loaded = True
         return None
