@@ -170,7 +170,7 @@ def fit_stage1(
         k: _fresh(v) for k, v in (trainer_kwargs or {}).items() if k in INHERITED and v is not None
     }
     saves = kwargs.get("enable_checkpointing") is not False
-    if not saves and not kwargs.get("fast_dev_run"):
+    if not saves and not kwargs.get("fast_dev_run") and rank_zero_only.rank == 0:
         warn(
             "enable_checkpointing is false: stage 1 saves no checkpoint, and stage 2 starts "
             "from its final weights, not its best on validation",
