@@ -107,6 +107,7 @@ def test_ddp_fit_runs_both_stages_on_two_processes(ddp_fit: tuple[Path, str]) ->
     root, output = ddp_fit
     assert "distributed_backend=gloo" in output
     assert "Starting with 2 processes" in output
+    assert "sync_dist=True" not in output  # the epoch metrics are logged as synced
     # 36 training images, 18 per process, batches of 4 without the last partial one: 4 steps
     # per epoch in each stage (one process would take 9, as would a mixed batch sampler that
     # ignored the process's shard). A skipped (non-finite) step would not count.
@@ -161,6 +162,46 @@ def test_test_metrics_are_the_same_on_one_and_two_processes(
     assert set(got) == {k for k in expected if k.startswith("test/")}
     for key, value in got.items():
         assert value == pytest.approx(expected[key], abs=1e-5), key
+
+
+def test_a_process_whose_share_holds_no_mask_computes_the_metrics_with_the_other(
+    ddp_fit: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A manifest's test split of one masked and one class-only image: each process scores
+    one. The one without a mask skipped computing the (syncing) metrics, and gloo aborted
+    on the mismatched collectives (NCCL would hang)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / name)
+    lesion = np.zeros((32, 32), dtype=np.uint8)
+    lesion[8:20, 10:24] = 255
+    Image.fromarray(lesion).save(tmp_path / "a_mask.png")
+    (tmp_path / "test.csv").write_text(
+        "image,mask,label,group,split\na.png,a_mask.png,benign,,test\nb.png,,malignant,,test\n"
+    )
+    common = [
+        "test",
+        *TRAINER,
+        f"--ckpt_path={ddp_fit[0] / 'checkpoints' / 'last.ckpt'}",
+        "--data.dataset=manifest",
+        f"--data.root={tmp_path / 'test.csv'}",
+    ]
+    single = main([*common, "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path / '1'}"])
+    expected = {k: float(v) for k, v in single.trainer.callback_metrics.items() if "test/" in k}
+    csv_logger = [
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={tmp_path / '2'}",
+    ]
+    output = run_cli(
+        [*common, *DDP, *csv_logger, f"--trainer.default_root_dir={tmp_path / '2'}"], tmp_path
+    )
+    got = {k: v for row in read_csv_metrics(tmp_path / "2") for k, v in row.items()}
+    got = {k: v for k, v in got.items() if k.startswith("test/")}
+    assert "test/dice" in expected and "test/cls_accuracy" in expected
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert "sync_dist=True" not in output  # Lightning's advice for unsynced epoch logs
 
 
 def write_images(folder: Path, names: list[str]) -> None:

@@ -192,6 +192,8 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
         if has_mask.any():
             loss = bce_loss(mask_logits, mask, has_mask) + dice_loss(mask_logits, mask, has_mask)
             self.eval_loss[stage].update(loss.detach(), weight=has_mask.sum())
+        else:  # weightless: a DDP process whose share holds no mask still computes the mean
+            self.eval_loss[stage].update(mask_logits.new_zeros(()), weight=0)
 
     def _log_epoch_metrics(self, stage: str) -> None:
         if self._trainer is not None and self._trainer.sanity_checking:
@@ -202,8 +204,13 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
             self.eval_loss[stage].reset()
             return
         seg = self.seg_metrics[stage]
-        # No masked sample seen: pooled Dice would read 1.0 (0/0), which must not pass as a score.
-        values = dict(seg.compute()) if seg["per_image"].count > 0 else {}
+        # No masked sample seen: pooled Dice would read 1.0 (0/0), which must not pass as a
+        # score. Counted over every process: computing syncs them, so all must take the same
+        # branch (one whose share held no mask crashed DDP's collectives, or hung them).
+        seen = seg["per_image"].count.clone()
+        if self._trainer is not None:
+            seen = self._trainer.strategy.reduce(seen, reduce_op="sum")
+        values = dict(seg.compute()) if seen > 0 else {}
         if values:  # the loss, too, is of the masked images
             values["loss"] = self.eval_loss[stage].compute()
         # Prefixed: the pooled segmentation metrics have an `accuracy` (of pixels) too. Not
@@ -212,7 +219,9 @@ class SegmentationTask(TaskCheckpoints, SkipNonFiniteSteps, abc.ABC):
         if self.cls_metrics[stage].update_called:
             cls = self.cls_metrics[stage].compute()
             values.update({f"cls_{k}": v for k, v in cls.items()})
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False)
+        # The values are the same on every process (the metrics synced their states);
+        # sync_dist tells Lightning so, which warned once per metric under DDP otherwise.
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
         self.seg_metrics[stage].reset()
         self.cls_metrics[stage].reset()
         self.eval_loss[stage].reset()
