@@ -257,13 +257,16 @@ class SemiSegCLI(FitCommand, LightningCLI):
                 Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
 
     def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand == "fit":
-            return super()._run_subcommand(subcommand)
         with warnings.catch_warnings():
-            # Evaluating a full checkpoint (last.ckpt) from another folder restores its
-            # ModelCheckpoint state, and Lightning warns that the state's paths are not
-            # reloaded: this command writes no checkpoint, so they are not needed.
-            warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            # A fit writes into a folder holding checkpoints only when it resumes that run
+            # (before_fit refuses any other), which Lightning warns of as "Checkpoint
+            # directory ... exists and is not empty" at every resume, in either stage.
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            if subcommand != "fit":
+                # Evaluating a full checkpoint (last.ckpt) from another folder restores its
+                # ModelCheckpoint state, and Lightning warns that the state's paths are not
+                # reloaded: this command writes no checkpoint, so they are not needed.
+                warnings.filterwarnings("ignore", message="The dirpath has changed from")
             return super()._run_subcommand(subcommand)
 
     def before_predict(self) -> None:

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -86,7 +87,10 @@ def test_killed_stage2_run_resumes_to_the_uninterrupted_result(tmp_path, stage1_
 
     # Resumed without the stage-1 file: only the stage-2 checkpoint can hold the
     # auxiliary model, and stage 1 must not be trained again.
-    cli = main(fit_args(tmp_path / "b", "--ckpt_path=last"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main(fit_args(tmp_path / "b", "--ckpt_path=last"))
+    assert not [w for w in caught if "is not empty" in str(w.message)]  # its own folder
     assert cli.trainer.ckpt_path == str(last)
     assert not (tmp_path / "b" / "stage1").exists()
 
@@ -228,7 +232,10 @@ def test_run_killed_in_stage1_continues_stage1(tmp_path, monkeypatch):
     for written in (tmp_path / "checkpoints").glob("*.ckpt"):
         written.unlink()
     epochs_run.clear()
-    cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    assert not [w for w in caught if "is not empty" in str(w.message)]  # stage 1's folder
     assert epochs_run == []
     assert cli.model.stage1_loaded
 
