@@ -262,6 +262,9 @@ class SemiSegCLI(FitCommand, LightningCLI):
             # (before_fit refuses any other), which Lightning warns of as "Checkpoint
             # directory ... exists and is not empty" at every resume, in either stage.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            # before_fit says when `--ckpt_path last` finds nothing to continue; Lightning's
+            # warning then hints at `ModelCheckpoint(save_last=True)`, which this command has.
+            warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but')
             if subcommand != "fit":
                 # Evaluating a full checkpoint (last.ckpt) from another folder restores its
                 # ModelCheckpoint state, and Lightning warns that the state's paths are not

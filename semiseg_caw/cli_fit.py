@@ -59,6 +59,8 @@ class FitCommand:
         resumes = bool(ckpt_path) and (ckpt_path != "last" or bool(self._last_checkpoints()))
         if resumes:
             self._check_epochs_left()
+        elif ckpt_path == "last" and not continues_stage1 and rank_zero_only.rank == 0:
+            self._warn_nothing_to_continue(root)
         for callback in self.trainer.callbacks:
             if isinstance(callback, LoggerSaveConfigCallback):
                 # Either way the run's config.yaml is kept: config-resume.yaml beside it.
@@ -86,6 +88,21 @@ class FitCommand:
             wandb=isinstance(self.trainer.logger, WandbLogger),
             resume=ckpt_path == "last",  # a run killed in stage 1 continues stage 1
             last_checkpoint_interval_s=self.config.fit.last_checkpoint.min_interval_s,
+        )
+
+    def _warn_nothing_to_continue(self, root: str) -> None:
+        """``--ckpt_path last`` without a last.ckpt: set and forgotten in a job script, or a
+        mistyped run folder. Say where it looked."""
+        folder = self.config.fit.get("last_checkpoint") and self.config.fit.last_checkpoint.dirpath
+        looked = [str(folder or Path(root) / "checkpoints")]
+        model = self.model
+        if isinstance(model, SemiSegCAW) and model.hparams.aux_source != "none":
+            if not model.hparams.stage1_checkpoint:
+                looked.append(str(stage1_checkpoint_dir(root)))
+        warn(
+            f"--ckpt_path last: no last.ckpt in {' nor in '.join(looked)}: this fit starts "
+            "a new run",
+            UserWarning,
         )
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -194,7 +194,15 @@ def test_resume_last_before_stage2_saved_anything_trains_stage1_first(tmp_path):
     # What a job script that always passes `--ckpt_path last` meets on its first start,
     # or after a kill during stage 1: no stage-2 checkpoint, so stage 1 must run first.
     stage1 = "--model.init_args.stage1_epochs=1"
-    cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main(fit_args(tmp_path, stage1, "--ckpt_path=last", epochs=1))
+    said = [str(w.message) for w in caught if "last" in str(w.message)]
+    # Where it looked, not Lightning's hint to set ModelCheckpoint(save_last=True).
+    assert said == [
+        f"--ckpt_path last: no last.ckpt in {tmp_path / 'checkpoints'} nor in "
+        f"{tmp_path / 'stage1' / 'checkpoints'}: this fit starts a new run"
+    ]
     assert cli.trainer.ckpt_path is None  # stage 2 started afresh
     assert cli.model.stage1_loaded
     assert cli.model.hparams.stage1_checkpoint.startswith(str(tmp_path / "stage1"))
